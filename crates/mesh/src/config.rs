@@ -1,0 +1,592 @@
+//! The typed configuration of every AMAOS process.
+//!
+//! Layers, later ones winning: built-in defaults → an optional TOML file
+//! (`--config` or `AMAOS_CONFIG`) → `AMAOS_*` environment variables, where
+//! `__` separates nesting (`AMAOS_ROUTER__LISTEN=0.0.0.0:50052`). The result is
+//! validated once, at start; any problem is one [`ConfigError`] line naming the
+//! key, and binaries exit with [`EXIT_CONFIG`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The exit code of a process whose configuration is invalid (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// The top-level keys, which are the only `AMAOS_*` variables read as config
+/// (others, such as `AMAOS_API_KEY`, belong to the CLI).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "log",
+    "telemetry",
+    "limits",
+    "orchestrator",
+    "router",
+    "agents",
+    "tools",
+    "memory",
+    "auth",
+];
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {message}")]
+pub struct ConfigError {
+    /// The dotted key, e.g. `router.listen`.
+    pub key: String,
+    /// What is wrong, and where the value came from when known.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where embedded backends keep their files (keys, workspaces).
+    pub data_dir: PathBuf,
+    /// Logging.
+    pub log: LogConfig,
+    /// Tracing export.
+    pub telemetry: TelemetryConfig,
+    /// Limits shared by every server and client.
+    pub limits: Limits,
+    /// The orchestrator.
+    pub orchestrator: OrchestratorConfig,
+    /// The router.
+    pub router: RouterConfig,
+    /// The agents service.
+    pub agents: AgentsConfig,
+    /// The tools service.
+    pub tools: ToolsConfig,
+    /// The memory service.
+    pub memory: MemoryConfig,
+    /// The auth service.
+    pub auth: AuthConfig,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `amaos_agents=debug,info`.
+    pub level: String,
+}
+
+/// Tracing export.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// An OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`; unset for none.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// Limits shared by every server and client.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest gRPC message decoded or encoded, in bytes.
+    pub max_message_bytes: usize,
+    /// Requests a server handles at once; more are shed with RESOURCE_EXHAUSTED.
+    pub max_concurrent_requests: usize,
+    /// Default timeout of a unary call between services.
+    #[serde(with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Timeout of establishing a connection to another service.
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+    /// How long a stopping server lets in-flight requests finish.
+    #[serde(with = "duration_text")]
+    pub drain_timeout: Duration,
+}
+
+/// Where a service listens and how others reach it.
+pub trait ServiceEndpoint {
+    /// The gRPC listen address.
+    fn listen(&self) -> SocketAddr;
+    /// The admin HTTP listen address (`/metrics`, `/healthz`), if any.
+    fn admin_listen(&self) -> Option<SocketAddr>;
+    /// The URL other services use to reach it.
+    fn url(&self) -> &str;
+}
+
+macro_rules! service_endpoint {
+    ($ty:ty) => {
+        impl ServiceEndpoint for $ty {
+            fn listen(&self) -> SocketAddr {
+                self.listen
+            }
+            fn admin_listen(&self) -> Option<SocketAddr> {
+                self.admin_listen
+            }
+            fn url(&self) -> &str {
+                &self.url
+            }
+        }
+    };
+}
+
+/// The orchestrator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address; unset for none.
+    pub admin_listen: Option<SocketAddr>,
+    /// How other services reach it.
+    pub url: String,
+    /// How long a task may take when the submitter gives no timeout.
+    #[serde(with = "duration_text")]
+    pub task_timeout: Duration,
+    /// Largest task input, in bytes.
+    pub max_input_bytes: usize,
+    /// Tasks kept in the embedded store; the oldest finished ones are dropped first.
+    pub max_tasks: usize,
+    /// Events kept per task; a run that emits more fails.
+    pub max_events_per_task: usize,
+}
+service_endpoint!(OrchestratorConfig);
+
+/// The router.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address; unset for none.
+    pub admin_listen: Option<SocketAddr>,
+    /// How other services reach it.
+    pub url: String,
+    /// How often workers heartbeat.
+    #[serde(with = "duration_text")]
+    pub heartbeat_interval: Duration,
+    /// How long a worker stays routable without a heartbeat.
+    #[serde(with = "duration_text")]
+    pub worker_ttl: Duration,
+    /// Largest number of registered workers.
+    pub max_workers: usize,
+}
+service_endpoint!(RouterConfig);
+
+/// The agents service.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address; unset for none.
+    pub admin_listen: Option<SocketAddr>,
+    /// How other services reach it; also what it registers with the router.
+    pub url: String,
+    /// A directory of team specs (`*.yaml`) served by name.
+    pub teams_dir: PathBuf,
+    /// Runs taken at once.
+    pub capacity: u32,
+    /// Model calls per run when the spec sets no budget.
+    pub max_steps: u32,
+    /// Largest team spec, in bytes.
+    pub max_spec_bytes: usize,
+}
+service_endpoint!(AgentsConfig);
+
+/// The tools service.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address; unset for none.
+    pub admin_listen: Option<SocketAddr>,
+    /// How other services reach it.
+    pub url: String,
+    /// Root of the per-task workspaces; unset for `<data_dir>/workspaces`.
+    pub workspace_dir: Option<PathBuf>,
+    /// Largest file a tool reads or writes, in bytes.
+    pub max_file_bytes: usize,
+    /// Most entries `file_list` returns.
+    pub max_list_entries: usize,
+    /// Recorded results kept for idempotent replay.
+    pub max_journal_entries: usize,
+}
+service_endpoint!(ToolsConfig);
+
+/// The memory service.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address; unset for none.
+    pub admin_listen: Option<SocketAddr>,
+    /// How other services reach it.
+    pub url: String,
+    /// Memories kept per tenant; the oldest are dropped first.
+    pub max_items_per_tenant: usize,
+    /// Largest memory text, in bytes.
+    pub max_text_bytes: usize,
+}
+service_endpoint!(MemoryConfig);
+
+/// The auth service.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address; unset for none.
+    pub admin_listen: Option<SocketAddr>,
+    /// How other services reach it.
+    pub url: String,
+    /// The API key store; unset for `<data_dir>/keys.json`.
+    pub key_file: Option<PathBuf>,
+    /// How long a verified key is trusted by callers before being checked again.
+    #[serde(with = "duration_text")]
+    pub key_cache_ttl: Duration,
+}
+service_endpoint!(AuthConfig);
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".amaos"),
+            log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            limits: Limits::default(),
+            orchestrator: OrchestratorConfig::default(),
+            router: RouterConfig::default(),
+            agents: AgentsConfig::default(),
+            tools: ToolsConfig::default(),
+            memory: MemoryConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 * 1024 * 1024,
+            max_concurrent_requests: 512,
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(50051),
+            admin_listen: Some(addr(9601)),
+            url: url(50051),
+            task_timeout: Duration::from_secs(600),
+            max_input_bytes: 256 * 1024,
+            max_tasks: 100_000,
+            max_events_per_task: 10_000,
+        }
+    }
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(50052),
+            admin_listen: Some(addr(9602)),
+            url: url(50052),
+            heartbeat_interval: Duration::from_secs(5),
+            worker_ttl: Duration::from_secs(15),
+            max_workers: 10_000,
+        }
+    }
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(50053),
+            admin_listen: Some(addr(9603)),
+            url: url(50053),
+            teams_dir: PathBuf::from("examples/teams"),
+            capacity: 8,
+            max_steps: 32,
+            max_spec_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(50054),
+            admin_listen: Some(addr(9604)),
+            url: url(50054),
+            workspace_dir: None,
+            max_file_bytes: 1024 * 1024,
+            max_list_entries: 1000,
+            max_journal_entries: 100_000,
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(50055),
+            admin_listen: Some(addr(9605)),
+            url: url(50055),
+            max_items_per_tenant: 100_000,
+            max_text_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(50056),
+            admin_listen: Some(addr(9606)),
+            url: url(50056),
+            key_file: None,
+            key_cache_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the `AMAOS_*` environment,
+    /// and validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::new(
+                    "config",
+                    format!("file {} does not exist or is not a file", file.display()),
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let env = Env::prefixed("AMAOS_")
+            .filter(|key| {
+                let first = key.as_str().split("__").next().unwrap_or_default();
+                TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
+            })
+            .split("__");
+        let config: Config = figment.merge(env).extract().map_err(from_figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        in_range("limits.max_message_bytes", l.max_message_bytes, 1024, 64 * 1024 * 1024)?;
+        in_range("limits.max_concurrent_requests", l.max_concurrent_requests, 1, 100_000)?;
+        positive("limits.request_timeout", l.request_timeout)?;
+        positive("limits.connect_timeout", l.connect_timeout)?;
+        self.log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .map_err(|e| ConfigError::new("log.level", format!("not a valid filter: {e}")))?;
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            http_url("telemetry.otlp_endpoint", endpoint)?;
+        }
+        for (key, value) in [
+            ("orchestrator.url", &self.orchestrator.url),
+            ("router.url", &self.router.url),
+            ("agents.url", &self.agents.url),
+            ("tools.url", &self.tools.url),
+            ("memory.url", &self.memory.url),
+            ("auth.url", &self.auth.url),
+        ] {
+            http_url(key, value)?;
+        }
+        let o = &self.orchestrator;
+        positive("orchestrator.task_timeout", o.task_timeout)?;
+        in_range("orchestrator.max_input_bytes", o.max_input_bytes, 1, 16 * 1024 * 1024)?;
+        in_range("orchestrator.max_tasks", o.max_tasks, 1, 100_000_000)?;
+        in_range("orchestrator.max_events_per_task", o.max_events_per_task, 16, 1_000_000)?;
+        let r = &self.router;
+        positive("router.heartbeat_interval", r.heartbeat_interval)?;
+        if r.worker_ttl <= r.heartbeat_interval {
+            return Err(ConfigError::new(
+                "router.worker_ttl",
+                "must be longer than router.heartbeat_interval",
+            ));
+        }
+        in_range("router.max_workers", r.max_workers, 1, 1_000_000)?;
+        let a = &self.agents;
+        in_range("agents.capacity", a.capacity as usize, 1, 10_000)?;
+        in_range("agents.max_steps", a.max_steps as usize, 1, 10_000)?;
+        in_range("agents.max_spec_bytes", a.max_spec_bytes, 64, 16 * 1024 * 1024)?;
+        let t = &self.tools;
+        in_range("tools.max_file_bytes", t.max_file_bytes, 1, 1024 * 1024 * 1024)?;
+        in_range("tools.max_list_entries", t.max_list_entries, 1, 1_000_000)?;
+        in_range("tools.max_journal_entries", t.max_journal_entries, 1, 100_000_000)?;
+        let m = &self.memory;
+        in_range("memory.max_items_per_tenant", m.max_items_per_tenant, 1, 100_000_000)?;
+        in_range("memory.max_text_bytes", m.max_text_bytes, 1, 16 * 1024 * 1024)?;
+        positive("auth.key_cache_ttl", self.auth.key_cache_ttl)?;
+        Ok(())
+    }
+
+    /// The tools workspace root.
+    pub fn workspace_dir(&self) -> PathBuf {
+        self.tools
+            .workspace_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("workspaces"))
+    }
+
+    /// The API key store.
+    pub fn key_file(&self) -> PathBuf {
+        self.auth.key_file.clone().unwrap_or_else(|| self.data_dir.join("keys.json"))
+    }
+}
+
+fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(key, format!("{value} is outside {min}..={max}")))
+    }
+}
+
+fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        Err(ConfigError::new(key, "must be longer than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = value
+        .parse()
+        .map_err(|e| ConfigError::new(key, format!("`{value}` is not a URL: {e}")))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err(ConfigError::new(key, format!("`{value}` must be an http:// or https:// URL"))),
+    }
+}
+
+fn from_figment(error: figment::Error) -> ConfigError {
+    let key = if error.path.is_empty() {
+        "config".to_owned()
+    } else {
+        error.path.join(".")
+    };
+    let source = error.metadata.as_ref().map(|meta| {
+        let path: Vec<&str> = error.path.iter().map(String::as_str).collect();
+        let profile = error.profile.clone().unwrap_or_default();
+        format!(" (from {} `{}`)", meta.name, meta.interpolate(&profile, &path))
+    });
+    ConfigError::new(&key, format!("{}{}", error.kind, source.unwrap_or_default()))
+}
+
+/// Durations as human-readable text (`30s`, `5m`, `250ms`).
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like `30s` or `5m`: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("amaos.toml");
+        std::fs::write(&path, "[router]\nlisten = \"127.0.0.1:7000\"\nworker_ttl = \"1m\"\n").unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.router.listen.port(), 7000);
+        assert_eq!(config.router.worker_ttl, Duration::from_secs(60));
+
+        std::fs::write(&path, "[router]\nlistne = \"127.0.0.1:7000\"\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err();
+        assert!(error.to_string().contains("listne"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("amaos.toml");
+        std::fs::write(&path, "[limits]\nrequest_timeout = \"soon\"\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err();
+        assert_eq!(error.key, "limits.request_timeout", "{error}");
+        assert!(!error.to_string().contains('\n'));
+
+        std::fs::write(&path, "[agents]\ncapacity = 0\n").unwrap();
+        let error = Config::load(Some(&path)).unwrap_err();
+        assert_eq!(error.key, "agents.capacity");
+
+        std::fs::write(&path, "[router]\nurl = \"ftp://x\"\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap_err().key, "router.url");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let error = Config::load(Some(Path::new("/nonexistent/amaos.toml"))).unwrap_err();
+        assert_eq!(error.key, "config");
+    }
+}

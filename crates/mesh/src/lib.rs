@@ -1,0 +1,33 @@
+//! What every AMAOS service shares, written once.
+//!
+//! # Layout
+//!
+//! - [`config`]: the typed configuration (defaults → file → `AMAOS_*`
+//!   environment), validated once at start.
+//! - [`telemetry`]: structured logs, OpenTelemetry tracing (OTLP when an
+//!   endpoint is configured) and W3C trace-context propagation.
+//! - [`metrics`]: per-service Prometheus metrics and the admin HTTP endpoint.
+//! - [`server`]: the one way a service is served: health, reflection, load
+//!   shedding, metrics, context propagation and a bounded drain.
+//! - [`client`]: channels to other services with timeouts and deadline and
+//!   trace-context propagation.
+//! - [`caller`]: who is calling, as carried in request metadata.
+//! - [`status`]: building `tonic::Status` values with rich error details.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+
+pub mod caller;
+pub mod client;
+pub mod config;
+mod context;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
+pub mod status;
+pub mod telemetry;
+
+pub use config::Config;
+
+/// A fresh, time-ordered id (UUIDv7) as text.
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,315 @@
+//! The one way an AMAOS service is served.
+//!
+//! [`serve`] takes the service's routes, an already-bound listener and a
+//! shutdown token, and adds what every server needs: gRPC health, reflection
+//! (public services), a concurrency limit that sheds load with
+//! RESOURCE_EXHAUSTED, per-RPC metrics, trace-context extraction, the inbound
+//! deadline as a task-local for outgoing calls, and a drain bounded by
+//! `limits.drain_timeout`. Message size limits are set on each generated
+//! server with [`limit_messages!`](crate::limit_messages).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tonic::body::Body;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::config::Limits;
+use crate::context;
+use crate::metrics::Metrics;
+use crate::telemetry;
+
+/// Sets the configured decode and encode size limits on a generated server.
+#[macro_export]
+macro_rules! limit_messages {
+    ($server:expr, $limits:expr) => {
+        $server
+            .max_decoding_message_size($limits.max_message_bytes)
+            .max_encoding_message_size($limits.max_message_bytes)
+    };
+}
+
+/// A service ready to be served.
+pub struct GrpcService {
+    /// A short name for logs and metrics, e.g. `orchestrator`.
+    pub name: &'static str,
+    /// The fully qualified gRPC service names it hosts, reported by health
+    /// and listed by reflection.
+    pub grpc_names: Vec<&'static str>,
+    /// Its routes.
+    pub routes: Routes,
+    /// Whether to serve reflection (public services).
+    pub reflection: bool,
+}
+
+/// Why a server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(amaos_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .with_service_name("grpc.health.v1.Health");
+    for name in names {
+        builder = builder.with_service_name(*name);
+    }
+    builder
+}
+
+/// Serves `service` on `listener` until `shutdown` is cancelled, then drains
+/// in-flight requests for at most `limits.drain_timeout`.
+pub async fn serve(
+    service: GrpcService,
+    listener: TcpListener,
+    limits: &Limits,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let GrpcService {
+        name,
+        grpc_names,
+        mut routes,
+        reflection,
+    } = service;
+    let (health, health_server) = tonic_health::server::health_reporter();
+    for grpc_name in &grpc_names {
+        health.set_service_status(*grpc_name, ServingStatus::Serving).await;
+    }
+    routes = routes.add_service(health_server);
+    if reflection {
+        routes = routes
+            .add_service(reflection_builder(&grpc_names).build_v1()?)
+            .add_service(reflection_builder(&grpc_names).build_v1alpha()?);
+    }
+
+    let local = listener.local_addr()?;
+    tracing::info!(service = name, address = %local, "serving gRPC");
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stop = {
+        let shutdown = shutdown.clone();
+        let health = health.clone();
+        let grpc_names = grpc_names.clone();
+        async move {
+            shutdown.cancelled().await;
+            health.set_service_status("", ServingStatus::NotServing).await;
+            for grpc_name in grpc_names {
+                health.set_service_status(grpc_name, ServingStatus::NotServing).await;
+            }
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .layer(MeshLayer::new(metrics, limits.max_concurrent_requests))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, stop);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = shutdown.cancelled() => {
+            match tokio::time::timeout(limits.drain_timeout, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(service = name, "drain deadline passed; cutting off in-flight requests"),
+            }
+        }
+    }
+    tracing::info!(service = name, "stopped");
+    Ok(())
+}
+
+/// The middleware every server shares: load shedding, metrics, tracing context
+/// and the inbound deadline.
+#[derive(Clone)]
+struct MeshLayer {
+    metrics: Metrics,
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl MeshLayer {
+    fn new(metrics: Metrics, limit: usize) -> Self {
+        Self {
+            metrics,
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<S> Layer<S> for MeshLayer {
+    type Service = MeshService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MeshService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct MeshService<S> {
+    inner: S,
+    layer: MeshLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S> Service<http::Request<Body>> for MeshService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let rpc = request.uri().path().to_owned();
+        let metrics = self.layer.metrics.clone();
+        let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            metrics.shed(&rpc);
+            let limit = self.layer.limit;
+            return Box::pin(async move {
+                Ok(tonic::Status::resource_exhausted(format!(
+                    "server is at its limit of {limit} concurrent requests; retry with backoff"
+                ))
+                .into_http())
+            });
+        };
+        let span = tracing::info_span!("grpc.server", otel.name = %rpc, otel.kind = "server", rpc.system = "grpc");
+        telemetry::set_parent_from(&span, request.headers());
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(context::parse_grpc_timeout)
+            .map(|timeout| Instant::now() + timeout);
+        // Take the service that was driven to readiness; leave a clone behind.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let recorder = Recorder::start(metrics, rpc);
+        Box::pin(async move {
+            let response = context::DEADLINE
+                .scope(deadline, inner.call(request))
+                .instrument(span)
+                .await;
+            drop(permit);
+            let Ok(response) = response;
+            if let Some(code) = grpc_status(response.headers()) {
+                recorder.finish(code);
+                return Ok(response);
+            }
+            Ok(response.map(|body| Body::new(MeteredBody { inner: body, recorder })))
+        })
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(tonic::Code::from_i32(value))
+}
+
+/// Records one request's outcome exactly once; a request dropped before its
+/// status was seen counts as CANCELLED.
+struct Recorder {
+    metrics: Metrics,
+    rpc: String,
+    started: Instant,
+    done: bool,
+}
+
+impl Recorder {
+    fn start(metrics: Metrics, rpc: String) -> Self {
+        metrics.started();
+        Self {
+            metrics,
+            rpc,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    fn record(&mut self, code: tonic::Code) {
+        if !self.done {
+            self.done = true;
+            let elapsed: Duration = self.started.elapsed();
+            self.metrics.finished(&self.rpc, code, elapsed);
+        }
+    }
+
+    fn finish(mut self, code: tonic::Code) {
+        self.record(code);
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.record(tonic::Code::Cancelled);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records the gRPC status found in its trailers.
+    struct MeteredBody {
+        #[pin]
+        inner: Body,
+        recorder: Recorder,
+    }
+}
+
+impl http_body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
+                    this.recorder.record(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => this.recorder.record(status.code()),
+            Poll::Ready(None) => this.recorder.record(tonic::Code::Ok),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,55 @@
+//! Building `tonic::Status` values with rich error details (google.rpc
+//! `BadRequest`, `ErrorInfo`, `RetryInfo`), so any gRPC client can read which
+//! field was wrong or when to retry.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The error domain in `ErrorInfo` details.
+pub const DOMAIN: &str = "amaos.dev";
+
+/// INVALID_ARGUMENT naming the offending field, with a `BadRequest` detail.
+pub fn invalid_field(field: &str, description: impl Into<String>) -> tonic::Status {
+    let description = description.into();
+    let message = format!("{field}: {description}");
+    tonic::Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request_violation(field, description),
+    )
+}
+
+/// A status of `code` with an `ErrorInfo` detail carrying a machine-readable reason.
+pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> tonic::Status {
+    tonic::Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, DOMAIN, std::collections::HashMap::<String, String>::new()),
+    )
+}
+
+/// RESOURCE_EXHAUSTED with a `RetryInfo` detail saying when to try again.
+pub fn exhausted_retry_after(message: impl Into<String>, retry_after: Duration) -> tonic::Status {
+    tonic::Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_retry_info(Some(retry_after)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_field_carries_a_bad_request_violation() {
+        let status = invalid_field("team.spec_yaml", "line 3: unknown field `agnets`");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let violation = &details.bad_request().unwrap().field_violations[0];
+        assert_eq!(violation.field, "team.spec_yaml");
+        assert!(status.message().contains("line 3"));
+    }
+}

@@ -1,0 +1,33 @@
+//! Compiles the contracts under `proto/` with protox (no protoc needed) and
+//! writes the encoded descriptor set next to the generated code, for gRPC
+//! reflection and the REST gateway.
+
+use std::path::PathBuf;
+
+use prost::Message;
+
+const FILES: &[&str] = &[
+    "amaos/orchestrator/v1/orchestrator.proto",
+    "amaos/router/v1/router.proto",
+    "amaos/agents/v1/agents.proto",
+    "amaos/tools/v1/tools.proto",
+    "amaos/memory/v1/memory.proto",
+    "amaos/auth/v1/auth.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    println!("cargo:rerun-if-changed={}", root.display());
+
+    let files: Vec<PathBuf> = FILES.iter().map(|f| root.join(f)).collect();
+    let fds = protox::compile(&files, [&root])?;
+
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("amaos_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
