@@ -14,18 +14,23 @@
 //! - [`caller`]: who is calling, as carried in request metadata.
 //! - [`status`]: building `tonic::Status` values with rich error details.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+//! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
 
 pub mod caller;
 pub mod client;
 pub mod config;
 mod context;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 
 pub use config::Config;
+
+/// The error type services return from `serve`.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A fresh, time-ordered id (UUIDv7) as text.
 pub fn new_id() -> String {

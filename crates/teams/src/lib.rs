@@ -1,1 +1,99 @@
-//! placeholder
+//! AMAOS team specs: the YAML model, parsing, and validation with errors that
+//! name the line and field.
+//!
+//! # Layout
+//!
+//! - [`spec`]: the types a team spec deserializes into.
+//! - [`lines`]: a map from field paths (`crew.tasks[1].agent`) to source lines,
+//!   so semantic errors can point at the line as syntax errors do.
+//! - [`parse`]: YAML text → a validated [`TeamSpec`], or every error found.
+//!
+//! The orchestrator validates inline specs at submission and the agents
+//! service runs them; both use this crate, so a spec is a contract like the
+//! protos.
+
+pub mod lines;
+pub mod spec;
+
+use std::fmt;
+
+pub use spec::{AgentSpec, Budget, CrewSpec, CrewTask, Process, ReplayTurn, TeamSpec, ToolTurn};
+
+/// The model alias of the built-in deterministic scripted model.
+pub const REPLAY_MODEL: &str = "replay";
+
+/// One problem in a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// The dotted field path, e.g. `crew.tasks[1].agent`; empty for the document.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.field.is_empty()) {
+            (Some(line), false) => write!(f, "line {line}: `{}`: {}", self.field, self.message),
+            (Some(line), true) => write!(f, "line {line}: {}", self.message),
+            (None, false) => write!(f, "`{}`: {}", self.field, self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// Every problem found in a spec, in source order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+/// Parses and validates a team spec.
+pub fn parse(yaml: &str) -> Result<TeamSpec, SpecErrors> {
+    let spec: TeamSpec = serde_yaml::from_str(yaml).map_err(|error| {
+        let line = error.location().map(|l| l.line());
+        let message = error.to_string();
+        // serde_yaml appends " at line L column C"; the line is reported separately.
+        let message = match message.find(" at line ") {
+            Some(i) => message[..i].to_owned(),
+            None => message,
+        };
+        let (field, message) = match message.split_once(": ") {
+            Some((path, rest)) if !path.contains(' ') => (path.to_owned(), rest.to_owned()),
+            _ => (String::new(), message),
+        };
+        SpecErrors(vec![SpecError { line, field, message }])
+    })?;
+    let problems = spec.problems();
+    if problems.is_empty() {
+        return Ok(spec);
+    }
+    let index = lines::LineIndex::new(yaml);
+    let mut errors: Vec<SpecError> = problems
+        .into_iter()
+        .map(|(field, message)| SpecError {
+            line: index.line_of(&field),
+            field,
+            message,
+        })
+        .collect();
+    errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+    Err(SpecErrors(errors))
+}
+
+#[cfg(test)]
+mod tests;

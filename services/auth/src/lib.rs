@@ -1,1 +1,415 @@
-//! placeholder
+//! The auth service: API keys per tenant, authentication, authorization
+//! decisions and the audit trail.
+//!
+//! # Layout
+//!
+//! - [`keys`]: the key store (argon2id hashes in a JSON file).
+//! - [`policy`]: which role may do what.
+//! - [`audit`]: the hash-chained audit trail.
+//! - [`error`]: the service's errors and their mapping to gRPC codes.
+//! - this file: the gRPC service, the verification cache, [`open`] (which
+//!   creates the first admin key) and [`serve`].
+
+pub mod audit;
+pub mod error;
+pub mod keys;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use amaos_mesh::config::Limits;
+use amaos_mesh::metrics::Metrics;
+use amaos_mesh::server::GrpcService;
+use amaos_mesh::{BoxError, Config, caller, limit_messages};
+use amaos_proto::auth::v1 as pb;
+use amaos_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
+use amaos_proto::time::{duration, timestamp};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::audit::{AuditLog, Entry};
+use crate::error::AuthError;
+use crate::keys::{KeyStore, NewKey, StoredKey};
+
+/// The tenant whose admins manage every tenant.
+pub const PLATFORM_TENANT: &str = "default";
+
+const MAX_CACHE_ENTRIES: usize = 10_000;
+
+/// The auth service's state.
+pub struct AuthState {
+    keys: KeyStore,
+    audit: AuditLog,
+    cache: Mutex<HashMap<[u8; 32], (StoredKey, Instant)>>,
+    cache_ttl: Duration,
+}
+
+/// What [`open`] found or made.
+pub struct Opened {
+    /// The state to serve.
+    pub state: Arc<AuthState>,
+    /// Where the first admin key was written, when the store was empty.
+    pub bootstrap_key_file: Option<PathBuf>,
+}
+
+/// Opens the key store; when it holds no key, creates an `admin` key for the
+/// `default` tenant and writes its secret to `<data_dir>/admin.key`.
+pub fn open(config: &Config) -> Result<Opened, AuthError> {
+    let keys = KeyStore::open(&config.key_file())?;
+    let mut bootstrap_key_file = None;
+    if keys.is_empty() {
+        let (_, secret) = keys.create(NewKey {
+            name: "bootstrap-admin",
+            tenant: PLATFORM_TENANT,
+            roles: vec!["admin".into()],
+            ttl: None,
+            idempotency_key: None,
+        })?;
+        let path = config.data_dir.join("admin.key");
+        keys::write_secret_file(&path, secret.as_deref().unwrap_or_default())
+            .map_err(|e| AuthError::Store(format!("cannot write {}: {e}", path.display())))?;
+        tracing::warn!(path = %path.display(), "created the first admin key for tenant `default`");
+        bootstrap_key_file = Some(path);
+    }
+    Ok(Opened {
+        state: Arc::new(AuthState {
+            keys,
+            audit: AuditLog::default(),
+            cache: Mutex::new(HashMap::new()),
+            cache_ttl: config.auth.key_cache_ttl,
+        }),
+        bootstrap_key_file,
+    })
+}
+
+impl AuthState {
+    /// Verifies a presented key, with a short cache so argon2 runs once per TTL.
+    pub fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((key, at)) = cache.get(&digest) {
+                if at.elapsed() < self.cache_ttl && key.usable(keys::now_ms()) {
+                    return Ok(key.clone());
+                }
+            }
+        }
+        let key = self.keys.verify(presented)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(digest, (key.clone(), Instant::now()));
+        Ok(key)
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Result<StoredKey, AuthError> {
+        let presented = caller::bearer(request.metadata()).ok_or(AuthError::MissingCredentials)?;
+        self.verify(presented)
+    }
+
+    /// Checks that `key` may do `action` on `object`, auditing a refusal.
+    fn check(&self, key: &StoredKey, object: &str, action: &str) -> Result<(), AuthError> {
+        if policy::allows(&key.roles, object, action).is_some() {
+            return Ok(());
+        }
+        self.audit.append(Entry {
+            principal: &key.key_id,
+            tenant: &key.tenant,
+            action: &format!("{object}.{action}"),
+            object,
+            allowed: false,
+        });
+        Err(AuthError::Forbidden(format!(
+            "roles [{}] may not `{action}` on `{object}`",
+            key.roles.join(", ")
+        )))
+    }
+
+    /// The tenant a request acts on: its own, or (for platform admins) another.
+    fn scope(&self, key: &StoredKey, requested: &str) -> Result<String, AuthError> {
+        if requested.is_empty() || requested == key.tenant {
+            return Ok(key.tenant.clone());
+        }
+        if !caller::valid_tenant(requested) {
+            return Err(AuthError::InvalidArgument {
+                field: "tenant",
+                message: "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+            });
+        }
+        if key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "admin") {
+            Ok(requested.to_owned())
+        } else {
+            Err(AuthError::Forbidden(format!(
+                "a key of tenant `{}` cannot act on tenant `{requested}`",
+                key.tenant
+            )))
+        }
+    }
+
+    fn forget_cached(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn ms_timestamp(ms: u64) -> prost_types::Timestamp {
+    timestamp(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+fn to_proto(key: &StoredKey) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: key.key_id.clone(),
+        name: key.name.clone(),
+        tenant: key.tenant.clone(),
+        roles: key.roles.clone(),
+        prefix: key.prefix.clone(),
+        created_at: Some(ms_timestamp(key.created_at_ms)),
+        last_used_at: key.last_used_at_ms.map(ms_timestamp),
+        revoked_at: key.revoked_at_ms.map(ms_timestamp),
+        expires_at: key.expires_at_ms.map(ms_timestamp),
+    }
+}
+
+fn principal(key: &StoredKey) -> pb::Principal {
+    pb::Principal {
+        subject: key.key_id.clone(),
+        tenant: key.tenant.clone(),
+        roles: key.roles.clone(),
+        name: key.name.clone(),
+    }
+}
+
+/// The gRPC face of [`AuthState`].
+#[derive(Clone)]
+pub struct Auth {
+    state: Arc<AuthState>,
+}
+
+impl Auth {
+    /// Serves `state`.
+    pub fn new(state: Arc<AuthState>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl AuthService for Auth {
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let key = self.state.caller(&request)?;
+        self.state.check(&key, "keys", "write")?;
+        let pb::CreateApiKeyRequest {
+            name,
+            tenant,
+            roles,
+            ttl,
+            idempotency_key,
+        } = request.into_inner();
+        let tenant = self.state.scope(&key, &tenant)?;
+        if name.trim().is_empty() || name.chars().count() > 128 {
+            return Err(AuthError::InvalidArgument {
+                field: "name",
+                message: "must be 1 to 128 characters".into(),
+            }
+            .into());
+        }
+        let roles = if roles.is_empty() { vec!["developer".to_owned()] } else { roles };
+        if let Some(bad) = roles.iter().find(|r| !policy::ROLES.contains(&r.as_str())) {
+            return Err(AuthError::InvalidArgument {
+                field: "roles",
+                message: format!("unknown role `{bad}`; roles are {}", policy::ROLES.join(", ")),
+            }
+            .into());
+        }
+        let ttl = match ttl {
+            Some(ttl) => Some(duration(&ttl).filter(|d| !d.is_zero()).ok_or(AuthError::InvalidArgument {
+                field: "ttl",
+                message: "must be positive".into(),
+            })?),
+            None => None,
+        };
+        let idempotency_key = Some(idempotency_key).filter(|k| !k.is_empty());
+        let (created, secret) = self.state.keys.create(NewKey {
+            name: &name,
+            tenant: &tenant,
+            roles,
+            ttl,
+            idempotency_key: idempotency_key.as_deref(),
+        })?;
+        self.state.audit.append(Entry {
+            principal: &key.key_id,
+            tenant: &tenant,
+            action: "keys.create",
+            object: &created.key_id,
+            allowed: true,
+        });
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            api_key: Some(to_proto(&created)),
+            secret: secret.unwrap_or_default(),
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let key = self.state.caller(&request)?;
+        self.state.check(&key, "keys", "read")?;
+        let pb::ListApiKeysRequest {
+            include_revoked,
+            tenant,
+        } = request.into_inner();
+        let tenant = self.state.scope(&key, &tenant)?;
+        let keys = self.state.keys.list(Some(&tenant), include_revoked);
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys.iter().map(to_proto).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let key = self.state.caller(&request)?;
+        self.state.check(&key, "keys", "write")?;
+        let pb::RevokeApiKeyRequest {
+            key_id,
+            idempotency_key: _,
+        } = request.into_inner();
+        // Platform admins revoke in any tenant; others only in their own.
+        let platform = key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "admin");
+        let scope = (!platform).then_some(key.tenant.as_str());
+        let revoked = self.state.keys.revoke(&key_id, scope)?;
+        self.state.forget_cached();
+        self.state.audit.append(Entry {
+            principal: &key.key_id,
+            tenant: &revoked.tenant,
+            action: "keys.revoke",
+            object: &revoked.key_id,
+            allowed: true,
+        });
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            api_key: Some(to_proto(&revoked)),
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let pb::AuthenticateRequest { api_key, audience: _ } = request.into_inner();
+        if api_key.is_empty() {
+            return Err(AuthError::MissingCredentials.into());
+        }
+        let key = self.state.verify(&api_key)?;
+        Ok(Response::new(pb::AuthenticateResponse {
+            principal: Some(principal(&key)),
+            token: String::new(),
+            expires_at: None,
+        }))
+    }
+
+    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let key = self.state.caller(&request)?;
+        let pb::AuthorizeRequest {
+            subject,
+            tenant,
+            object,
+            action,
+        } = request.into_inner();
+        let tenant = self.state.scope(&key, &tenant)?;
+        // The subject is a role name or a key id of that tenant.
+        let roles = if policy::ROLES.contains(&subject.as_str()) {
+            vec![subject]
+        } else {
+            self.state
+                .keys
+                .list(Some(&tenant), false)
+                .into_iter()
+                .find(|k| k.key_id == subject)
+                .map(|k| k.roles)
+                .unwrap_or_default()
+        };
+        let decision = policy::allows(&roles, &object, &action);
+        Ok(Response::new(pb::AuthorizeResponse {
+            allowed: decision.is_some(),
+            reason: decision.unwrap_or_else(|| "no rule allows it".into()),
+        }))
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<pb::QueryAuditResponse>, Status> {
+        let key = self.state.caller(&request)?;
+        self.state.check(&key, "audit", "read")?;
+        let pb::QueryAuditRequest {
+            after,
+            action,
+            page_size,
+            after_index,
+        } = request.into_inner();
+        let platform = key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "admin");
+        let tenant = (!platform).then_some(key.tenant.as_str());
+        let after_ms = after
+            .as_ref()
+            .and_then(amaos_proto::time::system_time)
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let limit = match page_size {
+            0 => 100,
+            n => n.min(1000) as usize,
+        };
+        let action = Some(action.as_str()).filter(|a| !a.is_empty());
+        let records = self.state.audit.query(tenant, action, after_ms, after_index, limit);
+        Ok(Response::new(pb::QueryAuditResponse {
+            records: records
+                .into_iter()
+                .map(|r| pb::AuditRecord {
+                    index: r.index,
+                    at: Some(ms_timestamp(r.at_ms)),
+                    principal: r.principal,
+                    tenant: r.tenant,
+                    action: r.action,
+                    object: r.object,
+                    decision: r.decision,
+                    trace_id: String::new(),
+                    prev_hash: r.prev_hash,
+                    hash: r.hash,
+                })
+                .collect(),
+        }))
+    }
+}
+
+/// The auth service, ready for [`amaos_mesh::server::serve`].
+pub fn grpc_service(state: Arc<AuthState>, limits: &Limits) -> GrpcService {
+    let server = limit_messages!(AuthServiceServer::new(Auth::new(state)), limits);
+    GrpcService {
+        name: "auth",
+        grpc_names: vec!["amaos.auth.v1.AuthService"],
+        routes: tonic::service::Routes::new(server),
+        reflection: true,
+    }
+}
+
+/// Serves the auth service on `listener` until `shutdown`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), BoxError> {
+    let opened = open(&config)?;
+    let service = grpc_service(opened.state, &config.limits);
+    amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
+    Ok(())
+}

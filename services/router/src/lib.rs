@@ -1,1 +1,222 @@
-//! placeholder
+//! The router: the registry of agents workers and the choice of which one
+//! runs a team. It stays off the data path: the orchestrator calls the chosen
+//! worker itself.
+//!
+//! # Layout
+//!
+//! - [`registry`]: registration, heartbeats with a TTL, and the routing policy
+//!   (least loaded relative to capacity, or rendezvous hashing on a session key).
+//! - [`error`]: the router's errors and their mapping to gRPC codes.
+//! - this file: the gRPC service and [`serve`].
+
+pub mod error;
+pub mod registry;
+
+use std::sync::Arc;
+
+use amaos_mesh::config::Limits;
+use amaos_mesh::metrics::Metrics;
+use amaos_mesh::server::GrpcService;
+use amaos_mesh::{BoxError, Config, limit_messages};
+use amaos_proto::router::v1 as pb;
+use amaos_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
+use amaos_proto::time::{proto_duration, timestamp};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::error::RouterError;
+use crate::registry::{Registration, Registry, RouteQuery, WorkerView};
+
+/// The router's gRPC service.
+#[derive(Clone)]
+pub struct Router {
+    registry: Arc<Registry>,
+    heartbeat_interval: std::time::Duration,
+    ttl: std::time::Duration,
+}
+
+impl Router {
+    /// A router with an empty registry.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            registry: Arc::new(Registry::new(config.router.worker_ttl, config.router.max_workers)),
+            heartbeat_interval: config.router.heartbeat_interval,
+            ttl: config.router.worker_ttl,
+        }
+    }
+}
+
+fn to_proto(w: WorkerView) -> pb::Worker {
+    let state = if w.expired {
+        pb::WorkerState::Expired
+    } else if w.draining {
+        pb::WorkerState::Draining
+    } else {
+        pb::WorkerState::Live
+    };
+    let Registration {
+        address,
+        teams,
+        capabilities,
+        capacity,
+        labels,
+    } = w.registration;
+    pb::Worker {
+        worker_id: w.worker_id,
+        address,
+        teams,
+        capabilities,
+        capacity,
+        in_flight: w.in_flight,
+        state: state as i32,
+        // Circuit breakers are not tracked by the embedded registry yet.
+        breaker: pb::BreakerState::Unspecified as i32,
+        registered_at: Some(timestamp(w.registered_at)),
+        last_heartbeat_at: Some(timestamp(w.last_heartbeat_at)),
+        labels,
+    }
+}
+
+fn check_address(address: &str) -> Result<(), RouterError> {
+    let uri: http::Uri = address.parse().map_err(|e| RouterError::InvalidArgument {
+        field: "address",
+        message: format!("not a URL: {e}"),
+    })?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err(RouterError::InvalidArgument {
+            field: "address",
+            message: "must be an http:// or https:// URL".into(),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl RouterService for Router {
+    async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+        let pb::RouteRequest {
+            team,
+            inline_spec,
+            required_capabilities,
+            session_key,
+            exclude_worker_ids,
+        } = request.into_inner();
+        if team.is_empty() {
+            return Err(RouterError::InvalidArgument {
+                field: "team",
+                message: "must not be empty".into(),
+            }
+            .into());
+        }
+        let worker = self.registry.route(&RouteQuery {
+            team: &team,
+            inline_spec,
+            required_capabilities: &required_capabilities,
+            session_key: &session_key,
+            exclude: &exclude_worker_ids,
+        })?;
+        let reason = if session_key.is_empty() {
+            "least loaded live worker"
+        } else {
+            "session affinity"
+        };
+        Ok(Response::new(pb::RouteResponse {
+            worker: Some(to_proto(worker)),
+            reason: reason.into(),
+        }))
+    }
+
+    async fn register_worker(
+        &self,
+        request: Request<pb::RegisterWorkerRequest>,
+    ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let pb::RegisterWorkerRequest {
+            worker_id,
+            address,
+            teams,
+            capabilities,
+            capacity,
+            labels,
+            idempotency_key: _,
+        } = request.into_inner();
+        check_address(&address)?;
+        if teams.is_empty() || teams.len() > 10_000 {
+            return Err(RouterError::InvalidArgument {
+                field: "teams",
+                message: "a worker serves 1 to 10000 teams".into(),
+            }
+            .into());
+        }
+        if capacity == 0 {
+            return Err(RouterError::InvalidArgument {
+                field: "capacity",
+                message: "must be at least 1".into(),
+            }
+            .into());
+        }
+        let worker_id = self.registry.register(
+            Some(worker_id).filter(|id| !id.is_empty()),
+            Registration {
+                address,
+                teams,
+                capabilities,
+                capacity,
+                labels,
+            },
+        )?;
+        tracing::info!(%worker_id, "worker registered");
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id,
+            heartbeat_interval: Some(proto_duration(self.heartbeat_interval)),
+            ttl: Some(proto_duration(self.ttl)),
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let pb::HeartbeatRequest {
+            worker_id,
+            in_flight,
+            draining,
+        } = request.into_inner();
+        let expires_at = self.registry.heartbeat(&worker_id, in_flight, draining)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            expires_at: Some(timestamp(expires_at)),
+        }))
+    }
+
+    async fn list_workers(
+        &self,
+        request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let pb::ListWorkersRequest { team, include_expired } = request.into_inner();
+        let team = Some(team.as_str()).filter(|t| !t.is_empty());
+        let workers = self.registry.list(team, include_expired);
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers: workers.into_iter().map(to_proto).collect(),
+        }))
+    }
+}
+
+/// The router, ready for [`amaos_mesh::server::serve`].
+pub fn grpc_service(router: Router, limits: &Limits) -> GrpcService {
+    let server = limit_messages!(RouterServiceServer::new(router), limits);
+    GrpcService {
+        name: "router",
+        grpc_names: vec!["amaos.router.v1.RouterService"],
+        routes: tonic::service::Routes::new(server),
+        reflection: true,
+    }
+}
+
+/// Serves the router on `listener` until `shutdown`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), BoxError> {
+    let service = grpc_service(Router::new(&config), &config.limits);
+    amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! The life of a one-service process (`amaos-<svc>` binaries): load and
+//! validate config before binding anything, exit 64 on bad config, bind the
+//! gRPC and admin listeners, serve until SIGTERM/SIGINT, then drain.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, EXIT_CONFIG, ServiceEndpoint};
+use crate::metrics::{self, Metrics};
+use crate::{shutdown, telemetry};
+
+/// Reads `--config <file>` from the arguments, or `AMAOS_CONFIG`.
+pub fn config_path_from_args() -> Result<Option<PathBuf>, String> {
+    let mut args = std::env::args().skip(1);
+    let mut path = std::env::var_os("AMAOS_CONFIG").map(PathBuf::from);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" => path = Some(args.next().ok_or("--config needs a file")?.into()),
+            "-h" | "--help" => return Err("usage: [--config <file.toml>]  (or AMAOS_CONFIG; AMAOS_* variables override)".into()),
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    Ok(path)
+}
+
+/// Loads config or prints the one-line error; `Err` carries the exit code.
+pub fn load_config() -> Result<Config, ExitCode> {
+    let path = config_path_from_args().map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(EXIT_CONFIG as u8)
+    })?;
+    Config::load(path.as_deref()).map_err(|e| {
+        eprintln!("amaos: {e}");
+        ExitCode::from(EXIT_CONFIG as u8)
+    })
+}
+
+/// Runs one service as a whole process and returns its exit code.
+pub fn run_service<F, Fut>(service: &'static str, endpoint: fn(&Config) -> &dyn ServiceEndpoint, serve: F) -> ExitCode
+where
+    F: FnOnce(Config, TcpListener, Metrics, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+{
+    let config = match load_config() {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("amaos-{service}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let _telemetry = match telemetry::init(&config, service) {
+            Ok(guard) => guard,
+            Err(error) => {
+                eprintln!("amaos-{service}: {error}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        };
+        let ep = endpoint(&config);
+        let listener = match TcpListener::bind(ep.listen()).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(address = %ep.listen(), %error, "cannot bind the gRPC listener");
+                return ExitCode::FAILURE;
+            }
+        };
+        let shutdown = shutdown::on_signal();
+        let metrics = Metrics::new(service);
+        if let Some(admin) = ep.admin_listen() {
+            match TcpListener::bind(admin).await {
+                Ok(admin_listener) => {
+                    tracing::info!(address = %admin, "serving /metrics and /healthz");
+                    tokio::spawn(metrics::serve_admin(admin_listener, metrics.clone(), shutdown.clone()));
+                }
+                Err(error) => {
+                    tracing::error!(address = %admin, %error, "cannot bind the admin listener");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        match serve(config, listener, metrics, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "stopped with an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

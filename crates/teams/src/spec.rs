@@ -1,0 +1,287 @@
+//! The types a team spec deserializes into, and the checks types cannot express.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::REPLAY_MODEL;
+
+/// Most agents in a team.
+pub const MAX_AGENTS: usize = 32;
+/// Most tasks in a crew.
+pub const MAX_TASKS: usize = 64;
+/// Most scripted turns per agent.
+pub const MAX_REPLAY_TURNS: usize = 256;
+
+/// A team: its agents and how they work together.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSpec {
+    /// The team's name: 1 to 64 of `[a-z0-9_-]`.
+    pub name: String,
+    /// What the team does, for people.
+    #[serde(default)]
+    pub description: String,
+    /// The agents.
+    pub agents: Vec<AgentSpec>,
+    /// A crew: tasks carried out by assigned agents.
+    pub crew: CrewSpec,
+    /// Limits on one run.
+    #[serde(default)]
+    pub budget: Budget,
+}
+
+/// One agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Its name, unique in the team.
+    pub name: String,
+    /// Its role, e.g. `Senior research analyst`.
+    pub role: String,
+    /// What it is trying to achieve.
+    pub goal: String,
+    /// Who it is, for the system prompt.
+    #[serde(default)]
+    pub backstory: String,
+    /// The model alias it uses.
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// The tools it may call.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Whether it recalls memories before a task and remembers its result after.
+    #[serde(default)]
+    pub memory: bool,
+    /// The scripted turns of the `replay` model for this agent, in order.
+    #[serde(default)]
+    pub replay: Vec<ReplayTurn>,
+}
+
+fn default_model() -> String {
+    REPLAY_MODEL.to_owned()
+}
+
+/// One scripted response of the `replay` model: exactly one of `say` or
+/// `tool`. `{input}` in any text is replaced by the run's input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayTurn {
+    /// Answer with this text; it ends the agent's task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub say: Option<String>,
+    /// Ask for a tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<ToolTurn>,
+}
+
+/// A scripted tool call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolTurn {
+    /// The tool's name.
+    pub name: String,
+    /// Its arguments.
+    #[serde(default)]
+    pub args: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A crew.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrewSpec {
+    /// How tasks are carried out.
+    #[serde(default)]
+    pub process: Process,
+    /// The tasks, in order.
+    pub tasks: Vec<CrewTask>,
+}
+
+/// How a crew carries out its tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Process {
+    /// One after another, in the order given.
+    #[default]
+    Sequential,
+    /// A manager agent delegates and reviews.
+    Hierarchical,
+}
+
+/// A crew task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrewTask {
+    /// Its name, unique in the crew.
+    pub name: String,
+    /// What to do; `{input}` is replaced by the run's input.
+    pub description: String,
+    /// What a good output looks like.
+    #[serde(default)]
+    pub expected_output: String,
+    /// The agent that carries it out.
+    pub agent: String,
+    /// Earlier tasks whose outputs it receives.
+    #[serde(default)]
+    pub context: Vec<String>,
+}
+
+/// Limits on one run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Model calls in all.
+    pub max_steps: Option<u32>,
+    /// Tokens in all.
+    pub max_tokens: Option<u64>,
+    /// Wall-clock time, e.g. `2m`.
+    pub max_wall_time: Option<String>,
+}
+
+impl Budget {
+    /// The wall-time limit, if set and valid.
+    pub fn wall_time(&self) -> Option<Duration> {
+        self.max_wall_time.as_deref().and_then(|t| humantime_parse(t).ok())
+    }
+}
+
+fn humantime_parse(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or("missing a unit")?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().map_err(|_| "missing a number".to_owned())?;
+    let seconds = match unit.trim() {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl TeamSpec {
+    /// The team's kind, as the contracts name it.
+    pub fn kind(&self) -> &'static str {
+        "crew"
+    }
+
+    /// The agent called `name`.
+    pub fn agent(&self, name: &str) -> Option<&AgentSpec> {
+        self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// Every problem the types cannot rule out, as (field path, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut problem = |field: String, message: String| out.push((field, message));
+        if !valid_name(&self.name) {
+            problem("name".into(), "must be 1 to 64 of a-z, 0-9, `-` and `_`".into());
+        }
+        if self.agents.is_empty() || self.agents.len() > MAX_AGENTS {
+            problem("agents".into(), format!("a team has 1 to {MAX_AGENTS} agents"));
+        }
+        let mut agent_names = HashSet::new();
+        for (i, agent) in self.agents.iter().enumerate() {
+            let at = format!("agents[{i}]");
+            if !valid_name(&agent.name) {
+                problem(format!("{at}.name"), "must be 1 to 64 of a-z, 0-9, `-` and `_`".into());
+            } else if !agent_names.insert(agent.name.as_str()) {
+                problem(format!("{at}.name"), format!("agent `{}` is declared twice", agent.name));
+            }
+            if agent.role.trim().is_empty() {
+                problem(format!("{at}.role"), "must not be empty".into());
+            }
+            if agent.goal.trim().is_empty() {
+                problem(format!("{at}.goal"), "must not be empty".into());
+            }
+            if agent.model != REPLAY_MODEL {
+                problem(
+                    format!("{at}.model"),
+                    format!(
+                        "unknown model alias `{}`; this server provides `{REPLAY_MODEL}`",
+                        agent.model
+                    ),
+                );
+            } else if agent.replay.is_empty() {
+                problem(
+                    format!("{at}.replay"),
+                    "the `replay` model needs at least one scripted turn".into(),
+                );
+            }
+            if agent.replay.len() > MAX_REPLAY_TURNS {
+                problem(format!("{at}.replay"), format!("at most {MAX_REPLAY_TURNS} turns"));
+            }
+            for (j, turn) in agent.replay.iter().enumerate() {
+                match (&turn.say, &turn.tool) {
+                    (Some(_), None) => {}
+                    (None, Some(tool)) if agent.tools.contains(&tool.name) => {}
+                    (None, Some(tool)) => problem(
+                        format!("{at}.replay[{j}].tool.name"),
+                        format!("calls tool `{}`, which is not in this agent's `tools`", tool.name),
+                    ),
+                    _ => problem(
+                        format!("{at}.replay[{j}]"),
+                        "a turn has exactly one of `say` or `tool`".into(),
+                    ),
+                }
+            }
+        }
+        if self.crew.process == Process::Hierarchical {
+            problem(
+                "crew.process".into(),
+                "`hierarchical` is not supported by this server yet; use `sequential`".into(),
+            );
+        }
+        if self.crew.tasks.is_empty() || self.crew.tasks.len() > MAX_TASKS {
+            problem("crew.tasks".into(), format!("a crew has 1 to {MAX_TASKS} tasks"));
+        }
+        let mut earlier: HashSet<&str> = HashSet::new();
+        for (i, task) in self.crew.tasks.iter().enumerate() {
+            let at = format!("crew.tasks[{i}]");
+            if !valid_name(&task.name) {
+                problem(format!("{at}.name"), "must be 1 to 64 of a-z, 0-9, `-` and `_`".into());
+            } else if earlier.contains(task.name.as_str()) {
+                problem(format!("{at}.name"), format!("task `{}` is declared twice", task.name));
+            }
+            if task.description.trim().is_empty() {
+                problem(format!("{at}.description"), "must not be empty".into());
+            }
+            if self.agent(&task.agent).is_none() {
+                problem(format!("{at}.agent"), format!("no agent is named `{}`", task.agent));
+            }
+            for (j, source) in task.context.iter().enumerate() {
+                if !earlier.contains(source.as_str()) {
+                    problem(
+                        format!("{at}.context[{j}]"),
+                        format!("`{source}` is not an earlier task of this crew"),
+                    );
+                }
+            }
+            earlier.insert(task.name.as_str());
+        }
+        if self.budget.max_steps == Some(0) {
+            problem("budget.max_steps".into(), "must be at least 1".into());
+        }
+        if self.budget.max_tokens == Some(0) {
+            problem("budget.max_tokens".into(), "must be at least 1".into());
+        }
+        if let Some(text) = &self.budget.max_wall_time {
+            match humantime_parse(text) {
+                Ok(d) if d.is_zero() => problem("budget.max_wall_time".into(), "must be longer than zero".into()),
+                Ok(_) => {}
+                Err(e) => problem("budget.max_wall_time".into(), format!("`{text}` is not a duration: {e}")),
+            }
+        }
+        out
+    }
+}

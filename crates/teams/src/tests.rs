@@ -1,0 +1,80 @@
+use super::*;
+
+const GOOD: &str = r#"name: demo
+description: two agents
+agents:
+  - name: researcher
+    role: Researcher
+    goal: Find facts
+    tools: [file_write]
+    replay:
+      - tool: { name: file_write, args: { path: notes.md, content: "about {input}" } }
+      - say: "notes written"
+  - name: writer
+    role: Writer
+    goal: Write
+    replay:
+      - say: "the brief"
+crew:
+  process: sequential
+  tasks:
+    - name: research
+      description: Research {input}
+      agent: researcher
+    - name: write
+      description: Write it up
+      agent: writer
+      context: [research]
+"#;
+
+#[test]
+fn a_good_spec_parses() {
+    let spec = parse(GOOD).unwrap();
+    assert_eq!(spec.agents.len(), 2);
+    assert_eq!(spec.crew.tasks[1].context, vec!["research"]);
+    assert_eq!(spec.agents[0].replay[0].tool.as_ref().unwrap().name, "file_write");
+}
+
+#[test]
+fn a_syntax_error_names_its_line() {
+    let bad = GOOD.replace("  - name: writer\n", "  - name: writer\n   oops: [\n");
+    let errors = parse(&bad).unwrap_err();
+    assert!(errors.0[0].line.is_some(), "{errors}");
+    assert!(errors.to_string().starts_with("line "), "{errors}");
+}
+
+#[test]
+fn an_unknown_field_names_its_line_and_field() {
+    let bad = GOOD.replace("    goal: Write\n", "    goal: Write\n    gaol: typo\n");
+    let errors = parse(&bad).unwrap_err();
+    let error = &errors.0[0];
+    assert_eq!(error.line, Some(14), "{errors}");
+    assert!(error.message.contains("gaol"), "{errors}");
+}
+
+#[test]
+fn a_semantic_error_names_its_line_and_field() {
+    let bad = GOOD.replace("      agent: writer\n", "      agent: writr\n");
+    let errors = parse(&bad).unwrap_err();
+    assert_eq!(errors.0.len(), 1, "{errors}");
+    let error = &errors.0[0];
+    assert_eq!(error.field, "crew.tasks[1].agent");
+    assert_eq!(error.line, Some(24), "{errors}");
+    assert_eq!(error.to_string(), "line 24: `crew.tasks[1].agent`: no agent is named `writr`");
+}
+
+#[test]
+fn context_must_name_an_earlier_task() {
+    let bad = GOOD.replace("context: [research]", "context: [write]");
+    let errors = parse(&bad).unwrap_err();
+    assert_eq!(errors.0[0].field, "crew.tasks[1].context[0]");
+    assert_eq!(errors.0[0].line, Some(25));
+}
+
+#[test]
+fn a_tool_outside_the_agents_tools_is_refused() {
+    let bad = GOOD.replace("tools: [file_write]", "tools: []");
+    let errors = parse(&bad).unwrap_err();
+    assert_eq!(errors.0[0].field, "agents[0].replay[0].tool.name");
+    assert_eq!(errors.0[0].line, Some(9));
+}

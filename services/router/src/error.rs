@@ -1,0 +1,40 @@
+//! The router's errors and their one mapping to gRPC status codes.
+
+use amaos_mesh::status;
+
+/// What can go wrong in the router.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A request field is invalid.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The worker is not registered (any more): register again.
+    #[error("worker `{0}` is not registered")]
+    WorkerNotFound(String),
+    /// No registered worker serves the team.
+    #[error("no worker serves team `{0}`")]
+    UnknownTeam(String),
+    /// Workers serve the team, but none is live, undrained and eligible.
+    #[error("no live worker can serve team `{0}` now")]
+    NoLiveWorker(String),
+    /// The registry is full.
+    #[error("the registry holds its maximum of {0} workers")]
+    RegistryFull(usize),
+}
+
+impl From<RouterError> for tonic::Status {
+    fn from(error: RouterError) -> Self {
+        let message = error.to_string();
+        match error {
+            RouterError::InvalidArgument { field, message } => status::invalid_field(field, message),
+            RouterError::WorkerNotFound(_) | RouterError::UnknownTeam(_) => tonic::Status::not_found(message),
+            RouterError::NoLiveWorker(_) => tonic::Status::unavailable(message),
+            RouterError::RegistryFull(_) => tonic::Status::resource_exhausted(message),
+        }
+    }
+}

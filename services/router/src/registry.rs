@@ -1,0 +1,310 @@
+//! The worker registry and the routing choice, on the embedded (in-process)
+//! backend. Time comes from `tokio::time` so tests control it.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::error::RouterError;
+
+/// The team name that means "any team sent inline as a spec".
+pub const ANY_INLINE: &str = "*";
+
+/// What a worker declares when it registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// Where its AgentsService is served.
+    pub address: String,
+    /// Teams it serves.
+    pub teams: Vec<String>,
+    /// Capabilities it declares.
+    pub capabilities: Vec<String>,
+    /// Runs it takes at once.
+    pub capacity: u32,
+    /// Free-form labels.
+    pub labels: HashMap<String, String>,
+}
+
+/// A worker as the registry sees it.
+#[derive(Clone, Debug)]
+pub struct WorkerView {
+    /// Its id.
+    pub worker_id: String,
+    /// What it declared.
+    pub registration: Registration,
+    /// Runs in flight: last reported, plus routes given since.
+    pub in_flight: u32,
+    /// Whether it is draining.
+    pub draining: bool,
+    /// Whether it missed its heartbeats past the TTL.
+    pub expired: bool,
+    /// When it registered.
+    pub registered_at: SystemTime,
+    /// When it last heartbeated.
+    pub last_heartbeat_at: SystemTime,
+}
+
+struct Entry {
+    registration: Registration,
+    reported_in_flight: u32,
+    routed_since_heartbeat: u32,
+    draining: bool,
+    registered_at: SystemTime,
+    last_heartbeat_wall: SystemTime,
+    last_heartbeat: Instant,
+}
+
+/// A routing request.
+#[derive(Clone, Debug, Default)]
+pub struct RouteQuery<'a> {
+    /// The team.
+    pub team: &'a str,
+    /// Whether the team comes as an inline spec.
+    pub inline_spec: bool,
+    /// Capabilities required.
+    pub required_capabilities: &'a [String],
+    /// Affinity key; empty for none.
+    pub session_key: &'a str,
+    /// Workers not to choose.
+    pub exclude: &'a [String],
+}
+
+/// The registry.
+pub struct Registry {
+    workers: Mutex<HashMap<String, Entry>>,
+    ttl: Duration,
+    max_workers: usize,
+}
+
+impl Entry {
+    fn live(&self, now: Instant, ttl: Duration) -> bool {
+        now.duration_since(self.last_heartbeat) <= ttl
+    }
+
+    fn serves(&self, team: &str, inline_spec: bool) -> bool {
+        self.registration
+            .teams
+            .iter()
+            .any(|t| t == team || (inline_spec && t == ANY_INLINE))
+    }
+
+    fn load(&self) -> f64 {
+        f64::from(self.reported_in_flight + self.routed_since_heartbeat) / f64::from(self.registration.capacity.max(1))
+    }
+}
+
+impl Registry {
+    /// An empty registry expiring workers `ttl` after their last heartbeat.
+    pub fn new(ttl: Duration, max_workers: usize) -> Self {
+        Self {
+            workers: Mutex::new(HashMap::new()),
+            ttl,
+            max_workers,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops workers expired for ten TTLs: they are gone, not late.
+    fn purge(workers: &mut HashMap<String, Entry>, now: Instant, ttl: Duration) {
+        workers.retain(|_, e| now.duration_since(e.last_heartbeat) <= ttl * 10);
+    }
+
+    /// Registers a worker (or refreshes a known id) and returns its id.
+    pub fn register(&self, worker_id: Option<String>, registration: Registration) -> Result<String, RouterError> {
+        let now = Instant::now();
+        let mut workers = self.lock();
+        Self::purge(&mut workers, now, self.ttl);
+        let worker_id = worker_id.unwrap_or_else(amaos_mesh::new_id);
+        if !workers.contains_key(&worker_id) && workers.len() >= self.max_workers {
+            return Err(RouterError::RegistryFull(self.max_workers));
+        }
+        let wall = SystemTime::now();
+        let registered_at = workers.get(&worker_id).map(|e| e.registered_at).unwrap_or(wall);
+        workers.insert(
+            worker_id.clone(),
+            Entry {
+                registration,
+                reported_in_flight: 0,
+                routed_since_heartbeat: 0,
+                draining: false,
+                registered_at,
+                last_heartbeat_wall: wall,
+                last_heartbeat: now,
+            },
+        );
+        Ok(worker_id)
+    }
+
+    /// Records a heartbeat; returns when the worker expires without another.
+    pub fn heartbeat(&self, worker_id: &str, in_flight: u32, draining: bool) -> Result<SystemTime, RouterError> {
+        let mut workers = self.lock();
+        let entry = workers
+            .get_mut(worker_id)
+            .ok_or_else(|| RouterError::WorkerNotFound(worker_id.to_owned()))?;
+        entry.reported_in_flight = in_flight;
+        entry.routed_since_heartbeat = 0;
+        entry.draining = draining;
+        entry.last_heartbeat = Instant::now();
+        entry.last_heartbeat_wall = SystemTime::now();
+        Ok(entry.last_heartbeat_wall + self.ttl)
+    }
+
+    /// Picks a live, non-draining worker for the query.
+    pub fn route(&self, query: &RouteQuery<'_>) -> Result<WorkerView, RouterError> {
+        let now = Instant::now();
+        let mut workers = self.lock();
+        Self::purge(&mut workers, now, self.ttl);
+        let candidates = workers.iter().filter(|(id, e)| {
+            e.serves(query.team, query.inline_spec)
+                && e.live(now, self.ttl)
+                && !e.draining
+                && !query.exclude.contains(id)
+                && query
+                    .required_capabilities
+                    .iter()
+                    .all(|c| e.registration.capabilities.contains(c))
+        });
+        let chosen = if query.session_key.is_empty() {
+            // Least loaded relative to capacity; ties broken by id for determinism.
+            candidates
+                .min_by(|(a_id, a), (b_id, b)| a.load().total_cmp(&b.load()).then_with(|| a_id.cmp(b_id)))
+                .map(|(id, _)| id.clone())
+        } else {
+            // Rendezvous hashing: the same key goes to the same worker while it lives.
+            candidates
+                .max_by_key(|(id, _)| {
+                    let mut h = DefaultHasher::new();
+                    (id.as_str(), query.session_key).hash(&mut h);
+                    h.finish()
+                })
+                .map(|(id, _)| id.clone())
+        };
+        let Some(worker_id) = chosen else {
+            let known = workers.values().any(|e| e.serves(query.team, query.inline_spec));
+            return Err(if known {
+                RouterError::NoLiveWorker(query.team.to_owned())
+            } else {
+                RouterError::UnknownTeam(query.team.to_owned())
+            });
+        };
+        let entry = workers.get_mut(&worker_id).ok_or(RouterError::NoLiveWorker(query.team.to_owned()))?;
+        entry.routed_since_heartbeat += 1;
+        Ok(view(&worker_id, entry, now, self.ttl))
+    }
+
+    /// Every worker (expired ones when asked), optionally only those serving `team`.
+    pub fn list(&self, team: Option<&str>, include_expired: bool) -> Vec<WorkerView> {
+        let now = Instant::now();
+        let mut workers = self.lock();
+        Self::purge(&mut workers, now, self.ttl);
+        let mut out: Vec<WorkerView> = workers
+            .iter()
+            .filter(|(_, e)| team.is_none_or(|t| e.serves(t, false)))
+            .map(|(id, e)| view(id, e, now, self.ttl))
+            .filter(|w| include_expired || !w.expired)
+            .collect();
+        out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        out
+    }
+}
+
+fn view(id: &str, e: &Entry, now: Instant, ttl: Duration) -> WorkerView {
+    WorkerView {
+        worker_id: id.to_owned(),
+        registration: e.registration.clone(),
+        in_flight: e.reported_in_flight + e.routed_since_heartbeat,
+        draining: e.draining,
+        expired: !e.live(now, ttl),
+        registered_at: e.registered_at,
+        last_heartbeat_at: e.last_heartbeat_wall,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(teams: &[&str], capacity: u32) -> Registration {
+        Registration {
+            address: "http://127.0.0.1:1".into(),
+            teams: teams.iter().map(|t| t.to_string()).collect(),
+            capabilities: vec![],
+            capacity,
+            labels: HashMap::new(),
+        }
+    }
+
+    fn query(team: &str) -> RouteQuery<'_> {
+        RouteQuery {
+            team,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn routes_to_the_least_loaded_live_worker() {
+        let registry = Registry::new(Duration::from_secs(15), 10);
+        let a = registry.register(Some("a".into()), reg(&["crew"], 1)).unwrap();
+        let b = registry.register(Some("b".into()), reg(&["crew"], 4)).unwrap();
+        registry.heartbeat(&a, 1, false).unwrap();
+        registry.heartbeat(&b, 1, false).unwrap();
+        assert_eq!(registry.route(&query("crew")).unwrap().worker_id, b);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_worker_is_not_routed_to() {
+        let registry = Registry::new(Duration::from_secs(15), 10);
+        registry.register(Some("a".into()), reg(&["crew"], 1)).unwrap();
+        tokio::time::advance(Duration::from_secs(16)).await;
+        assert!(matches!(registry.route(&query("crew")), Err(RouterError::NoLiveWorker(_))));
+        assert!(matches!(registry.heartbeat("a", 0, false), Ok(_)));
+        assert!(registry.route(&query("crew")).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_teams_and_inline_specs() {
+        let registry = Registry::new(Duration::from_secs(15), 10);
+        registry.register(Some("a".into()), reg(&["crew", ANY_INLINE], 1)).unwrap();
+        assert!(matches!(registry.route(&query("other")), Err(RouterError::UnknownTeam(_))));
+        let inline = RouteQuery {
+            team: "other",
+            inline_spec: true,
+            ..Default::default()
+        };
+        assert!(registry.route(&inline).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_key_sticks_to_one_worker() {
+        let registry = Registry::new(Duration::from_secs(15), 10);
+        for id in ["a", "b", "c"] {
+            registry.register(Some(id.into()), reg(&["crew"], 8)).unwrap();
+        }
+        let q = RouteQuery {
+            team: "crew",
+            session_key: "s-1",
+            ..Default::default()
+        };
+        let first = registry.route(&q).unwrap().worker_id;
+        for _ in 0..5 {
+            assert_eq!(registry.route(&q).unwrap().worker_id, first);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_registry_is_bounded() {
+        let registry = Registry::new(Duration::from_secs(15), 1);
+        registry.register(Some("a".into()), reg(&["crew"], 1)).unwrap();
+        assert!(matches!(
+            registry.register(Some("b".into()), reg(&["crew"], 1)),
+            Err(RouterError::RegistryFull(1))
+        ));
+    }
+}
