@@ -1,1 +1,7 @@
-fn main() {}
+//! `amaos-memory`: the memory service as its own process.
+
+fn main() -> std::process::ExitCode {
+    amaos_mesh::process::run_service("memory", |c| &c.memory, |config, listener, metrics, shutdown| {
+        amaos_memory::serve(config, listener, metrics, shutdown)
+    })
+}
