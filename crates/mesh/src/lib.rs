@@ -12,6 +12,7 @@
 //! - [`client`]: channels to other services with timeouts and deadline and
 //!   trace-context propagation.
 //! - [`caller`]: who is calling, as carried in request metadata.
+//! - [`policy`]: which role may do what.
 //! - [`status`]: building `tonic::Status` values with rich error details.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
@@ -21,6 +22,7 @@ pub mod client;
 pub mod config;
 mod context;
 pub mod metrics;
+pub mod policy;
 pub mod process;
 pub mod server;
 pub mod shutdown;

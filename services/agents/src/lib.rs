@@ -1,1 +1,328 @@
-//! placeholder
+//! The agents service: a worker that runs teams of LLM agents, one run per
+//! RunTeam call, streamed as run events.
+//!
+//! # Layout
+//!
+//! - [`catalog`]: teams served by name, loaded from `agents.teams_dir`.
+//! - [`model`]: the chat-model trait and the `replay` scripted model.
+//! - [`engine`]: the sequential crew engine and its calls to tools and memory.
+//! - [`registration`]: registering and heartbeating with the router.
+//! - this file: the gRPC service, its errors and their mapping, [`serve`].
+
+pub mod catalog;
+pub mod engine;
+pub mod model;
+pub mod registration;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use amaos_mesh::caller::Caller;
+use amaos_mesh::client::{self, MeshChannel};
+use amaos_mesh::config::Limits;
+use amaos_mesh::metrics::Metrics;
+use amaos_mesh::server::GrpcService;
+use amaos_mesh::{BoxError, Config, limit_messages, status};
+use amaos_proto::agents::v1 as pb;
+use amaos_proto::agents::v1::agents_service_server::{AgentsService, AgentsServiceServer};
+use amaos_proto::agents::v1::run_event::Payload;
+use amaos_proto::memory::v1::memory_service_client::MemoryServiceClient;
+use amaos_proto::router::v1::router_service_client::RouterServiceClient;
+use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
+use amaos_teams::{SpecErrors, TeamSpec};
+use futures::{Stream, StreamExt};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::Catalog;
+use crate::engine::{Emitter, RunError, RunInput, Services};
+use crate::model::Replay;
+
+/// Events buffered per run before the engine waits for the caller.
+const EVENT_BUFFER: usize = 64;
+
+/// What can go wrong in the agents service before a run starts.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentsError {
+    /// A request field is invalid.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The team spec is invalid.
+    #[error("{field}: {errors}")]
+    InvalidSpec {
+        /// The request field holding the spec.
+        field: &'static str,
+        /// Every problem, with lines.
+        errors: SpecErrors,
+    },
+    /// No team of that name is served here.
+    #[error("team `{0}` is not served by this worker")]
+    UnknownTeam(String),
+    /// The worker is running as many teams as it takes.
+    #[error("this worker is running its capacity of {0} runs; retry on another worker or later")]
+    AtCapacity(u32),
+}
+
+impl From<AgentsError> for Status {
+    fn from(error: AgentsError) -> Self {
+        let message = error.to_string();
+        match error {
+            AgentsError::InvalidArgument { field, message } => status::invalid_field(field, message),
+            AgentsError::InvalidSpec { field, errors } => status::invalid_fields(
+                message,
+                errors
+                    .0
+                    .iter()
+                    .map(|e| (format!("{field}.{}", e.field), e.to_string()))
+                    .collect(),
+            ),
+            AgentsError::UnknownTeam(_) => Status::not_found(message),
+            AgentsError::AtCapacity(_) => Status::resource_exhausted(message),
+        }
+    }
+}
+
+/// Parses an inline spec, enforcing the size limit.
+pub fn parse_spec(yaml: &str, field: &'static str, max_bytes: usize) -> Result<TeamSpec, AgentsError> {
+    if yaml.len() > max_bytes {
+        return Err(AgentsError::InvalidArgument {
+            field,
+            message: format!("the spec is {} bytes; the limit is {max_bytes}", yaml.len()),
+        });
+    }
+    amaos_teams::parse(yaml).map_err(|errors| AgentsError::InvalidSpec { field, errors })
+}
+
+/// The agents service.
+#[derive(Clone)]
+pub struct Agents {
+    catalog: Catalog,
+    services: Services,
+    permits: Arc<Semaphore>,
+    capacity: u32,
+    in_flight: Arc<AtomicU32>,
+    max_steps: u32,
+    max_spec_bytes: usize,
+}
+
+impl Agents {
+    /// An agents service serving `catalog`, calling tools and memory as configured.
+    pub fn new(config: &Config, catalog: Catalog) -> Result<Self, BoxError> {
+        let tools = client::channel(&config.tools.url, &config.limits)?;
+        let memory = client::channel(&config.memory.url, &config.limits)?;
+        Ok(Self {
+            catalog,
+            services: Services {
+                tools: ToolsServiceClient::new(tools),
+                memory: MemoryServiceClient::new(memory),
+            },
+            permits: Arc::new(Semaphore::new(config.agents.capacity as usize)),
+            capacity: config.agents.capacity,
+            in_flight: Arc::new(AtomicU32::new(0)),
+            max_steps: config.agents.max_steps,
+            max_spec_bytes: config.agents.max_spec_bytes,
+        })
+    }
+
+    /// Runs in flight now.
+    pub fn in_flight(&self) -> Arc<AtomicU32> {
+        self.in_flight.clone()
+    }
+}
+
+fn summary(spec: &TeamSpec) -> pb::TeamSummary {
+    pb::TeamSummary {
+        name: spec.name.clone(),
+        description: spec.description.clone(),
+        kind: spec.kind().into(),
+        agents: spec.agents.iter().map(|a| a.name.clone()).collect(),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunTeamResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AgentsService for Agents {
+    type RunTeamStream = EventStream;
+
+    async fn run_team(&self, request: Request<pb::RunTeamRequest>) -> Result<Response<Self::RunTeamStream>, Status> {
+        let caller = Caller::from_metadata(request.metadata())?;
+        let pb::RunTeamRequest {
+            run_id,
+            attempt,
+            team,
+            input,
+            session_id,
+            context,
+            budget,
+            model_alias_override,
+        } = request.into_inner();
+        if run_id.is_empty() || run_id.len() > 128 {
+            return Err(AgentsError::InvalidArgument {
+                field: "run_id",
+                message: "must be 1 to 128 characters".into(),
+            }
+            .into());
+        }
+        if !model_alias_override.is_empty() && model_alias_override != amaos_teams::REPLAY_MODEL {
+            return Err(AgentsError::InvalidArgument {
+                field: "model_alias_override",
+                message: format!("unknown model alias `{model_alias_override}`"),
+            }
+            .into());
+        }
+        let spec = match team {
+            Some(pb::run_team_request::Team::TeamName(name)) => {
+                self.catalog.get(&name).ok_or(AgentsError::UnknownTeam(name))?
+            }
+            Some(pb::run_team_request::Team::TeamSpecYaml(yaml)) => {
+                Arc::new(parse_spec(&yaml, "team_spec_yaml", self.max_spec_bytes)?)
+            }
+            None => {
+                return Err(AgentsError::InvalidArgument {
+                    field: "team",
+                    message: "name a team or send a spec".into(),
+                }
+                .into());
+            }
+        };
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| AgentsError::AtCapacity(self.capacity))?;
+        let budget = budget.unwrap_or_default();
+        let run = RunInput {
+            run_id,
+            attempt: attempt.max(1),
+            tenant: caller.tenant,
+            input,
+            session_id,
+            context: context.into_iter().map(|c| (c.source, c.text)).collect(),
+            max_steps: if budget.max_steps == 0 {
+                self.max_steps
+            } else {
+                budget.max_steps.min(self.max_steps)
+            },
+            max_tokens: (budget.max_tokens > 0).then_some(budget.max_tokens),
+            max_wall_time: budget
+                .max_wall_time
+                .as_ref()
+                .and_then(amaos_proto::time::duration)
+                .filter(|d| !d.is_zero())
+                .into_iter()
+                .chain(spec.budget.wall_time())
+                .min(),
+        };
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let services = self.services.clone();
+        let in_flight = self.in_flight.clone();
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut events = Emitter::new(tx, &run.run_id, run.attempt);
+            let model = Replay::new(&run.input);
+            let work = engine::run_crew(&spec, &run, &model, &services, &mut events);
+            let result = match run.max_wall_time {
+                Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
+                    Err(RunError::Budget(format!(
+                        "the run took longer than its {}",
+                        humantime_like(limit)
+                    )))
+                }),
+                None => work.await,
+            };
+            let end = match result {
+                Ok(output) => Some(Payload::RunCompleted(pb::RunCompleted { output })),
+                Err(RunError::Cancelled) => None,
+                Err(error) => {
+                    tracing::info!(run_id = %run.run_id, %error, "run failed");
+                    Some(Payload::RunFailed(pb::RunFailed {
+                        reason: error.to_string(),
+                        class: error.class().into(),
+                    }))
+                }
+            };
+            if let Some(payload) = end {
+                let _ = events.emit("", payload).await;
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+        let stream = ReceiverStream::new(rx).map(|event| Ok(pb::RunTeamResponse { event: Some(event) }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_teams(&self, _request: Request<pb::ListTeamsRequest>) -> Result<Response<pb::ListTeamsResponse>, Status> {
+        Ok(Response::new(pb::ListTeamsResponse {
+            teams: self.catalog.all().map(|s| summary(s)).collect(),
+        }))
+    }
+
+    async fn validate_team(
+        &self,
+        request: Request<pb::ValidateTeamRequest>,
+    ) -> Result<Response<pb::ValidateTeamResponse>, Status> {
+        let pb::ValidateTeamRequest { spec_yaml } = request.into_inner();
+        let spec = parse_spec(&spec_yaml, "spec_yaml", self.max_spec_bytes)?;
+        Ok(Response::new(pb::ValidateTeamResponse {
+            team: Some(summary(&spec)),
+        }))
+    }
+}
+
+fn humantime_like(d: std::time::Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// The agents service, ready for [`amaos_mesh::server::serve`].
+pub fn grpc_service(agents: Agents, limits: &Limits) -> GrpcService {
+    let server = limit_messages!(AgentsServiceServer::new(agents), limits);
+    GrpcService {
+        name: "agents",
+        grpc_names: vec!["amaos.agents.v1.AgentsService"],
+        routes: tonic::service::Routes::new(server),
+        reflection: true,
+    }
+}
+
+/// Serves an agents worker on `listener` until `shutdown`, registered with the
+/// router at `agents.url` for the catalog's teams and inline specs.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), BoxError> {
+    let catalog = Catalog::load(&config.agents.teams_dir, config.agents.max_spec_bytes)?;
+    let agents = Agents::new(&config, catalog.clone())?;
+    let router: RouterServiceClient<MeshChannel> =
+        RouterServiceClient::new(client::channel(&config.router.url, &config.limits)?);
+    let mut teams = catalog.names();
+    teams.push("*".into());
+    let announcement = registration::Announcement {
+        worker_id: amaos_mesh::new_id(),
+        address: config.agents.url.clone(),
+        teams,
+        capacity: config.agents.capacity,
+    };
+    let heartbeats = tokio::spawn(registration::keep_registered(
+        router,
+        announcement,
+        agents.in_flight(),
+        shutdown.clone(),
+    ));
+    let service = grpc_service(agents, &config.limits);
+    let served = amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    let _ = heartbeats.await;
+    served?;
+    Ok(())
+}

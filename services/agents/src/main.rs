@@ -1,1 +1,7 @@
-fn main() {}
+//! `amaos-agents`: an agents worker as its own process.
+
+fn main() -> std::process::ExitCode {
+    amaos_mesh::process::run_service("agents", |c| &c.agents, |config, listener, metrics, shutdown| {
+        amaos_agents::serve(config, listener, metrics, shutdown)
+    })
+}

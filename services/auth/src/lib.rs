@@ -4,7 +4,6 @@
 //! # Layout
 //!
 //! - [`keys`]: the key store (argon2id hashes in a JSON file).
-//! - [`policy`]: which role may do what.
 //! - [`audit`]: the hash-chained audit trail.
 //! - [`error`]: the service's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service, the verification cache, [`open`] (which
@@ -13,7 +12,6 @@
 pub mod audit;
 pub mod error;
 pub mod keys;
-pub mod policy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,7 +21,7 @@ use std::time::{Duration, Instant};
 use amaos_mesh::config::Limits;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
-use amaos_mesh::{BoxError, Config, caller, limit_messages};
+use amaos_mesh::{BoxError, Config, caller, limit_messages, policy};
 use amaos_proto::auth::v1 as pb;
 use amaos_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use amaos_proto::time::{duration, timestamp};

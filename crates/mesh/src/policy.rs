@@ -1,6 +1,7 @@
-//! Which role may do what: a static role → permission table, checked for every
-//! key-management and audit RPC. The Casbin enforcer of the security issue
-//! replaces it behind the same `allows` question.
+//! Which role may do what: a static role → permission table that every
+//! service asks before acting (auth for keys and audit, the orchestrator for
+//! tasks, tools for tool calls). A policy engine with per-tenant rules can
+//! replace it behind the same `allows` question.
 
 /// The roles AMAOS knows.
 pub const ROLES: &[&str] = &["admin", "operator", "developer", "viewer", "agent"];

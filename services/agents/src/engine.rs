@@ -1,0 +1,464 @@
+//! The team engine: runs one team on one input and emits every step as a
+//! [`RunEvent`](pb::RunEvent). This version runs `crew` teams with the
+//! `sequential` process: each task's agent converses with its model, calls the
+//! tools its spec allows through the tools service, recalls and remembers
+//! through the memory service, and hands its output to later tasks.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use amaos_mesh::caller::Caller;
+use amaos_mesh::client::MeshChannel;
+use amaos_proto::agents::v1 as pb;
+use amaos_proto::agents::v1::run_event::Payload;
+use amaos_proto::json::{json_to_value, map_to_struct, value_to_json};
+use amaos_proto::memory::v1 as mem;
+use amaos_proto::memory::v1::memory_service_client::MemoryServiceClient;
+use amaos_proto::time::timestamp;
+use amaos_proto::tools::v1 as tools;
+use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
+use amaos_teams::{AgentSpec, TeamSpec};
+use tokio::sync::mpsc;
+
+use crate::model::{ChatMessage, ChatModel, Reply};
+
+/// Most memories recalled before a task.
+const RECALL_TOP_K: u32 = 3;
+
+/// How a run ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A budget was used up.
+    #[error("{0}")]
+    Budget(String),
+    /// The model failed.
+    #[error("model: {0}")]
+    Provider(String),
+    /// A service the run depends on failed.
+    #[error("{0}")]
+    Dependency(String),
+    /// The caller went away; nobody is listening.
+    #[error("the caller cancelled the run")]
+    Cancelled,
+}
+
+impl RunError {
+    /// The failure class named in `RunFailed.class`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            RunError::Budget(_) => "budget",
+            RunError::Provider(_) => "provider",
+            RunError::Dependency(_) => "transient",
+            RunError::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// The clients a run uses.
+#[derive(Clone)]
+pub struct Services {
+    /// The tools service.
+    pub tools: ToolsServiceClient<MeshChannel>,
+    /// The memory service.
+    pub memory: MemoryServiceClient<MeshChannel>,
+}
+
+/// One run's inputs.
+pub struct RunInput {
+    /// The run (task) id.
+    pub run_id: String,
+    /// The attempt number.
+    pub attempt: u32,
+    /// The tenant.
+    pub tenant: String,
+    /// The team input.
+    pub input: String,
+    /// The memory session.
+    pub session_id: String,
+    /// Outputs of earlier workflow tasks.
+    pub context: Vec<(String, String)>,
+    /// Most model calls.
+    pub max_steps: u32,
+    /// Most tokens.
+    pub max_tokens: Option<u64>,
+    /// Longest wall time.
+    pub max_wall_time: Option<Duration>,
+}
+
+/// Sends numbered events of one run.
+pub struct Emitter {
+    tx: mpsc::Sender<pb::RunEvent>,
+    run_id: String,
+    attempt: u32,
+    sequence: u64,
+}
+
+impl Emitter {
+    /// An emitter sending on `tx`.
+    pub fn new(tx: mpsc::Sender<pb::RunEvent>, run_id: &str, attempt: u32) -> Self {
+        Self {
+            tx,
+            run_id: run_id.to_owned(),
+            attempt,
+            sequence: 0,
+        }
+    }
+
+    /// Emits one event; fails when the receiver is gone.
+    pub async fn emit(&mut self, agent: &str, payload: Payload) -> Result<(), RunError> {
+        self.sequence += 1;
+        let event = pb::RunEvent {
+            sequence: self.sequence,
+            run_id: self.run_id.clone(),
+            attempt: self.attempt,
+            at: Some(timestamp(SystemTime::now())),
+            agent: agent.to_owned(),
+            payload: Some(payload),
+        };
+        self.tx.send(event).await.map_err(|_| RunError::Cancelled)
+    }
+}
+
+struct Budget {
+    steps: u32,
+    tokens: u64,
+    max_steps: u32,
+    max_tokens: Option<u64>,
+}
+
+/// Runs `spec` and returns the final output; every step is emitted.
+pub async fn run_crew<M: ChatModel>(
+    spec: &TeamSpec,
+    input: &RunInput,
+    model: &M,
+    services: &Services,
+    events: &mut Emitter,
+) -> Result<String, RunError> {
+    let caller = Caller {
+        tenant: input.tenant.clone(),
+        principal: format!("run:{}", input.run_id),
+        roles: vec!["agent".into()],
+    };
+    let mut budget = Budget {
+        steps: 0,
+        tokens: 0,
+        max_steps: spec.budget.max_steps.unwrap_or(input.max_steps).min(input.max_steps),
+        max_tokens: match (spec.budget.max_tokens, input.max_tokens) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
+    };
+    events
+        .emit(
+            "",
+            Payload::RunStarted(pb::RunStarted {
+                team: spec.name.clone(),
+                kind: spec.kind().into(),
+                agents: spec.agents.iter().map(|a| a.name.clone()).collect(),
+            }),
+        )
+        .await?;
+    let total = spec.crew.tasks.len() as u32;
+    let mut outputs: HashMap<&str, String> = HashMap::new();
+    let mut last = String::new();
+    for (index, task) in spec.crew.tasks.iter().enumerate() {
+        // Validated specs name only declared agents.
+        let agent = spec
+            .agent(&task.agent)
+            .ok_or_else(|| RunError::Dependency(format!("task `{}` names no agent", task.name)))?;
+        events
+            .emit(
+                &agent.name,
+                Payload::TaskStarted(pb::TaskStarted {
+                    task: task.name.clone(),
+                    index: index as u32 + 1,
+                    total,
+                    agent: agent.name.clone(),
+                }),
+            )
+            .await?;
+        let description = task.description.replace("{input}", &input.input);
+        let mut prompt = description.clone();
+        if !task.expected_output.is_empty() {
+            prompt.push_str(&format!("\n\nExpected output: {}", task.expected_output));
+        }
+        for (source, text) in &input.context {
+            prompt.push_str(&format!("\n\nContext from `{source}`:\n{text}"));
+        }
+        for source in &task.context {
+            if let Some(text) = outputs.get(source.as_str()) {
+                prompt.push_str(&format!("\n\nContext from task `{source}`:\n{text}"));
+            }
+        }
+        if agent.memory {
+            let memories = recall(services, &caller, spec, agent, input, &description).await;
+            if !memories.is_empty() {
+                prompt.push_str("\n\nRelevant memories:");
+                for (_, text) in &memories {
+                    prompt.push_str(&format!("\n- {text}"));
+                }
+                events
+                    .emit(
+                        &agent.name,
+                        Payload::MemoryRecalled(pb::MemoryRecalled {
+                            count: memories.len() as u32,
+                            memory_ids: memories.into_iter().map(|(id, _)| id).collect(),
+                        }),
+                    )
+                    .await?;
+            }
+        }
+        let output = converse(
+            agent,
+            &prompt,
+            index,
+            model,
+            services,
+            &caller,
+            input,
+            &mut budget,
+            events,
+        )
+        .await?;
+        if agent.memory {
+            let memory_id = remember(services, &caller, spec, agent, input, &task.name, &output).await?;
+            events
+                .emit(&agent.name, Payload::MemoryStored(pb::MemoryStored { memory_id }))
+                .await?;
+        }
+        events
+            .emit(
+                &agent.name,
+                Payload::TaskCompleted(pb::TaskCompleted {
+                    task: task.name.clone(),
+                    output: output.clone(),
+                }),
+            )
+            .await?;
+        outputs.insert(task.name.as_str(), output.clone());
+        last = output;
+    }
+    Ok(last)
+}
+
+fn system_prompt(agent: &AgentSpec) -> String {
+    let mut s = format!("You are {}. Your goal: {}.", agent.role, agent.goal);
+    if !agent.backstory.is_empty() {
+        s.push_str(&format!(" {}", agent.backstory));
+    }
+    if !agent.tools.is_empty() {
+        s.push_str(&format!(" Tools you may call: {}.", agent.tools.join(", ")));
+    }
+    s
+}
+
+/// One agent's conversation on one task, until it answers with text.
+#[allow(clippy::too_many_arguments)]
+async fn converse<M: ChatModel>(
+    agent: &AgentSpec,
+    prompt: &str,
+    task_index: usize,
+    model: &M,
+    services: &Services,
+    caller: &Caller,
+    input: &RunInput,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<String, RunError> {
+    let mut messages = vec![
+        ChatMessage {
+            role: "system",
+            content: system_prompt(agent),
+        },
+        ChatMessage {
+            role: "user",
+            content: prompt.to_owned(),
+        },
+    ];
+    events
+        .emit(
+            &agent.name,
+            Payload::Message(pb::Message {
+                role: "user".into(),
+                content: prompt.to_owned(),
+            }),
+        )
+        .await?;
+    loop {
+        budget.steps += 1;
+        if budget.steps > budget.max_steps {
+            return Err(RunError::Budget(format!("the run used its {} model calls", budget.max_steps)));
+        }
+        let completion = model
+            .complete(agent, &messages)
+            .await
+            .map_err(|e| RunError::Provider(e.to_string()))?;
+        budget.tokens += completion.usage.prompt_tokens + completion.usage.completion_tokens;
+        events
+            .emit(
+                &agent.name,
+                Payload::TokenUsage(pb::TokenUsage {
+                    model: agent.model.clone(),
+                    prompt_tokens: completion.usage.prompt_tokens,
+                    completion_tokens: completion.usage.completion_tokens,
+                    cost_usd: completion.cost_usd,
+                }),
+            )
+            .await?;
+        if let Some(max) = budget.max_tokens {
+            if budget.tokens > max {
+                return Err(RunError::Budget(format!("the run used more than its {max} tokens")));
+            }
+        }
+        match completion.reply {
+            Reply::Text(text) => {
+                events
+                    .emit(
+                        &agent.name,
+                        Payload::Message(pb::Message {
+                            role: "assistant".into(),
+                            content: text.clone(),
+                        }),
+                    )
+                    .await?;
+                return Ok(text);
+            }
+            Reply::ToolCall { name, args } => {
+                let call_id = format!("{}:{}:{}", input.run_id, task_index, budget.steps);
+                events
+                    .emit(
+                        &agent.name,
+                        Payload::ToolCall(pb::ToolCall {
+                            call_id: call_id.clone(),
+                            tool: name.clone(),
+                            arguments: Some(map_to_struct(&args)),
+                        }),
+                    )
+                    .await?;
+                messages.push(ChatMessage {
+                    role: "assistant",
+                    content: format!("call {name} {}", serde_json::Value::Object(args.clone())),
+                });
+                let outcome = if agent.tools.contains(&name) {
+                    invoke(services, caller, input, &call_id, &name, args).await
+                } else {
+                    Err(format!("tool `{name}` is not allowed for agent `{}`", agent.name))
+                };
+                let (result, error) = match outcome {
+                    Ok(value) => (Some(value), String::new()),
+                    Err(error) => (None, error),
+                };
+                messages.push(ChatMessage {
+                    role: "tool",
+                    content: match &result {
+                        Some(value) => value.to_string(),
+                        None => format!("error: {error}"),
+                    },
+                });
+                events
+                    .emit(
+                        &agent.name,
+                        Payload::ToolResult(pb::ToolResult {
+                            call_id,
+                            tool: name,
+                            result: result.as_ref().map(json_to_value),
+                            is_error: result.is_none(),
+                            error,
+                        }),
+                    )
+                    .await?;
+            }
+        }
+    }
+}
+
+/// Calls a tool; any failure becomes text for the model, never a crash.
+async fn invoke(
+    services: &Services,
+    caller: &Caller,
+    input: &RunInput,
+    call_id: &str,
+    tool: &str,
+    args: serde_json::Map<String, serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    let request = caller.request(tools::InvokeToolRequest {
+        tool: tool.to_owned(),
+        arguments: Some(map_to_struct(&args)),
+        task_id: input.run_id.clone(),
+        // Stable across attempts, so a retried run replays recorded side effects.
+        idempotency_key: call_id.to_owned(),
+        timeout: None,
+    });
+    match services.tools.clone().invoke_tool(request).await {
+        Ok(response) => Ok(response
+            .into_inner()
+            .result
+            .as_ref()
+            .map(value_to_json)
+            .unwrap_or(serde_json::Value::Null)),
+        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+    }
+}
+
+async fn recall(
+    services: &Services,
+    caller: &Caller,
+    spec: &TeamSpec,
+    agent: &AgentSpec,
+    input: &RunInput,
+    query: &str,
+) -> Vec<(String, String)> {
+    let request = caller.request(mem::RecallRequest {
+        query: query.to_owned(),
+        filter: Some(mem::MemoryFilter {
+            team: spec.name.clone(),
+            agent: agent.name.clone(),
+            session_id: input.session_id.clone(),
+            ..Default::default()
+        }),
+        top_k: RECALL_TOP_K,
+        min_score: 0.0,
+    });
+    match services.memory.clone().recall(request).await {
+        Ok(response) => response
+            .into_inner()
+            .memories
+            .into_iter()
+            .filter_map(|m| m.item)
+            .map(|item| (item.memory_id, item.text))
+            .collect(),
+        Err(status) => {
+            // Recall only enriches the prompt: the task can go on without it.
+            tracing::warn!(code = ?status.code(), message = status.message(), "memory recall failed; continuing");
+            Vec::new()
+        }
+    }
+}
+
+async fn remember(
+    services: &Services,
+    caller: &Caller,
+    spec: &TeamSpec,
+    agent: &AgentSpec,
+    input: &RunInput,
+    task: &str,
+    output: &str,
+) -> Result<String, RunError> {
+    let request = caller.request(mem::RememberRequest {
+        team: spec.name.clone(),
+        agent: agent.name.clone(),
+        session_id: input.session_id.clone(),
+        kind: mem::MemoryKind::Result as i32,
+        text: output.to_owned(),
+        metadata: HashMap::from([("task".to_owned(), task.to_owned()), ("run_id".to_owned(), input.run_id.clone())]),
+        ttl: None,
+        idempotency_key: format!("{}:{task}", input.run_id),
+    });
+    services
+        .memory
+        .clone()
+        .remember(request)
+        .await
+        .map(|r| r.into_inner().memory_id)
+        .map_err(|status| RunError::Dependency(format!("memory service: {}", status.message())))
+}
