@@ -407,7 +407,18 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let opened = open(&config)?;
-    let service = grpc_service(opened.state, &config.limits);
+    serve_state(opened.state, &config, listener, metrics, shutdown).await
+}
+
+/// Serves already-opened state (see [`open`]) on `listener` until `shutdown`.
+pub async fn serve_state(
+    state: Arc<AuthState>,
+    config: &Config,
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), BoxError> {
+    let service = grpc_service(state, &config.limits);
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
 }

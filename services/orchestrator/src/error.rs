@@ -1,0 +1,79 @@
+//! The orchestrator's errors and their one mapping to gRPC status codes.
+
+use amaos_mesh::status;
+use amaos_teams::SpecErrors;
+
+/// What can go wrong in the orchestrator.
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    /// No API key was presented.
+    #[error("missing credentials: send `authorization: Bearer <api key>`")]
+    MissingCredentials,
+    /// The API key is invalid, revoked or expired.
+    #[error("invalid API key")]
+    InvalidKey,
+    /// The caller's roles do not allow the action.
+    #[error("permission denied: {0}")]
+    Forbidden(String),
+    /// A request field is invalid.
+    #[error("{field}: {message}")]
+    InvalidArgument {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The inline team spec is invalid.
+    #[error("team.spec_yaml: {0}")]
+    InvalidSpec(SpecErrors),
+    /// The task does not exist in the caller's tenant.
+    #[error("task `{0}` not found")]
+    TaskNotFound(String),
+    /// The store is full of unfinished tasks.
+    #[error("the orchestrator holds its maximum of {0} tasks and none has finished; retry later")]
+    StoreFull(usize),
+    /// A feature of the contract this server does not offer yet.
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    /// A service the orchestrator depends on answered with an error.
+    #[error("{service}: {status}")]
+    Dependency {
+        /// Which service.
+        service: &'static str,
+        /// What it said.
+        status: tonic::Status,
+    },
+}
+
+impl From<OrchestratorError> for tonic::Status {
+    fn from(error: OrchestratorError) -> Self {
+        let message = error.to_string();
+        match error {
+            OrchestratorError::MissingCredentials | OrchestratorError::InvalidKey => {
+                tonic::Status::unauthenticated(message)
+            }
+            OrchestratorError::Forbidden(_) => tonic::Status::permission_denied(message),
+            OrchestratorError::InvalidArgument { field, message } => status::invalid_field(field, message),
+            OrchestratorError::InvalidSpec(errors) => status::invalid_fields(
+                message,
+                errors
+                    .0
+                    .iter()
+                    .map(|e| (format!("team.spec_yaml.{}", e.field), e.to_string()))
+                    .collect(),
+            ),
+            OrchestratorError::TaskNotFound(_) => tonic::Status::not_found(message),
+            OrchestratorError::StoreFull(_) => tonic::Status::resource_exhausted(message),
+            OrchestratorError::Unimplemented(_) => tonic::Status::unimplemented(message),
+            // Routing answers (NOT_FOUND for an unknown team, UNAVAILABLE for no
+            // live worker) keep their code; the message says which service spoke.
+            OrchestratorError::Dependency { service, status } => tonic::Status::new(
+                match status.code() {
+                    tonic::Code::Unknown | tonic::Code::Internal => tonic::Code::Unavailable,
+                    code => code,
+                },
+                format!("{service}: {}", status.message()),
+            ),
+        }
+    }
+}
