@@ -1,1 +1,12 @@
-//! placeholder
+//! The `amaos` command as a library, so tests drive what users run.
+//!
+//! # Layout
+//!
+//! - [`up`]: the whole mesh in one process (`amaos up`).
+//! - [`commands`]: the client commands (run, submit, tasks, task, watch,
+//!   cancel, keys).
+//! - [`render`]: readable and JSON output of tasks and events.
+
+pub mod commands;
+pub mod render;
+pub mod up;

@@ -1,1 +1,269 @@
-fn main() {}
+//! `amaos`: run the whole mesh, submit and watch tasks, manage API keys.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use amaos_cli::commands::{self, Client, Failure, Submission, TeamArg};
+use amaos_cli::up::Mesh;
+use amaos_mesh::config::{Config, EXIT_CONFIG};
+use amaos_proto::orchestrator::v1::TaskState;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "amaos", version, about = "AMAOS: durable multi-agent orchestration")]
+struct Cli {
+    /// A TOML config file (AMAOS_* variables override it).
+    #[arg(long, global = true, env = "AMAOS_CONFIG")]
+    config: Option<PathBuf>,
+    /// The API key; defaults to <data_dir>/admin.key when that file exists.
+    #[arg(long, global = true, env = "AMAOS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start all six services in this process, on loopback, until Ctrl-C.
+    Up,
+    /// Submit a team spec with an input, stream its events, print the output.
+    Run {
+        /// The team spec (YAML).
+        spec: PathBuf,
+        /// The input for the team.
+        input: String,
+        /// Scope the team's memory to this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// How long the task may take (e.g. 30s, 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Submit a task and print its id.
+    Submit {
+        /// A team served by name.
+        #[arg(long, conflicts_with = "spec", required_unless_present = "spec")]
+        team: Option<String>,
+        /// A team spec file sent with the task.
+        #[arg(long)]
+        spec: Option<PathBuf>,
+        /// The input for the team.
+        input: String,
+        /// Scope the team's memory to this session.
+        #[arg(long)]
+        session: Option<String>,
+        /// Makes the submission safe to retry.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// How long the task may take (e.g. 30s, 10m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// List tasks, newest first.
+    Tasks {
+        /// Only tasks in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// Only tasks of this team.
+        #[arg(long)]
+        team: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Show one task.
+    Task {
+        /// The task id.
+        id: String,
+    },
+    /// Stream a task's events until it finishes.
+    Watch {
+        /// The task id.
+        id: String,
+        /// Start after this event sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+    /// Cancel a task.
+    Cancel {
+        /// The task id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Check a team spec locally; errors name the line and field.
+    Validate {
+        /// The team spec (YAML).
+        spec: PathBuf,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; its secret is the last line printed.
+    Create {
+        /// A name for people.
+        name: String,
+        /// The tenant (platform admins only; defaults to your own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A role (admin, operator, developer, viewer, agent); repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// List keys.
+    List {
+        /// The tenant (platform admins only; defaults to your own).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// The key id.
+        id: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StateArg {
+    Pending,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+}
+
+impl From<StateArg> for TaskState {
+    fn from(s: StateArg) -> Self {
+        match s {
+            StateArg::Pending => TaskState::Pending,
+            StateArg::Queued => TaskState::Queued,
+            StateArg::Running => TaskState::Running,
+            StateArg::Succeeded => TaskState::Succeeded,
+            StateArg::Failed => TaskState::Failed,
+            StateArg::Cancelled => TaskState::Cancelled,
+            StateArg::TimedOut => TaskState::TimedOut,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("amaos: {error}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("amaos: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command, config, cli.api_key, cli.json));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("amaos: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn dispatch(command: Command, config: Config, api_key: Option<String>, json: bool) -> Result<(), Failure> {
+    let client = || Client::new(config.clone(), api_key.clone());
+    match command {
+        Command::Up => up(config).await,
+        Command::Run {
+            spec,
+            input,
+            session,
+            timeout,
+        } => {
+            let submission = Submission {
+                team: TeamArg::SpecFile(spec),
+                input,
+                session,
+                idempotency_key: None,
+                timeout,
+            };
+            commands::run(&client(), submission, json).await
+        }
+        Command::Submit {
+            team,
+            spec,
+            input,
+            session,
+            idempotency_key,
+            timeout,
+        } => {
+            let team = match (team, spec) {
+                (Some(name), _) => TeamArg::Name(name),
+                (None, Some(path)) => TeamArg::SpecFile(path),
+                (None, None) => return Err(Failure { message: "name --team or --spec".into(), code: commands::EXIT_INVALID }),
+            };
+            let submission = Submission {
+                team,
+                input,
+                session,
+                idempotency_key,
+                timeout,
+            };
+            commands::submit(&client(), submission, json).await
+        }
+        Command::Tasks { state, team, limit } => commands::tasks(&client(), state.map(Into::into), team, limit, json).await,
+        Command::Task { id } => commands::task(&client(), &id, json).await,
+        Command::Watch { id, after } => commands::watch(&client(), &id, after, json).await,
+        Command::Cancel { id, reason } => commands::cancel(&client(), &id, reason, json).await,
+        Command::Validate { spec } => {
+            commands::read_spec(&spec)?;
+            println!("{}: valid", spec.display());
+            Ok(())
+        }
+        Command::Keys { command } => match command {
+            KeysCommand::Create { name, tenant, roles } => commands::keys_create(&client(), name, tenant, roles, json).await,
+            KeysCommand::List { tenant, all } => commands::keys_list(&client(), tenant, all, json).await,
+            KeysCommand::Revoke { id } => commands::keys_revoke(&client(), id, json).await,
+        },
+    }
+}
+
+async fn up(config: Config) -> Result<(), Failure> {
+    let failure = |e: amaos_mesh::BoxError| Failure {
+        message: e.to_string(),
+        code: 1,
+    };
+    let _telemetry = amaos_mesh::telemetry::init(&config, "amaos").map_err(|e| Failure {
+        message: e.to_string(),
+        code: EXIT_CONFIG as u8,
+    })?;
+    let shutdown = amaos_mesh::shutdown::on_signal();
+    let mesh = Mesh::start(config, shutdown.clone()).await.map_err(failure)?;
+    for (service, addr, admin) in &mesh.addresses {
+        let admin = admin.map(|a| format!("  metrics http://{a}/metrics")).unwrap_or_default();
+        println!("{service:<13} grpc://{addr}{admin}");
+    }
+    if let Some(path) = &mesh.bootstrap_key_file {
+        println!("created an admin key for tenant `default`; it is in {}", path.display());
+    }
+    println!("amaos is ready (Ctrl-C to stop)");
+    mesh.wait(shutdown).await.map_err(failure)
+}

@@ -11,6 +11,8 @@ pub fn value_to_json(value: &Value) -> serde_json::Value {
     match &value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
         Some(Kind::BoolValue(b)) => serde_json::Value::Bool(*b),
+        // Protobuf numbers are doubles; whole ones read back as integers.
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() < 9.0e15 => serde_json::Value::from(*n as i64),
         Some(Kind::NumberValue(n)) => serde_json::Number::from_f64(*n)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
@@ -53,7 +55,7 @@ mod tests {
 
     #[test]
     fn json_round_trips_through_protobuf_value() {
-        let json = serde_json::json!({"a": [1.5, "x", null, true], "b": {"c": "d"}});
+        let json = serde_json::json!({"a": [1.5, "x", null, true, 109], "b": {"c": "d"}});
         assert_eq!(value_to_json(&json_to_value(&json)), json);
     }
 }

@@ -1,0 +1,170 @@
+//! `amaos up`: all six services in one process, each on its own loopback
+//! listener, talking real gRPC to each other.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use amaos_mesh::config::Config;
+use amaos_mesh::metrics::{self, Metrics};
+use amaos_mesh::{BoxError, client};
+use amaos_proto::router::v1 as router;
+use amaos_proto::router::v1::router_service_client::RouterServiceClient;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The services, in start order.
+pub const SERVICES: [&str; 6] = ["auth", "router", "memory", "tools", "agents", "orchestrator"];
+
+/// A running mesh.
+pub struct Mesh {
+    /// The config the services run with (URLs point at the bound listeners).
+    pub config: Config,
+    /// `(service, gRPC address, admin address)`, in start order.
+    pub addresses: Vec<(&'static str, SocketAddr, Option<SocketAddr>)>,
+    /// Where the first admin key was written, when this start created it.
+    pub bootstrap_key_file: Option<PathBuf>,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), BoxError>>)>,
+}
+
+fn url_of(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    match addr {
+        SocketAddr::V6(_) if !addr.ip().is_unspecified() => format!("http://[{host}]:{}", addr.port()),
+        _ => format!("http://{host}:{}", addr.port()),
+    }
+}
+
+async fn bind(service: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("{service}: cannot listen on {addr}: {e}").into())
+}
+
+impl Mesh {
+    /// Binds every listener, opens the auth store, starts every service and
+    /// waits until an agents worker is registered with the router.
+    pub async fn start(mut config: Config, shutdown: CancellationToken) -> Result<Self, BoxError> {
+        let mut listeners = Vec::new();
+        let mut addresses = Vec::new();
+        for service in SERVICES {
+            let (listen, admin) = match service {
+                "auth" => (config.auth.listen, config.auth.admin_listen),
+                "router" => (config.router.listen, config.router.admin_listen),
+                "memory" => (config.memory.listen, config.memory.admin_listen),
+                "tools" => (config.tools.listen, config.tools.admin_listen),
+                "agents" => (config.agents.listen, config.agents.admin_listen),
+                _ => (config.orchestrator.listen, config.orchestrator.admin_listen),
+            };
+            let listener = bind(service, listen).await?;
+            let local = listener.local_addr()?;
+            let admin_listener = match admin {
+                Some(addr) => Some(bind(&format!("{service} admin"), addr).await?),
+                None => None,
+            };
+            let admin_local = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+            let url = url_of(local);
+            match service {
+                "auth" => config.auth.url = url,
+                "router" => config.router.url = url,
+                "memory" => config.memory.url = url,
+                "tools" => config.tools.url = url,
+                "agents" => config.agents.url = url,
+                _ => config.orchestrator.url = url,
+            }
+            addresses.push((service, local, admin_local));
+            listeners.push((service, listener, admin_listener));
+        }
+
+        let opened = amaos_auth::open(&config)?;
+        let mut tasks = Vec::new();
+        for (service, listener, admin_listener) in listeners {
+            let metrics = Metrics::new(service);
+            if let Some(admin_listener) = admin_listener {
+                tokio::spawn(metrics::serve_admin(admin_listener, metrics.clone(), shutdown.clone()));
+            }
+            let c = config.clone();
+            let stop = shutdown.clone();
+            let handle = match service {
+                "auth" => {
+                    let state = opened.state.clone();
+                    tokio::spawn(async move { amaos_auth::serve_state(state, &c, listener, metrics, stop).await })
+                }
+                "router" => tokio::spawn(amaos_router::serve(c, listener, metrics, stop)),
+                "memory" => tokio::spawn(amaos_memory::serve(c, listener, metrics, stop)),
+                "tools" => tokio::spawn(amaos_tools::serve(c, listener, metrics, stop)),
+                "agents" => tokio::spawn(amaos_agents::serve(c, listener, metrics, stop)),
+                _ => tokio::spawn(amaos_orchestrator::serve(c, listener, metrics, stop)),
+            };
+            tasks.push((service, handle));
+        }
+        let mesh = Self {
+            config,
+            addresses,
+            bootstrap_key_file: opened.bootstrap_key_file,
+            tasks,
+        };
+        mesh.wait_for_worker(Duration::from_secs(15)).await?;
+        Ok(mesh)
+    }
+
+    /// Waits until the router lists a live agents worker.
+    async fn wait_for_worker(&self, limit: Duration) -> Result<(), BoxError> {
+        let mut router = RouterServiceClient::new(client::channel(&self.config.router.url, &self.config.limits)?);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some((service, task)) = self.tasks.iter().find(|(_, t)| t.is_finished()) {
+                let _ = task;
+                return Err(format!("{service} stopped while the mesh was starting").into());
+            }
+            let listed = router
+                .list_workers(router::ListWorkersRequest {
+                    team: String::new(),
+                    include_expired: false,
+                })
+                .await;
+            if listed.is_ok_and(|r| !r.into_inner().workers.is_empty()) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err("no agents worker registered with the router in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for every service to stop; the first error wins. A service that
+    /// stops on its own takes the others down with it.
+    pub async fn wait(self, shutdown: CancellationToken) -> Result<(), BoxError> {
+        let waits = self.tasks.into_iter().map(|(service, task)| {
+            let shutdown = shutdown.clone();
+            async move {
+                let result = match task.await {
+                    Ok(result) => result,
+                    Err(join) => Err(format!("panicked: {join}").into()),
+                };
+                if !shutdown.is_cancelled() {
+                    tracing::error!(service, "stopped unexpectedly; stopping the mesh");
+                    shutdown.cancel();
+                }
+                (service, result)
+            }
+        });
+        let mut first = None;
+        for (service, result) in futures::future::join_all(waits).await {
+            if let Err(error) = result {
+                tracing::error!(service, %error, "service stopped with an error");
+                first.get_or_insert_with(|| format!("{service}: {error}"));
+            }
+        }
+        match first {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
+    }
+}
