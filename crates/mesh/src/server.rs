@@ -219,13 +219,27 @@ where
                 .instrument(span)
                 .await;
             drop(permit);
-            let Ok(response) = response;
+            let Ok(mut response) = response;
+            oversized_is_exhausted(response.headers_mut());
             if let Some(code) = grpc_status(response.headers()) {
                 recorder.finish(code);
                 return Ok(response);
             }
             Ok(response.map(|body| Body::new(MeteredBody { inner: body, recorder })))
         })
+    }
+}
+
+/// tonic reports a request over the decode limit as OUT_OF_RANGE; the gRPC
+/// status-code guide (and our contract) says RESOURCE_EXHAUSTED.
+fn oversized_is_exhausted(headers: &mut http::HeaderMap) {
+    let out_of_range = grpc_status(headers) == Some(tonic::Code::OutOfRange);
+    let oversized = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.contains("message length too large") || m.contains("message%20length%20too%20large"));
+    if out_of_range && oversized {
+        headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::ResourceExhausted as i32));
     }
 }
 
@@ -311,5 +325,45 @@ impl http_body::Body for MeteredBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_over_the_limit_are_shed_with_resource_exhausted() {
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let waiting = gate.clone();
+        let inner = tower::service_fn(move |_req: http::Request<Body>| {
+            let waiting = waiting.clone();
+            async move {
+                waiting.notified().await;
+                Ok::<_, Infallible>(http::Response::new(Body::empty()))
+            }
+        });
+        let metrics = Metrics::new("test");
+        let mut service = MeshLayer::new(metrics.clone(), 1).layer(inner);
+        let request = || http::Request::builder().uri("/pkg.Svc/Call").body(Body::empty()).unwrap();
+        let first = tokio::spawn(service.call(request()));
+        tokio::task::yield_now().await;
+        let shed = service.call(request()).await.unwrap();
+        assert_eq!(grpc_status(shed.headers()), Some(tonic::Code::ResourceExhausted));
+        gate.notify_one();
+        first.await.unwrap().unwrap();
+        assert!(metrics.encode().contains("amaos_grpc_shed_requests_total{service=\"test\"} 1"), "{}", metrics.encode());
+    }
+
+    #[test]
+    fn an_oversized_request_is_resource_exhausted() {
+        let mut headers = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 9 bytes, the limit is: 1 bytes",
+        )
+        .into_http::<Body>()
+        .headers()
+        .clone();
+        oversized_is_exhausted(&mut headers);
+        assert_eq!(grpc_status(&headers), Some(tonic::Code::ResourceExhausted));
     }
 }

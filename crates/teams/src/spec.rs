@@ -57,6 +57,16 @@ pub struct AgentSpec {
     /// The scripted turns of the `replay` model for this agent, in order.
     #[serde(default)]
     pub replay: Vec<ReplayTurn>,
+    /// Simulated latency of each `replay` model call, e.g. `200ms`.
+    #[serde(default)]
+    pub replay_latency: Option<String>,
+}
+
+impl AgentSpec {
+    /// The simulated latency of each `replay` call, if set and valid.
+    pub fn replay_latency(&self) -> Option<Duration> {
+        self.replay_latency.as_deref().and_then(|t| humantime_parse(t).ok())
+    }
 }
 
 fn default_model() -> String {
@@ -217,6 +227,15 @@ impl TeamSpec {
                     format!("{at}.replay"),
                     "the `replay` model needs at least one scripted turn".into(),
                 );
+            }
+            if let Some(text) = &agent.replay_latency {
+                match humantime_parse(text) {
+                    Ok(d) if d > Duration::from_secs(600) => {
+                        problem(format!("{at}.replay_latency"), "at most 10m".into())
+                    }
+                    Ok(_) => {}
+                    Err(e) => problem(format!("{at}.replay_latency"), format!("`{text}` is not a duration: {e}")),
+                }
             }
             if agent.replay.len() > MAX_REPLAY_TURNS {
                 problem(format!("{at}.replay"), format!("at most {MAX_REPLAY_TURNS} turns"));

@@ -112,6 +112,9 @@ impl Replay {
 
 impl ChatModel for Replay {
     async fn complete(&self, agent: &AgentSpec, messages: &[ChatMessage]) -> Result<Completion, ModelError> {
+        if let Some(latency) = agent.replay_latency() {
+            tokio::time::sleep(latency).await;
+        }
         let turn = self
             .next_turn(agent)
             .ok_or_else(|| ModelError::ScriptExhausted(agent.name.clone()))?;

@@ -1,0 +1,132 @@
+//! A whole mesh on loopback port 0 in a temporary data directory, for tests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use amaos_cli::up::Mesh;
+use amaos_mesh::caller::{self, Caller};
+use amaos_mesh::client::{self, MeshChannel};
+use amaos_mesh::config::Config;
+use amaos_proto::auth::v1 as auth;
+use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
+use amaos_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient;
+use tokio_util::sync::CancellationToken;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The example research crew spec.
+pub fn research_crew() -> String {
+    std::fs::read_to_string(repo_root().join("examples/teams/research-crew.yaml")).unwrap()
+}
+
+/// A config on port 0 everywhere, without admin listeners, in `dir`.
+pub fn test_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.data_dir = dir.to_owned();
+    config.agents.teams_dir = repo_root().join("examples/teams");
+    let any = "127.0.0.1:0".parse().unwrap();
+    config.orchestrator.listen = any;
+    config.router.listen = any;
+    config.agents.listen = any;
+    config.tools.listen = any;
+    config.memory.listen = any;
+    config.auth.listen = any;
+    config.orchestrator.admin_listen = None;
+    config.router.admin_listen = None;
+    config.agents.admin_listen = None;
+    config.tools.admin_listen = None;
+    config.memory.admin_listen = None;
+    config.auth.admin_listen = None;
+    config.limits.drain_timeout = std::time::Duration::from_secs(2);
+    config
+}
+
+/// A running mesh and what tests need to call it.
+pub struct TestMesh {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub admin_key: String,
+    pub shutdown: CancellationToken,
+    mesh: Option<Mesh>,
+}
+
+impl TestMesh {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let shutdown = CancellationToken::new();
+        let mesh = Mesh::start(config, shutdown.clone()).await.unwrap();
+        let admin_key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap().trim().to_owned();
+        Self {
+            dir,
+            config: mesh.config.clone(),
+            admin_key,
+            shutdown,
+            mesh: Some(mesh),
+        }
+    }
+
+    pub fn channel(&self, url: &str) -> MeshChannel {
+        client::channel(url, &self.config.limits).unwrap()
+    }
+
+    pub fn orchestrator(&self) -> OrchestratorServiceClient<MeshChannel> {
+        OrchestratorServiceClient::new(self.channel(&self.config.orchestrator.url))
+    }
+
+    pub fn auth(&self) -> AuthServiceClient<MeshChannel> {
+        AuthServiceClient::new(self.channel(&self.config.auth.url))
+    }
+
+    /// A request carrying `key`.
+    pub fn with_key<T>(key: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        caller::set_bearer(request.metadata_mut(), key).unwrap();
+        request
+    }
+
+    /// A request from a trusted service acting for `tenant` with `roles`.
+    pub fn internal<T>(tenant: &str, roles: &[&str], message: T) -> tonic::Request<T> {
+        Caller {
+            tenant: tenant.into(),
+            principal: "test".into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+        .request(message)
+    }
+
+    /// Creates a key in `tenant` with `role` and returns its secret.
+    pub async fn create_key(&self, tenant: &str, role: &str) -> String {
+        self.auth()
+            .create_api_key(Self::with_key(
+                &self.admin_key,
+                auth::CreateApiKeyRequest {
+                    name: format!("{tenant}-{role}"),
+                    tenant: tenant.into(),
+                    roles: vec![role.into()],
+                    ttl: None,
+                    idempotency_key: String::new(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .secret
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(mesh) = self.mesh.take() {
+            mesh.wait(self.shutdown.clone()).await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! End-to-end tests of the whole mesh in one process: every service on its own
+//! loopback port, talking real gRPC.
+
+mod common;
+
+use std::time::Duration;
+
+use amaos_proto::agents::v1 as agents;
+use amaos_proto::agents::v1::agents_service_client::AgentsServiceClient;
+use amaos_proto::agents::v1::run_event::Payload;
+use amaos_proto::json::map_to_struct;
+use amaos_proto::memory::v1 as memory;
+use amaos_proto::memory::v1::memory_service_client::MemoryServiceClient;
+use amaos_proto::orchestrator::v1 as pb;
+use amaos_proto::orchestrator::v1::task_event::Kind;
+use amaos_proto::tools::v1 as tools;
+use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
+use common::{TestMesh, research_crew};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn submit_spec(spec: String, input: &str) -> pb::SubmitTaskRequest {
+    pb::SubmitTaskRequest {
+        team: Some(pb::TeamRef {
+            team: Some(pb::team_ref::Team::SpecYaml(spec)),
+        }),
+        input: input.into(),
+        session_id: "s-1".into(),
+        ..Default::default()
+    }
+}
+
+async fn watch_all(mesh: &TestMesh, key: &str, task_id: &str) -> Vec<pb::TaskEvent> {
+    let mut stream = mesh
+        .orchestrator()
+        .watch_task(TestMesh::with_key(
+            key,
+            pb::WatchTaskRequest {
+                task_id: task_id.into(),
+                after_sequence: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    let collect = async {
+        while let Some(r) = stream.message().await.unwrap() {
+            events.push(r.event.unwrap());
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), collect).await.expect("the task finished");
+    events
+}
+
+/// A compact name per event, to compare orders.
+fn label(e: &pb::TaskEvent) -> String {
+    match &e.kind {
+        Some(Kind::StateChanged(s)) => format!("state:{}", amaos_cli::render::state_name(s.to)),
+        Some(Kind::RunEvent(r)) => match &r.payload {
+            Some(Payload::RunStarted(_)) => "run_started".into(),
+            Some(Payload::TaskStarted(t)) => format!("task_started:{}", t.task),
+            Some(Payload::Message(m)) => format!("message:{}", m.role),
+            Some(Payload::ToolCall(t)) => format!("tool_call:{}", t.tool),
+            Some(Payload::ToolResult(t)) => format!("tool_result:{}{}", t.tool, if t.is_error { ":error" } else { "" }),
+            Some(Payload::MemoryRecalled(_)) => "memory_recalled".into(),
+            Some(Payload::MemoryStored(_)) => "memory_stored".into(),
+            Some(Payload::TokenUsage(_)) => "token_usage".into(),
+            Some(Payload::TaskCompleted(t)) => format!("task_completed:{}", t.task),
+            Some(Payload::RunCompleted(_)) => "run_completed".into(),
+            Some(Payload::RunFailed(f)) => format!("run_failed:{}", f.reason),
+            other => format!("{other:?}"),
+        },
+        None => "none".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_example_crew_runs_end_to_end() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+
+    let response = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(&key, submit_spec(research_crew(), "vector databases")))
+        .await
+        .unwrap()
+        .into_inner();
+    let task_id = response.task_id;
+    let events = watch_all(&mesh, &key, &task_id).await;
+
+    // Sequence numbers run from 1 without gaps.
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64 + 1);
+    }
+    let labels: Vec<String> = events
+        .iter()
+        .map(label)
+        .filter(|l| l != "token_usage" && !l.starts_with("message:"))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "state:PENDING",
+            "state:QUEUED",
+            "state:RUNNING",
+            "run_started",
+            "task_started:research",
+            "tool_call:file_write",
+            "tool_result:file_write",
+            "tool_call:file_list",
+            "tool_result:file_list",
+            "memory_stored",
+            "task_completed:research",
+            "task_started:write",
+            "tool_call:file_read",
+            "tool_result:file_read",
+            "tool_call:file_write",
+            "tool_result:file_write",
+            "task_completed:write",
+            "run_completed",
+            "state:SUCCEEDED",
+        ]
+    );
+
+    // The output is the scripted one.
+    let task = mesh
+        .orchestrator()
+        .get_task(TestMesh::with_key(&key, pb::GetTaskRequest { task_id: task_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32);
+    assert_eq!(
+        task.output,
+        "Brief: vector databases — what it is, who uses it, and the trade-offs to weigh."
+    );
+
+    // The tools ran in the task's workspace.
+    let workspace = mesh.config.workspace_dir().join("acme").join(&task_id);
+    let notes = std::fs::read_to_string(workspace.join("notes.md")).unwrap();
+    assert!(notes.starts_with("# Notes on vector databases"), "{notes}");
+    assert!(workspace.join("brief.md").exists());
+
+    // Memory holds what the researcher remembered, in the tenant only.
+    let mut memory = MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url));
+    let recent = memory
+        .recent(TestMesh::internal("acme", &["agent"], memory::RecentRequest { filter: None, limit: 10 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(recent.len(), 1);
+    assert!(recent[0].text.starts_with("Research notes on vector databases"));
+    assert_eq!(recent[0].agent, "researcher");
+    let other = memory
+        .recent(TestMesh::internal("globex", &["agent"], memory::RecentRequest { filter: None, limit: 10 }))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(other.is_empty());
+
+    // A second run recalls the first one's memory before the research task.
+    let again = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(&key, submit_spec(research_crew(), "vector databases")))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = watch_all(&mesh, &key, &again.task_id).await;
+    assert!(events.iter().map(label).any(|l| l == "memory_recalled"));
+
+    // Another tenant cannot see the task.
+    let stranger = mesh.create_key("globex", "developer").await;
+    let status = mesh
+        .orchestrator()
+        .get_task(TestMesh::with_key(&stranger, pb::GetTaskRequest { task_id }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_malformed_spec_is_invalid_argument_naming_the_line() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let bad = research_crew().replace("      agent: writer\n", "      agent: editor\n");
+    let line = bad.lines().position(|l| l == "      agent: editor").unwrap() + 1;
+    let status = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(&key, submit_spec(bad.clone(), "x")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains(&format!("line {line}")), "{}", status.message());
+    assert!(status.message().contains("crew.tasks[1].agent"), "{}", status.message());
+    let violations = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(violations[0].field, "team.spec_yaml.crew.tasks[1].agent");
+
+    // A YAML syntax error names its line too, through the agents service's ValidateTeam.
+    let broken = "name: x\nagents: [\n";
+    let mut agents = AgentsServiceClient::new(mesh.channel(&mesh.config.agents.url));
+    let status = agents
+        .validate_team(agents::ValidateTeamRequest {
+            spec_yaml: broken.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("line "), "{}", status.message());
+
+    // And nothing was stored.
+    let listed = mesh
+        .orchestrator()
+        .list_tasks(TestMesh::with_key(&key, pb::ListTasksRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.tasks.is_empty());
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn missing_wrong_and_revoked_keys_are_unauthenticated() {
+    let mesh = TestMesh::start_with(|c| c.auth.key_cache_ttl = Duration::from_millis(1)).await;
+    let mut orchestrator = mesh.orchestrator();
+    let status = orchestrator
+        .list_tasks(pb::ListTasksRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let status = orchestrator
+        .list_tasks(TestMesh::with_key("amaos_0123456789ab_wrong", pb::ListTasksRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // A viewer may read but not submit.
+    let viewer = mesh.create_key("acme", "viewer").await;
+    orchestrator
+        .list_tasks(TestMesh::with_key(&viewer, pb::ListTasksRequest::default()))
+        .await
+        .unwrap();
+    let status = orchestrator
+        .submit_task(TestMesh::with_key(&viewer, submit_spec(research_crew(), "x")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    // A revoked key stops working once the short verification cache expires.
+    let keys = mesh
+        .auth()
+        .list_api_keys(TestMesh::with_key(
+            &mesh.admin_key,
+            amaos_proto::auth::v1::ListApiKeysRequest {
+                include_revoked: false,
+                tenant: "acme".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    mesh.auth()
+        .revoke_api_key(TestMesh::with_key(
+            &mesh.admin_key,
+            amaos_proto::auth::v1::RevokeApiKeyRequest {
+                key_id: keys[0].key_id.clone(),
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let status = orchestrator
+        .list_tasks(TestMesh::with_key(&viewer, pb::ListTasksRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_resource_exhausted() {
+    let mesh = TestMesh::start_with(|c| c.limits.max_message_bytes = 64 * 1024).await;
+    let key = mesh.create_key("acme", "developer").await;
+    let huge = "x".repeat(200 * 1024);
+    let status = mesh
+        .orchestrator()
+        .max_encoding_message_size(1024 * 1024)
+        .submit_task(TestMesh::with_key(&key, submit_spec(research_crew(), &huge)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn paths_outside_the_workspace_are_permission_denied() {
+    let mesh = TestMesh::start().await;
+    let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
+    for path in ["../../etc/passwd", "/etc/passwd", "notes/../../x"] {
+        let args = serde_json::json!({ "path": path });
+        let status = tools
+            .invoke_tool(TestMesh::internal(
+                "acme",
+                &["agent"],
+                tools::InvokeToolRequest {
+                    tool: "file_read".into(),
+                    arguments: Some(map_to_struct(args.as_object().unwrap())),
+                    task_id: "t-1".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{path}: {status:?}");
+    }
+    // A role that may not use tools is refused too.
+    let status = tools
+        .invoke_tool(TestMesh::internal(
+            "acme",
+            &["viewer"],
+            tools::InvokeToolRequest {
+                tool: "file_list".into(),
+                task_id: "t-1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_tool_call_replays_its_recorded_result() {
+    let mesh = TestMesh::start().await;
+    let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
+    let call = |content: &str| {
+        let args = serde_json::json!({ "path": "log.txt", "content": content, "append": true });
+        TestMesh::internal(
+            "acme",
+            &["agent"],
+            tools::InvokeToolRequest {
+                tool: "file_write".into(),
+                arguments: Some(map_to_struct(args.as_object().unwrap())),
+                task_id: "t-2".into(),
+                idempotency_key: "call-1".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let first = tools.invoke_tool(call("once\n")).await.unwrap().into_inner();
+    let again = tools.invoke_tool(call("once\n")).await.unwrap().into_inner();
+    assert!(!first.replayed);
+    assert!(again.replayed);
+    let written = std::fs::read_to_string(mesh.config.workspace_dir().join("acme/t-2/log.txt")).unwrap();
+    assert_eq!(written, "once\n");
+    let status = tools.invoke_tool(call("different\n")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_team_is_not_found() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let status = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: Some(pb::TeamRef {
+                    team: Some(pb::team_ref::Team::Name("no-such-team".into())),
+                }),
+                input: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("no-such-team"));
+
+    // The example team is served by name, too.
+    let response = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: Some(pb::TeamRef {
+                    team: Some(pb::team_ref::Team::Name("research-crew".into())),
+                }),
+                input: "graph databases".into(),
+                idempotency_key: "once".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // The same idempotency key gives the same task.
+    let again = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: Some(pb::TeamRef {
+                    team: Some(pb::team_ref::Team::Name("research-crew".into())),
+                }),
+                input: "graph databases".into(),
+                idempotency_key: "once".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.task_id, again.task_id);
+    assert!(again.deduplicated);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_task_stops_its_run() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    // Every model call of this crew takes ten seconds.
+    let slow = research_crew().replace("    memory: true\n", "    memory: true\n    replay_latency: 10s\n");
+    let response = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(&key, submit_spec(slow, "x")))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait until the run is under way on the worker.
+    let mut stream = mesh
+        .orchestrator()
+        .watch_task(TestMesh::with_key(
+            &key,
+            pb::WatchTaskRequest {
+                task_id: response.task_id.clone(),
+                after_sequence: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(r) = stream.message().await.unwrap() {
+        if label(&r.event.unwrap()) == "task_started:research" {
+            break;
+        }
+    }
+    let cancelled = mesh
+        .orchestrator()
+        .cancel_task(TestMesh::with_key(
+            &key,
+            pb::CancelTaskRequest {
+                task_id: response.task_id.clone(),
+                reason: "changed my mind".into(),
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(cancelled.state, pb::TaskState::Cancelled as i32);
+    assert_eq!(cancelled.error.unwrap().message, "changed my mind");
+    let events = tokio::time::timeout(Duration::from_secs(5), watch_all(&mesh, &key, &response.task_id))
+        .await
+        .unwrap();
+    assert_eq!(label(events.last().unwrap()), "state:CANCELLED");
+    // The worker let go of the run: nothing was written to the workspace.
+    let workspace = mesh.config.workspace_dir().join("acme").join(&response.task_id);
+    assert!(!workspace.join("notes.md").exists());
+    mesh.stop().await;
+}
