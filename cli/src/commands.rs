@@ -5,9 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use amaos_mesh::caller;
 use amaos_mesh::client::{self, MeshChannel};
 use amaos_mesh::config::Config;
-use amaos_mesh::caller;
 use amaos_proto::auth::v1 as auth;
 use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
 use amaos_proto::orchestrator::v1 as pb;
@@ -82,9 +82,11 @@ impl Client {
 
     fn orchestrator(&self) -> Result<OrchestratorServiceClient<MeshChannel>, Failure> {
         let limit = self.config.limits.max_message_bytes;
-        Ok(OrchestratorServiceClient::new(self.channel(&self.config.orchestrator.url)?)
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit))
+        Ok(
+            OrchestratorServiceClient::new(self.channel(&self.config.orchestrator.url)?)
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
     }
 
     fn auth(&self) -> Result<AuthServiceClient<MeshChannel>, Failure> {
@@ -120,7 +122,11 @@ pub fn read_spec(path: &Path) -> Result<String, Failure> {
     let yaml = std::fs::read_to_string(path)
         .map_err(|e| Failure::new(EXIT_INVALID, format!("cannot read {}: {e}", path.display())))?;
     amaos_teams::parse(&yaml).map_err(|errors| {
-        let lines: Vec<String> = errors.0.iter().map(|e| format!("{}: {e}", path.display())).collect();
+        let lines: Vec<String> = errors
+            .0
+            .iter()
+            .map(|e| format!("{}: {e}", path.display()))
+            .collect();
         Failure::new(EXIT_INVALID, lines.join("\n"))
     })?;
     Ok(yaml)
@@ -155,7 +161,11 @@ async fn submit_task(client: &Client, s: Submission) -> Result<pb::SubmitTaskRes
         fallbacks: Vec::new(),
         labels: Default::default(),
     })?;
-    Ok(client.orchestrator()?.submit_task(request).await?.into_inner())
+    Ok(client
+        .orchestrator()?
+        .submit_task(request)
+        .await?
+        .into_inner())
 }
 
 /// `amaos submit`: prints the task id (or the task as JSON).
@@ -163,7 +173,10 @@ pub async fn submit(client: &Client, s: Submission, json: bool) -> Result<(), Fa
     let response = submit_task(client, s).await?;
     if json {
         let task = response.task.as_ref().map(render::task_json);
-        println!("{}", serde_json::json!({"task_id": response.task_id, "deduplicated": response.deduplicated, "task": task}));
+        println!(
+            "{}",
+            serde_json::json!({"task_id": response.task_id, "deduplicated": response.deduplicated, "task": task})
+        );
     } else {
         println!("{}", response.task_id);
     }
@@ -171,7 +184,12 @@ pub async fn submit(client: &Client, s: Submission, json: bool) -> Result<(), Fa
 }
 
 /// Streams a task's events until it finishes; returns the finished task.
-async fn follow(client: &Client, task_id: &str, after: u64, json: bool) -> Result<pb::Task, Failure> {
+async fn follow(
+    client: &Client,
+    task_id: &str,
+    after: u64,
+    json: bool,
+) -> Result<pb::Task, Failure> {
     let mut orchestrator = client.orchestrator()?;
     let mut stream = orchestrator
         .watch_task(client.request(pb::WatchTaskRequest {
@@ -182,7 +200,9 @@ async fn follow(client: &Client, task_id: &str, after: u64, json: bool) -> Resul
         .into_inner();
     let mut progress = render::Progress::default();
     while let Some(response) = stream.message().await? {
-        let Some(event) = response.event else { continue };
+        let Some(event) = response.event else {
+            continue;
+        };
         if json {
             println!("{}", render::event_json(&event));
         } else if let Some(line) = progress.line(&event) {
@@ -202,7 +222,10 @@ async fn follow(client: &Client, task_id: &str, after: u64, json: bool) -> Resul
 
 fn finish(task: &pb::Task, json: bool) -> Result<(), Failure> {
     if json {
-        println!("{}", serde_json::json!({"type": "result", "task": render::task_json(task)}));
+        println!(
+            "{}",
+            serde_json::json!({"type": "result", "task": render::task_json(task)})
+        );
     }
     if task.state == pb::TaskState::Succeeded as i32 {
         if !json {
@@ -210,10 +233,18 @@ fn finish(task: &pb::Task, json: bool) -> Result<(), Failure> {
         }
         Ok(())
     } else {
-        let reason = task.error.as_ref().map(|e| e.message.as_str()).unwrap_or("no reason given");
+        let reason = task
+            .error
+            .as_ref()
+            .map(|e| e.message.as_str())
+            .unwrap_or("no reason given");
         Err(Failure::new(
             EXIT_TASK_FAILED,
-            format!("task {} {}: {reason}", task.task_id, render::state_name(task.state)),
+            format!(
+                "task {} {}: {reason}",
+                task.task_id,
+                render::state_name(task.state)
+            ),
         ))
     }
 }
@@ -254,7 +285,13 @@ pub async fn task(client: &Client, task_id: &str, json: bool) -> Result<(), Fail
 }
 
 /// `amaos tasks`: the newest tasks.
-pub async fn tasks(client: &Client, state: Option<pb::TaskState>, team: Option<String>, limit: u32, json: bool) -> Result<(), Failure> {
+pub async fn tasks(
+    client: &Client,
+    state: Option<pb::TaskState>,
+    team: Option<String>,
+    limit: u32,
+    json: bool,
+) -> Result<(), Failure> {
     let response = client
         .orchestrator()?
         .list_tasks(client.request(pb::ListTasksRequest {
@@ -267,7 +304,10 @@ pub async fn tasks(client: &Client, state: Option<pb::TaskState>, team: Option<S
         .into_inner();
     if json {
         let tasks: Vec<_> = response.tasks.iter().map(render::task_json).collect();
-        println!("{}", serde_json::json!({"tasks": tasks, "next_page_token": response.next_page_token}));
+        println!(
+            "{}",
+            serde_json::json!({"tasks": tasks, "next_page_token": response.next_page_token})
+        );
     } else if response.tasks.is_empty() {
         println!("no tasks");
     } else {
@@ -279,7 +319,12 @@ pub async fn tasks(client: &Client, state: Option<pb::TaskState>, team: Option<S
 }
 
 /// `amaos cancel`.
-pub async fn cancel(client: &Client, task_id: &str, reason: Option<String>, json: bool) -> Result<(), Failure> {
+pub async fn cancel(
+    client: &Client,
+    task_id: &str,
+    reason: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
     let task = client
         .orchestrator()?
         .cancel_task(client.request(pb::CancelTaskRequest {
@@ -307,7 +352,13 @@ fn key_json(k: &auth::ApiKey) -> serde_json::Value {
 }
 
 /// `amaos keys create`: prints the secret as the last line.
-pub async fn keys_create(client: &Client, name: String, tenant: Option<String>, roles: Vec<String>, json: bool) -> Result<(), Failure> {
+pub async fn keys_create(
+    client: &Client,
+    name: String,
+    tenant: Option<String>,
+    roles: Vec<String>,
+    json: bool,
+) -> Result<(), Failure> {
     let response = client
         .auth()?
         .create_api_key(client.request(auth::CreateApiKeyRequest {
@@ -321,7 +372,10 @@ pub async fn keys_create(client: &Client, name: String, tenant: Option<String>, 
         .into_inner();
     let key = response.api_key.unwrap_or_default();
     if json {
-        println!("{}", serde_json::json!({"api_key": key_json(&key), "secret": response.secret}));
+        println!(
+            "{}",
+            serde_json::json!({"api_key": key_json(&key), "secret": response.secret})
+        );
     } else {
         eprintln!(
             "created key {} ({}) for tenant {} with roles [{}]; the secret is shown once:",
@@ -336,7 +390,12 @@ pub async fn keys_create(client: &Client, name: String, tenant: Option<String>, 
 }
 
 /// `amaos keys list`.
-pub async fn keys_list(client: &Client, tenant: Option<String>, all: bool, json: bool) -> Result<(), Failure> {
+pub async fn keys_list(
+    client: &Client,
+    tenant: Option<String>,
+    all: bool,
+    json: bool,
+) -> Result<(), Failure> {
     let response = client
         .auth()?
         .list_api_keys(client.request(auth::ListApiKeysRequest {
@@ -350,8 +409,19 @@ pub async fn keys_list(client: &Client, tenant: Option<String>, all: bool, json:
         println!("{}", serde_json::json!({"keys": keys}));
     } else {
         for k in &response.keys {
-            let revoked = if k.revoked_at.is_some() { "  (revoked)" } else { "" };
-            println!("{}  amaos_{}_…  {:<12} {:<24} [{}]{revoked}", k.key_id, k.prefix, k.tenant, k.name, k.roles.join(","));
+            let revoked = if k.revoked_at.is_some() {
+                "  (revoked)"
+            } else {
+                ""
+            };
+            println!(
+                "{}  amaos_{}_…  {:<12} {:<24} [{}]{revoked}",
+                k.key_id,
+                k.prefix,
+                k.tenant,
+                k.name,
+                k.roles.join(",")
+            );
         }
     }
     Ok(())

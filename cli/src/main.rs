@@ -11,7 +11,11 @@ use amaos_proto::orchestrator::v1::TaskState;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "amaos", version, about = "AMAOS: durable multi-agent orchestration")]
+#[command(
+    name = "amaos",
+    version,
+    about = "AMAOS: durable multi-agent orchestration"
+)]
 struct Cli {
     /// A TOML config file (AMAOS_* variables override it).
     #[arg(long, global = true, env = "AMAOS_CONFIG")]
@@ -171,7 +175,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG as u8);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("amaos: cannot start the async runtime: {error}");
@@ -188,7 +195,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, config: Config, api_key: Option<String>, json: bool) -> Result<(), Failure> {
+async fn dispatch(
+    command: Command,
+    config: Config,
+    api_key: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
     let client = || Client::new(config.clone(), api_key.clone());
     match command {
         Command::Up => up(config).await,
@@ -218,7 +230,12 @@ async fn dispatch(command: Command, config: Config, api_key: Option<String>, jso
             let team = match (team, spec) {
                 (Some(name), _) => TeamArg::Name(name),
                 (None, Some(path)) => TeamArg::SpecFile(path),
-                (None, None) => return Err(Failure { message: "name --team or --spec".into(), code: commands::EXIT_INVALID }),
+                (None, None) => {
+                    return Err(Failure {
+                        message: "name --team or --spec".into(),
+                        code: commands::EXIT_INVALID,
+                    });
+                }
             };
             let submission = Submission {
                 team,
@@ -229,7 +246,9 @@ async fn dispatch(command: Command, config: Config, api_key: Option<String>, jso
             };
             commands::submit(&client(), submission, json).await
         }
-        Command::Tasks { state, team, limit } => commands::tasks(&client(), state.map(Into::into), team, limit, json).await,
+        Command::Tasks { state, team, limit } => {
+            commands::tasks(&client(), state.map(Into::into), team, limit, json).await
+        }
         Command::Task { id } => commands::task(&client(), &id, json).await,
         Command::Watch { id, after } => commands::watch(&client(), &id, after, json).await,
         Command::Cancel { id, reason } => commands::cancel(&client(), &id, reason, json).await,
@@ -239,8 +258,14 @@ async fn dispatch(command: Command, config: Config, api_key: Option<String>, jso
             Ok(())
         }
         Command::Keys { command } => match command {
-            KeysCommand::Create { name, tenant, roles } => commands::keys_create(&client(), name, tenant, roles, json).await,
-            KeysCommand::List { tenant, all } => commands::keys_list(&client(), tenant, all, json).await,
+            KeysCommand::Create {
+                name,
+                tenant,
+                roles,
+            } => commands::keys_create(&client(), name, tenant, roles, json).await,
+            KeysCommand::List { tenant, all } => {
+                commands::keys_list(&client(), tenant, all, json).await
+            }
             KeysCommand::Revoke { id } => commands::keys_revoke(&client(), id, json).await,
         },
     }
@@ -256,13 +281,20 @@ async fn up(config: Config) -> Result<(), Failure> {
         code: EXIT_CONFIG as u8,
     })?;
     let shutdown = amaos_mesh::shutdown::on_signal();
-    let mesh = Mesh::start(config, shutdown.clone()).await.map_err(failure)?;
+    let mesh = Mesh::start(config, shutdown.clone())
+        .await
+        .map_err(failure)?;
     for (service, addr, admin) in &mesh.addresses {
-        let admin = admin.map(|a| format!("  metrics http://{a}/metrics")).unwrap_or_default();
+        let admin = admin
+            .map(|a| format!("  metrics http://{a}/metrics"))
+            .unwrap_or_default();
         println!("{service:<13} grpc://{addr}{admin}");
     }
     if let Some(path) = &mesh.bootstrap_key_file {
-        println!("created an admin key for tenant `default`; it is in {}", path.display());
+        println!(
+            "created an admin key for tenant `default`; it is in {}",
+            path.display()
+        );
     }
     println!("amaos is ready (Ctrl-C to stop)");
     mesh.wait(shutdown).await.map_err(failure)

@@ -59,7 +59,13 @@ pub fn task_line(t: &pb::Task) -> String {
         .and_then(amaos_proto::time::system_time)
         .map(|c| humantime::format_rfc3339_seconds(c).to_string())
         .unwrap_or_default();
-    format!("{}  {:<10} {:<24} {}", t.task_id, state_name(t.state), t.team, created)
+    format!(
+        "{}  {:<10} {:<24} {}",
+        t.task_id,
+        state_name(t.state),
+        t.team,
+        created
+    )
 }
 
 /// A task in full, for `amaos task`.
@@ -94,9 +100,15 @@ pub fn event_json(e: &pb::TaskEvent) -> Value {
         }),
         Some(Kind::RunEvent(r)) => {
             let payload = match &r.payload {
-                Some(Payload::RunStarted(p)) => json!({"type": "run_started", "team": p.team, "kind": p.kind, "agents": p.agents}),
-                Some(Payload::TaskStarted(p)) => json!({"type": "task_started", "task": p.task, "index": p.index, "total": p.total}),
-                Some(Payload::Message(p)) => json!({"type": "message", "role": p.role, "content": p.content}),
+                Some(Payload::RunStarted(p)) => {
+                    json!({"type": "run_started", "team": p.team, "kind": p.kind, "agents": p.agents})
+                }
+                Some(Payload::TaskStarted(p)) => {
+                    json!({"type": "task_started", "task": p.task, "index": p.index, "total": p.total})
+                }
+                Some(Payload::Message(p)) => {
+                    json!({"type": "message", "role": p.role, "content": p.content})
+                }
                 Some(Payload::ToolCall(p)) => json!({
                     "type": "tool_call", "call_id": p.call_id, "tool": p.tool,
                     "arguments": p.arguments.as_ref().map(|a| Value::Object(struct_to_map(a))),
@@ -105,18 +117,34 @@ pub fn event_json(e: &pb::TaskEvent) -> Value {
                     "type": "tool_result", "call_id": p.call_id, "tool": p.tool,
                     "result": p.result.as_ref().map(value_to_json), "is_error": p.is_error, "error": p.error,
                 }),
-                Some(Payload::MemoryRecalled(p)) => json!({"type": "memory_recalled", "count": p.count, "memory_ids": p.memory_ids}),
-                Some(Payload::MemoryStored(p)) => json!({"type": "memory_stored", "memory_id": p.memory_id}),
-                Some(Payload::Handoff(p)) => json!({"type": "handoff", "from": p.from, "to": p.to, "reason": p.reason}),
-                Some(Payload::SpeakerSelected(p)) => json!({"type": "speaker_selected", "speaker": p.speaker, "method": p.method}),
-                Some(Payload::Verdict(p)) => json!({"type": "verdict", "kind": p.kind, "score": p.score, "feedback": p.feedback}),
+                Some(Payload::MemoryRecalled(p)) => {
+                    json!({"type": "memory_recalled", "count": p.count, "memory_ids": p.memory_ids})
+                }
+                Some(Payload::MemoryStored(p)) => {
+                    json!({"type": "memory_stored", "memory_id": p.memory_id})
+                }
+                Some(Payload::Handoff(p)) => {
+                    json!({"type": "handoff", "from": p.from, "to": p.to, "reason": p.reason})
+                }
+                Some(Payload::SpeakerSelected(p)) => {
+                    json!({"type": "speaker_selected", "speaker": p.speaker, "method": p.method})
+                }
+                Some(Payload::Verdict(p)) => {
+                    json!({"type": "verdict", "kind": p.kind, "score": p.score, "feedback": p.feedback})
+                }
                 Some(Payload::TokenUsage(p)) => json!({
                     "type": "token_usage", "model": p.model, "prompt_tokens": p.prompt_tokens,
                     "completion_tokens": p.completion_tokens, "cost_usd": p.cost_usd,
                 }),
-                Some(Payload::TaskCompleted(p)) => json!({"type": "task_completed", "task": p.task, "output": p.output}),
-                Some(Payload::RunCompleted(p)) => json!({"type": "run_completed", "output": p.output}),
-                Some(Payload::RunFailed(p)) => json!({"type": "run_failed", "reason": p.reason, "class": p.class}),
+                Some(Payload::TaskCompleted(p)) => {
+                    json!({"type": "task_completed", "task": p.task, "output": p.output})
+                }
+                Some(Payload::RunCompleted(p)) => {
+                    json!({"type": "run_completed", "output": p.output})
+                }
+                Some(Payload::RunFailed(p)) => {
+                    json!({"type": "run_failed", "reason": p.reason, "class": p.class})
+                }
                 None => json!({"type": "unknown"}),
             };
             json!({"type": "run_event", "agent": r.agent, "run_sequence": r.sequence, "event": payload})
@@ -147,7 +175,9 @@ impl Progress {
     /// for events not worth a line (token usage).
     pub fn line(&mut self, e: &pb::TaskEvent) -> Option<String> {
         let at = e.at.as_ref().and_then(amaos_proto::time::system_time);
-        let started = *self.started.get_or_insert(at.unwrap_or_else(SystemTime::now));
+        let started = *self
+            .started
+            .get_or_insert(at.unwrap_or_else(SystemTime::now));
         let elapsed = at
             .and_then(|a| a.duration_since(started).ok())
             .unwrap_or_default()
@@ -155,34 +185,72 @@ impl Progress {
         let text = match &e.kind {
             Some(Kind::StateChanged(s)) => format!("● {} — {}", state_name(s.to), s.reason),
             Some(Kind::RunEvent(r)) => {
-                let who = if r.agent.is_empty() { String::new() } else { format!("{}: ", r.agent) };
+                let who = if r.agent.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", r.agent)
+                };
                 match &r.payload {
-                    Some(Payload::RunStarted(p)) => format!("run started: {} ({}) with {}", p.team, p.kind, p.agents.join(", ")),
+                    Some(Payload::RunStarted(p)) => format!(
+                        "run started: {} ({}) with {}",
+                        p.team,
+                        p.kind,
+                        p.agents.join(", ")
+                    ),
                     Some(Payload::TaskStarted(p)) => {
                         self.step = Some((p.index, p.total, p.task.clone()));
                         format!("▶ task {} assigned to {}", p.task, p.agent)
                     }
-                    Some(Payload::Message(p)) if p.role == "assistant" => format!("{who}says {}", clip(&p.content, 100)),
+                    Some(Payload::Message(p)) if p.role == "assistant" => {
+                        format!("{who}says {}", clip(&p.content, 100))
+                    }
                     Some(Payload::Message(_)) => return None,
                     Some(Payload::ToolCall(p)) => format!(
                         "{who}calls {} {}",
                         p.tool,
-                        clip(&p.arguments.as_ref().map(|a| Value::Object(struct_to_map(a)).to_string()).unwrap_or_default(), 80)
+                        clip(
+                            &p.arguments
+                                .as_ref()
+                                .map(|a| Value::Object(struct_to_map(a)).to_string())
+                                .unwrap_or_default(),
+                            80
+                        )
                     ),
-                    Some(Payload::ToolResult(p)) if p.is_error => format!("{who}{} failed: {}", p.tool, clip(&p.error, 100)),
+                    Some(Payload::ToolResult(p)) if p.is_error => {
+                        format!("{who}{} failed: {}", p.tool, clip(&p.error, 100))
+                    }
                     Some(Payload::ToolResult(p)) => format!(
                         "{who}{} → {}",
                         p.tool,
-                        clip(&p.result.as_ref().map(|v| value_to_json(v).to_string()).unwrap_or_default(), 80)
+                        clip(
+                            &p.result
+                                .as_ref()
+                                .map(|v| value_to_json(v).to_string())
+                                .unwrap_or_default(),
+                            80
+                        )
                     ),
-                    Some(Payload::MemoryRecalled(p)) => format!("{who}recalled {} memories", p.count),
+                    Some(Payload::MemoryRecalled(p)) => {
+                        format!("{who}recalled {} memories", p.count)
+                    }
                     Some(Payload::MemoryStored(p)) => format!("{who}remembered {}", p.memory_id),
                     Some(Payload::TaskCompleted(p)) => format!("✓ task {} done", p.task),
                     Some(Payload::RunCompleted(_)) => "run completed".into(),
-                    Some(Payload::RunFailed(p)) => format!("run failed ({}): {}", p.class, p.reason),
-                    Some(Payload::Handoff(p)) => format!("handoff {} → {}: {}", p.from, p.to, p.reason),
-                    Some(Payload::SpeakerSelected(p)) => format!("next speaker: {} ({})", p.speaker, p.method),
-                    Some(Payload::Verdict(p)) => format!("verdict {:?} score {:.2}: {}", p.kind, p.score, clip(&p.feedback, 80)),
+                    Some(Payload::RunFailed(p)) => {
+                        format!("run failed ({}): {}", p.class, p.reason)
+                    }
+                    Some(Payload::Handoff(p)) => {
+                        format!("handoff {} → {}: {}", p.from, p.to, p.reason)
+                    }
+                    Some(Payload::SpeakerSelected(p)) => {
+                        format!("next speaker: {} ({})", p.speaker, p.method)
+                    }
+                    Some(Payload::Verdict(p)) => format!(
+                        "verdict {:?} score {:.2}: {}",
+                        p.kind,
+                        p.score,
+                        clip(&p.feedback, 80)
+                    ),
                     Some(Payload::TokenUsage(_)) | None => return None,
                 }
             }

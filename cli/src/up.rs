@@ -15,7 +15,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// The services, in start order.
-pub const SERVICES: [&str; 6] = ["auth", "router", "memory", "tools", "agents", "orchestrator"];
+pub const SERVICES: [&str; 6] = [
+    "auth",
+    "router",
+    "memory",
+    "tools",
+    "agents",
+    "orchestrator",
+];
 
 /// A running mesh.
 pub struct Mesh {
@@ -35,7 +42,9 @@ fn url_of(addr: SocketAddr) -> String {
         addr.ip().to_string()
     };
     match addr {
-        SocketAddr::V6(_) if !addr.ip().is_unspecified() => format!("http://[{host}]:{}", addr.port()),
+        SocketAddr::V6(_) if !addr.ip().is_unspecified() => {
+            format!("http://[{host}]:{}", addr.port())
+        }
         _ => format!("http://{host}:{}", addr.port()),
     }
 }
@@ -67,7 +76,10 @@ impl Mesh {
                 Some(addr) => Some(bind(&format!("{service} admin"), addr).await?),
                 None => None,
             };
-            let admin_local = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+            let admin_local = admin_listener
+                .as_ref()
+                .map(|l| l.local_addr())
+                .transpose()?;
             let url = url_of(local);
             match service {
                 "auth" => config.auth.url = url,
@@ -86,14 +98,20 @@ impl Mesh {
         for (service, listener, admin_listener) in listeners {
             let metrics = Metrics::new(service);
             if let Some(admin_listener) = admin_listener {
-                tokio::spawn(metrics::serve_admin(admin_listener, metrics.clone(), shutdown.clone()));
+                tokio::spawn(metrics::serve_admin(
+                    admin_listener,
+                    metrics.clone(),
+                    shutdown.clone(),
+                ));
             }
             let c = config.clone();
             let stop = shutdown.clone();
             let handle = match service {
                 "auth" => {
                     let state = opened.state.clone();
-                    tokio::spawn(async move { amaos_auth::serve_state(state, &c, listener, metrics, stop).await })
+                    tokio::spawn(async move {
+                        amaos_auth::serve_state(state, &c, listener, metrics, stop).await
+                    })
                 }
                 "router" => tokio::spawn(amaos_router::serve(c, listener, metrics, stop)),
                 "memory" => tokio::spawn(amaos_memory::serve(c, listener, metrics, stop)),
@@ -115,7 +133,10 @@ impl Mesh {
 
     /// Waits until the router lists a live agents worker.
     async fn wait_for_worker(&self, limit: Duration) -> Result<(), BoxError> {
-        let mut router = RouterServiceClient::new(client::channel(&self.config.router.url, &self.config.limits)?);
+        let mut router = RouterServiceClient::new(client::channel(
+            &self.config.router.url,
+            &self.config.limits,
+        )?);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some((service, task)) = self.tasks.iter().find(|(_, t)| t.is_finished()) {

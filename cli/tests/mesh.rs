@@ -49,7 +49,9 @@ async fn watch_all(mesh: &TestMesh, key: &str, task_id: &str) -> Vec<pb::TaskEve
             events.push(r.event.unwrap());
         }
     };
-    tokio::time::timeout(Duration::from_secs(30), collect).await.expect("the task finished");
+    tokio::time::timeout(Duration::from_secs(30), collect)
+        .await
+        .expect("the task finished");
     events
 }
 
@@ -62,7 +64,11 @@ fn label(e: &pb::TaskEvent) -> String {
             Some(Payload::TaskStarted(t)) => format!("task_started:{}", t.task),
             Some(Payload::Message(m)) => format!("message:{}", m.role),
             Some(Payload::ToolCall(t)) => format!("tool_call:{}", t.tool),
-            Some(Payload::ToolResult(t)) => format!("tool_result:{}{}", t.tool, if t.is_error { ":error" } else { "" }),
+            Some(Payload::ToolResult(t)) => format!(
+                "tool_result:{}{}",
+                t.tool,
+                if t.is_error { ":error" } else { "" }
+            ),
             Some(Payload::MemoryRecalled(_)) => "memory_recalled".into(),
             Some(Payload::MemoryStored(_)) => "memory_stored".into(),
             Some(Payload::TokenUsage(_)) => "token_usage".into(),
@@ -82,7 +88,10 @@ async fn the_example_crew_runs_end_to_end() {
 
     let response = mesh
         .orchestrator()
-        .submit_task(TestMesh::with_key(&key, submit_spec(research_crew(), "vector databases")))
+        .submit_task(TestMesh::with_key(
+            &key,
+            submit_spec(research_crew(), "vector databases"),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -126,7 +135,12 @@ async fn the_example_crew_runs_end_to_end() {
     // The output is the scripted one.
     let task = mesh
         .orchestrator()
-        .get_task(TestMesh::with_key(&key, pb::GetTaskRequest { task_id: task_id.clone() }))
+        .get_task(TestMesh::with_key(
+            &key,
+            pb::GetTaskRequest {
+                task_id: task_id.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -147,16 +161,34 @@ async fn the_example_crew_runs_end_to_end() {
     // Memory holds what the researcher remembered, in the tenant only.
     let mut memory = MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url));
     let recent = memory
-        .recent(TestMesh::internal("acme", &["agent"], memory::RecentRequest { filter: None, limit: 10 }))
+        .recent(TestMesh::internal(
+            "acme",
+            &["agent"],
+            memory::RecentRequest {
+                filter: None,
+                limit: 10,
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .items;
     assert_eq!(recent.len(), 1);
-    assert!(recent[0].text.starts_with("Research notes on vector databases"));
+    assert!(
+        recent[0]
+            .text
+            .starts_with("Research notes on vector databases")
+    );
     assert_eq!(recent[0].agent, "researcher");
     let other = memory
-        .recent(TestMesh::internal("globex", &["agent"], memory::RecentRequest { filter: None, limit: 10 }))
+        .recent(TestMesh::internal(
+            "globex",
+            &["agent"],
+            memory::RecentRequest {
+                filter: None,
+                limit: 10,
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -166,7 +198,10 @@ async fn the_example_crew_runs_end_to_end() {
     // A second run recalls the first one's memory before the research task.
     let again = mesh
         .orchestrator()
-        .submit_task(TestMesh::with_key(&key, submit_spec(research_crew(), "vector databases")))
+        .submit_task(TestMesh::with_key(
+            &key,
+            submit_spec(research_crew(), "vector databases"),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -177,7 +212,10 @@ async fn the_example_crew_runs_end_to_end() {
     let stranger = mesh.create_key("globex", "developer").await;
     let status = mesh
         .orchestrator()
-        .get_task(TestMesh::with_key(&stranger, pb::GetTaskRequest { task_id }))
+        .get_task(TestMesh::with_key(
+            &stranger,
+            pb::GetTaskRequest { task_id },
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -189,15 +227,27 @@ async fn a_malformed_spec_is_invalid_argument_naming_the_line() {
     let mesh = TestMesh::start().await;
     let key = mesh.create_key("acme", "developer").await;
     let bad = research_crew().replace("      agent: writer\n", "      agent: editor\n");
-    let line = bad.lines().position(|l| l == "      agent: editor").unwrap() + 1;
+    let line = bad
+        .lines()
+        .position(|l| l == "      agent: editor")
+        .unwrap()
+        + 1;
     let status = mesh
         .orchestrator()
         .submit_task(TestMesh::with_key(&key, submit_spec(bad.clone(), "x")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains(&format!("line {line}")), "{}", status.message());
-    assert!(status.message().contains("crew.tasks[1].agent"), "{}", status.message());
+    assert!(
+        status.message().contains(&format!("line {line}")),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("crew.tasks[1].agent"),
+        "{}",
+        status.message()
+    );
     let violations = status.get_details_bad_request().unwrap().field_violations;
     assert_eq!(violations[0].field, "team.spec_yaml.crew.tasks[1].agent");
 
@@ -234,7 +284,10 @@ async fn missing_wrong_and_revoked_keys_are_unauthenticated() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     let status = orchestrator
-        .list_tasks(TestMesh::with_key("amaos_0123456789ab_wrong", pb::ListTasksRequest::default()))
+        .list_tasks(TestMesh::with_key(
+            "amaos_0123456789ab_wrong",
+            pb::ListTasksRequest::default(),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -246,7 +299,10 @@ async fn missing_wrong_and_revoked_keys_are_unauthenticated() {
         .await
         .unwrap();
     let status = orchestrator
-        .submit_task(TestMesh::with_key(&viewer, submit_spec(research_crew(), "x")))
+        .submit_task(TestMesh::with_key(
+            &viewer,
+            submit_spec(research_crew(), "x"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -292,7 +348,10 @@ async fn an_oversized_message_is_resource_exhausted() {
     let status = mesh
         .orchestrator()
         .max_encoding_message_size(1024 * 1024)
-        .submit_task(TestMesh::with_key(&key, submit_spec(research_crew(), &huge)))
+        .submit_task(TestMesh::with_key(
+            &key,
+            submit_spec(research_crew(), &huge),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
@@ -355,11 +414,20 @@ async fn a_retried_tool_call_replays_its_recorded_result() {
             },
         )
     };
-    let first = tools.invoke_tool(call("once\n")).await.unwrap().into_inner();
-    let again = tools.invoke_tool(call("once\n")).await.unwrap().into_inner();
+    let first = tools
+        .invoke_tool(call("once\n"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = tools
+        .invoke_tool(call("once\n"))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!first.replayed);
     assert!(again.replayed);
-    let written = std::fs::read_to_string(mesh.config.workspace_dir().join("acme/t-2/log.txt")).unwrap();
+    let written =
+        std::fs::read_to_string(mesh.config.workspace_dir().join("acme/t-2/log.txt")).unwrap();
     assert_eq!(written, "once\n");
     let status = tools.invoke_tool(call("different\n")).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
@@ -431,7 +499,10 @@ async fn a_cancelled_task_stops_its_run() {
     let mesh = TestMesh::start().await;
     let key = mesh.create_key("acme", "developer").await;
     // Every model call of this crew takes ten seconds.
-    let slow = research_crew().replace("    memory: true\n", "    memory: true\n    replay_latency: 10s\n");
+    let slow = research_crew().replace(
+        "    memory: true\n",
+        "    memory: true\n    replay_latency: 10s\n",
+    );
     let response = mesh
         .orchestrator()
         .submit_task(TestMesh::with_key(&key, submit_spec(slow, "x")))
@@ -473,12 +544,19 @@ async fn a_cancelled_task_stops_its_run() {
         .unwrap();
     assert_eq!(cancelled.state, pb::TaskState::Cancelled as i32);
     assert_eq!(cancelled.error.unwrap().message, "changed my mind");
-    let events = tokio::time::timeout(Duration::from_secs(5), watch_all(&mesh, &key, &response.task_id))
-        .await
-        .unwrap();
+    let events = tokio::time::timeout(
+        Duration::from_secs(5),
+        watch_all(&mesh, &key, &response.task_id),
+    )
+    .await
+    .unwrap();
     assert_eq!(label(events.last().unwrap()), "state:CANCELLED");
     // The worker let go of the run: nothing was written to the workspace.
-    let workspace = mesh.config.workspace_dir().join("acme").join(&response.task_id);
+    let workspace = mesh
+        .config
+        .workspace_dir()
+        .join("acme")
+        .join(&response.task_id);
     assert!(!workspace.join("notes.md").exists());
     mesh.stop().await;
 }

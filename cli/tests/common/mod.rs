@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// The example research crew spec.
@@ -25,8 +28,10 @@ pub fn research_crew() -> String {
 
 /// A config on port 0 everywhere, without admin listeners, in `dir`.
 pub fn test_config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.data_dir = dir.to_owned();
+    let mut config = Config {
+        data_dir: dir.to_owned(),
+        ..Config::default()
+    };
     config.agents.teams_dir = repo_root().join("examples/teams");
     let any = "127.0.0.1:0".parse().unwrap();
     config.orchestrator.listen = any;
@@ -65,7 +70,10 @@ impl TestMesh {
         adjust(&mut config);
         let shutdown = CancellationToken::new();
         let mesh = Mesh::start(config, shutdown.clone()).await.unwrap();
-        let admin_key = std::fs::read_to_string(dir.path().join("admin.key")).unwrap().trim().to_owned();
+        let admin_key = std::fs::read_to_string(dir.path().join("admin.key"))
+            .unwrap()
+            .trim()
+            .to_owned();
         Self {
             dir,
             config: mesh.config.clone(),

@@ -30,13 +30,23 @@ pub struct Caller {
 impl Caller {
     /// Reads the caller forwarded by a trusted service; UNAUTHENTICATED when absent.
     pub fn from_metadata(metadata: &MetadataMap) -> Result<Self, tonic::Status> {
-        let get = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let tenant = get(TENANT_KEY)
-            .filter(|t| valid_tenant(t))
-            .ok_or_else(|| tonic::Status::unauthenticated(format!("missing or invalid `{TENANT_KEY}` metadata")))?;
+        let get = |key: &str| {
+            metadata
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let tenant = get(TENANT_KEY).filter(|t| valid_tenant(t)).ok_or_else(|| {
+            tonic::Status::unauthenticated(format!("missing or invalid `{TENANT_KEY}` metadata"))
+        })?;
         let principal = get(PRINCIPAL_KEY).unwrap_or_default();
         let roles = get(ROLES_KEY)
-            .map(|r| r.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .map(|r| {
+                r.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(Self {
             tenant,
@@ -75,22 +85,27 @@ impl Caller {
 pub fn valid_tenant(tenant: &str) -> bool {
     !tenant.is_empty()
         && tenant.len() <= 64
-        && tenant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && tenant.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 /// The API key in `authorization: Bearer <key>`, if any.
 pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
     let value = metadata.get("authorization")?.to_str().ok()?;
-    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    let key = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
     let key = key.trim();
     (!key.is_empty()).then_some(key)
 }
 
 /// Adds `authorization: Bearer <key>` to outgoing metadata.
 pub fn set_bearer(metadata: &mut MetadataMap, key: &str) -> Result<(), tonic::Status> {
-    let value = MetadataValue::try_from(format!("Bearer {key}"))
-        .map_err(|_| tonic::Status::invalid_argument("the API key has characters not allowed in metadata"))?;
+    let value = MetadataValue::try_from(format!("Bearer {key}")).map_err(|_| {
+        tonic::Status::invalid_argument("the API key has characters not allowed in metadata")
+    })?;
     metadata.insert("authorization", value);
     Ok(())
 }
@@ -114,10 +129,16 @@ mod tests {
     #[test]
     fn missing_or_bad_tenant_is_unauthenticated() {
         let md = MetadataMap::new();
-        assert_eq!(Caller::from_metadata(&md).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            Caller::from_metadata(&md).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         let mut md = MetadataMap::new();
         md.insert(TENANT_KEY, MetadataValue::from_static("../etc"));
-        assert_eq!(Caller::from_metadata(&md).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            Caller::from_metadata(&md).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
     }
 
     #[test]

@@ -423,8 +423,18 @@ impl Config {
     /// Checks the values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        in_range("limits.max_message_bytes", l.max_message_bytes, 1024, 64 * 1024 * 1024)?;
-        in_range("limits.max_concurrent_requests", l.max_concurrent_requests, 1, 100_000)?;
+        in_range(
+            "limits.max_message_bytes",
+            l.max_message_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        in_range(
+            "limits.max_concurrent_requests",
+            l.max_concurrent_requests,
+            1,
+            100_000,
+        )?;
         positive("limits.request_timeout", l.request_timeout)?;
         positive("limits.connect_timeout", l.connect_timeout)?;
         self.log
@@ -446,9 +456,19 @@ impl Config {
         }
         let o = &self.orchestrator;
         positive("orchestrator.task_timeout", o.task_timeout)?;
-        in_range("orchestrator.max_input_bytes", o.max_input_bytes, 1, 16 * 1024 * 1024)?;
+        in_range(
+            "orchestrator.max_input_bytes",
+            o.max_input_bytes,
+            1,
+            16 * 1024 * 1024,
+        )?;
         in_range("orchestrator.max_tasks", o.max_tasks, 1, 100_000_000)?;
-        in_range("orchestrator.max_events_per_task", o.max_events_per_task, 16, 1_000_000)?;
+        in_range(
+            "orchestrator.max_events_per_task",
+            o.max_events_per_task,
+            16,
+            1_000_000,
+        )?;
         let r = &self.router;
         positive("router.heartbeat_interval", r.heartbeat_interval)?;
         if r.worker_ttl <= r.heartbeat_interval {
@@ -461,14 +481,39 @@ impl Config {
         let a = &self.agents;
         in_range("agents.capacity", a.capacity as usize, 1, 10_000)?;
         in_range("agents.max_steps", a.max_steps as usize, 1, 10_000)?;
-        in_range("agents.max_spec_bytes", a.max_spec_bytes, 64, 16 * 1024 * 1024)?;
+        in_range(
+            "agents.max_spec_bytes",
+            a.max_spec_bytes,
+            64,
+            16 * 1024 * 1024,
+        )?;
         let t = &self.tools;
-        in_range("tools.max_file_bytes", t.max_file_bytes, 1, 1024 * 1024 * 1024)?;
+        in_range(
+            "tools.max_file_bytes",
+            t.max_file_bytes,
+            1,
+            1024 * 1024 * 1024,
+        )?;
         in_range("tools.max_list_entries", t.max_list_entries, 1, 1_000_000)?;
-        in_range("tools.max_journal_entries", t.max_journal_entries, 1, 100_000_000)?;
+        in_range(
+            "tools.max_journal_entries",
+            t.max_journal_entries,
+            1,
+            100_000_000,
+        )?;
         let m = &self.memory;
-        in_range("memory.max_items_per_tenant", m.max_items_per_tenant, 1, 100_000_000)?;
-        in_range("memory.max_text_bytes", m.max_text_bytes, 1, 16 * 1024 * 1024)?;
+        in_range(
+            "memory.max_items_per_tenant",
+            m.max_items_per_tenant,
+            1,
+            100_000_000,
+        )?;
+        in_range(
+            "memory.max_text_bytes",
+            m.max_text_bytes,
+            1,
+            16 * 1024 * 1024,
+        )?;
         positive("auth.key_cache_ttl", self.auth.key_cache_ttl)?;
         Ok(())
     }
@@ -483,7 +528,10 @@ impl Config {
 
     /// The API key store.
     pub fn key_file(&self) -> PathBuf {
-        self.auth.key_file.clone().unwrap_or_else(|| self.data_dir.join("keys.json"))
+        self.auth
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("keys.json"))
     }
 }
 
@@ -491,7 +539,10 @@ fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), Confi
     if (min..=max).contains(&value) {
         Ok(())
     } else {
-        Err(ConfigError::new(key, format!("{value} is outside {min}..={max}")))
+        Err(ConfigError::new(
+            key,
+            format!("{value} is outside {min}..={max}"),
+        ))
     }
 }
 
@@ -509,7 +560,10 @@ fn http_url(key: &str, value: &str) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError::new(key, format!("`{value}` is not a URL: {e}")))?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(_)) => Ok(()),
-        _ => Err(ConfigError::new(key, format!("`{value}` must be an http:// or https:// URL"))),
+        _ => Err(ConfigError::new(
+            key,
+            format!("`{value}` must be an http:// or https:// URL"),
+        )),
     }
 }
 
@@ -519,12 +573,18 @@ fn from_figment(error: figment::Error) -> ConfigError {
     } else {
         error.path.join(".")
     };
-    let source = error.metadata.as_ref().map(|meta| {
-        let path: Vec<&str> = error.path.iter().map(String::as_str).collect();
-        let profile = error.profile.clone().unwrap_or_default();
-        format!(" (from {} `{}`)", meta.name, meta.interpolate(&profile, &path))
+    let source = error.metadata.as_ref().map(|meta| match &meta.source {
+        Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+        _ if meta.name.contains("environment") => {
+            let var: Vec<String> = error.path.iter().map(|p| p.to_uppercase()).collect();
+            format!(" (from environment variable AMAOS_{})", var.join("__"))
+        }
+        _ => format!(" (from {})", meta.name),
     });
-    ConfigError::new(&key, format!("{}{}", error.kind, source.unwrap_or_default()))
+    ConfigError::new(
+        &key,
+        format!("{}{}", error.kind, source.unwrap_or_default()),
+    )
 }
 
 /// Durations as human-readable text (`30s`, `5m`, `250ms`).
@@ -539,8 +599,11 @@ mod duration_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like `30s` or `5m`: {e}")))
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration like `30s` or `5m`: {e}"
+            ))
+        })
     }
 }
 
@@ -557,7 +620,11 @@ mod tests {
     fn a_file_overrides_defaults_and_unknown_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("amaos.toml");
-        std::fs::write(&path, "[router]\nlisten = \"127.0.0.1:7000\"\nworker_ttl = \"1m\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "[router]\nlisten = \"127.0.0.1:7000\"\nworker_ttl = \"1m\"\n",
+        )
+        .unwrap();
         let config = Config::load(Some(&path)).unwrap();
         assert_eq!(config.router.listen.port(), 7000);
         assert_eq!(config.router.worker_ttl, Duration::from_secs(60));

@@ -60,7 +60,10 @@ mod tests {
             Duration::from_secs(100_000),
         ] {
             let parsed = parse_grpc_timeout(&format_grpc_timeout(d)).unwrap();
-            assert!(parsed.abs_diff(d) < Duration::from_millis(1), "{d:?} -> {parsed:?}");
+            assert!(
+                parsed.abs_diff(d) < Duration::from_millis(1),
+                "{d:?} -> {parsed:?}"
+            );
         }
         assert_eq!(parse_grpc_timeout("5x"), None);
         assert_eq!(parse_grpc_timeout("123456789S"), None);
@@ -70,7 +73,10 @@ mod tests {
     async fn remaining_is_scoped_to_the_request() {
         assert_eq!(remaining(), None);
         let deadline = Instant::now() + Duration::from_secs(10);
-        let left = DEADLINE.scope(Some(deadline), async { remaining() }).await.unwrap();
+        let left = DEADLINE
+            .scope(Some(deadline), async { remaining() })
+            .await
+            .unwrap();
         assert!(left <= Duration::from_secs(10) && left > Duration::from_secs(9));
     }
 }

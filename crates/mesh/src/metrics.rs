@@ -55,19 +55,31 @@ impl Metrics {
     pub fn new(service: &'static str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "amaos",
-            [(std::borrow::Cow::Borrowed("service"), std::borrow::Cow::Borrowed(service))].into_iter(),
+            [(
+                std::borrow::Cow::Borrowed("service"),
+                std::borrow::Cow::Borrowed(service),
+            )]
+            .into_iter(),
         );
         let requests = Family::<RpcCodeLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let in_flight = Gauge::default();
         let shed = Counter::default();
-        registry.register("grpc_requests", "gRPC requests by RPC and final status code", requests.clone());
+        registry.register(
+            "grpc_requests",
+            "gRPC requests by RPC and final status code",
+            requests.clone(),
+        );
         registry.register(
             "grpc_request_duration_seconds",
             "gRPC request latency by RPC, until the response ends",
             latency.clone(),
         );
-        registry.register("grpc_in_flight_requests", "gRPC requests being handled", in_flight.clone());
+        registry.register(
+            "grpc_in_flight_requests",
+            "gRPC requests being handled",
+            in_flight.clone(),
+        );
         registry.register(
             "grpc_shed_requests",
             "gRPC requests refused at the concurrency limit",
@@ -96,7 +108,11 @@ impl Metrics {
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
@@ -117,7 +133,9 @@ impl Metrics {
             .inc();
         self.inner
             .latency
-            .get_or_create(&RpcLabels { rpc: rpc.to_owned() })
+            .get_or_create(&RpcLabels {
+                rpc: rpc.to_owned(),
+            })
             .observe(elapsed.as_secs_f64());
     }
 
@@ -134,7 +152,11 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` and `GET /healthz` on `listener` until `shutdown`.
-pub async fn serve_admin(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route(

@@ -33,7 +33,9 @@ pub fn allows(roles: &[String], object: &str, action: &str) -> Option<String> {
     roles.iter().find_map(|role| {
         RULES
             .iter()
-            .find(|(r, o, a)| r == role && (*o == "*" || *o == family) && (*a == "*" || *a == action))
+            .find(|(r, o, a)| {
+                r == role && (*o == "*" || *o == family) && (*a == "*" || *a == action)
+            })
             .map(|(r, o, a)| format!("role `{r}` may `{a}` on `{o}`"))
     })
 }
@@ -60,7 +62,11 @@ mod tests {
             ("agent", "tasks", "submit", false),
         ];
         for (role, object, action, expected) in table {
-            assert_eq!(allows(&roles(role), object, action).is_some(), expected, "{role} {object} {action}");
+            assert_eq!(
+                allows(&roles(role), object, action).is_some(),
+                expected,
+                "{role} {object} {action}"
+            );
         }
         assert!(allows(&[], "tasks", "read").is_none());
     }

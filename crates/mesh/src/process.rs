@@ -20,7 +20,12 @@ pub fn config_path_from_args() -> Result<Option<PathBuf>, String> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" => path = Some(args.next().ok_or("--config needs a file")?.into()),
-            "-h" | "--help" => return Err("usage: [--config <file.toml>]  (or AMAOS_CONFIG; AMAOS_* variables override)".into()),
+            "-h" | "--help" => {
+                return Err(
+                    "usage: [--config <file.toml>]  (or AMAOS_CONFIG; AMAOS_* variables override)"
+                        .into(),
+                );
+            }
             other => return Err(format!("unexpected argument `{other}`")),
         }
     }
@@ -40,7 +45,11 @@ pub fn load_config() -> Result<Config, ExitCode> {
 }
 
 /// Runs one service as a whole process and returns its exit code.
-pub fn run_service<F, Fut>(service: &'static str, endpoint: fn(&Config) -> &dyn ServiceEndpoint, serve: F) -> ExitCode
+pub fn run_service<F, Fut>(
+    service: &'static str,
+    endpoint: fn(&Config) -> &dyn ServiceEndpoint,
+    serve: F,
+) -> ExitCode
 where
     F: FnOnce(Config, TcpListener, Metrics, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
@@ -49,7 +58,10 @@ where
         Ok(config) => config,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("amaos-{service}: cannot start the async runtime: {error}");
@@ -78,7 +90,11 @@ where
             match TcpListener::bind(admin).await {
                 Ok(admin_listener) => {
                     tracing::info!(address = %admin, "serving /metrics and /healthz");
-                    tokio::spawn(metrics::serve_admin(admin_listener, metrics.clone(), shutdown.clone()));
+                    tokio::spawn(metrics::serve_admin(
+                        admin_listener,
+                        metrics.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Err(error) => {
                     tracing::error!(address = %admin, %error, "cannot bind the admin listener");

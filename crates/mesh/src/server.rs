@@ -95,7 +95,9 @@ pub async fn serve(
     } = service;
     let (health, health_server) = tonic_health::server::health_reporter();
     for grpc_name in &grpc_names {
-        health.set_service_status(*grpc_name, ServingStatus::Serving).await;
+        health
+            .set_service_status(*grpc_name, ServingStatus::Serving)
+            .await;
     }
     routes = routes.add_service(health_server);
     if reflection {
@@ -113,9 +115,13 @@ pub async fn serve(
         let grpc_names = grpc_names.clone();
         async move {
             shutdown.cancelled().await;
-            health.set_service_status("", ServingStatus::NotServing).await;
+            health
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
             for grpc_name in grpc_names {
-                health.set_service_status(grpc_name, ServingStatus::NotServing).await;
+                health
+                    .set_service_status(grpc_name, ServingStatus::NotServing)
+                    .await;
             }
         }
     };
@@ -177,7 +183,10 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S> Service<http::Request<Body>> for MeshService<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
 {
     type Response = http::Response<Body>;
@@ -225,7 +234,12 @@ where
                 recorder.finish(code);
                 return Ok(response);
             }
-            Ok(response.map(|body| Body::new(MeteredBody { inner: body, recorder })))
+            Ok(response.map(|body| {
+                Body::new(MeteredBody {
+                    inner: body,
+                    recorder,
+                })
+            }))
         })
     }
 }
@@ -237,14 +251,24 @@ fn oversized_is_exhausted(headers: &mut http::HeaderMap) {
     let oversized = headers
         .get("grpc-message")
         .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| m.contains("message length too large") || m.contains("message%20length%20too%20large"));
+        .is_some_and(|m| {
+            m.contains("message length too large") || m.contains("message%20length%20too%20large")
+        });
     if out_of_range && oversized {
-        headers.insert("grpc-status", http::HeaderValue::from(tonic::Code::ResourceExhausted as i32));
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
     }
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
     Some(tonic::Code::from_i32(value))
 }
 
@@ -345,14 +369,28 @@ mod tests {
         });
         let metrics = Metrics::new("test");
         let mut service = MeshLayer::new(metrics.clone(), 1).layer(inner);
-        let request = || http::Request::builder().uri("/pkg.Svc/Call").body(Body::empty()).unwrap();
+        let request = || {
+            http::Request::builder()
+                .uri("/pkg.Svc/Call")
+                .body(Body::empty())
+                .unwrap()
+        };
         let first = tokio::spawn(service.call(request()));
         tokio::task::yield_now().await;
         let shed = service.call(request()).await.unwrap();
-        assert_eq!(grpc_status(shed.headers()), Some(tonic::Code::ResourceExhausted));
+        assert_eq!(
+            grpc_status(shed.headers()),
+            Some(tonic::Code::ResourceExhausted)
+        );
         gate.notify_one();
         first.await.unwrap().unwrap();
-        assert!(metrics.encode().contains("amaos_grpc_shed_requests_total{service=\"test\"} 1"), "{}", metrics.encode());
+        assert!(
+            metrics
+                .encode()
+                .contains("amaos_grpc_shed_requests_total{service=\"test\"} 1"),
+            "{}",
+            metrics.encode()
+        );
     }
 
     #[test]

@@ -22,12 +22,19 @@ pub fn invalid_field(field: &str, description: impl Into<String>) -> tonic::Stat
 }
 
 /// INVALID_ARGUMENT with one `BadRequest` violation per `(field, description)`.
-pub fn invalid_fields(message: impl Into<String>, violations: Vec<(String, String)>) -> tonic::Status {
+pub fn invalid_fields(
+    message: impl Into<String>,
+    violations: Vec<(String, String)>,
+) -> tonic::Status {
     let violations = violations
         .into_iter()
         .map(|(field, description)| tonic_types::FieldViolation::new(field, description))
         .collect::<Vec<_>>();
-    tonic::Status::with_error_details(Code::InvalidArgument, message, ErrorDetails::with_bad_request(violations))
+    tonic::Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request(violations),
+    )
 }
 
 /// A status of `code` with an `ErrorInfo` detail carrying a machine-readable reason.
@@ -35,7 +42,11 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> toni
     tonic::Status::with_error_details(
         code,
         message,
-        ErrorDetails::with_error_info(reason, DOMAIN, std::collections::HashMap::<String, String>::new()),
+        ErrorDetails::with_error_info(
+            reason,
+            DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        ),
     )
 }
 

@@ -10,7 +10,8 @@
 #![allow(missing_docs, clippy::all)]
 
 /// The encoded `FileDescriptorSet` of every AMAOS contract.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/amaos_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/amaos_descriptor.bin"));
 
 /// `google.api` annotations (HTTP rules) used by the contracts.
 pub mod google {

@@ -76,7 +76,11 @@ pub fn parse(yaml: &str) -> Result<TeamSpec, SpecErrors> {
             Some((path, rest)) if !path.contains(' ') => (path.to_owned(), rest.to_owned()),
             _ => (String::new(), message),
         };
-        SpecErrors(vec![SpecError { line, field, message }])
+        SpecErrors(vec![SpecError {
+            line,
+            field,
+            message,
+        }])
     })?;
     let problems = spec.problems();
     if problems.is_empty() {

@@ -28,7 +28,10 @@ impl Walker {
     /// The path of the value about to be read, if the parent expects a value.
     fn value_path(&self) -> Option<String> {
         match self.stack.last()? {
-            Frame::Map { path, key: Some(key) } => Some(join(path, key)),
+            Frame::Map {
+                path,
+                key: Some(key),
+            } => Some(join(path, key)),
             Frame::Map { key: None, .. } => None,
             Frame::Seq { path, index } => Some(format!("{path}[{index}]")),
         }
@@ -62,7 +65,11 @@ impl MarkedEventReceiver for Walker {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
             Event::Scalar(value, ..) => {
-                if let Some(Frame::Map { path, key: key @ None }) = self.stack.last_mut() {
+                if let Some(Frame::Map {
+                    path,
+                    key: key @ None,
+                }) = self.stack.last_mut()
+                {
                     let full = join(path, &value);
                     *key = Some(value);
                     self.note(full, mark);
@@ -83,11 +90,12 @@ impl MarkedEventReceiver for Walker {
                 if !path.is_empty() {
                     self.note(path.clone(), mark);
                 }
-                self.stack.push(if matches!(event, Event::MappingStart(..)) {
-                    Frame::Map { path, key: None }
-                } else {
-                    Frame::Seq { path, index: 0 }
-                });
+                self.stack
+                    .push(if matches!(event, Event::MappingStart(..)) {
+                        Frame::Map { path, key: None }
+                    } else {
+                        Frame::Seq { path, index: 0 }
+                    });
             }
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
@@ -108,7 +116,11 @@ impl LineIndex {
         let _ = Parser::new_from_str(yaml).load(&mut walker, false);
         let base = line_base();
         Self {
-            lines: walker.lines.into_iter().map(|(k, v)| (k, v + base)).collect(),
+            lines: walker
+                .lines
+                .into_iter()
+                .map(|(k, v)| (k, v + base))
+                .collect(),
         }
     }
 

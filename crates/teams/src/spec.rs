@@ -65,7 +65,9 @@ pub struct AgentSpec {
 impl AgentSpec {
     /// The simulated latency of each `replay` call, if set and valid.
     pub fn replay_latency(&self) -> Option<Duration> {
-        self.replay_latency.as_deref().and_then(|t| humantime_parse(t).ok())
+        self.replay_latency
+            .as_deref()
+            .and_then(|t| humantime_parse(t).ok())
     }
 }
 
@@ -152,13 +154,17 @@ pub struct Budget {
 impl Budget {
     /// The wall-time limit, if set and valid.
     pub fn wall_time(&self) -> Option<Duration> {
-        self.max_wall_time.as_deref().and_then(|t| humantime_parse(t).ok())
+        self.max_wall_time
+            .as_deref()
+            .and_then(|t| humantime_parse(t).ok())
     }
 }
 
 fn humantime_parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or("missing a unit")?;
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or("missing a unit")?;
     let (n, unit) = text.split_at(split);
     let n: u64 = n.parse().map_err(|_| "missing a number".to_owned())?;
     let seconds = match unit.trim() {
@@ -195,18 +201,30 @@ impl TeamSpec {
         let mut out = Vec::new();
         let mut problem = |field: String, message: String| out.push((field, message));
         if !valid_name(&self.name) {
-            problem("name".into(), "must be 1 to 64 of a-z, 0-9, `-` and `_`".into());
+            problem(
+                "name".into(),
+                "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+            );
         }
         if self.agents.is_empty() || self.agents.len() > MAX_AGENTS {
-            problem("agents".into(), format!("a team has 1 to {MAX_AGENTS} agents"));
+            problem(
+                "agents".into(),
+                format!("a team has 1 to {MAX_AGENTS} agents"),
+            );
         }
         let mut agent_names = HashSet::new();
         for (i, agent) in self.agents.iter().enumerate() {
             let at = format!("agents[{i}]");
             if !valid_name(&agent.name) {
-                problem(format!("{at}.name"), "must be 1 to 64 of a-z, 0-9, `-` and `_`".into());
+                problem(
+                    format!("{at}.name"),
+                    "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+                );
             } else if !agent_names.insert(agent.name.as_str()) {
-                problem(format!("{at}.name"), format!("agent `{}` is declared twice", agent.name));
+                problem(
+                    format!("{at}.name"),
+                    format!("agent `{}` is declared twice", agent.name),
+                );
             }
             if agent.role.trim().is_empty() {
                 problem(format!("{at}.role"), "must not be empty".into());
@@ -234,11 +252,17 @@ impl TeamSpec {
                         problem(format!("{at}.replay_latency"), "at most 10m".into())
                     }
                     Ok(_) => {}
-                    Err(e) => problem(format!("{at}.replay_latency"), format!("`{text}` is not a duration: {e}")),
+                    Err(e) => problem(
+                        format!("{at}.replay_latency"),
+                        format!("`{text}` is not a duration: {e}"),
+                    ),
                 }
             }
             if agent.replay.len() > MAX_REPLAY_TURNS {
-                problem(format!("{at}.replay"), format!("at most {MAX_REPLAY_TURNS} turns"));
+                problem(
+                    format!("{at}.replay"),
+                    format!("at most {MAX_REPLAY_TURNS} turns"),
+                );
             }
             for (j, turn) in agent.replay.iter().enumerate() {
                 match (&turn.say, &turn.tool) {
@@ -246,7 +270,10 @@ impl TeamSpec {
                     (None, Some(tool)) if agent.tools.contains(&tool.name) => {}
                     (None, Some(tool)) => problem(
                         format!("{at}.replay[{j}].tool.name"),
-                        format!("calls tool `{}`, which is not in this agent's `tools`", tool.name),
+                        format!(
+                            "calls tool `{}`, which is not in this agent's `tools`",
+                            tool.name
+                        ),
                     ),
                     _ => problem(
                         format!("{at}.replay[{j}]"),
@@ -262,21 +289,33 @@ impl TeamSpec {
             );
         }
         if self.crew.tasks.is_empty() || self.crew.tasks.len() > MAX_TASKS {
-            problem("crew.tasks".into(), format!("a crew has 1 to {MAX_TASKS} tasks"));
+            problem(
+                "crew.tasks".into(),
+                format!("a crew has 1 to {MAX_TASKS} tasks"),
+            );
         }
         let mut earlier: HashSet<&str> = HashSet::new();
         for (i, task) in self.crew.tasks.iter().enumerate() {
             let at = format!("crew.tasks[{i}]");
             if !valid_name(&task.name) {
-                problem(format!("{at}.name"), "must be 1 to 64 of a-z, 0-9, `-` and `_`".into());
+                problem(
+                    format!("{at}.name"),
+                    "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+                );
             } else if earlier.contains(task.name.as_str()) {
-                problem(format!("{at}.name"), format!("task `{}` is declared twice", task.name));
+                problem(
+                    format!("{at}.name"),
+                    format!("task `{}` is declared twice", task.name),
+                );
             }
             if task.description.trim().is_empty() {
                 problem(format!("{at}.description"), "must not be empty".into());
             }
             if self.agent(&task.agent).is_none() {
-                problem(format!("{at}.agent"), format!("no agent is named `{}`", task.agent));
+                problem(
+                    format!("{at}.agent"),
+                    format!("no agent is named `{}`", task.agent),
+                );
             }
             for (j, source) in task.context.iter().enumerate() {
                 if !earlier.contains(source.as_str()) {
@@ -296,9 +335,15 @@ impl TeamSpec {
         }
         if let Some(text) = &self.budget.max_wall_time {
             match humantime_parse(text) {
-                Ok(d) if d.is_zero() => problem("budget.max_wall_time".into(), "must be longer than zero".into()),
+                Ok(d) if d.is_zero() => problem(
+                    "budget.max_wall_time".into(),
+                    "must be longer than zero".into(),
+                ),
                 Ok(_) => {}
-                Err(e) => problem("budget.max_wall_time".into(), format!("`{text}` is not a duration: {e}")),
+                Err(e) => problem(
+                    "budget.max_wall_time".into(),
+                    format!("`{text}` is not a duration: {e}"),
+                ),
             }
         }
         out

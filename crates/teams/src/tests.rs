@@ -32,7 +32,10 @@ fn a_good_spec_parses() {
     let spec = parse(GOOD).unwrap();
     assert_eq!(spec.agents.len(), 2);
     assert_eq!(spec.crew.tasks[1].context, vec!["research"]);
-    assert_eq!(spec.agents[0].replay[0].tool.as_ref().unwrap().name, "file_write");
+    assert_eq!(
+        spec.agents[0].replay[0].tool.as_ref().unwrap().name,
+        "file_write"
+    );
 }
 
 #[test]
@@ -60,7 +63,10 @@ fn a_semantic_error_names_its_line_and_field() {
     let error = &errors.0[0];
     assert_eq!(error.field, "crew.tasks[1].agent");
     assert_eq!(error.line, Some(24), "{errors}");
-    assert_eq!(error.to_string(), "line 24: `crew.tasks[1].agent`: no agent is named `writr`");
+    assert_eq!(
+        error.to_string(),
+        "line 24: `crew.tasks[1].agent`: no agent is named `writr`"
+    );
 }
 
 #[test]

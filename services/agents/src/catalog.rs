@@ -49,7 +49,8 @@ impl Catalog {
         paths.sort();
         for path in paths {
             let file = path.display().to_string();
-            let text = std::fs::read_to_string(&path).map_err(|e| CatalogError::Dir(file.clone(), e))?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|e| CatalogError::Dir(file.clone(), e))?;
             if text.len() > max_bytes {
                 return Err(CatalogError::Spec {
                     file,
@@ -68,7 +69,9 @@ impl Catalog {
             }
             teams.insert(spec.name.clone(), Arc::new(spec));
         }
-        Ok(Self { teams: Arc::new(teams) })
+        Ok(Self {
+            teams: Arc::new(teams),
+        })
     }
 
     /// The team called `name`.

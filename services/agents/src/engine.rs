@@ -142,7 +142,11 @@ pub async fn run_crew<M: ChatModel>(
     let mut budget = Budget {
         steps: 0,
         tokens: 0,
-        max_steps: spec.budget.max_steps.unwrap_or(input.max_steps).min(input.max_steps),
+        max_steps: spec
+            .budget
+            .max_steps
+            .unwrap_or(input.max_steps)
+            .min(input.max_steps),
         max_tokens: match (spec.budget.max_tokens, input.max_tokens) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -221,9 +225,13 @@ pub async fn run_crew<M: ChatModel>(
         )
         .await?;
         if agent.memory {
-            let memory_id = remember(services, &caller, spec, agent, input, &task.name, &output).await?;
+            let memory_id =
+                remember(services, &caller, spec, agent, input, &task.name, &output).await?;
             events
-                .emit(&agent.name, Payload::MemoryStored(pb::MemoryStored { memory_id }))
+                .emit(
+                    &agent.name,
+                    Payload::MemoryStored(pb::MemoryStored { memory_id }),
+                )
                 .await?;
         }
         events
@@ -287,7 +295,10 @@ async fn converse<M: ChatModel>(
     loop {
         budget.steps += 1;
         if budget.steps > budget.max_steps {
-            return Err(RunError::Budget(format!("the run used its {} model calls", budget.max_steps)));
+            return Err(RunError::Budget(format!(
+                "the run used its {} model calls",
+                budget.max_steps
+            )));
         }
         let completion = model
             .complete(agent, &messages)
@@ -305,10 +316,12 @@ async fn converse<M: ChatModel>(
                 }),
             )
             .await?;
-        if let Some(max) = budget.max_tokens {
-            if budget.tokens > max {
-                return Err(RunError::Budget(format!("the run used more than its {max} tokens")));
-            }
+        if let Some(max) = budget.max_tokens
+            && budget.tokens > max
+        {
+            return Err(RunError::Budget(format!(
+                "the run used more than its {max} tokens"
+            )));
         }
         match completion.reply {
             Reply::Text(text) => {
@@ -342,7 +355,10 @@ async fn converse<M: ChatModel>(
                 let outcome = if agent.tools.contains(&name) {
                     invoke(services, caller, input, &call_id, &name, args).await
                 } else {
-                    Err(format!("tool `{name}` is not allowed for agent `{}`", agent.name))
+                    Err(format!(
+                        "tool `{name}` is not allowed for agent `{}`",
+                        agent.name
+                    ))
                 };
                 let (result, error) = match outcome {
                     Ok(value) => (Some(value), String::new()),
@@ -450,7 +466,10 @@ async fn remember(
         session_id: input.session_id.clone(),
         kind: mem::MemoryKind::Result as i32,
         text: output.to_owned(),
-        metadata: HashMap::from([("task".to_owned(), task.to_owned()), ("run_id".to_owned(), input.run_id.clone())]),
+        metadata: HashMap::from([
+            ("task".to_owned(), task.to_owned()),
+            ("run_id".to_owned(), input.run_id.clone()),
+        ]),
         ttl: None,
         idempotency_key: format!("{}:{task}", input.run_id),
     });

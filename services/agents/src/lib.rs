@@ -76,7 +76,9 @@ impl From<AgentsError> for Status {
     fn from(error: AgentsError) -> Self {
         let message = error.to_string();
         match error {
-            AgentsError::InvalidArgument { field, message } => status::invalid_field(field, message),
+            AgentsError::InvalidArgument { field, message } => {
+                status::invalid_field(field, message)
+            }
             AgentsError::InvalidSpec { field, errors } => status::invalid_fields(
                 message,
                 errors
@@ -92,7 +94,11 @@ impl From<AgentsError> for Status {
 }
 
 /// Parses an inline spec, enforcing the size limit.
-pub fn parse_spec(yaml: &str, field: &'static str, max_bytes: usize) -> Result<TeamSpec, AgentsError> {
+pub fn parse_spec(
+    yaml: &str,
+    field: &'static str,
+    max_bytes: usize,
+) -> Result<TeamSpec, AgentsError> {
     if yaml.len() > max_bytes {
         return Err(AgentsError::InvalidArgument {
             field,
@@ -148,13 +154,17 @@ fn summary(spec: &TeamSpec) -> pb::TeamSummary {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunTeamResponse, Status>> + Send + 'static>>;
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<pb::RunTeamResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl AgentsService for Agents {
     type RunTeamStream = EventStream;
 
-    async fn run_team(&self, request: Request<pb::RunTeamRequest>) -> Result<Response<Self::RunTeamStream>, Status> {
+    async fn run_team(
+        &self,
+        request: Request<pb::RunTeamRequest>,
+    ) -> Result<Response<Self::RunTeamStream>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let pb::RunTeamRequest {
             run_id,
@@ -181,9 +191,10 @@ impl AgentsService for Agents {
             .into());
         }
         let spec = match team {
-            Some(pb::run_team_request::Team::TeamName(name)) => {
-                self.catalog.get(&name).ok_or(AgentsError::UnknownTeam(name))?
-            }
+            Some(pb::run_team_request::Team::TeamName(name)) => self
+                .catalog
+                .get(&name)
+                .ok_or(AgentsError::UnknownTeam(name))?,
             Some(pb::run_team_request::Team::TeamSpecYaml(yaml)) => {
                 Arc::new(parse_spec(&yaml, "team_spec_yaml", self.max_spec_bytes)?)
             }
@@ -257,11 +268,15 @@ impl AgentsService for Agents {
             }
             in_flight.fetch_sub(1, Ordering::Relaxed);
         });
-        let stream = ReceiverStream::new(rx).map(|event| Ok(pb::RunTeamResponse { event: Some(event) }));
+        let stream =
+            ReceiverStream::new(rx).map(|event| Ok(pb::RunTeamResponse { event: Some(event) }));
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn list_teams(&self, _request: Request<pb::ListTeamsRequest>) -> Result<Response<pb::ListTeamsResponse>, Status> {
+    async fn list_teams(
+        &self,
+        _request: Request<pb::ListTeamsRequest>,
+    ) -> Result<Response<pb::ListTeamsResponse>, Status> {
         Ok(Response::new(pb::ListTeamsResponse {
             teams: self.catalog.all().map(|s| summary(s)).collect(),
         }))
@@ -321,7 +336,8 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let service = grpc_service(agents, &config.limits);
-    let served = amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    let served =
+        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
     let _ = heartbeats.await;
     served?;
     Ok(())

@@ -1,7 +1,11 @@
 //! `amaos-agents`: an agents worker as its own process.
 
 fn main() -> std::process::ExitCode {
-    amaos_mesh::process::run_service("agents", |c| &c.agents, |config, listener, metrics, shutdown| {
-        amaos_agents::serve(config, listener, metrics, shutdown)
-    })
+    amaos_mesh::process::run_service(
+        "agents",
+        |c| &c.agents,
+        |config, listener, metrics, shutdown| {
+            amaos_agents::serve(config, listener, metrics, shutdown)
+        },
+    )
 }

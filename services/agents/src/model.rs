@@ -92,11 +92,15 @@ impl Replay {
 
     fn fill(&self, value: &serde_json::Value) -> serde_json::Value {
         match value {
-            serde_json::Value::String(s) => serde_json::Value::String(s.replace("{input}", &self.input)),
-            serde_json::Value::Array(items) => serde_json::Value::Array(items.iter().map(|v| self.fill(v)).collect()),
-            serde_json::Value::Object(map) => {
-                serde_json::Value::Object(map.iter().map(|(k, v)| (k.clone(), self.fill(v))).collect())
+            serde_json::Value::String(s) => {
+                serde_json::Value::String(s.replace("{input}", &self.input))
             }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(|v| self.fill(v)).collect())
+            }
+            serde_json::Value::Object(map) => serde_json::Value::Object(
+                map.iter().map(|(k, v)| (k.clone(), self.fill(v))).collect(),
+            ),
             other => other.clone(),
         }
     }
@@ -111,7 +115,11 @@ impl Replay {
 }
 
 impl ChatModel for Replay {
-    async fn complete(&self, agent: &AgentSpec, messages: &[ChatMessage]) -> Result<Completion, ModelError> {
+    async fn complete(
+        &self,
+        agent: &AgentSpec,
+        messages: &[ChatMessage],
+    ) -> Result<Completion, ModelError> {
         if let Some(latency) = agent.replay_latency() {
             tokio::time::sleep(latency).await;
         }
@@ -122,14 +130,20 @@ impl ChatModel for Replay {
             (Some(text), _) => Reply::Text(text.replace("{input}", &self.input)),
             (None, Some(tool)) => Reply::ToolCall {
                 name: tool.name.clone(),
-                args: tool.args.iter().map(|(k, v)| (k.clone(), self.fill(v))).collect(),
+                args: tool
+                    .args
+                    .iter()
+                    .map(|(k, v)| (k.clone(), self.fill(v)))
+                    .collect(),
             },
             // Specs are validated: every turn has exactly one of the two.
             (None, None) => Reply::Text(String::new()),
         };
         let completion_text = match &reply {
             Reply::Text(t) => t.clone(),
-            Reply::ToolCall { name, args } => format!("{name}{}", serde_json::Value::Object(args.clone())),
+            Reply::ToolCall { name, args } => {
+                format!("{name}{}", serde_json::Value::Object(args.clone()))
+            }
         };
         Ok(Completion {
             usage: Usage {
@@ -164,9 +178,14 @@ replay:
         let model = Replay::new("rust");
         let a = agent();
         let first = model.complete(&a, &[]).await.unwrap();
-        assert!(matches!(first.reply, Reply::ToolCall { ref name, ref args } if name == "file_write" && args["path"] == "rust.md"));
+        assert!(
+            matches!(first.reply, Reply::ToolCall { ref name, ref args } if name == "file_write" && args["path"] == "rust.md")
+        );
         let second = model.complete(&a, &[]).await.unwrap();
         assert_eq!(second.reply, Reply::Text("done with rust".into()));
-        assert!(matches!(model.complete(&a, &[]).await, Err(ModelError::ScriptExhausted(_))));
+        assert!(matches!(
+            model.complete(&a, &[]).await,
+            Err(ModelError::ScriptExhausted(_))
+        ));
     }
 }

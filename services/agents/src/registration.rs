@@ -57,7 +57,12 @@ pub async fn keep_registered(
                 })
                 .await
                 .map(|response| {
-                    if let Some(d) = response.into_inner().heartbeat_interval.as_ref().and_then(amaos_proto::time::duration) {
+                    if let Some(d) = response
+                        .into_inner()
+                        .heartbeat_interval
+                        .as_ref()
+                        .and_then(amaos_proto::time::duration)
+                    {
                         interval = d.max(Duration::from_millis(50));
                     }
                     tracing::info!(worker_id = %me.worker_id, "registered with the router");

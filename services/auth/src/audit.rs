@@ -125,7 +125,8 @@ pub fn verify_chain(records: &[Record]) -> Option<u64> {
     let mut prev: Option<&Record> = None;
     for r in records {
         let expected_prev = prev.map(|p| p.hash.as_str());
-        if expected_prev.is_some_and(|p| p != r.prev_hash) || chain_hash(&r.prev_hash, r) != r.hash {
+        if expected_prev.is_some_and(|p| p != r.prev_hash) || chain_hash(&r.prev_hash, r) != r.hash
+        {
             return Some(r.index);
         }
         prev = Some(r);

@@ -34,7 +34,9 @@ impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         let message = error.to_string();
         match error {
-            AuthError::MissingCredentials | AuthError::InvalidKey => tonic::Status::unauthenticated(message),
+            AuthError::MissingCredentials | AuthError::InvalidKey => {
+                tonic::Status::unauthenticated(message)
+            }
             AuthError::Forbidden(_) => tonic::Status::permission_denied(message),
             AuthError::InvalidArgument { field, message } => status::invalid_field(field, message),
             AuthError::KeyNotFound(_) => tonic::Status::not_found(message),

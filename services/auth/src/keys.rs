@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuthError;
@@ -81,7 +81,10 @@ pub struct NewKey<'a> {
 
 /// The current time in ms since the epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -110,7 +113,11 @@ fn decoy_hash() -> &'static str {
 
 fn verify_secret(secret: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| Argon2::default().verify_password(secret.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(secret.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -118,10 +125,19 @@ impl KeyStore {
     /// Opens the store at `path`, creating an empty one if absent.
     pub fn open(path: &Path) -> Result<Self, AuthError> {
         let file = match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| AuthError::Store(format!("{} is not a key store: {e}", path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyFile { version: 1, keys: Vec::new() },
-            Err(e) => return Err(AuthError::Store(format!("cannot read {}: {e}", path.display()))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                AuthError::Store(format!("{} is not a key store: {e}", path.display()))
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyFile {
+                version: 1,
+                keys: Vec::new(),
+            },
+            Err(e) => {
+                return Err(AuthError::Store(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
         };
         Ok(Self {
             path: path.to_owned(),
@@ -134,7 +150,9 @@ impl KeyStore {
     }
 
     fn save(&self, file: &KeyFile) -> Result<(), AuthError> {
-        let store = |e: std::io::Error| AuthError::Store(format!("cannot write {}: {e}", self.path.display()));
+        let store = |e: std::io::Error| {
+            AuthError::Store(format!("cannot write {}: {e}", self.path.display()))
+        };
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(store)?;
         }
@@ -185,7 +203,9 @@ impl KeyStore {
         };
         let mut file = self.lock();
         if file.keys.len() >= MAX_KEYS {
-            return Err(AuthError::Store(format!("the store holds its maximum of {MAX_KEYS} keys")));
+            return Err(AuthError::Store(format!(
+                "the store holds its maximum of {MAX_KEYS} keys"
+            )));
         }
         file.keys.push(key.clone());
         if let Err(error) = self.save(&file) {
@@ -234,7 +254,12 @@ impl KeyStore {
             verify_secret("", decoy_hash());
             return Err(AuthError::InvalidKey);
         };
-        let found = self.lock().keys.iter().find(|k| k.prefix == prefix).cloned();
+        let found = self
+            .lock()
+            .keys
+            .iter()
+            .find(|k| k.prefix == prefix)
+            .cloned();
         let Some(key) = found else {
             verify_secret(secret, decoy_hash());
             return Err(AuthError::InvalidKey);
@@ -329,8 +354,14 @@ mod tests {
         wrong.pop();
         wrong.push('x');
         assert!(matches!(store.verify(&wrong), Err(AuthError::InvalidKey)));
-        assert!(matches!(store.verify("nonsense"), Err(AuthError::InvalidKey)));
-        assert!(matches!(store.revoke(&key.key_id, Some("other")), Err(AuthError::KeyNotFound(_))));
+        assert!(matches!(
+            store.verify("nonsense"),
+            Err(AuthError::InvalidKey)
+        ));
+        assert!(matches!(
+            store.revoke(&key.key_id, Some("other")),
+            Err(AuthError::KeyNotFound(_))
+        ));
         store.revoke(&key.key_id, Some("acme")).unwrap();
         assert!(matches!(store.verify(&secret), Err(AuthError::InvalidKey)));
     }

@@ -91,10 +91,11 @@ impl AuthState {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((key, at)) = cache.get(&digest) {
-                if at.elapsed() < self.cache_ttl && key.usable(keys::now_ms()) {
-                    return Ok(key.clone());
-                }
+            if let Some((key, at)) = cache.get(&digest)
+                && at.elapsed() < self.cache_ttl
+                && key.usable(keys::now_ms())
+            {
+                return Ok(key.clone());
             }
         }
         let key = self.keys.verify(presented)?;
@@ -218,19 +219,28 @@ impl AuthService for Auth {
             }
             .into());
         }
-        let roles = if roles.is_empty() { vec!["developer".to_owned()] } else { roles };
+        let roles = if roles.is_empty() {
+            vec!["developer".to_owned()]
+        } else {
+            roles
+        };
         if let Some(bad) = roles.iter().find(|r| !policy::ROLES.contains(&r.as_str())) {
             return Err(AuthError::InvalidArgument {
                 field: "roles",
-                message: format!("unknown role `{bad}`; roles are {}", policy::ROLES.join(", ")),
+                message: format!(
+                    "unknown role `{bad}`; roles are {}",
+                    policy::ROLES.join(", ")
+                ),
             }
             .into());
         }
         let ttl = match ttl {
-            Some(ttl) => Some(duration(&ttl).filter(|d| !d.is_zero()).ok_or(AuthError::InvalidArgument {
-                field: "ttl",
-                message: "must be positive".into(),
-            })?),
+            Some(ttl) => Some(duration(&ttl).filter(|d| !d.is_zero()).ok_or(
+                AuthError::InvalidArgument {
+                    field: "ttl",
+                    message: "must be positive".into(),
+                },
+            )?),
             None => None,
         };
         let idempotency_key = Some(idempotency_key).filter(|k| !k.is_empty());
@@ -302,7 +312,10 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        let pb::AuthenticateRequest { api_key, audience: _ } = request.into_inner();
+        let pb::AuthenticateRequest {
+            api_key,
+            audience: _,
+        } = request.into_inner();
         if api_key.is_empty() {
             return Err(AuthError::MissingCredentials.into());
         }
@@ -314,7 +327,10 @@ impl AuthService for Auth {
         }))
     }
 
-    async fn authorize(&self, request: Request<pb::AuthorizeRequest>) -> Result<Response<pb::AuthorizeResponse>, Status> {
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
         let key = self.state.caller(&request)?;
         let pb::AuthorizeRequest {
             subject,
@@ -367,7 +383,10 @@ impl AuthService for Auth {
             n => n.min(1000) as usize,
         };
         let action = Some(action.as_str()).filter(|a| !a.is_empty());
-        let records = self.state.audit.query(tenant, action, after_ms, after_index, limit);
+        let records = self
+            .state
+            .audit
+            .query(tenant, action, after_ms, after_index, limit);
         Ok(Response::new(pb::QueryAuditResponse {
             records: records
                 .into_iter()

@@ -1,7 +1,11 @@
 //! `amaos-auth`: the auth service as its own process.
 
 fn main() -> std::process::ExitCode {
-    amaos_mesh::process::run_service("auth", |c| &c.auth, |config, listener, metrics, shutdown| {
-        amaos_auth::serve(config, listener, metrics, shutdown)
-    })
+    amaos_mesh::process::run_service(
+        "auth",
+        |c| &c.auth,
+        |config, listener, metrics, shutdown| {
+            amaos_auth::serve(config, listener, metrics, shutdown)
+        },
+    )
 }

@@ -44,7 +44,9 @@ pub enum MemoryError {
 impl From<MemoryError> for Status {
     fn from(error: MemoryError) -> Self {
         match error {
-            MemoryError::InvalidArgument { field, message } => status::invalid_field(field, message),
+            MemoryError::InvalidArgument { field, message } => {
+                status::invalid_field(field, message)
+            }
             MemoryError::NotFound(_) => Status::not_found(error.to_string()),
         }
     }
@@ -134,7 +136,10 @@ fn item_to(item: Item) -> pb::MemoryItem {
 
 #[tonic::async_trait]
 impl MemoryService for Memory {
-    async fn remember(&self, request: Request<pb::RememberRequest>) -> Result<Response<pb::RememberResponse>, Status> {
+    async fn remember(
+        &self,
+        request: Request<pb::RememberRequest>,
+    ) -> Result<Response<pb::RememberResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let pb::RememberRequest {
             team,
@@ -150,13 +155,25 @@ impl MemoryService for Memory {
             return Err(invalid("text", "must not be empty").into());
         }
         if text.len() > self.max_text_bytes {
-            return Err(invalid("text", format!("is {} bytes; the limit is {}", text.len(), self.max_text_bytes)).into());
+            return Err(invalid(
+                "text",
+                format!(
+                    "is {} bytes; the limit is {}",
+                    text.len(),
+                    self.max_text_bytes
+                ),
+            )
+            .into());
         }
         if metadata.len() > MAX_METADATA {
             return Err(invalid("metadata", format!("at most {MAX_METADATA} entries")).into());
         }
         let ttl = match ttl {
-            Some(ttl) => Some(duration(&ttl).filter(|d| !d.is_zero()).ok_or_else(|| invalid("ttl", "must be positive"))?),
+            Some(ttl) => Some(
+                duration(&ttl)
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| invalid("ttl", "must be positive"))?,
+            ),
             None => None,
         };
         let memory_id = self.store.remember(
@@ -175,7 +192,10 @@ impl MemoryService for Memory {
         Ok(Response::new(pb::RememberResponse { memory_id }))
     }
 
-    async fn recall(&self, request: Request<pb::RecallRequest>) -> Result<Response<pb::RecallResponse>, Status> {
+    async fn recall(
+        &self,
+        request: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let pb::RecallRequest {
             query,
@@ -184,7 +204,11 @@ impl MemoryService for Memory {
             min_score,
         } = request.into_inner();
         if query.len() > self.max_text_bytes {
-            return Err(invalid("query", format!("the limit is {} bytes", self.max_text_bytes)).into());
+            return Err(invalid(
+                "query",
+                format!("the limit is {} bytes", self.max_text_bytes),
+            )
+            .into());
         }
         if !(0.0..=1.0).contains(&min_score) {
             return Err(invalid("min_score", "must be between 0 and 1").into());
@@ -193,9 +217,13 @@ impl MemoryService for Memory {
             0 => 5,
             k => k.min(100) as usize,
         };
-        let hits = self
-            .store
-            .recall(&caller.tenant, &query, &filter_from(filter), top_k, min_score);
+        let hits = self.store.recall(
+            &caller.tenant,
+            &query,
+            &filter_from(filter),
+            top_k,
+            min_score,
+        );
         Ok(Response::new(pb::RecallResponse {
             memories: hits
                 .into_iter()
@@ -208,20 +236,28 @@ impl MemoryService for Memory {
         }))
     }
 
-    async fn recent(&self, request: Request<pb::RecentRequest>) -> Result<Response<pb::RecentResponse>, Status> {
+    async fn recent(
+        &self,
+        request: Request<pb::RecentRequest>,
+    ) -> Result<Response<pb::RecentResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let pb::RecentRequest { filter, limit } = request.into_inner();
         let limit = match limit {
             0 => 20,
             n => n.min(1000) as usize,
         };
-        let items = self.store.recent(&caller.tenant, &filter_from(filter), limit);
+        let items = self
+            .store
+            .recent(&caller.tenant, &filter_from(filter), limit);
         Ok(Response::new(pb::RecentResponse {
             items: items.into_iter().map(item_to).collect(),
         }))
     }
 
-    async fn forget(&self, request: Request<pb::ForgetRequest>) -> Result<Response<pb::ForgetResponse>, Status> {
+    async fn forget(
+        &self,
+        request: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         let pb::ForgetRequest {
             target,
@@ -237,9 +273,9 @@ impl MemoryService for Memory {
                 }
                 n
             }
-            Some(pb::forget_request::Target::Scope(scope)) => {
-                self.store.forget_matching(&caller.tenant, &filter_from(Some(scope)))
-            }
+            Some(pb::forget_request::Target::Scope(scope)) => self
+                .store
+                .forget_matching(&caller.tenant, &filter_from(Some(scope))),
             None => return Err(invalid("target", "name a memory_id or a scope").into()),
         };
         Ok(Response::new(pb::ForgetResponse { forgotten }))
@@ -268,4 +304,3 @@ pub async fn serve(
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
 }
-

@@ -102,8 +102,8 @@ pub struct MemoryStore {
 /// Lower-case words of two or more letters or digits, without common stop words.
 fn words(text: &str) -> HashSet<String> {
     const STOP: &[&str] = &[
-        "the", "and", "for", "with", "that", "this", "are", "was", "from", "into", "about", "of", "to", "in", "on",
-        "is", "it", "an", "as", "by", "at", "or", "be",
+        "the", "and", "for", "with", "that", "this", "are", "was", "from", "into", "about", "of",
+        "to", "in", "on", "is", "it", "an", "as", "by", "at", "or", "be",
     ];
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|w| w.chars().count() >= 2)
@@ -135,10 +135,12 @@ impl MemoryStore {
         let mut tenants = self.lock();
         let items = tenants.entry(tenant.to_owned()).or_default();
         Self::live(items, now);
-        if let Some(key) = &new.idempotency_key {
-            if let Some(existing) = items.iter().find(|i| i.idempotency_key.as_ref() == Some(key)) {
-                return existing.id.clone();
-            }
+        if let Some(key) = &new.idempotency_key
+            && let Some(existing) = items
+                .iter()
+                .find(|i| i.idempotency_key.as_ref() == Some(key))
+        {
+            return existing.id.clone();
         }
         while items.len() >= self.max_per_tenant {
             items.pop_front();
@@ -161,7 +163,14 @@ impl MemoryStore {
 
     /// The `top_k` memories sharing the most words with `query`, scored by the
     /// share of the query's words they contain.
-    pub fn recall(&self, tenant: &str, query: &str, filter: &Filter, top_k: usize, min_score: f64) -> Vec<(Item, f64)> {
+    pub fn recall(
+        &self,
+        tenant: &str,
+        query: &str,
+        filter: &Filter,
+        top_k: usize,
+        min_score: f64,
+    ) -> Vec<(Item, f64)> {
         let wanted = words(query);
         if wanted.is_empty() {
             return Vec::new();
@@ -194,7 +203,13 @@ impl MemoryStore {
             return Vec::new();
         };
         Self::live(items, SystemTime::now());
-        items.iter().rev().filter(|i| filter.matches(i)).take(limit).cloned().collect()
+        items
+            .iter()
+            .rev()
+            .filter(|i| filter.matches(i))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Removes one memory by id; returns how many were removed (0 or 1).
@@ -247,7 +262,11 @@ mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].0.text, "Rust async runtimes compared");
         assert_eq!(hits[0].1, 1.0);
-        assert!(store.recall("nobody", "async Rust", &Filter::default(), 5, 0.0).is_empty());
+        assert!(
+            store
+                .recall("nobody", "async Rust", &Filter::default(), 5, 0.0)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -257,7 +276,10 @@ mod tests {
         store.remember("acme", note("two", "s2"));
         store.remember("acme", note("three", "s2"));
         let recent = store.recent("acme", &Filter::default(), 10);
-        assert_eq!(recent.iter().map(|i| i.text.as_str()).collect::<Vec<_>>(), ["three", "two"]);
+        assert_eq!(
+            recent.iter().map(|i| i.text.as_str()).collect::<Vec<_>>(),
+            ["three", "two"]
+        );
         assert_eq!(store.forget_id("acme", &first), 0);
         let scope = Filter {
             session_id: "s2".into(),

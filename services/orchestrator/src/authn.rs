@@ -38,10 +38,14 @@ impl Authenticator {
     pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, OrchestratorError> {
         let key = caller::bearer(metadata).ok_or(OrchestratorError::MissingCredentials)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        if let Some((caller, at)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&digest) {
-            if at.elapsed() < self.ttl {
-                return Ok(caller.clone());
-            }
+        if let Some((caller, at)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&digest)
+            && at.elapsed() < self.ttl
+        {
+            return Ok(caller.clone());
         }
         let response = self
             .auth
@@ -53,9 +57,15 @@ impl Authenticator {
             .await
             .map_err(|status| match status.code() {
                 tonic::Code::Unauthenticated => OrchestratorError::InvalidKey,
-                _ => OrchestratorError::Dependency { service: "auth", status },
+                _ => OrchestratorError::Dependency {
+                    service: "auth",
+                    status,
+                },
             })?;
-        let principal = response.into_inner().principal.ok_or(OrchestratorError::InvalidKey)?;
+        let principal = response
+            .into_inner()
+            .principal
+            .ok_or(OrchestratorError::InvalidKey)?;
         let caller = Caller {
             tenant: principal.tenant,
             principal: principal.subject,

@@ -17,7 +17,7 @@ use amaos_proto::orchestrator::v1::ErrorClass;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::TaskStore;
-use crate::task::{Task, TeamSource, TaskState};
+use crate::task::{Task, TaskState, TeamSource};
 
 const MAX_CACHED_CHANNELS: usize = 1024;
 
@@ -74,7 +74,10 @@ pub async fn run_attempt(
     cancel: CancellationToken,
 ) {
     let id = task.id.clone();
-    let remaining = task.deadline.duration_since(SystemTime::now()).unwrap_or_default();
+    let remaining = task
+        .deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
     let deadline = tokio::time::Instant::now() + remaining;
     let stream_events = async {
         let mut client = AgentsServiceClient::new(channel);
@@ -83,7 +86,9 @@ pub async fn run_attempt(
             attempt,
             team: Some(match &task.source {
                 TeamSource::Named => agents::run_team_request::Team::TeamName(task.team.clone()),
-                TeamSource::Inline(yaml) => agents::run_team_request::Team::TeamSpecYaml(yaml.clone()),
+                TeamSource::Inline(yaml) => {
+                    agents::run_team_request::Team::TeamSpecYaml(yaml.clone())
+                }
             }),
             input: task.input.clone(),
             session_id: task.session_id.clone(),
@@ -95,7 +100,12 @@ pub async fn run_attempt(
         let mut stream = client
             .run_team(request)
             .await
-            .map_err(|s| (ErrorClass::Transient, format!("agents worker refused the run: {}", s.message())))?
+            .map_err(|s| {
+                (
+                    ErrorClass::Transient,
+                    format!("agents worker refused the run: {}", s.message()),
+                )
+            })?
             .into_inner();
         let mut running = false;
         loop {
@@ -111,20 +121,34 @@ pub async fn run_attempt(
                     ));
                 }
                 Err(status) => {
-                    return Err((ErrorClass::Transient, format!("agents worker: {}", status.message())));
+                    return Err((
+                        ErrorClass::Transient,
+                        format!("agents worker: {}", status.message()),
+                    ));
                 }
             };
             if !running {
-                store.transition(&id, attempt, TaskState::Running, "the worker started the run", |_| {});
+                store.transition(
+                    &id,
+                    attempt,
+                    TaskState::Running,
+                    "the worker started the run",
+                    |_| {},
+                );
                 running = true;
             }
             let end = match &event.payload {
                 Some(Payload::RunCompleted(done)) => Some(Ok(done.output.clone())),
-                Some(Payload::RunFailed(failed)) => Some(Err((class_of(&failed.class), failed.reason.clone()))),
+                Some(Payload::RunFailed(failed)) => {
+                    Some(Err((class_of(&failed.class), failed.reason.clone())))
+                }
                 _ => None,
             };
             if store.run_event(&id, attempt, event).is_err() {
-                return Err((ErrorClass::Internal, "the run emitted more events than a task may keep".into()));
+                return Err((
+                    ErrorClass::Internal,
+                    "the run emitted more events than a task may keep".into(),
+                ));
             }
             if let Some(end) = end {
                 return end;

@@ -53,7 +53,9 @@ impl From<OrchestratorError> for tonic::Status {
                 tonic::Status::unauthenticated(message)
             }
             OrchestratorError::Forbidden(_) => tonic::Status::permission_denied(message),
-            OrchestratorError::InvalidArgument { field, message } => status::invalid_field(field, message),
+            OrchestratorError::InvalidArgument { field, message } => {
+                status::invalid_field(field, message)
+            }
             OrchestratorError::InvalidSpec(errors) => status::invalid_fields(
                 message,
                 errors

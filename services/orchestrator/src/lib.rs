@@ -30,7 +30,9 @@ use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages};
 use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
 use amaos_proto::orchestrator::v1 as pb;
-use amaos_proto::orchestrator::v1::orchestrator_service_server::{OrchestratorService, OrchestratorServiceServer};
+use amaos_proto::orchestrator::v1::orchestrator_service_server::{
+    OrchestratorService, OrchestratorServiceServer,
+};
 use amaos_proto::router::v1 as router;
 use amaos_proto::router::v1::router_service_client::RouterServiceClient;
 use amaos_proto::time::duration;
@@ -108,7 +110,11 @@ fn valid_team_name(name: &str) -> bool {
 
 impl Inner {
     /// Checks a submission and turns it into a task (not yet stored).
-    fn admit(&self, caller: &Caller, request: pb::SubmitTaskRequest) -> Result<(Task, Option<String>), OrchestratorError> {
+    fn admit(
+        &self,
+        caller: &Caller,
+        request: pb::SubmitTaskRequest,
+    ) -> Result<(Task, Option<String>), OrchestratorError> {
         let pb::SubmitTaskRequest {
             team,
             input,
@@ -122,7 +128,10 @@ impl Inner {
         let (team, source) = match team.and_then(|t| t.team) {
             Some(pb::team_ref::Team::Name(name)) => {
                 if !valid_team_name(&name) {
-                    return Err(invalid("team.name", "must be 1 to 64 of a-z, 0-9, `-` and `_`"));
+                    return Err(invalid(
+                        "team.name",
+                        "must be 1 to 64 of a-z, 0-9, `-` and `_`",
+                    ));
                 }
                 (name, TeamSource::Named)
             }
@@ -130,7 +139,11 @@ impl Inner {
                 if yaml.len() > self.max_spec_bytes {
                     return Err(invalid(
                         "team.spec_yaml",
-                        format!("the spec is {} bytes; the limit is {}", yaml.len(), self.max_spec_bytes),
+                        format!(
+                            "the spec is {} bytes; the limit is {}",
+                            yaml.len(),
+                            self.max_spec_bytes
+                        ),
                     ));
                 }
                 let spec = amaos_teams::parse(&yaml).map_err(OrchestratorError::InvalidSpec)?;
@@ -141,7 +154,11 @@ impl Inner {
         if input.len() > self.max_input_bytes {
             return Err(invalid(
                 "input",
-                format!("is {} bytes; the limit is {}", input.len(), self.max_input_bytes),
+                format!(
+                    "is {} bytes; the limit is {}",
+                    input.len(),
+                    self.max_input_bytes
+                ),
             ));
         }
         if session_id.len() > 128 {
@@ -151,13 +168,15 @@ impl Inner {
             return Err(invalid("idempotency_key", "at most 256 bytes"));
         }
         if labels.len() > MAX_LABELS
-            || labels
-                .iter()
-                .any(|(k, v)| k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES)
+            || labels.iter().any(|(k, v)| {
+                k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES
+            })
         {
             return Err(invalid(
                 "labels",
-                format!("at most {MAX_LABELS} labels with non-empty keys and keys and values of at most {MAX_LABEL_BYTES} bytes"),
+                format!(
+                    "at most {MAX_LABELS} labels with non-empty keys and keys and values of at most {MAX_LABEL_BYTES} bytes"
+                ),
             ));
         }
         if retry.as_ref().is_some_and(|r| r.max_attempts > 1) {
@@ -201,11 +220,15 @@ impl Inner {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchTaskResponse, Status>> + Send + 'static>>;
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchTaskResponse, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl OrchestratorService for Orchestrator {
-    async fn submit_task(&self, request: Request<pb::SubmitTaskRequest>) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         let inner = &self.inner;
         let caller = inner.authn.caller(request.metadata()).await?;
         require(&caller, "submit")?;
@@ -232,17 +255,27 @@ impl OrchestratorService for Orchestrator {
                 exclude_worker_ids: Vec::new(),
             })
             .await
-            .map_err(|status| OrchestratorError::Dependency { service: "router", status })?
+            .map_err(|status| OrchestratorError::Dependency {
+                service: "router",
+                status,
+            })?
             .into_inner();
         let worker = route.worker.ok_or_else(|| OrchestratorError::Dependency {
             service: "router",
             status: Status::internal("the router answered without a worker"),
         })?;
-        let channel = inner.workers.get(&worker.address).map_err(|e| OrchestratorError::Dependency {
-            service: "router",
-            status: Status::internal(format!("worker address: {e}")),
-        })?;
-        let cancel = match inner.store.insert(task.clone(), idempotency_key.as_deref())? {
+        let channel =
+            inner
+                .workers
+                .get(&worker.address)
+                .map_err(|e| OrchestratorError::Dependency {
+                    service: "router",
+                    status: Status::internal(format!("worker address: {e}")),
+                })?;
+        let cancel = match inner
+            .store
+            .insert(task.clone(), idempotency_key.as_deref())?
+        {
             Ok(cancel) => cancel,
             Err(existing) => {
                 return Ok(Response::new(pb::SubmitTaskResponse {
@@ -287,10 +320,16 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
         require(&caller, "submit")?;
-        Err(OrchestratorError::Unimplemented("workflows are not supported by this server yet; submit tasks one by one").into())
+        Err(OrchestratorError::Unimplemented(
+            "workflows are not supported by this server yet; submit tasks one by one",
+        )
+        .into())
     }
 
-    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::GetTaskResponse>, Status> {
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
         require(&caller, "read")?;
         let pb::GetTaskRequest { task_id } = request.into_inner();
@@ -304,7 +343,10 @@ impl OrchestratorService for Orchestrator {
         }))
     }
 
-    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
         require(&caller, "read")?;
         let pb::ListTasksRequest {
@@ -316,15 +358,20 @@ impl OrchestratorService for Orchestrator {
         let limit = match page_size {
             0 => 100,
             n if n <= 1000 => n as usize,
-            _ => return Err(OrchestratorError::from(invalid("page_size", "at most 1000")).into()),
+            _ => return Err(invalid("page_size", "at most 1000").into()),
         };
         let state = match state {
             0 => None,
-            s => Some(TaskState::from_proto(s).ok_or_else(|| invalid("state", "not a task state"))?),
+            s => {
+                Some(TaskState::from_proto(s).ok_or_else(|| invalid("state", "not a task state"))?)
+            }
         };
         let before = Some(page_token.as_str()).filter(|t| !t.is_empty());
         let team = Some(team.as_str()).filter(|t| !t.is_empty());
-        let tasks = self.inner.store.list(&caller.tenant, before, state, team, limit);
+        let tasks = self
+            .inner
+            .store
+            .list(&caller.tenant, before, state, team, limit);
         let next_page_token = if tasks.len() == limit {
             tasks.last().map(|t| t.id.clone()).unwrap_or_default()
         } else {
@@ -336,7 +383,10 @@ impl OrchestratorService for Orchestrator {
         }))
     }
 
-    async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::CancelTaskResponse>, Status> {
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
         require(&caller, "cancel")?;
         let pb::CancelTaskRequest {
@@ -367,7 +417,10 @@ impl OrchestratorService for Orchestrator {
 
     type WatchTaskStream = WatchStream;
 
-    async fn watch_task(&self, request: Request<pb::WatchTaskRequest>) -> Result<Response<Self::WatchTaskStream>, Status> {
+    async fn watch_task(
+        &self,
+        request: Request<pb::WatchTaskRequest>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
         require(&caller, "read")?;
         let pb::WatchTaskRequest {
@@ -383,13 +436,23 @@ impl OrchestratorService for Orchestrator {
         tokio::spawn(async move {
             let mut cursor = after_sequence;
             loop {
-                let Some((events, finished, mut watch)) = store.events_after(&caller.tenant, &task_id, cursor) else {
-                    let _ = tx.send(Err(Status::not_found(format!("task `{task_id}` not found")))).await;
+                let Some((events, finished, mut watch)) =
+                    store.events_after(&caller.tenant, &task_id, cursor)
+                else {
+                    let _ = tx
+                        .send(Err(Status::not_found(format!(
+                            "task `{task_id}` not found"
+                        ))))
+                        .await;
                     return;
                 };
                 for event in events {
                     cursor = event.sequence;
-                    if tx.send(Ok(pb::WatchTaskResponse { event: Some(event) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::WatchTaskResponse { event: Some(event) }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -428,4 +491,3 @@ pub async fn serve(
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
 }
-

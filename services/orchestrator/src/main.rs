@@ -1,7 +1,11 @@
 //! `amaos-orchestrator`: the orchestrator as its own process.
 
 fn main() -> std::process::ExitCode {
-    amaos_mesh::process::run_service("orchestrator", |c| &c.orchestrator, |config, listener, metrics, shutdown| {
-        amaos_orchestrator::serve(config, listener, metrics, shutdown)
-    })
+    amaos_mesh::process::run_service(
+        "orchestrator",
+        |c| &c.orchestrator,
+        |config, listener, metrics, shutdown| {
+            amaos_orchestrator::serve(config, listener, metrics, shutdown)
+        },
+    )
 }

@@ -51,6 +51,10 @@ pub enum Applied {
     Stale,
 }
 
+/// The task's event log is full.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogFull;
+
 /// A watcher's view of a task.
 pub struct Watch {
     /// Wakes on every new event.
@@ -74,23 +78,31 @@ impl TaskStore {
     /// The task an idempotency key already maps to.
     pub fn find_idempotent(&self, tenant: &str, key: &str) -> Option<Task> {
         let mut inner = self.lock();
-        inner.idempotency.retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_WINDOW);
-        let (id, _) = inner.idempotency.get(&(tenant.to_owned(), key.to_owned()))?.clone();
+        inner
+            .idempotency
+            .retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_WINDOW);
+        let (id, _) = inner
+            .idempotency
+            .get(&(tenant.to_owned(), key.to_owned()))?
+            .clone();
         inner.tasks.get(&id).map(|r| r.task.clone())
     }
 
     /// Stores a new task (in state PENDING) and returns its cancellation token.
     /// With an idempotency key already used, returns the existing task instead.
-    pub fn insert(&self, task: Task, idempotency_key: Option<&str>) -> Result<Result<CancellationToken, Task>, OrchestratorError> {
+    pub fn insert(
+        &self,
+        task: Task,
+        idempotency_key: Option<&str>,
+    ) -> Result<Result<CancellationToken, Task>, OrchestratorError> {
         let mut inner = self.lock();
         if let Some(key) = idempotency_key {
             let k = (task.tenant.clone(), key.to_owned());
-            if let Some((id, at)) = inner.idempotency.get(&k) {
-                if at.elapsed() < IDEMPOTENCY_WINDOW {
-                    if let Some(existing) = inner.tasks.get(id) {
-                        return Ok(Err(existing.task.clone()));
-                    }
-                }
+            if let Some((id, at)) = inner.idempotency.get(&k)
+                && at.elapsed() < IDEMPOTENCY_WINDOW
+                && let Some(existing) = inner.tasks.get(id)
+            {
+                return Ok(Err(existing.task.clone()));
             }
         }
         if inner.tasks.len() >= self.max_tasks {
@@ -107,9 +119,10 @@ impl TaskStore {
             }
         }
         if let Some(key) = idempotency_key {
-            inner
-                .idempotency
-                .insert((task.tenant.clone(), key.to_owned()), (task.id.clone(), Instant::now()));
+            inner.idempotency.insert(
+                (task.tenant.clone(), key.to_owned()),
+                (task.id.clone(), Instant::now()),
+            );
         }
         let cancel = CancellationToken::new();
         let (notify, _) = watch::channel(0);
@@ -124,12 +137,15 @@ impl TaskStore {
             },
         );
         drop(inner);
-        self.push(&id, pb::task_event::Kind::StateChanged(pb::StateChanged {
-            from: pb::TaskState::Unspecified as i32,
-            to: pb::TaskState::Pending as i32,
-            reason: "accepted".into(),
-            attempt: 0,
-        }));
+        self.push(
+            &id,
+            pb::task_event::Kind::StateChanged(pb::StateChanged {
+                from: pb::TaskState::Unspecified as i32,
+                to: pb::TaskState::Pending as i32,
+                reason: "accepted".into(),
+                attempt: 0,
+            }),
+        );
         Ok(Ok(cancel))
     }
 
@@ -141,7 +157,12 @@ impl TaskStore {
         Self::push_locked(record, id, kind, self.max_events)
     }
 
-    fn push_locked(record: &mut Record, id: &str, kind: pb::task_event::Kind, max_events: usize) -> bool {
+    fn push_locked(
+        record: &mut Record,
+        id: &str,
+        kind: pb::task_event::Kind,
+        max_events: usize,
+    ) -> bool {
         if record.events.len() >= max_events {
             return false;
         }
@@ -203,18 +224,31 @@ impl TaskStore {
     }
 
     /// Records a run event of `attempt`; false when the event log is full.
-    pub fn run_event(&self, id: &str, attempt: u32, event: amaos_proto::agents::v1::RunEvent) -> Result<Applied, ()> {
+    pub fn run_event(
+        &self,
+        id: &str,
+        attempt: u32,
+        event: amaos_proto::agents::v1::RunEvent,
+    ) -> Result<Applied, LogFull> {
         let mut inner = self.lock();
         let Some(record) = inner.tasks.get_mut(id) else {
             return Ok(Applied::Stale);
         };
-        if record.task.state.is_terminal() || event.attempt != attempt || attempt != record.task.attempt {
+        if record.task.state.is_terminal()
+            || event.attempt != attempt
+            || attempt != record.task.attempt
+        {
             return Ok(Applied::Stale);
         }
-        if Self::push_locked(record, id, pb::task_event::Kind::RunEvent(event), self.max_events) {
+        if Self::push_locked(
+            record,
+            id,
+            pb::task_event::Kind::RunEvent(event),
+            self.max_events,
+        ) {
             Ok(Applied::Recorded)
         } else {
-            Err(())
+            Err(LogFull)
         }
     }
 
@@ -263,7 +297,12 @@ impl TaskStore {
 
     /// Events after `after` and whether the task has finished, plus a watch
     /// for more; `None` when the task is not the tenant's.
-    pub fn events_after(&self, tenant: &str, id: &str, after: u64) -> Option<(Vec<pb::TaskEvent>, bool, Watch)> {
+    pub fn events_after(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+    ) -> Option<(Vec<pb::TaskEvent>, bool, Watch)> {
         let inner = self.lock();
         let record = inner.tasks.get(id).filter(|r| r.task.tenant == tenant)?;
         let events = record.events.iter().skip(after as usize).cloned().collect();

@@ -31,8 +31,12 @@ impl From<RouterError> for tonic::Status {
     fn from(error: RouterError) -> Self {
         let message = error.to_string();
         match error {
-            RouterError::InvalidArgument { field, message } => status::invalid_field(field, message),
-            RouterError::WorkerNotFound(_) | RouterError::UnknownTeam(_) => tonic::Status::not_found(message),
+            RouterError::InvalidArgument { field, message } => {
+                status::invalid_field(field, message)
+            }
+            RouterError::WorkerNotFound(_) | RouterError::UnknownTeam(_) => {
+                tonic::Status::not_found(message)
+            }
             RouterError::NoLiveWorker(_) => tonic::Status::unavailable(message),
             RouterError::RegistryFull(_) => tonic::Status::resource_exhausted(message),
         }

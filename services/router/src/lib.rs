@@ -40,7 +40,10 @@ impl Router {
     /// A router with an empty registry.
     pub fn new(config: &Config) -> Self {
         Self {
-            registry: Arc::new(Registry::new(config.router.worker_ttl, config.router.max_workers)),
+            registry: Arc::new(Registry::new(
+                config.router.worker_ttl,
+                config.router.max_workers,
+            )),
             heartbeat_interval: config.router.heartbeat_interval,
             ttl: config.router.worker_ttl,
         }
@@ -94,7 +97,10 @@ fn check_address(address: &str) -> Result<(), RouterError> {
 
 #[tonic::async_trait]
 impl RouterService for Router {
-    async fn route(&self, request: Request<pb::RouteRequest>) -> Result<Response<pb::RouteResponse>, Status> {
+    async fn route(
+        &self,
+        request: Request<pb::RouteRequest>,
+    ) -> Result<Response<pb::RouteResponse>, Status> {
         let pb::RouteRequest {
             team,
             inline_spec,
@@ -173,7 +179,10 @@ impl RouterService for Router {
         }))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let pb::HeartbeatRequest {
             worker_id,
             in_flight,
@@ -189,7 +198,10 @@ impl RouterService for Router {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
-        let pb::ListWorkersRequest { team, include_expired } = request.into_inner();
+        let pb::ListWorkersRequest {
+            team,
+            include_expired,
+        } = request.into_inner();
         let team = Some(team.as_str()).filter(|t| !t.is_empty());
         let workers = self.registry.list(team, include_expired);
         Ok(Response::new(pb::ListWorkersResponse {

@@ -1,7 +1,11 @@
 //! `amaos-router`: the router as its own process.
 
 fn main() -> std::process::ExitCode {
-    amaos_mesh::process::run_service("router", |c| &c.router, |config, listener, metrics, shutdown| {
-        amaos_router::serve(config, listener, metrics, shutdown)
-    })
+    amaos_mesh::process::run_service(
+        "router",
+        |c| &c.router,
+        |config, listener, metrics, shutdown| {
+            amaos_router::serve(config, listener, metrics, shutdown)
+        },
+    )
 }

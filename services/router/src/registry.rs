@@ -93,7 +93,8 @@ impl Entry {
     }
 
     fn load(&self) -> f64 {
-        f64::from(self.reported_in_flight + self.routed_since_heartbeat) / f64::from(self.registration.capacity.max(1))
+        f64::from(self.reported_in_flight + self.routed_since_heartbeat)
+            / f64::from(self.registration.capacity.max(1))
     }
 }
 
@@ -117,7 +118,11 @@ impl Registry {
     }
 
     /// Registers a worker (or refreshes a known id) and returns its id.
-    pub fn register(&self, worker_id: Option<String>, registration: Registration) -> Result<String, RouterError> {
+    pub fn register(
+        &self,
+        worker_id: Option<String>,
+        registration: Registration,
+    ) -> Result<String, RouterError> {
         let now = Instant::now();
         let mut workers = self.lock();
         Self::purge(&mut workers, now, self.ttl);
@@ -126,7 +131,10 @@ impl Registry {
             return Err(RouterError::RegistryFull(self.max_workers));
         }
         let wall = SystemTime::now();
-        let registered_at = workers.get(&worker_id).map(|e| e.registered_at).unwrap_or(wall);
+        let registered_at = workers
+            .get(&worker_id)
+            .map(|e| e.registered_at)
+            .unwrap_or(wall);
         workers.insert(
             worker_id.clone(),
             Entry {
@@ -143,7 +151,12 @@ impl Registry {
     }
 
     /// Records a heartbeat; returns when the worker expires without another.
-    pub fn heartbeat(&self, worker_id: &str, in_flight: u32, draining: bool) -> Result<SystemTime, RouterError> {
+    pub fn heartbeat(
+        &self,
+        worker_id: &str,
+        in_flight: u32,
+        draining: bool,
+    ) -> Result<SystemTime, RouterError> {
         let mut workers = self.lock();
         let entry = workers
             .get_mut(worker_id)
@@ -174,7 +187,9 @@ impl Registry {
         let chosen = if query.session_key.is_empty() {
             // Least loaded relative to capacity; ties broken by id for determinism.
             candidates
-                .min_by(|(a_id, a), (b_id, b)| a.load().total_cmp(&b.load()).then_with(|| a_id.cmp(b_id)))
+                .min_by(|(a_id, a), (b_id, b)| {
+                    a.load().total_cmp(&b.load()).then_with(|| a_id.cmp(b_id))
+                })
                 .map(|(id, _)| id.clone())
         } else {
             // Rendezvous hashing: the same key goes to the same worker while it lives.
@@ -187,14 +202,18 @@ impl Registry {
                 .map(|(id, _)| id.clone())
         };
         let Some(worker_id) = chosen else {
-            let known = workers.values().any(|e| e.serves(query.team, query.inline_spec));
+            let known = workers
+                .values()
+                .any(|e| e.serves(query.team, query.inline_spec));
             return Err(if known {
                 RouterError::NoLiveWorker(query.team.to_owned())
             } else {
                 RouterError::UnknownTeam(query.team.to_owned())
             });
         };
-        let entry = workers.get_mut(&worker_id).ok_or(RouterError::NoLiveWorker(query.team.to_owned()))?;
+        let entry = workers
+            .get_mut(&worker_id)
+            .ok_or(RouterError::NoLiveWorker(query.team.to_owned()))?;
         entry.routed_since_heartbeat += 1;
         Ok(view(&worker_id, entry, now, self.ttl))
     }
@@ -251,8 +270,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn routes_to_the_least_loaded_live_worker() {
         let registry = Registry::new(Duration::from_secs(15), 10);
-        let a = registry.register(Some("a".into()), reg(&["crew"], 1)).unwrap();
-        let b = registry.register(Some("b".into()), reg(&["crew"], 4)).unwrap();
+        let a = registry
+            .register(Some("a".into()), reg(&["crew"], 1))
+            .unwrap();
+        let b = registry
+            .register(Some("b".into()), reg(&["crew"], 4))
+            .unwrap();
         registry.heartbeat(&a, 1, false).unwrap();
         registry.heartbeat(&b, 1, false).unwrap();
         assert_eq!(registry.route(&query("crew")).unwrap().worker_id, b);
@@ -261,18 +284,28 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_expired_worker_is_not_routed_to() {
         let registry = Registry::new(Duration::from_secs(15), 10);
-        registry.register(Some("a".into()), reg(&["crew"], 1)).unwrap();
+        registry
+            .register(Some("a".into()), reg(&["crew"], 1))
+            .unwrap();
         tokio::time::advance(Duration::from_secs(16)).await;
-        assert!(matches!(registry.route(&query("crew")), Err(RouterError::NoLiveWorker(_))));
-        assert!(matches!(registry.heartbeat("a", 0, false), Ok(_)));
+        assert!(matches!(
+            registry.route(&query("crew")),
+            Err(RouterError::NoLiveWorker(_))
+        ));
+        assert!(registry.heartbeat("a", 0, false).is_ok());
         assert!(registry.route(&query("crew")).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn unknown_teams_and_inline_specs() {
         let registry = Registry::new(Duration::from_secs(15), 10);
-        registry.register(Some("a".into()), reg(&["crew", ANY_INLINE], 1)).unwrap();
-        assert!(matches!(registry.route(&query("other")), Err(RouterError::UnknownTeam(_))));
+        registry
+            .register(Some("a".into()), reg(&["crew", ANY_INLINE], 1))
+            .unwrap();
+        assert!(matches!(
+            registry.route(&query("other")),
+            Err(RouterError::UnknownTeam(_))
+        ));
         let inline = RouteQuery {
             team: "other",
             inline_spec: true,
@@ -285,7 +318,9 @@ mod tests {
     async fn a_session_key_sticks_to_one_worker() {
         let registry = Registry::new(Duration::from_secs(15), 10);
         for id in ["a", "b", "c"] {
-            registry.register(Some(id.into()), reg(&["crew"], 8)).unwrap();
+            registry
+                .register(Some(id.into()), reg(&["crew"], 8))
+                .unwrap();
         }
         let q = RouteQuery {
             team: "crew",
@@ -301,7 +336,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_registry_is_bounded() {
         let registry = Registry::new(Duration::from_secs(15), 1);
-        registry.register(Some("a".into()), reg(&["crew"], 1)).unwrap();
+        registry
+            .register(Some("a".into()), reg(&["crew"], 1))
+            .unwrap();
         assert!(matches!(
             registry.register(Some("b".into()), reg(&["crew"], 1)),
             Err(RouterError::RegistryFull(1))

@@ -57,7 +57,11 @@ fn invalid(field: &str, message: impl Into<String>) -> ToolError {
     }
 }
 
-fn string(args: &Map<String, Value>, field: &str, required: bool) -> Result<Option<String>, ToolError> {
+fn string(
+    args: &Map<String, Value>,
+    field: &str,
+    required: bool,
+) -> Result<Option<String>, ToolError> {
     match args.get(field) {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(invalid(field, format!("must be a string, not {other}"))),
@@ -130,7 +134,10 @@ impl Builtin {
             Builtin::FileList => &["path"],
         };
         if let Some(unknown) = args.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(invalid(unknown, format!("is not an argument of `{}`", self.name())));
+            return Err(invalid(
+                unknown,
+                format!("is not an argument of `{}`", self.name()),
+            ));
         }
         Ok(match self {
             Builtin::FileRead => Call::Read {
@@ -142,7 +149,9 @@ impl Builtin {
                 append: match args.get("append") {
                     None => false,
                     Some(Value::Bool(b)) => *b,
-                    Some(other) => return Err(invalid("append", format!("must be a boolean, not {other}"))),
+                    Some(other) => {
+                        return Err(invalid("append", format!("must be a boolean, not {other}")));
+                    }
                 },
             },
             Builtin::FileList => Call::List {
@@ -160,7 +169,11 @@ impl Call {
                 let content = ws.read(&path, limits.max_file_bytes)?;
                 Ok(json!({"path": path, "content": content}))
             }
-            Call::Write { path, content, append } => {
+            Call::Write {
+                path,
+                content,
+                append,
+            } => {
                 let bytes = ws.write(&path, &content, append, limits.max_file_bytes)?;
                 Ok(json!({"path": path, "bytes_written": bytes}))
             }
@@ -184,10 +197,19 @@ mod tests {
     fn arguments_are_checked_by_path() {
         let args = json!({"path": 3}).as_object().unwrap().clone();
         let err = Builtin::FileRead.parse(&args).unwrap_err();
-        assert!(matches!(err, ToolError::InvalidArgument { ref field, .. } if field == "arguments.path"));
-        let args = json!({"path": "a", "bogus": 1}).as_object().unwrap().clone();
-        assert!(matches!(Builtin::FileRead.parse(&args), Err(ToolError::InvalidArgument { field, .. }) if field == "arguments.bogus"));
+        assert!(
+            matches!(err, ToolError::InvalidArgument { ref field, .. } if field == "arguments.path")
+        );
+        let args = json!({"path": "a", "bogus": 1})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert!(
+            matches!(Builtin::FileRead.parse(&args), Err(ToolError::InvalidArgument { field, .. }) if field == "arguments.bogus")
+        );
         let args = json!({"path": "a"}).as_object().unwrap().clone();
-        assert!(matches!(Builtin::FileWrite.parse(&args), Err(ToolError::InvalidArgument { field, .. }) if field == "arguments.content"));
+        assert!(
+            matches!(Builtin::FileWrite.parse(&args), Err(ToolError::InvalidArgument { field, .. }) if field == "arguments.content")
+        );
     }
 }

@@ -22,15 +22,22 @@ pub fn fingerprint(tool: &str, args: &serde_json::Map<String, serde_json::Value>
     h.update(tool.as_bytes());
     h.update([0]);
     // serde_json maps are ordered by key, so this is canonical.
-    h.update(serde_json::Value::Object(args.clone()).to_string().as_bytes());
+    h.update(
+        serde_json::Value::Object(args.clone())
+            .to_string()
+            .as_bytes(),
+    );
     h.finalize().into()
 }
 
 type Key = (String, String);
 
+/// Results by key, and keys in the order recorded (for eviction).
+type Entries = (HashMap<Key, ([u8; 32], serde_json::Value)>, VecDeque<Key>);
+
 /// The journal.
 pub struct Journal {
-    entries: Mutex<(HashMap<Key, ([u8; 32], serde_json::Value)>, VecDeque<Key>)>,
+    entries: Mutex<Entries>,
     max: usize,
 }
 
@@ -54,7 +61,13 @@ impl Journal {
     }
 
     /// Records a result.
-    pub fn record(&self, tenant: &str, key: &str, fingerprint: [u8; 32], result: serde_json::Value) {
+    pub fn record(
+        &self,
+        tenant: &str,
+        key: &str,
+        fingerprint: [u8; 32],
+        result: serde_json::Value,
+    ) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let (map, order) = &mut *entries;
         let k = (tenant.to_owned(), key.to_owned());

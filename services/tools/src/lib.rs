@@ -114,7 +114,10 @@ impl Tools {
 
 #[tonic::async_trait]
 impl ToolsService for Tools {
-    async fn list_tools(&self, request: Request<pb::ListToolsRequest>) -> Result<Response<pb::ListToolsResponse>, Status> {
+    async fn list_tools(
+        &self,
+        request: Request<pb::ListToolsRequest>,
+    ) -> Result<Response<pb::ListToolsResponse>, Status> {
         Caller::from_metadata(request.metadata())?;
         let tools = builtin::Builtin::ALL
             .iter()
@@ -132,7 +135,10 @@ impl ToolsService for Tools {
         Ok(Response::new(pb::ListToolsResponse { tools }))
     }
 
-    async fn invoke_tool(&self, request: Request<pb::InvokeToolRequest>) -> Result<Response<pb::InvokeToolResponse>, Status> {
+    async fn invoke_tool(
+        &self,
+        request: Request<pb::InvokeToolRequest>,
+    ) -> Result<Response<pb::InvokeToolResponse>, Status> {
         let caller = Caller::from_metadata(request.metadata())?;
         if !TOOL_ROLES.iter().any(|r| caller.has_role(r)) {
             return Err(ToolError::PermissionDenied(format!(
@@ -174,7 +180,10 @@ impl ToolsService for Tools {
                     }));
                 }
                 Lookup::Conflict => {
-                    return Err(ToolError::KeyReused(format!("`{key}` was recorded for a different call")).into());
+                    return Err(ToolError::KeyReused(format!(
+                        "`{key}` was recorded for a different call"
+                    ))
+                    .into());
                 }
                 Lookup::Absent => {}
             }
@@ -192,7 +201,8 @@ impl ToolsService for Tools {
             Err(_) => return Err(ToolError::Timeout(timeout).into()),
         };
         if let Some(key) = &idem {
-            self.journal.record(&caller.tenant, key, fingerprint, result.clone());
+            self.journal
+                .record(&caller.tenant, key, fingerprint, result.clone());
         }
         tracing::info!(tool = %tool, tenant = %caller.tenant, principal = %caller.principal, "tool call");
         Ok(Response::new(pb::InvokeToolResponse {
@@ -207,7 +217,10 @@ impl ToolsService for Tools {
         request: Request<pb::RegisterToolServerRequest>,
     ) -> Result<Response<pb::RegisterToolServerResponse>, Status> {
         Caller::from_metadata(request.metadata())?;
-        Err(ToolError::Unimplemented("MCP tool servers are not supported by this server yet".into()).into())
+        Err(ToolError::Unimplemented(
+            "MCP tool servers are not supported by this server yet".into(),
+        )
+        .into())
     }
 }
 

@@ -1,7 +1,11 @@
 //! `amaos-tools`: the tools service as its own process.
 
 fn main() -> std::process::ExitCode {
-    amaos_mesh::process::run_service("tools", |c| &c.tools, |config, listener, metrics, shutdown| {
-        amaos_tools::serve(config, listener, metrics, shutdown)
-    })
+    amaos_mesh::process::run_service(
+        "tools",
+        |c| &c.tools,
+        |config, listener, metrics, shutdown| {
+            amaos_tools::serve(config, listener, metrics, shutdown)
+        },
+    )
 }

@@ -12,6 +12,9 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::ToolError;
 
+/// A directory entry: name, whether it is a directory, size in bytes.
+pub type Entry = (String, bool, u64);
+
 /// A task's workspace directory.
 pub struct Workspace {
     root: PathBuf,
@@ -19,7 +22,10 @@ pub struct Workspace {
 
 /// Whether a task id or tenant can name a directory: `[A-Za-z0-9_-]{1,128}`.
 fn safe_segment(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Workspace {
@@ -32,10 +38,13 @@ impl Workspace {
             });
         }
         if !safe_segment(tenant) {
-            return Err(ToolError::PermissionDenied("the caller's tenant cannot name a workspace".into()));
+            return Err(ToolError::PermissionDenied(
+                "the caller's tenant cannot name a workspace".into(),
+            ));
         }
         let root = base.join(tenant).join(task_id);
-        std::fs::create_dir_all(&root).map_err(|e| ToolError::Io(format!("cannot create the workspace: {e}")))?;
+        std::fs::create_dir_all(&root)
+            .map_err(|e| ToolError::Io(format!("cannot create the workspace: {e}")))?;
         let root = root
             .canonicalize()
             .map_err(|e| ToolError::Io(format!("cannot resolve the workspace: {e}")))?;
@@ -49,7 +58,9 @@ impl Workspace {
 
     /// Resolves a tool path to a location inside the workspace.
     pub fn resolve(&self, path: &str) -> Result<PathBuf, ToolError> {
-        let deny = |why: &str| ToolError::PermissionDenied(format!("path `{}`: {why}", path.escape_debug()));
+        let deny = |why: &str| {
+            ToolError::PermissionDenied(format!("path `{}`: {why}", path.escape_debug()))
+        };
         if path.contains('\0') {
             return Err(deny("contains a NUL byte"));
         }
@@ -60,23 +71,29 @@ impl Workspace {
                 Component::Normal(part) => clean.push(part),
                 Component::CurDir => {}
                 Component::ParentDir => return Err(deny("`..` is not allowed")),
-                Component::RootDir | Component::Prefix(_) => return Err(deny("absolute paths are not allowed")),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(deny("absolute paths are not allowed"));
+                }
             }
         }
         let full = self.root.join(&clean);
         // The deepest ancestor that exists must resolve inside the workspace.
         let mut existing = full.as_path();
         while !existing.exists() {
-            existing = existing.parent().ok_or_else(|| deny("outside the workspace"))?;
+            existing = existing
+                .parent()
+                .ok_or_else(|| deny("outside the workspace"))?;
         }
-        let real = existing.canonicalize().map_err(|_| deny("cannot be resolved"))?;
+        let real = existing
+            .canonicalize()
+            .map_err(|_| deny("cannot be resolved"))?;
         if !real.starts_with(&self.root) {
             return Err(deny("resolves outside the workspace"));
         }
-        if let Ok(meta) = std::fs::symlink_metadata(&full) {
-            if meta.file_type().is_symlink() {
-                return Err(deny("is a symbolic link"));
-            }
+        if let Ok(meta) = std::fs::symlink_metadata(&full)
+            && meta.file_type().is_symlink()
+        {
+            return Err(deny("is a symbolic link"));
         }
         Ok(full)
     }
@@ -90,7 +107,9 @@ impl Workspace {
             .read_to_end(&mut bytes)
             .map_err(|e| ToolError::Io(e.to_string()))?;
         if bytes.len() > max {
-            return Err(ToolError::TooLarge(format!("`{path}` is larger than the limit of {max} bytes")));
+            return Err(ToolError::TooLarge(format!(
+                "`{path}` is larger than the limit of {max} bytes"
+            )));
         }
         String::from_utf8(bytes).map_err(|_| ToolError::InvalidArgument {
             field: "arguments.path".into(),
@@ -99,10 +118,18 @@ impl Workspace {
     }
 
     /// Writes (or appends) text, creating parent directories.
-    pub fn write(&self, path: &str, content: &str, append: bool, max: usize) -> Result<u64, ToolError> {
+    pub fn write(
+        &self,
+        path: &str,
+        content: &str,
+        append: bool,
+        max: usize,
+    ) -> Result<u64, ToolError> {
         use std::io::Write;
         if content.len() > max {
-            return Err(ToolError::TooLarge(format!("content is larger than the limit of {max} bytes")));
+            return Err(ToolError::TooLarge(format!(
+                "content is larger than the limit of {max} bytes"
+            )));
         }
         let full = self.resolve(path)?;
         if let Some(parent) = full.parent() {
@@ -110,8 +137,13 @@ impl Workspace {
         }
         // Re-check now that the parents exist.
         let full = self.resolve(path)?;
-        if append && std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0) + content.len() as u64 > max as u64 {
-            return Err(ToolError::TooLarge(format!("`{path}` would grow past the limit of {max} bytes")));
+        if append
+            && std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0) + content.len() as u64
+                > max as u64
+        {
+            return Err(ToolError::TooLarge(format!(
+                "`{path}` would grow past the limit of {max} bytes"
+            )));
         }
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -120,12 +152,13 @@ impl Workspace {
             .truncate(!append)
             .open(&full)
             .map_err(|e| ToolError::Io(e.to_string()))?;
-        file.write_all(content.as_bytes()).map_err(|e| ToolError::Io(e.to_string()))?;
+        file.write_all(content.as_bytes())
+            .map_err(|e| ToolError::Io(e.to_string()))?;
         Ok(content.len() as u64)
     }
 
     /// Lists a directory: `(name, is_dir, size)`, sorted, at most `max` entries.
-    pub fn list(&self, path: &str, max: usize) -> Result<(Vec<(String, bool, u64)>, bool), ToolError> {
+    pub fn list(&self, path: &str, max: usize) -> Result<(Vec<Entry>, bool), ToolError> {
         let full = self.resolve(path)?;
         let reader = std::fs::read_dir(&full).map_err(|e| not_found_or_io(path, e))?;
         let mut entries = Vec::new();
@@ -137,7 +170,11 @@ impl Workspace {
                 break;
             }
             let meta = entry.metadata().map_err(|e| ToolError::Io(e.to_string()))?;
-            entries.push((entry.file_name().to_string_lossy().into_owned(), meta.is_dir(), meta.len()));
+            entries.push((
+                entry.file_name().to_string_lossy().into_owned(),
+                meta.is_dir(),
+                meta.len(),
+            ));
         }
         entries.sort();
         Ok((entries, truncated))
@@ -177,19 +214,31 @@ mod tests {
     fn escapes_are_denied() {
         let (dir, ws) = ws();
         for bad in ["../x", "/etc/passwd", "a/../../x", "a\0b"] {
-            assert!(matches!(ws.resolve(bad), Err(ToolError::PermissionDenied(_))), "{bad}");
+            assert!(
+                matches!(ws.resolve(bad), Err(ToolError::PermissionDenied(_))),
+                "{bad}"
+            );
         }
         std::fs::write(dir.path().join("secret"), "s").unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), ws.root().join("link")).unwrap();
-        assert!(matches!(ws.read("link", 100), Err(ToolError::PermissionDenied(_))));
+        assert!(matches!(
+            ws.read("link", 100),
+            Err(ToolError::PermissionDenied(_))
+        ));
         std::os::unix::fs::symlink(dir.path(), ws.root().join("dirlink")).unwrap();
-        assert!(matches!(ws.read("dirlink/secret", 100), Err(ToolError::PermissionDenied(_))));
+        assert!(matches!(
+            ws.read("dirlink/secret", 100),
+            Err(ToolError::PermissionDenied(_))
+        ));
     }
 
     #[test]
     fn sizes_are_capped() {
         let (_dir, ws) = ws();
-        assert!(matches!(ws.write("a", "123456", false, 5), Err(ToolError::TooLarge(_))));
+        assert!(matches!(
+            ws.write("a", "123456", false, 5),
+            Err(ToolError::TooLarge(_))
+        ));
         ws.write("a", "12345", false, 5).unwrap();
         assert_eq!(ws.read("a", 5).unwrap(), "12345");
         assert!(matches!(ws.read("a", 4), Err(ToolError::TooLarge(_))));
