@@ -129,3 +129,38 @@ pub(crate) fn inject_current(headers: &mut http::HeaderMap) {
     let context = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(headers));
 }
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+
+    use super::*;
+
+    #[test]
+    fn trace_context_survives_a_hop() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let client_span = tracing::info_span!("client");
+            let _entered = client_span.enter();
+            let mut headers = http::HeaderMap::new();
+            inject_current(&mut headers);
+            let traceparent = headers
+                .get("traceparent")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let trace_id = client_span.context().span().span_context().trace_id();
+            assert!(traceparent.contains(&trace_id.to_string()), "{traceparent}");
+
+            let server_span = tracing::info_span!("server");
+            set_parent_from(&server_span, &headers);
+            assert_eq!(
+                server_span.context().span().span_context().trace_id(),
+                trace_id
+            );
+        });
+    }
+}
