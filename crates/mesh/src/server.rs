@@ -53,6 +53,28 @@ pub struct GrpcService {
     pub reflection: bool,
 }
 
+impl GrpcService {
+    /// A public service (with reflection) made of one generated server.
+    pub fn public<S>(name: &'static str, server: S) -> Self
+    where
+        S: Service<http::Request<Body>, Error = Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        Self {
+            name,
+            grpc_names: vec![S::NAME],
+            routes: Routes::new(server),
+            reflection: true,
+        }
+    }
+}
+
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

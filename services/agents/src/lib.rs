@@ -300,13 +300,10 @@ fn humantime_like(d: std::time::Duration) -> String {
 
 /// The agents service, ready for [`amaos_mesh::server::serve`].
 pub fn grpc_service(agents: Agents, limits: &Limits) -> GrpcService {
-    let server = limit_messages!(AgentsServiceServer::new(agents), limits);
-    GrpcService {
-        name: "agents",
-        grpc_names: vec!["amaos.agents.v1.AgentsService"],
-        routes: tonic::service::Routes::new(server),
-        reflection: true,
-    }
+    GrpcService::public(
+        "agents",
+        limit_messages!(AgentsServiceServer::new(agents), limits),
+    )
 }
 
 /// Serves an agents worker on `listener` until `shutdown`, registered with the

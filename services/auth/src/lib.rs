@@ -409,13 +409,10 @@ impl AuthService for Auth {
 
 /// The auth service, ready for [`amaos_mesh::server::serve`].
 pub fn grpc_service(state: Arc<AuthState>, limits: &Limits) -> GrpcService {
-    let server = limit_messages!(AuthServiceServer::new(Auth::new(state)), limits);
-    GrpcService {
-        name: "auth",
-        grpc_names: vec!["amaos.auth.v1.AuthService"],
-        routes: tonic::service::Routes::new(server),
-        reflection: true,
-    }
+    GrpcService::public(
+        "auth",
+        limit_messages!(AuthServiceServer::new(Auth::new(state)), limits),
+    )
 }
 
 /// Serves the auth service on `listener` until `shutdown`.

@@ -284,13 +284,10 @@ impl MemoryService for Memory {
 
 /// The memory service, ready for [`amaos_mesh::server::serve`].
 pub fn grpc_service(memory: Memory, limits: &Limits) -> GrpcService {
-    let server = limit_messages!(MemoryServiceServer::new(memory), limits);
-    GrpcService {
-        name: "memory",
-        grpc_names: vec!["amaos.memory.v1.MemoryService"],
-        routes: tonic::service::Routes::new(server),
-        reflection: true,
-    }
+    GrpcService::public(
+        "memory",
+        limit_messages!(MemoryServiceServer::new(memory), limits),
+    )
 }
 
 /// Serves the memory service on `listener` until `shutdown`.

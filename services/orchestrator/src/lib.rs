@@ -471,13 +471,10 @@ impl OrchestratorService for Orchestrator {
 
 /// The orchestrator, ready for [`amaos_mesh::server::serve`].
 pub fn grpc_service(orchestrator: Orchestrator, limits: &Limits) -> GrpcService {
-    let server = limit_messages!(OrchestratorServiceServer::new(orchestrator), limits);
-    GrpcService {
-        name: "orchestrator",
-        grpc_names: vec!["amaos.orchestrator.v1.OrchestratorService"],
-        routes: tonic::service::Routes::new(server),
-        reflection: true,
-    }
+    GrpcService::public(
+        "orchestrator",
+        limit_messages!(OrchestratorServiceServer::new(orchestrator), limits),
+    )
 }
 
 /// Serves the orchestrator on `listener` until `shutdown`.

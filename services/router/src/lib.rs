@@ -212,13 +212,10 @@ impl RouterService for Router {
 
 /// The router, ready for [`amaos_mesh::server::serve`].
 pub fn grpc_service(router: Router, limits: &Limits) -> GrpcService {
-    let server = limit_messages!(RouterServiceServer::new(router), limits);
-    GrpcService {
-        name: "router",
-        grpc_names: vec!["amaos.router.v1.RouterService"],
-        routes: tonic::service::Routes::new(server),
-        reflection: true,
-    }
+    GrpcService::public(
+        "router",
+        limit_messages!(RouterServiceServer::new(router), limits),
+    )
 }
 
 /// Serves the router on `listener` until `shutdown`.

@@ -226,13 +226,10 @@ impl ToolsService for Tools {
 
 /// The tools service, ready for [`amaos_mesh::server::serve`].
 pub fn grpc_service(tools: Tools, limits: &Limits) -> GrpcService {
-    let server = limit_messages!(ToolsServiceServer::new(tools), limits);
-    GrpcService {
-        name: "tools",
-        grpc_names: vec!["amaos.tools.v1.ToolsService"],
-        routes: tonic::service::Routes::new(server),
-        reflection: true,
-    }
+    GrpcService::public(
+        "tools",
+        limit_messages!(ToolsServiceServer::new(tools), limits),
+    )
 }
 
 /// Serves the tools service on `listener` until `shutdown`.
