@@ -169,8 +169,54 @@ pub struct OrchestratorConfig {
     pub max_tasks: usize,
     /// Events kept per task; a run that emits more fails.
     pub max_events_per_task: usize,
+    /// Where tasks, events and the queue live: `memory` (this process only)
+    /// or `redis` (shared by every replica, survives restarts).
+    pub backend: StoreBackend,
+    /// The Redis server, for `backend = "redis"`.
+    pub redis_url: String,
+    /// Prefix of every Redis key, so several meshes can share a server.
+    pub redis_prefix: String,
+    /// How long an attempt's lease lasts without renewal; a replica that dies
+    /// loses its attempts to another replica after this.
+    #[serde(with = "duration_text")]
+    pub lease: Duration,
+    /// Attempts this replica runs at once.
+    pub max_in_flight: usize,
+    /// Parallel loops claiming work.
+    pub claimers: usize,
+    /// Attempts running at once per tenant, across replicas; more wait queued.
+    pub max_running_per_tenant: u32,
+    /// How long a finished task stays readable (Redis backend).
+    #[serde(with = "duration_text")]
+    pub retention: Duration,
+    /// Submissions per second per tenant, across replicas; 0 for no limit.
+    pub tenant_rate: f64,
+    /// Submissions a tenant may make at once above its rate.
+    pub tenant_burst: u32,
+    /// Submissions per second per tenant and team; 0 for no limit.
+    pub team_rate: f64,
+    /// Submissions at once above the team rate.
+    pub team_burst: u32,
+    /// Default attempts per stage when a submission gives no retry policy.
+    pub retry_max_attempts: u32,
+    /// Default backoff before the second attempt.
+    #[serde(with = "duration_text")]
+    pub retry_initial_backoff: Duration,
+    /// Default upper bound on a backoff.
+    #[serde(with = "duration_text")]
+    pub retry_max_backoff: Duration,
 }
 service_endpoint!(OrchestratorConfig);
+
+/// Where the orchestrator keeps tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// In this process only.
+    Memory,
+    /// In Redis, shared by every replica.
+    Redis,
+}
 
 /// The router.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -326,6 +372,21 @@ impl Default for OrchestratorConfig {
             max_input_bytes: 256 * 1024,
             max_tasks: 100_000,
             max_events_per_task: 10_000,
+            backend: StoreBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "amaos".into(),
+            lease: Duration::from_secs(15),
+            max_in_flight: 10_000,
+            claimers: 4,
+            max_running_per_tenant: 10_000,
+            retention: Duration::from_secs(24 * 3600),
+            tenant_rate: 10_000.0,
+            tenant_burst: 20_000,
+            team_rate: 0.0,
+            team_burst: 1_000,
+            retry_max_attempts: 3,
+            retry_initial_backoff: Duration::from_millis(200),
+            retry_max_backoff: Duration::from_secs(30),
         }
     }
 }
@@ -469,6 +530,57 @@ impl Config {
             16,
             1_000_000,
         )?;
+        redis_url("orchestrator.redis_url", &o.redis_url)?;
+        if o.redis_prefix.is_empty()
+            || o.redis_prefix.len() > 64
+            || o.redis_prefix.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::new(
+                "orchestrator.redis_prefix",
+                "must be 1 to 64 characters without spaces",
+            ));
+        }
+        if o.lease < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "orchestrator.lease",
+                "must be at least 100ms",
+            ));
+        }
+        in_range("orchestrator.max_in_flight", o.max_in_flight, 1, 1_000_000)?;
+        in_range("orchestrator.claimers", o.claimers, 1, 256)?;
+        in_range(
+            "orchestrator.max_running_per_tenant",
+            o.max_running_per_tenant as usize,
+            1,
+            1_000_000,
+        )?;
+        positive("orchestrator.retention", o.retention)?;
+        rate("orchestrator.tenant_rate", o.tenant_rate)?;
+        rate("orchestrator.team_rate", o.team_rate)?;
+        in_range(
+            "orchestrator.tenant_burst",
+            o.tenant_burst as usize,
+            1,
+            10_000_000,
+        )?;
+        in_range(
+            "orchestrator.team_burst",
+            o.team_burst as usize,
+            1,
+            10_000_000,
+        )?;
+        in_range(
+            "orchestrator.retry_max_attempts",
+            o.retry_max_attempts as usize,
+            1,
+            100,
+        )?;
+        if o.retry_initial_backoff > o.retry_max_backoff {
+            return Err(ConfigError::new(
+                "orchestrator.retry_initial_backoff",
+                "must not exceed orchestrator.retry_max_backoff",
+            ));
+        }
         let r = &self.router;
         positive("router.heartbeat_interval", r.heartbeat_interval)?;
         if r.worker_ttl <= r.heartbeat_interval {
@@ -551,6 +663,31 @@ fn positive(key: &str, value: Duration) -> Result<(), ConfigError> {
         Err(ConfigError::new(key, "must be longer than zero"))
     } else {
         Ok(())
+    }
+}
+
+fn rate(key: &str, value: f64) -> Result<(), ConfigError> {
+    if value.is_finite() && (0.0..=10_000_000.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("{value} is outside 0..=10000000 (0 turns the limit off)"),
+        ))
+    }
+}
+
+fn redis_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.starts_with("redis://")
+        || value.starts_with("rediss://")
+        || value.starts_with("unix://")
+    {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("`{value}` must be a redis://, rediss:// or unix:// URL"),
+        ))
     }
 }
 

@@ -1,11 +1,13 @@
-//! Running one attempt of a task on the agents worker the router chose:
-//! stream its run events into the task's log, then record the outcome:
-//! SUCCEEDED, FAILED, TIMED_OUT at the deadline, or nothing more when the
-//! task was cancelled (dropping the stream tells the worker to stop).
+//! The dispatcher: each orchestrator replica claims ready tasks from the
+//! shared queue, asks the router for a worker, runs the attempt there while
+//! renewing its lease, and records the outcome through the retry policy:
+//! retry with jittered backoff, move to the next fallback, or give up.
+//! Background loops promote due retries and take over attempts whose
+//! dispatcher died (their lease expired).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use amaos_mesh::caller::Caller;
 use amaos_mesh::client::{self, MeshChannel};
@@ -13,11 +15,13 @@ use amaos_mesh::config::Limits;
 use amaos_proto::agents::v1 as agents;
 use amaos_proto::agents::v1::agents_service_client::AgentsServiceClient;
 use amaos_proto::agents::v1::run_event::Payload;
-use amaos_proto::orchestrator::v1::ErrorClass;
+use amaos_proto::router::v1 as router;
+use amaos_proto::router::v1::router_service_client::RouterServiceClient;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::TaskStore;
-use crate::task::{Task, TaskState, TeamSource};
+use crate::backend::{Applied, Claim, Claimed, Lease, Outcome, Record, TaskBackend};
+use crate::task::{ErrorClass, Task, TaskError, TaskState, TeamSource};
 
 const MAX_CACHED_CHANNELS: usize = 1024;
 
@@ -51,63 +55,325 @@ impl WorkerChannels {
     }
 }
 
-fn class_of(class: &str) -> ErrorClass {
-    match class {
-        "budget" => ErrorClass::Budget,
-        "provider" => ErrorClass::Provider,
-        "tool" => ErrorClass::Tool,
-        "invalid" => ErrorClass::Invalid,
-        "transient" => ErrorClass::Transient,
-        _ => ErrorClass::Internal,
-    }
+/// How the dispatcher runs.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// This replica's name in the queue.
+    pub consumer: String,
+    /// How long an attempt's lease lasts without renewal.
+    pub lease: Duration,
+    /// Attempts this replica runs at once.
+    pub max_in_flight: usize,
+    /// Parallel claim loops.
+    pub claimers: usize,
 }
 
-type Failure = (ErrorClass, String);
+/// A failure of one attempt, before the policy decides what follows.
+struct Failure {
+    class: ErrorClass,
+    message: String,
+}
 
-/// Runs attempt `attempt` of `task` on the worker behind `channel`.
-pub async fn run_attempt(
-    store: Arc<TaskStore>,
-    channel: MeshChannel,
-    task: Task,
-    attempt: u32,
-    caller: Caller,
-    cancel: CancellationToken,
-) {
-    let id = task.id.clone();
-    let remaining = task
-        .deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    let deadline = tokio::time::Instant::now() + remaining;
-    let stream_events = async {
-        let mut client = AgentsServiceClient::new(channel);
-        let mut request = caller.request(agents::RunTeamRequest {
-            run_id: id.clone(),
-            attempt,
-            team: Some(match &task.source {
-                TeamSource::Named => agents::run_team_request::Team::TeamName(task.team.clone()),
-                TeamSource::Inline(yaml) => {
-                    agents::run_team_request::Team::TeamSpecYaml(yaml.clone())
+/// Claims and runs attempts.
+pub struct Dispatcher {
+    backend: Arc<dyn TaskBackend>,
+    router: RouterServiceClient<MeshChannel>,
+    workers: WorkerChannels,
+    config: DispatchConfig,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Dispatcher {
+    /// A dispatcher over `backend`, routing through `router`.
+    pub fn new(
+        backend: Arc<dyn TaskBackend>,
+        router: RouterServiceClient<MeshChannel>,
+        limits: Limits,
+        config: DispatchConfig,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            backend,
+            router,
+            workers: WorkerChannels::new(limits),
+            slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Stops a locally running attempt of `task_id` at once (other replicas
+    /// notice a cancellation when they next renew their lease).
+    pub fn stop_local(&self, task_id: &str) {
+        if let Some(token) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task_id)
+        {
+            token.cancel();
+        }
+    }
+
+    /// Attempts running here now.
+    pub fn in_flight(&self) -> usize {
+        self.config.max_in_flight - self.slots.available_permits()
+    }
+
+    /// Claims and runs attempts until `shutdown`; then stops claiming and
+    /// waits up to `drain` for the attempts under way. Those still running are
+    /// left to be reclaimed by another replica when their leases expire.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, drain: Duration) {
+        let mut loops = Vec::new();
+        for _ in 0..self.config.claimers.max(1) {
+            loops.push(tokio::spawn(self.clone().claim_loop(shutdown.clone())));
+        }
+        loops.push(tokio::spawn(
+            self.clone().maintenance_loop(shutdown.clone()),
+        ));
+        for handle in loops {
+            let _ = handle.await;
+        }
+        let all = self.config.max_in_flight as u32;
+        if tokio::time::timeout(drain, self.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                "drain deadline passed; unfinished attempts will be reclaimed by another replica"
+            );
+        }
+    }
+
+    async fn claim_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => return,
+                permit = self.slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+            };
+            let claimed = tokio::select! {
+                () = shutdown.cancelled() => return,
+                claimed = self.backend.claim(&self.config.consumer, self.config.lease) => claimed,
+            };
+            match claimed {
+                Ok(Claimed::Attempt(claim)) => {
+                    backoff = Duration::from_millis(50);
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.run_attempt(*claim).await;
+                        drop(permit);
+                    });
+                }
+                Ok(Claimed::Empty) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "claiming work failed; backing off");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn maintenance_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let reclaim_every = (self.config.lease / 2).max(Duration::from_millis(100));
+        let mut last_reclaim = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(error) = self.backend.promote().await {
+                tracing::warn!(%error, "promoting delayed retries failed");
+            }
+            if last_reclaim.elapsed() < reclaim_every {
+                continue;
+            }
+            last_reclaim = tokio::time::Instant::now();
+            let free = self.slots.available_permits().min(100);
+            if free == 0 {
+                continue;
+            }
+            match self
+                .backend
+                .reclaim(&self.config.consumer, self.config.lease, free)
+                .await
+            {
+                Ok(claims) => {
+                    for claim in claims {
+                        tracing::warn!(task_id = %claim.task.id, attempt = claim.attempt(), "took over a stalled attempt");
+                        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.run_attempt(claim).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "reclaiming stalled attempts failed"),
+            }
+        }
+    }
+
+    /// Runs one claimed attempt to its recorded outcome.
+    pub async fn run_attempt(self: &Arc<Self>, claim: Claim) {
+        let id = claim.task.id.clone();
+        let stop = CancellationToken::new();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), stop.clone());
+        let renewals = tokio::spawn(self.clone().keep_lease(claim.clone(), stop.clone()));
+        let outcome = self.attempt(&claim, &stop).await;
+        renewals.abort();
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            // Cancelled or taken over: release our hold; the write is fenced.
+            None => Outcome::Finished {
+                state: TaskState::Cancelled,
+                error: TaskError {
+                    class: ErrorClass::Cancelled,
+                    message: "stopped".into(),
+                },
+            },
+        };
+        match self.backend.finish(&claim, outcome).await {
+            Ok(Applied::Recorded | Applied::Stale | Applied::LogFull) => {}
+            Err(error) => {
+                tracing::error!(task_id = %id, %error, "recording the outcome failed; the attempt will be reclaimed")
+            }
+        }
+    }
+
+    async fn keep_lease(self: Arc<Self>, claim: Claim, stop: CancellationToken) {
+        let every = (self.config.lease / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            match self.backend.renew(&claim, self.config.lease).await {
+                Ok(Lease::Held) => {}
+                Ok(Lease::Lost | Lease::Finished) => {
+                    stop.cancel();
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "renewing a lease failed"),
+            }
+        }
+    }
+
+    /// Runs the attempt; `None` when it was stopped (cancelled or taken over).
+    async fn attempt(&self, claim: &Claim, stop: &CancellationToken) -> Option<Outcome> {
+        let task = &claim.task;
+        if task.stage_attempts > task.retry.max_attempts {
+            // Reclaimed once too often: its workers or dispatchers keep dying.
+            let failure = Failure {
+                class: ErrorClass::Transient,
+                message: format!("{} attempts stalled", task.stage_attempts - 1),
+            };
+            return Some(decide(task, failure, false));
+        }
+        let remaining = task
+            .deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if remaining.is_zero() {
+            return Some(timed_out());
+        }
+        let run = self.run_on_worker(claim);
+        tokio::select! {
+            () = stop.cancelled() => None,
+            result = tokio::time::timeout(remaining, run) => Some(match result {
+                Err(_) => timed_out(),
+                Ok(Ok(output)) => Outcome::Succeeded { output },
+                Ok(Err(failure)) => {
+                    let retryable = task.retry.retry_on.contains(&failure.class);
+                    decide(task, failure, retryable)
                 }
             }),
-            input: task.input.clone(),
-            session_id: task.session_id.clone(),
-            context: Vec::new(),
-            budget: None,
-            model_alias_override: String::new(),
-        });
-        request.set_timeout(remaining);
-        let mut stream = client
-            .run_team(request)
+        }
+    }
+
+    async fn run_on_worker(&self, claim: &Claim) -> Result<String, Failure> {
+        let task = &claim.task;
+        let attempt = claim.attempt();
+        let (team, model_override, inline) = task.current_target();
+        let route = self
+            .router
+            .clone()
+            .route(router::RouteRequest {
+                team: team.clone(),
+                inline_spec: inline,
+                required_capabilities: Vec::new(),
+                session_key: task.session_id.clone(),
+                exclude_worker_ids: Vec::new(),
+            })
             .await
-            .map_err(|s| {
-                (
-                    ErrorClass::Transient,
-                    format!("agents worker refused the run: {}", s.message()),
-                )
+            .map_err(|status| Failure {
+                class: match status.code() {
+                    tonic::Code::NotFound => ErrorClass::Invalid,
+                    _ => ErrorClass::Transient,
+                },
+                message: format!("router: {}", status.message()),
             })?
             .into_inner();
-        let mut running = false;
+        let worker = route.worker.ok_or_else(|| Failure {
+            class: ErrorClass::Transient,
+            message: "the router answered without a worker".into(),
+        })?;
+        let channel = self.workers.get(&worker.address).map_err(|e| Failure {
+            class: ErrorClass::Transient,
+            message: e.to_string(),
+        })?;
+        self.record(&task.id, attempt, Record::Worker(worker.worker_id.clone()))
+            .await?;
+
+        let context = self.dependency_outputs(task).await;
+        let caller = Caller {
+            tenant: task.tenant.clone(),
+            principal: task.submitted_by.clone(),
+            roles: task.roles.clone(),
+        };
+        let team_ref = match (&task.source, task.stage) {
+            (TeamSource::Inline(yaml), 0) => {
+                agents::run_team_request::Team::TeamSpecYaml(yaml.clone())
+            }
+            (TeamSource::Inline(yaml), _) if team == task.team => {
+                agents::run_team_request::Team::TeamSpecYaml(yaml.clone())
+            }
+            _ => agents::run_team_request::Team::TeamName(team),
+        };
+        let mut request = caller.request(agents::RunTeamRequest {
+            run_id: task.id.clone(),
+            attempt,
+            team: Some(team_ref),
+            input: task.input.clone(),
+            session_id: task.session_id.clone(),
+            context,
+            budget: None,
+            model_alias_override: model_override.unwrap_or_default(),
+        });
+        if let Ok(left) = task.deadline.duration_since(SystemTime::now()) {
+            request.set_timeout(left);
+        }
+        let mut stream = AgentsServiceClient::new(channel)
+            .max_decoding_message_size(self.workers.limits.max_message_bytes)
+            .run_team(request)
+            .await
+            .map_err(|s| Failure {
+                class: ErrorClass::Transient,
+                message: format!("agents worker refused the run: {}", s.message()),
+            })?
+            .into_inner();
         loop {
             let event = match stream.message().await {
                 Ok(Some(response)) => match response.event {
@@ -115,67 +381,109 @@ pub async fn run_attempt(
                     None => continue,
                 },
                 Ok(None) => {
-                    return Err::<String, Failure>((
-                        ErrorClass::Transient,
-                        "the agents worker ended the run without a result".into(),
-                    ));
+                    return Err(Failure {
+                        class: ErrorClass::Transient,
+                        message: "the agents worker ended the run without a result".into(),
+                    });
                 }
                 Err(status) => {
-                    return Err((
-                        ErrorClass::Transient,
-                        format!("agents worker: {}", status.message()),
-                    ));
+                    return Err(Failure {
+                        class: ErrorClass::Transient,
+                        message: format!("agents worker: {}", status.message()),
+                    });
                 }
             };
-            if !running {
-                store.transition(
-                    &id,
-                    attempt,
-                    TaskState::Running,
-                    "the worker started the run",
-                    |_| {},
-                );
-                running = true;
-            }
             let end = match &event.payload {
                 Some(Payload::RunCompleted(done)) => Some(Ok(done.output.clone())),
-                Some(Payload::RunFailed(failed)) => {
-                    Some(Err((class_of(&failed.class), failed.reason.clone())))
-                }
+                Some(Payload::RunFailed(failed)) => Some(Err(Failure {
+                    class: ErrorClass::from_run(&failed.class),
+                    message: failed.reason.clone(),
+                })),
                 _ => None,
             };
-            if store.run_event(&id, attempt, event).is_err() {
-                return Err((
-                    ErrorClass::Internal,
-                    "the run emitted more events than a task may keep".into(),
-                ));
-            }
+            self.record(&task.id, attempt, Record::Run(event)).await?;
             if let Some(end) = end {
                 return end;
             }
         }
-    };
-    tokio::select! {
-        // CancelTask has recorded the state; dropping the stream stops the worker.
-        () = cancel.cancelled() => {}
-        outcome = tokio::time::timeout_at(deadline, stream_events) => {
-            match outcome {
-                Ok(Ok(output)) => {
-                    store.transition(&id, attempt, TaskState::Succeeded, "the team finished", |t| {
-                        t.output = Some(output);
-                    });
-                }
-                Ok(Err((class, message))) => {
-                    store.transition(&id, attempt, TaskState::Failed, &message.clone(), |t| {
-                        t.error = Some((class, message));
-                    });
-                }
-                Err(_) => {
-                    store.transition(&id, attempt, TaskState::TimedOut, "the deadline passed", |t| {
-                        t.error = Some((ErrorClass::Transient, "the task did not finish before its deadline".into()));
-                    });
-                }
+    }
+
+    async fn record(&self, id: &str, attempt: u32, record: Record) -> Result<(), Failure> {
+        match self.backend.record(id, attempt, record).await {
+            Ok(Applied::Recorded) => Ok(()),
+            // A newer attempt or a cancellation owns the task now.
+            Ok(Applied::Stale) => Err(Failure {
+                class: ErrorClass::Cancelled,
+                message: "the attempt was superseded".into(),
+            }),
+            Ok(Applied::LogFull) => Err(Failure {
+                class: ErrorClass::Internal,
+                message: "the run emitted more events than a task may keep".into(),
+            }),
+            Err(error) => Err(Failure {
+                class: ErrorClass::Transient,
+                message: error.to_string(),
+            }),
+        }
+    }
+
+    /// The outputs of a workflow task's dependencies, as run context.
+    async fn dependency_outputs(&self, task: &Task) -> Vec<agents::ContextItem> {
+        let mut context = Vec::new();
+        for dep in &task.depends_on {
+            if let Ok(Some(done)) = self.backend.get(&task.tenant, dep).await {
+                context.push(agents::ContextItem {
+                    source: done.workflow_key.clone(),
+                    text: done.output.clone().unwrap_or_default(),
+                });
             }
         }
+        context
+    }
+}
+
+fn timed_out() -> Outcome {
+    Outcome::Finished {
+        state: TaskState::TimedOut,
+        error: TaskError {
+            class: ErrorClass::Transient,
+            message: "the task did not finish before its deadline".into(),
+        },
+    }
+}
+
+/// The retry policy: retry within the stage, move to the next fallback, or fail.
+fn decide(task: &Task, failure: Failure, retryable: bool) -> Outcome {
+    let error = TaskError {
+        class: failure.class,
+        message: failure.message,
+    };
+    if failure.class == ErrorClass::Cancelled {
+        return Outcome::Finished {
+            state: TaskState::Cancelled,
+            error,
+        };
+    }
+    if retryable && task.stage_attempts < task.retry.max_attempts {
+        let after = task
+            .retry
+            .backoff(task.stage_attempts + 1, rand::random::<f64>());
+        return Outcome::Retry {
+            after,
+            error,
+            next_stage: false,
+        };
+    }
+    // Invalid input fails the same way on any team; other failures may not.
+    if failure.class != ErrorClass::Invalid && (task.stage as usize) < task.fallbacks.len() {
+        return Outcome::Retry {
+            after: Duration::ZERO,
+            error,
+            next_stage: true,
+        };
+    }
+    Outcome::Finished {
+        state: TaskState::Failed,
+        error,
     }
 }

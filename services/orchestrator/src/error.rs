@@ -29,12 +29,17 @@ pub enum OrchestratorError {
     /// The task does not exist in the caller's tenant.
     #[error("task `{0}` not found")]
     TaskNotFound(String),
-    /// The store is full of unfinished tasks.
-    #[error("the orchestrator holds its maximum of {0} tasks and none has finished; retry later")]
-    StoreFull(usize),
-    /// A feature of the contract this server does not offer yet.
+    /// The task store failed or is full.
     #[error("{0}")]
-    Unimplemented(&'static str),
+    Backend(crate::backend::BackendError),
+    /// A submission rate was exceeded.
+    #[error("{scope} is over its submission rate; retry after {retry_after:?}")]
+    RateLimited {
+        /// Which limit.
+        scope: String,
+        /// When a retry is within the rate.
+        retry_after: std::time::Duration,
+    },
     /// A service the orchestrator depends on answered with an error.
     #[error("{service}: {status}")]
     Dependency {
@@ -65,8 +70,15 @@ impl From<OrchestratorError> for tonic::Status {
                     .collect(),
             ),
             OrchestratorError::TaskNotFound(_) => tonic::Status::not_found(message),
-            OrchestratorError::StoreFull(_) => tonic::Status::resource_exhausted(message),
-            OrchestratorError::Unimplemented(_) => tonic::Status::unimplemented(message),
+            OrchestratorError::Backend(crate::backend::BackendError::Full(_)) => {
+                tonic::Status::resource_exhausted(message)
+            }
+            OrchestratorError::Backend(crate::backend::BackendError::Unavailable(_)) => {
+                tonic::Status::unavailable(message)
+            }
+            OrchestratorError::RateLimited { retry_after, .. } => {
+                status::exhausted_retry_after(message, retry_after)
+            }
             // Routing answers (NOT_FOUND for an unknown team, UNAVAILABLE for no
             // live worker) keep their code; the message says which service spoke.
             OrchestratorError::Dependency { service, status } => tonic::Status::new(
@@ -77,5 +89,11 @@ impl From<OrchestratorError> for tonic::Status {
                 format!("{service}: {}", status.message()),
             ),
         }
+    }
+}
+
+impl From<crate::backend::BackendError> for tonic::Status {
+    fn from(error: crate::backend::BackendError) -> Self {
+        OrchestratorError::Backend(error).into()
     }
 }

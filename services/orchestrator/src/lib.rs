@@ -7,24 +7,26 @@
 //!
 //! - [`authn`]: API keys checked through the auth service, with a short cache.
 //! - [`task`]: the domain task and its conversion to the contract.
-//! - [`store`]: the embedded task store and event logs.
-//! - [`dispatch`]: one attempt on a worker, streamed into the log.
+//! - [`backend`]: the task store and queue (in-process or Redis).
+//! - [`dispatch`]: claiming work, running attempts on workers, retries.
+//! - [`workflow`]: DAG checks for SubmitWorkflow.
 //! - [`error`]: the orchestrator's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service and [`serve`].
 
 pub mod authn;
+pub mod backend;
 pub mod dispatch;
 pub mod error;
-pub mod store;
 pub mod task;
+pub mod workflow;
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use amaos_mesh::caller::Caller;
-use amaos_mesh::client::{self, MeshChannel};
-use amaos_mesh::config::Limits;
+use amaos_mesh::client;
+use amaos_mesh::config::{Limits, StoreBackend};
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages};
@@ -33,7 +35,6 @@ use amaos_proto::orchestrator::v1 as pb;
 use amaos_proto::orchestrator::v1::orchestrator_service_server::{
     OrchestratorService, OrchestratorServiceServer,
 };
-use amaos_proto::router::v1 as router;
 use amaos_proto::router::v1::router_service_client::RouterServiceClient;
 use amaos_proto::time::duration;
 use futures::Stream;
@@ -44,16 +45,20 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::authn::{Authenticator, require};
-use crate::dispatch::WorkerChannels;
+use crate::backend::{BackendError, BackendLimits, TaskBackend};
+use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::error::OrchestratorError;
-use crate::store::TaskStore;
-use crate::task::{Task, TaskState, TeamSource};
+use crate::task::{ErrorClass, Fallback, RetryPolicy, Task, TaskState, TeamSource};
 
 /// Longest timeout a task may ask for.
 const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Most labels on a task, and the longest key or value.
 const MAX_LABELS: usize = 32;
 const MAX_LABEL_BYTES: usize = 256;
+/// Most fallbacks on a task.
+const MAX_FALLBACKS: usize = 8;
+/// How long one wait for new events lasts in WatchTask.
+const WATCH_POLL: Duration = Duration::from_secs(5);
 
 /// The orchestrator's gRPC service.
 #[derive(Clone)]
@@ -62,34 +67,80 @@ pub struct Orchestrator {
 }
 
 struct Inner {
-    store: Arc<TaskStore>,
+    backend: Arc<dyn TaskBackend>,
+    router: RouterServiceClient<amaos_mesh::client::MeshChannel>,
+    /// Teams recently seen served, so submissions skip the check.
+    known_teams: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     authn: Authenticator,
-    router: RouterServiceClient<MeshChannel>,
-    workers: WorkerChannels,
+    dispatcher: Arc<Dispatcher>,
     task_timeout: Duration,
     max_input_bytes: usize,
     max_spec_bytes: usize,
+    default_retry: RetryPolicy,
+    tenant_rate: (f64, u32),
+    team_rate: (f64, u32),
+}
+
+/// Opens the configured backend.
+pub async fn open_backend(config: &Config) -> Result<Arc<dyn TaskBackend>, BoxError> {
+    let o = &config.orchestrator;
+    let limits = BackendLimits {
+        max_events_per_task: o.max_events_per_task,
+        max_running_per_tenant: o.max_running_per_tenant,
+        retention: o.retention,
+        max_tasks: o.max_tasks,
+    };
+    Ok(match o.backend {
+        StoreBackend::Memory => Arc::new(backend::memory::MemoryBackend::new(limits)),
+        StoreBackend::Redis => Arc::new(
+            backend::redis::RedisBackend::connect(&o.redis_url, &o.redis_prefix, limits).await?,
+        ),
+    })
 }
 
 impl Orchestrator {
-    /// An orchestrator calling auth and the router as configured.
-    pub fn new(config: &Config) -> Result<Self, BoxError> {
+    /// An orchestrator over `backend`, calling auth and the router as
+    /// configured, with its dispatcher (not yet running: see [`serve`]).
+    pub fn new(config: &Config, backend: Arc<dyn TaskBackend>) -> Result<Self, BoxError> {
         let auth = AuthServiceClient::new(client::channel(&config.auth.url, &config.limits)?);
         let router = RouterServiceClient::new(client::channel(&config.router.url, &config.limits)?);
+        let o = &config.orchestrator;
+        let dispatcher = Dispatcher::new(
+            backend.clone(),
+            router.clone(),
+            config.limits.clone(),
+            DispatchConfig {
+                consumer: format!("orchestrator-{}", amaos_mesh::new_id()),
+                lease: o.lease,
+                max_in_flight: o.max_in_flight,
+                claimers: o.claimers,
+            },
+        );
         Ok(Self {
             inner: Arc::new(Inner {
-                store: Arc::new(TaskStore::new(
-                    config.orchestrator.max_tasks,
-                    config.orchestrator.max_events_per_task,
-                )),
-                authn: Authenticator::new(auth, config.auth.key_cache_ttl),
+                backend,
                 router,
-                workers: WorkerChannels::new(config.limits.clone()),
-                task_timeout: config.orchestrator.task_timeout,
-                max_input_bytes: config.orchestrator.max_input_bytes,
+                known_teams: Default::default(),
+                authn: Authenticator::new(auth, config.auth.key_cache_ttl),
+                dispatcher,
+                task_timeout: o.task_timeout,
+                max_input_bytes: o.max_input_bytes,
                 max_spec_bytes: config.agents.max_spec_bytes,
+                default_retry: RetryPolicy {
+                    max_attempts: o.retry_max_attempts,
+                    initial_backoff: o.retry_initial_backoff,
+                    max_backoff: o.retry_max_backoff,
+                    ..RetryPolicy::default()
+                },
+                tenant_rate: (o.tenant_rate, o.tenant_burst),
+                team_rate: (o.team_rate, o.team_burst),
             }),
         })
+    }
+
+    /// The dispatcher, to run next to the service.
+    pub fn dispatcher(&self) -> Arc<Dispatcher> {
+        self.inner.dispatcher.clone()
     }
 }
 
@@ -108,23 +159,82 @@ fn valid_team_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+/// What a submission carries for one task, before it becomes a [`Task`].
+struct TaskSpec {
+    team: Option<pb::TeamRef>,
+    input: String,
+    timeout: Option<prost_types::Duration>,
+    retry: Option<pb::RetryPolicy>,
+    fallbacks: Vec<pb::Fallback>,
+}
+
 impl Inner {
-    /// Checks a submission and turns it into a task (not yet stored).
-    fn admit(
+    fn retry_policy(
+        &self,
+        retry: Option<pb::RetryPolicy>,
+    ) -> Result<RetryPolicy, OrchestratorError> {
+        let Some(pb::RetryPolicy {
+            max_attempts,
+            initial_backoff,
+            max_backoff,
+            backoff_multiplier,
+            retry_on,
+        }) = retry
+        else {
+            return Ok(self.default_retry.clone());
+        };
+        let mut policy = self.default_retry.clone();
+        if max_attempts > 0 {
+            if max_attempts > 100 {
+                return Err(invalid("retry.max_attempts", "at most 100"));
+            }
+            policy.max_attempts = max_attempts;
+        }
+        if let Some(d) = initial_backoff {
+            policy.initial_backoff = duration(&d)
+                .ok_or_else(|| invalid("retry.initial_backoff", "must not be negative"))?;
+        }
+        if let Some(d) = max_backoff {
+            policy.max_backoff = duration(&d)
+                .filter(|d| *d <= Duration::from_secs(3600))
+                .ok_or_else(|| invalid("retry.max_backoff", "must be between 0 and 1h"))?;
+        }
+        if backoff_multiplier != 0.0 {
+            if !(1.0..=10.0).contains(&backoff_multiplier) {
+                return Err(invalid(
+                    "retry.backoff_multiplier",
+                    "must be between 1 and 10",
+                ));
+            }
+            policy.multiplier = backoff_multiplier;
+        }
+        if !retry_on.is_empty() {
+            policy.retry_on = retry_on
+                .into_iter()
+                .map(|c| {
+                    ErrorClass::from_proto(c)
+                        .ok_or_else(|| invalid("retry.retry_on", "not an error class"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(policy)
+    }
+
+    /// Checks one task's fields and builds it (not yet stored).
+    fn build_task(
         &self,
         caller: &Caller,
-        request: pb::SubmitTaskRequest,
-    ) -> Result<(Task, Option<String>), OrchestratorError> {
-        let pb::SubmitTaskRequest {
+        spec: TaskSpec,
+        session_id: &str,
+        labels: std::collections::HashMap<String, String>,
+    ) -> Result<Task, OrchestratorError> {
+        let TaskSpec {
             team,
             input,
-            session_id,
-            idempotency_key,
             timeout,
             retry,
             fallbacks,
-            labels,
-        } = request;
+        } = spec;
         let (team, source) = match team.and_then(|t| t.team) {
             Some(pb::team_ref::Team::Name(name)) => {
                 if !valid_team_name(&name) {
@@ -161,6 +271,70 @@ impl Inner {
                 ),
             ));
         }
+        let retry = self.retry_policy(retry)?;
+        if fallbacks.len() > MAX_FALLBACKS {
+            return Err(invalid("fallbacks", format!("at most {MAX_FALLBACKS}")));
+        }
+        let fallbacks = fallbacks
+            .into_iter()
+            .map(|f| match f.target {
+                Some(pb::fallback::Target::TeamName(name)) if valid_team_name(&name) => {
+                    Ok(Fallback::Team(name))
+                }
+                Some(pb::fallback::Target::ModelAlias(alias))
+                    if !alias.is_empty() && alias.len() <= 64 =>
+                {
+                    Ok(Fallback::Model(alias))
+                }
+                _ => Err(invalid(
+                    "fallbacks",
+                    "each names a valid team or a model alias",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout = match timeout {
+            Some(t) => duration(&t)
+                .filter(|d| !d.is_zero() && *d <= MAX_TASK_TIMEOUT)
+                .ok_or_else(|| invalid("timeout", "must be positive and at most 24h"))?,
+            None => self.task_timeout,
+        };
+        let now = SystemTime::now();
+        Ok(Task {
+            id: amaos_mesh::new_id(),
+            tenant: caller.tenant.clone(),
+            submitted_by: caller.principal.clone(),
+            roles: caller.roles.clone(),
+            team,
+            source,
+            input,
+            session_id: session_id.to_owned(),
+            labels,
+            state: TaskState::Pending,
+            attempt: 0,
+            stage_attempts: 0,
+            stage: 0,
+            retry,
+            fallbacks,
+            output: None,
+            error: None,
+            worker_id: String::new(),
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            deadline: now + timeout,
+            workflow_id: String::new(),
+            workflow_key: String::new(),
+            depends_on: Vec::new(),
+            dependents: Vec::new(),
+        })
+    }
+
+    fn check_common(
+        session_id: &str,
+        idempotency_key: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> Result<(), OrchestratorError> {
         if session_id.len() > 128 {
             return Err(invalid("session_id", "at most 128 bytes"));
         }
@@ -179,44 +353,83 @@ impl Inner {
                 ),
             ));
         }
-        if retry.as_ref().is_some_and(|r| r.max_attempts > 1) {
-            return Err(OrchestratorError::Unimplemented(
-                "retry policies with more than one attempt are not supported by this server yet",
-            ));
+        Ok(())
+    }
+
+    /// Refuses a team no worker has declared: NOT_FOUND at submission beats
+    /// a task that fails later. Answers are cached for a few seconds.
+    async fn check_team_served(&self, team: &str) -> Result<(), OrchestratorError> {
+        const FRESH: Duration = Duration::from_secs(5);
+        if let Some(seen) = self
+            .known_teams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(team)
+            && seen.elapsed() < FRESH
+        {
+            return Ok(());
         }
-        if !fallbacks.is_empty() {
-            return Err(OrchestratorError::Unimplemented(
-                "fallbacks are not supported by this server yet",
-            ));
+        let workers = self
+            .router
+            .clone()
+            .list_workers(amaos_proto::router::v1::ListWorkersRequest {
+                team: team.to_owned(),
+                include_expired: true,
+            })
+            .await
+            .map_err(|status| OrchestratorError::Dependency {
+                service: "router",
+                status,
+            })?
+            .into_inner()
+            .workers;
+        if workers.is_empty() {
+            return Err(OrchestratorError::Dependency {
+                service: "router",
+                status: Status::not_found(format!("no worker serves team `{team}`")),
+            });
         }
-        let timeout = match timeout {
-            Some(t) => duration(&t)
-                .filter(|d| !d.is_zero() && *d <= MAX_TASK_TIMEOUT)
-                .ok_or_else(|| invalid("timeout", "must be positive and at most 24h"))?,
-            None => self.task_timeout,
-        };
-        let now = SystemTime::now();
-        let task = Task {
-            id: amaos_mesh::new_id(),
-            tenant: caller.tenant.clone(),
-            submitted_by: caller.principal.clone(),
-            team,
-            source,
-            input,
-            session_id,
-            labels,
-            state: TaskState::Pending,
-            attempt: 0,
-            output: None,
-            error: None,
-            worker_id: String::new(),
-            created_at: now,
-            updated_at: now,
-            started_at: None,
-            finished_at: None,
-            deadline: now + timeout,
-        };
-        Ok((task, Some(idempotency_key).filter(|k| !k.is_empty())))
+        let mut known = self.known_teams.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= 10_000 {
+            known.clear();
+        }
+        known.insert(team.to_owned(), std::time::Instant::now());
+        Ok(())
+    }
+
+    /// Applies the tenant and team submission rates.
+    async fn admit(&self, caller: &Caller, teams: &[&str]) -> Result<(), OrchestratorError> {
+        let (rate, burst) = self.tenant_rate;
+        if rate > 0.0
+            && let Some(wait) = self
+                .backend
+                .rate_limit(&format!("tenant:{}", caller.tenant), rate, burst)
+                .await?
+        {
+            return Err(OrchestratorError::RateLimited {
+                scope: format!("tenant `{}`", caller.tenant),
+                retry_after: wait,
+            });
+        }
+        let (rate, burst) = self.team_rate;
+        if rate > 0.0 {
+            for team in teams {
+                let key = format!("team:{}:{team}", caller.tenant);
+                if let Some(wait) = self.backend.rate_limit(&key, rate, burst).await? {
+                    return Err(OrchestratorError::RateLimited {
+                        scope: format!("team `{team}`"),
+                        retry_after: wait,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<BackendError> for OrchestratorError {
+    fn from(error: BackendError) -> Self {
+        OrchestratorError::Backend(error)
     }
 }
 
@@ -232,85 +445,53 @@ impl OrchestratorService for Orchestrator {
         let inner = &self.inner;
         let caller = inner.authn.caller(request.metadata()).await?;
         require(&caller, "submit")?;
-        let (task, idempotency_key) = inner.admit(&caller, request.into_inner())?;
-        if let Some(existing) = idempotency_key
-            .as_deref()
-            .and_then(|key| inner.store.find_idempotent(&caller.tenant, key))
-        {
-            return Ok(Response::new(pb::SubmitTaskResponse {
-                task_id: existing.id.clone(),
-                deduplicated: true,
-                task: Some((&existing).into()),
-            }));
-        }
-        // Route before accepting: an unknown team is the submitter's error.
-        let route = inner
-            .router
-            .clone()
-            .route(router::RouteRequest {
-                team: task.team.clone(),
-                inline_spec: matches!(task.source, TeamSource::Inline(_)),
-                required_capabilities: Vec::new(),
-                session_key: task.session_id.clone(),
-                exclude_worker_ids: Vec::new(),
-            })
-            .await
-            .map_err(|status| OrchestratorError::Dependency {
-                service: "router",
-                status,
-            })?
-            .into_inner();
-        let worker = route.worker.ok_or_else(|| OrchestratorError::Dependency {
-            service: "router",
-            status: Status::internal("the router answered without a worker"),
-        })?;
-        let channel =
-            inner
-                .workers
-                .get(&worker.address)
-                .map_err(|e| OrchestratorError::Dependency {
-                    service: "router",
-                    status: Status::internal(format!("worker address: {e}")),
-                })?;
-        let cancel = match inner
-            .store
-            .insert(task.clone(), idempotency_key.as_deref())?
-        {
-            Ok(cancel) => cancel,
-            Err(existing) => {
-                return Ok(Response::new(pb::SubmitTaskResponse {
-                    task_id: existing.id.clone(),
-                    deduplicated: true,
-                    task: Some((&existing).into()),
-                }));
-            }
-        };
-        let attempt = 1;
-        let worker_id = worker.worker_id.clone();
-        inner.store.transition(
-            &task.id,
-            attempt,
-            TaskState::Queued,
-            &format!("routed to worker {worker_id} ({})", route.reason),
-            |t| {
-                t.attempt = attempt;
-                t.worker_id = worker_id;
+        let pb::SubmitTaskRequest {
+            team,
+            input,
+            session_id,
+            idempotency_key,
+            timeout,
+            retry,
+            fallbacks,
+            labels,
+        } = request.into_inner();
+        Inner::check_common(&session_id, &idempotency_key, &labels)?;
+        let task = inner.build_task(
+            &caller,
+            TaskSpec {
+                team,
+                input,
+                timeout,
+                retry,
+                fallbacks,
             },
-        );
-        tracing::info!(task_id = %task.id, tenant = %task.tenant, team = %task.team, worker = %worker.worker_id, "task queued");
-        let stored = inner.store.get(&caller.tenant, &task.id).unwrap_or(task);
-        tokio::spawn(dispatch::run_attempt(
-            inner.store.clone(),
-            channel,
-            stored.clone(),
-            attempt,
-            caller,
-            cancel,
-        ));
+            &session_id,
+            labels,
+        )?;
+        if task.source == TeamSource::Named {
+            inner.check_team_served(&task.team).await?;
+        }
+        inner.admit(&caller, &[task.team.as_str()]).await?;
+        let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
+        let id = task.id.clone();
+        let existing = inner
+            .backend
+            .create(&caller.tenant, &id, vec![task], idem)
+            .await?;
+        let (task_id, deduplicated) = match existing {
+            Some(existing) => (existing, true),
+            None => (id, false),
+        };
+        let task = inner
+            .backend
+            .get(&caller.tenant, &task_id)
+            .await?
+            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
+        tracing::info!(task_id = %task.id, tenant = %task.tenant, team = %task.team, deduplicated, "task accepted");
         Ok(Response::new(pb::SubmitTaskResponse {
-            task_id: stored.id.clone(),
-            deduplicated: false,
-            task: Some((&stored).into()),
+            task_id,
+            deduplicated,
+            task: Some((&task).into()),
         }))
     }
 
@@ -318,12 +499,99 @@ impl OrchestratorService for Orchestrator {
         &self,
         request: Request<pb::SubmitWorkflowRequest>,
     ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
-        let caller = self.inner.authn.caller(request.metadata()).await?;
+        let inner = &self.inner;
+        let caller = inner.authn.caller(request.metadata()).await?;
         require(&caller, "submit")?;
-        Err(OrchestratorError::Unimplemented(
-            "workflows are not supported by this server yet; submit tasks one by one",
-        )
-        .into())
+        let pb::SubmitWorkflowRequest {
+            name,
+            tasks,
+            session_id,
+            idempotency_key,
+        } = request.into_inner();
+        Inner::check_common(&session_id, &idempotency_key, &Default::default())?;
+        if name.len() > 128 {
+            return Err(invalid("name", "at most 128 bytes").into());
+        }
+        let shape: Vec<(String, Vec<String>)> = tasks
+            .iter()
+            .map(|t| (t.key.clone(), t.depends_on.clone()))
+            .collect();
+        workflow::check(&shape).map_err(|e| invalid("tasks", e.to_string()))?;
+        let workflow_id = amaos_mesh::new_id();
+        let mut built = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let pb::WorkflowTask {
+                key,
+                team,
+                input,
+                depends_on,
+                retry,
+                fallbacks,
+                timeout,
+            } = t;
+            let mut labels = std::collections::HashMap::new();
+            if !name.is_empty() {
+                labels.insert("workflow".to_owned(), name.clone());
+            }
+            let mut task = inner.build_task(
+                &caller,
+                TaskSpec {
+                    team,
+                    input,
+                    timeout,
+                    retry,
+                    fallbacks,
+                },
+                &session_id,
+                labels,
+            )?;
+            task.workflow_id = workflow_id.clone();
+            task.workflow_key = key;
+            task.depends_on = depends_on;
+            built.push(task);
+        }
+        // Keys to ids, then both directions of every edge.
+        let ids: std::collections::HashMap<String, String> = built
+            .iter()
+            .map(|t| (t.workflow_key.clone(), t.id.clone()))
+            .collect();
+        let mut dependents: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for task in &mut built {
+            task.depends_on = task.depends_on.iter().map(|k| ids[k].clone()).collect();
+            for dep in &task.depends_on {
+                dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .push(task.id.clone());
+            }
+        }
+        for task in &mut built {
+            task.dependents = dependents.remove(&task.id).unwrap_or_default();
+        }
+        for task in built.iter().filter(|t| t.source == TeamSource::Named) {
+            inner.check_team_served(&task.team).await?;
+        }
+        let teams: Vec<&str> = built.iter().map(|t| t.team.as_str()).collect();
+        inner.admit(&caller, &teams).await?;
+        let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
+        let existing = inner
+            .backend
+            .create(&caller.tenant, &workflow_id, built, idem)
+            .await?;
+        let (workflow_id, deduplicated) = match existing {
+            Some(existing) => (existing, true),
+            None => (workflow_id, false),
+        };
+        let members = inner
+            .backend
+            .workflow(&caller.tenant, &workflow_id)
+            .await?
+            .ok_or_else(|| OrchestratorError::TaskNotFound(workflow_id.clone()))?;
+        Ok(Response::new(pb::SubmitWorkflowResponse {
+            workflow_id,
+            task_ids: members.into_iter().collect(),
+            deduplicated,
+        }))
     }
 
     async fn get_task(
@@ -335,8 +603,10 @@ impl OrchestratorService for Orchestrator {
         let pb::GetTaskRequest { task_id } = request.into_inner();
         let task = self
             .inner
-            .store
+            .backend
             .get(&caller.tenant, &task_id)
+            .await
+            .map_err(OrchestratorError::from)?
             .ok_or(OrchestratorError::TaskNotFound(task_id))?;
         Ok(Response::new(pb::GetTaskResponse {
             task: Some((&task).into()),
@@ -370,8 +640,10 @@ impl OrchestratorService for Orchestrator {
         let team = Some(team.as_str()).filter(|t| !t.is_empty());
         let tasks = self
             .inner
-            .store
-            .list(&caller.tenant, before, state, team, limit);
+            .backend
+            .list(&caller.tenant, before, state, team, limit)
+            .await
+            .map_err(OrchestratorError::from)?;
         let next_page_token = if tasks.len() == limit {
             tasks.last().map(|t| t.id.clone()).unwrap_or_default()
         } else {
@@ -394,22 +666,20 @@ impl OrchestratorService for Orchestrator {
             reason,
             idempotency_key: _,
         } = request.into_inner();
-        let store = &self.inner.store;
-        let task = store
-            .get(&caller.tenant, &task_id)
-            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
         let reason = if reason.is_empty() {
             format!("cancelled by {}", caller.principal)
         } else {
             reason.chars().take(1024).collect()
         };
-        // A finished task stays as it is; the transition refuses it.
-        store.transition(&task_id, task.attempt, TaskState::Cancelled, &reason, |t| {
-            t.error = Some((pb::ErrorClass::Unspecified, reason.clone()));
-        });
-        let task = store
-            .get(&caller.tenant, &task_id)
-            .ok_or(OrchestratorError::TaskNotFound(task_id))?;
+        let task = self
+            .inner
+            .backend
+            .cancel(&caller.tenant, &task_id, &reason)
+            .await
+            .map_err(OrchestratorError::from)?
+            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
+        // Stop the attempt at once when it runs here; elsewhere the lease renewal notices.
+        self.inner.dispatcher.stop_local(&task_id);
         Ok(Response::new(pb::CancelTaskResponse {
             task: Some((&task).into()),
         }))
@@ -427,26 +697,37 @@ impl OrchestratorService for Orchestrator {
             task_id,
             after_sequence,
         } = request.into_inner();
-        let store = self.inner.store.clone();
+        let backend = self.inner.backend.clone();
         // Fail fast on an unknown task, before the stream starts.
-        store
-            .events_after(&caller.tenant, &task_id, after_sequence)
+        backend
+            .get(&caller.tenant, &task_id)
+            .await
+            .map_err(OrchestratorError::from)?
             .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut cursor = after_sequence;
             loop {
-                let Some((events, finished, mut watch)) =
-                    store.events_after(&caller.tenant, &task_id, cursor)
-                else {
-                    let _ = tx
-                        .send(Err(Status::not_found(format!(
-                            "task `{task_id}` not found"
-                        ))))
-                        .await;
-                    return;
+                let page = tokio::select! {
+                    page = backend.events(&caller.tenant, &task_id, cursor, WATCH_POLL) => page,
+                    () = tx.closed() => return,
                 };
-                for event in events {
+                let page = match page {
+                    Ok(Some(page)) => page,
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Err(Status::not_found(format!(
+                                "task `{task_id}` not found"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(error) => {
+                        let _ = tx.send(Err(Status::unavailable(error.to_string()))).await;
+                        return;
+                    }
+                };
+                for event in page.events {
                     cursor = event.sequence;
                     if tx
                         .send(Ok(pb::WatchTaskResponse { event: Some(event) }))
@@ -456,12 +737,8 @@ impl OrchestratorService for Orchestrator {
                         return;
                     }
                 }
-                if finished {
+                if page.finished {
                     return;
-                }
-                tokio::select! {
-                    changed = watch.changes.changed() => if changed.is_err() { return },
-                    () = tx.closed() => return,
                 }
             }
         });
@@ -484,7 +761,17 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let service = grpc_service(Orchestrator::new(&config)?, &config.limits);
-    amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
+    let backend = open_backend(&config).await?;
+    let orchestrator = Orchestrator::new(&config, backend)?;
+    let dispatcher = tokio::spawn(
+        orchestrator
+            .dispatcher()
+            .run(shutdown.clone(), config.limits.drain_timeout),
+    );
+    let service = grpc_service(orchestrator, &config.limits);
+    let served =
+        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    let _ = dispatcher.await;
+    served?;
     Ok(())
 }

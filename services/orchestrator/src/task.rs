@@ -1,20 +1,22 @@
 //! The task as the orchestrator's domain sees it, and its conversion to the
-//! contract's `Task` at the edge.
+//! contract's `Task` at the edge. Tasks are serialized (JSON) by the Redis
+//! backend, so every field here is plain data.
 
 use std::collections::HashMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use amaos_proto::orchestrator::v1 as pb;
 use amaos_proto::time::timestamp;
+use serde::{Deserialize, Serialize};
 
 /// The life of a task.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskState {
-    /// Accepted.
+    /// Accepted; waiting for its dependencies or a delayed retry.
     Pending,
-    /// Routed; waiting for the worker.
+    /// Ready to run, waiting for a dispatcher to claim it.
     Queued,
-    /// Running on a worker.
+    /// An attempt is running.
     Running,
     /// Finished with an output.
     Succeeded,
@@ -64,8 +66,125 @@ impl From<TaskState> for pb::TaskState {
     }
 }
 
+/// Why an attempt failed; retry policies choose by class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorClass {
+    /// Network, overload, a worker that went away.
+    Transient,
+    /// The LLM provider failed.
+    Provider,
+    /// A tool failed beyond recovery.
+    Tool,
+    /// A budget or loop detection stopped the run.
+    Budget,
+    /// The input or spec is invalid.
+    Invalid,
+    /// An AMAOS bug.
+    Internal,
+    /// Stopped on request.
+    Cancelled,
+}
+
+impl ErrorClass {
+    /// The class a worker names in `RunFailed.class`.
+    pub fn from_run(class: &str) -> Self {
+        match class {
+            "budget" => ErrorClass::Budget,
+            "provider" => ErrorClass::Provider,
+            "tool" => ErrorClass::Tool,
+            "invalid" => ErrorClass::Invalid,
+            "transient" => ErrorClass::Transient,
+            "cancelled" => ErrorClass::Cancelled,
+            _ => ErrorClass::Internal,
+        }
+    }
+
+    /// The class a contract value names.
+    pub fn from_proto(value: i32) -> Option<Self> {
+        Some(match pb::ErrorClass::try_from(value).ok()? {
+            pb::ErrorClass::Transient => ErrorClass::Transient,
+            pb::ErrorClass::Provider => ErrorClass::Provider,
+            pb::ErrorClass::Tool => ErrorClass::Tool,
+            pb::ErrorClass::Budget => ErrorClass::Budget,
+            pb::ErrorClass::Invalid => ErrorClass::Invalid,
+            pb::ErrorClass::Internal => ErrorClass::Internal,
+            pb::ErrorClass::Unspecified => return None,
+        })
+    }
+}
+
+impl From<ErrorClass> for pb::ErrorClass {
+    fn from(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::Transient => pb::ErrorClass::Transient,
+            ErrorClass::Provider => pb::ErrorClass::Provider,
+            ErrorClass::Tool => pb::ErrorClass::Tool,
+            ErrorClass::Budget => pb::ErrorClass::Budget,
+            ErrorClass::Invalid => pb::ErrorClass::Invalid,
+            ErrorClass::Internal => pb::ErrorClass::Internal,
+            ErrorClass::Cancelled => pb::ErrorClass::Unspecified,
+        }
+    }
+}
+
+/// Why a task did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    /// The class.
+    pub class: ErrorClass,
+    /// What happened.
+    pub message: String,
+}
+
+/// When a failed attempt is tried again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Attempts in all per stage (the main team, then each fallback).
+    pub max_attempts: u32,
+    /// Backoff before the second attempt.
+    pub initial_backoff: Duration,
+    /// Upper bound of any backoff.
+    pub max_backoff: Duration,
+    /// Growth of the backoff per attempt.
+    pub multiplier: f64,
+    /// Classes that are retried.
+    pub retry_on: Vec<ErrorClass>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(30),
+            multiplier: 2.0,
+            retry_on: vec![ErrorClass::Transient, ErrorClass::Provider],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The backoff before attempt `next` of a stage (2, 3, …), with full jitter
+    /// drawn from `unit` (a number in 0..1) over the upper half of the window.
+    pub fn backoff(&self, next: u32, unit: f64) -> Duration {
+        let exponent = next.saturating_sub(2) as i32;
+        let ceiling = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let ceiling = ceiling.min(self.max_backoff.as_secs_f64());
+        Duration::from_secs_f64(ceiling * (0.5 + 0.5 * unit.clamp(0.0, 1.0)))
+    }
+}
+
+/// What runs the task in a stage after the first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fallback {
+    /// Another team, by name.
+    Team(String),
+    /// The same team with this model alias for every agent.
+    Model(String),
+}
+
 /// Which team runs a task.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TeamSource {
     /// A team workers serve by name.
     Named,
@@ -74,7 +193,7 @@ pub enum TeamSource {
 }
 
 /// A task.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Task {
     /// Its id (UUIDv7).
     pub id: String,
@@ -82,6 +201,8 @@ pub struct Task {
     pub tenant: String,
     /// Who submitted it.
     pub submitted_by: String,
+    /// The roles of the submitter, forwarded to the worker.
+    pub roles: Vec<String>,
     /// The team's name.
     pub team: String,
     /// Where the team's spec comes from.
@@ -94,24 +215,56 @@ pub struct Task {
     pub labels: HashMap<String, String>,
     /// The state.
     pub state: TaskState,
-    /// The attempt (fencing token).
+    /// Attempts started in all; the fencing token of the current one.
     pub attempt: u32,
+    /// Attempts started in the current stage.
+    pub stage_attempts: u32,
+    /// 0 for the main team, then 1.. for each fallback used.
+    pub stage: u32,
+    /// The retry policy.
+    pub retry: RetryPolicy,
+    /// Fallbacks, in order.
+    pub fallbacks: Vec<Fallback>,
     /// The output.
     pub output: Option<String>,
     /// Why it did not succeed.
-    pub error: Option<(pb::ErrorClass, String)>,
+    pub error: Option<TaskError>,
     /// The worker running it.
     pub worker_id: String,
     /// When accepted.
     pub created_at: SystemTime,
     /// When last changed.
     pub updated_at: SystemTime,
-    /// When it started running.
+    /// When it first started running.
     pub started_at: Option<SystemTime>,
     /// When it finished.
     pub finished_at: Option<SystemTime>,
     /// Its deadline.
     pub deadline: SystemTime,
+    /// The workflow it belongs to, if any.
+    pub workflow_id: String,
+    /// Its key within the workflow.
+    pub workflow_key: String,
+    /// Ids of the tasks it depends on.
+    pub depends_on: Vec<String>,
+    /// Ids of the tasks that depend on it.
+    pub dependents: Vec<String>,
+}
+
+impl Task {
+    /// The team and model override of the current stage.
+    pub fn current_target(&self) -> (String, Option<String>, bool) {
+        let inline = matches!(self.source, TeamSource::Inline(_));
+        match self
+            .stage
+            .checked_sub(1)
+            .and_then(|i| self.fallbacks.get(i as usize))
+        {
+            None => (self.team.clone(), None, inline),
+            Some(Fallback::Team(name)) => (name.clone(), None, false),
+            Some(Fallback::Model(alias)) => (self.team.clone(), Some(alias.clone()), inline),
+        }
+    }
 }
 
 impl From<&Task> for pb::Task {
@@ -125,14 +278,14 @@ impl From<&Task> for pb::Task {
             state: pb::TaskState::from(t.state) as i32,
             attempt: t.attempt,
             output: t.output.clone().unwrap_or_default(),
-            error: t.error.as_ref().map(|(class, message)| pb::TaskError {
-                class: *class as i32,
-                message: message.clone(),
+            error: t.error.as_ref().map(|e| pb::TaskError {
+                class: pb::ErrorClass::from(e.class) as i32,
+                message: e.message.clone(),
             }),
             session_id: t.session_id.clone(),
             worker_id: t.worker_id.clone(),
-            workflow_id: String::new(),
-            depends_on: Vec::new(),
+            workflow_id: t.workflow_id.clone(),
+            depends_on: t.depends_on.clone(),
             labels: t.labels.clone(),
             created_at: Some(timestamp(t.created_at)),
             updated_at: Some(timestamp(t.updated_at)),
@@ -140,5 +293,25 @@ impl From<&Task> for pb::Task {
             finished_at: t.finished_at.map(timestamp),
             deadline: Some(timestamp(t.deadline)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            multiplier: 2.0,
+            retry_on: vec![],
+        };
+        assert_eq!(policy.backoff(2, 1.0), Duration::from_millis(100));
+        assert_eq!(policy.backoff(3, 1.0), Duration::from_millis(200));
+        assert_eq!(policy.backoff(2, 0.0), Duration::from_millis(50));
+        assert_eq!(policy.backoff(20, 1.0), Duration::from_secs(1));
     }
 }

@@ -1,0 +1,298 @@
+//! Where tasks, their event logs and the work queue live: one trait,
+//! [`TaskBackend`], with an in-process backend ([`memory`], the embedded
+//! default) and a Redis backend ([`redis`], shared by every orchestrator
+//! replica). Both pass the same suite, [`conformance`].
+//!
+//! The queue gives at-least-once delivery: [`TaskBackend::claim`] starts an
+//! attempt under a lease; a dispatcher renews the lease while it runs the
+//! attempt and [`finish`](TaskBackend::finish)es it; an attempt whose lease
+//! expires (its dispatcher died) is taken over by
+//! [`reclaim`](TaskBackend::reclaim). Every claim and takeover increments the
+//! task's attempt number, the fencing token: writes carrying an older attempt
+//! are dropped ([`Applied::Stale`]), so a stalled dispatcher cannot overwrite a
+//! newer attempt's result.
+
+pub mod conformance;
+pub mod memory;
+pub mod redis;
+
+use std::time::{Duration, SystemTime};
+
+use amaos_proto::agents::v1::RunEvent;
+use amaos_proto::orchestrator::v1 as pb;
+
+use crate::task::{Task, TaskError, TaskState};
+
+/// A backend failure.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The store is unreachable or answered nonsense.
+    #[error("task store: {0}")]
+    Unavailable(String),
+    /// The store holds as many unfinished tasks as it may.
+    #[error("task store is full: {0}")]
+    Full(String),
+}
+
+impl From<::redis::RedisError> for BackendError {
+    fn from(e: ::redis::RedisError) -> Self {
+        BackendError::Unavailable(e.to_string())
+    }
+}
+
+/// Whether a write took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// It did.
+    Recorded,
+    /// It was dropped: the task finished, or the write carried an older attempt.
+    Stale,
+    /// It was dropped: the task's event log is full.
+    LogFull,
+}
+
+/// A claimed attempt.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    /// The task as of the claim (state RUNNING, `attempt` already incremented).
+    pub task: Task,
+    /// The backend's handle on the queue entry.
+    pub entry: String,
+}
+
+impl Claim {
+    /// The attempt number: the fencing token of every write of this attempt.
+    pub fn attempt(&self) -> u32 {
+        self.task.attempt
+    }
+}
+
+/// What a dispatcher learns when it renews a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// Still ours.
+    Held,
+    /// Taken over by another dispatcher, or the task moved on: stop.
+    Lost,
+    /// The task finished meanwhile (cancelled, timed out): stop.
+    Finished,
+}
+
+/// How an attempt ended, as decided by the dispatcher's policy.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    /// The team produced its output.
+    Succeeded {
+        /// The output.
+        output: String,
+    },
+    /// Try again: the same stage (`next_stage` false) or the next fallback.
+    Retry {
+        /// Wait this long first.
+        after: Duration,
+        /// Why the attempt failed.
+        error: TaskError,
+        /// Move to the next fallback stage.
+        next_stage: bool,
+    },
+    /// Give up: FAILED or TIMED_OUT, with dependents failed too.
+    Finished {
+        /// The terminal state.
+        state: TaskState,
+        /// Why.
+        error: TaskError,
+    },
+}
+
+/// What a claim found.
+#[derive(Clone, Debug)]
+pub enum Claimed {
+    /// An attempt to run.
+    Attempt(Box<Claim>),
+    /// Nothing is ready.
+    Empty,
+}
+
+/// A task's events after a sequence number.
+#[derive(Clone, Debug, Default)]
+pub struct EventsPage {
+    /// The events, in order.
+    pub events: Vec<pb::TaskEvent>,
+    /// True when the task has finished and `events` reaches its last event.
+    pub finished: bool,
+}
+
+/// Something to record in a task's log during an attempt.
+#[derive(Clone, Debug)]
+pub enum Record {
+    /// The router chose this worker.
+    Worker(String),
+    /// The worker emitted a run event.
+    Run(RunEvent),
+}
+
+/// Limits that every backend enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendLimits {
+    /// Events kept per task.
+    pub max_events_per_task: usize,
+    /// Attempts running at once per tenant; more wait in the queue.
+    pub max_running_per_tenant: u32,
+    /// How long a finished task is kept.
+    pub retention: Duration,
+    /// Tasks kept by the in-process backend (oldest finished dropped first).
+    pub max_tasks: usize,
+}
+
+/// The store and queue of tasks.
+#[tonic::async_trait]
+pub trait TaskBackend: Send + Sync + 'static {
+    /// Stores new tasks (one, or a workflow's) under `handle` (the task or
+    /// workflow id). Tasks without dependencies are queued; others wait. With
+    /// an idempotency key seen within 24 h, stores nothing and returns the
+    /// handle stored then.
+    async fn create(
+        &self,
+        tenant: &str,
+        handle: &str,
+        tasks: Vec<Task>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<String>, BackendError>;
+
+    /// A task of `tenant`.
+    async fn get(&self, tenant: &str, id: &str) -> Result<Option<Task>, BackendError>;
+
+    /// The task ids of a workflow of `tenant`, by key.
+    async fn workflow(
+        &self,
+        tenant: &str,
+        workflow_id: &str,
+    ) -> Result<Option<Vec<(String, String)>>, BackendError>;
+
+    /// Tasks of `tenant`, newest first, older than task id `before` when given.
+    async fn list(
+        &self,
+        tenant: &str,
+        before: Option<&str>,
+        state: Option<TaskState>,
+        team: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Task>, BackendError>;
+
+    /// Claims the next ready task for `consumer`, starting an attempt under a
+    /// lease of `lease`. May wait briefly for work.
+    async fn claim(&self, consumer: &str, lease: Duration) -> Result<Claimed, BackendError>;
+
+    /// Takes over attempts whose lease expired (their dispatcher died),
+    /// starting a new attempt of each for `consumer`. `lease` is the lease
+    /// every replica uses: an attempt idle that long has expired, and the new
+    /// attempt gets as long.
+    async fn reclaim(
+        &self,
+        consumer: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claim>, BackendError>;
+
+    /// Extends a claim's lease.
+    async fn renew(&self, claim: &Claim, lease: Duration) -> Result<Lease, BackendError>;
+
+    /// Appends to the log of attempt `attempt` of task `id`.
+    async fn record(&self, id: &str, attempt: u32, record: Record)
+    -> Result<Applied, BackendError>;
+
+    /// Ends a claimed attempt; frees the queue entry; on success queues the
+    /// dependents whose dependencies have all succeeded; on a final failure
+    /// fails the dependents too.
+    async fn finish(&self, claim: &Claim, outcome: Outcome) -> Result<Applied, BackendError>;
+
+    /// Cancels a task of `tenant` that has not finished (and its dependents);
+    /// returns the task as it is afterwards.
+    async fn cancel(
+        &self,
+        tenant: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<Option<Task>, BackendError>;
+
+    /// Events of a task of `tenant` after `after`; when there are none yet and
+    /// the task has not finished, waits up to `wait` for more.
+    async fn events(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<EventsPage>, BackendError>;
+
+    /// Moves delayed retries whose time has come to the ready queue.
+    async fn promote(&self) -> Result<usize, BackendError>;
+
+    /// A GCRA rate limiter shared by every replica: `None` when one more
+    /// request under `key` is within `per_second` (with `burst`), else how
+    /// long to wait.
+    async fn rate_limit(
+        &self,
+        key: &str,
+        per_second: f64,
+        burst: u32,
+    ) -> Result<Option<Duration>, BackendError>;
+}
+
+/// The event recording a state change.
+pub fn state_event(
+    from: Option<TaskState>,
+    to: TaskState,
+    reason: &str,
+    attempt: u32,
+) -> pb::task_event::Kind {
+    pb::task_event::Kind::StateChanged(pb::StateChanged {
+        from: from
+            .map(|f| pb::TaskState::from(f) as i32)
+            .unwrap_or_default(),
+        to: pb::TaskState::from(to) as i32,
+        reason: reason.to_owned(),
+        attempt,
+    })
+}
+
+/// A numbered event.
+pub fn event(id: &str, sequence: u64, kind: pb::task_event::Kind) -> pb::TaskEvent {
+    pb::TaskEvent {
+        sequence,
+        task_id: id.to_owned(),
+        at: Some(amaos_proto::time::timestamp(SystemTime::now())),
+        kind: Some(kind),
+    }
+}
+
+/// One step of GCRA: given the stored theoretical arrival time (seconds),
+/// returns the new one, or how long to wait when over the limit.
+pub fn gcra(tat: Option<f64>, now: f64, per_second: f64, burst: u32) -> Result<f64, Duration> {
+    let interval = 1.0 / per_second.max(1e-9);
+    let tolerance = interval * f64::from(burst.max(1));
+    let tat = tat.unwrap_or(now).max(now);
+    let allow_at = tat + interval - tolerance;
+    if now < allow_at {
+        Err(Duration::from_secs_f64(allow_at - now))
+    } else {
+        Ok(tat + interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_allows_a_burst_then_the_rate() {
+        let (rate, burst) = (10.0, 3);
+        let mut tat = None;
+        for _ in 0..3 {
+            tat = Some(gcra(tat, 0.0, rate, burst).unwrap());
+        }
+        let wait = gcra(tat, 0.0, rate, burst).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
+        assert!(gcra(tat, 0.1, rate, burst).is_ok());
+    }
+}

@@ -1,0 +1,1169 @@
+//! The Redis backend, shared by every orchestrator replica.
+//!
+//! Keys (all under the configured prefix `P`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:task:<id>` | hash | `data` (the task as JSON), `state` (authoritative), `attempt`, `ver`, `seq`, `waiting` (unfinished dependencies), `tenant` |
+//! | `P:events:<id>` | stream | the task's events; entry id `0-<seq>`, field `e` = encoded `TaskEvent` |
+//! | `P:tasks:<tenant>` | sorted set | task ids (all score 0, so lexical order = UUIDv7 = creation order) |
+//! | `P:queue` | stream + group `dispatchers` | ready tasks; a pending entry is a leased attempt |
+//! | `P:delayed` | sorted set | retries and deferred claims by due time (ms) |
+//! | `P:running` | hash | attempts running per tenant |
+//! | `P:idem:<tenant>:<key>` | string, 24 h TTL | the task or workflow id of an idempotency key |
+//! | `P:wf:<id>` | hash | a workflow's tenant and members |
+//! | `P:rate:<key>` | string | GCRA theoretical arrival time |
+//!
+//! Every multi-key change is one Lua script; a task's JSON changes only by
+//! compare-and-set on `ver`, so concurrent replicas never lose an update.
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use amaos_proto::orchestrator::v1 as pb;
+use prost::Message;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamRangeReply, StreamReadReply};
+use redis::{AsyncCommands, Script};
+
+use super::{
+    Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, Record,
+    TaskBackend, event, state_event,
+};
+use crate::task::{ErrorClass, Task, TaskError, TaskState};
+
+const GROUP: &str = "dispatchers";
+const IDEMPOTENCY_TTL_S: u64 = 24 * 3600;
+const CAP_DEFER_MS: u64 = 50;
+/// How long one claim waits for work.
+const CLAIM_BLOCK_MS: u64 = 200;
+/// Compare-and-set retries before giving up on a contended task.
+const CAS_RETRIES: usize = 32;
+/// Blocking connections kept for reuse.
+const MAX_IDLE_BLOCKING: usize = 64;
+
+/// Compare-and-set of a task, appending events; optionally changes the
+/// tenant's running count (refusing over the cap), acks a queue entry,
+/// queues the task itself, releases dependents, and sets expiry.
+const CAS: &str = r#"
+local t = KEYS[1]
+local cur = redis.call('HGET', t, 'ver')
+if cur ~= ARGV[1] then return -1 end
+local delta = tonumber(ARGV[5])
+if delta > 0 then
+  local running = tonumber(redis.call('HGET', KEYS[3], ARGV[7]) or '0')
+  if running >= tonumber(ARGV[6]) then return -2 end
+end
+if delta ~= 0 then redis.call('HINCRBY', KEYS[3], ARGV[7], delta) end
+local seq = tonumber(redis.call('HGET', t, 'seq') or '0')
+local i = 12
+local n = tonumber(ARGV[i])
+for k = 1, n do
+  seq = seq + 1
+  redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[i + k])
+end
+i = i + n + 1
+redis.call('HSET', t, 'data', ARGV[2], 'state', ARGV[3], 'attempt', ARGV[4], 'ver', tonumber(cur) + 1, 'seq', seq)
+if ARGV[9] ~= '' then
+  redis.call('XACK', KEYS[4], ARGV[8], ARGV[9])
+  redis.call('XDEL', KEYS[4], ARGV[9])
+end
+if ARGV[10] ~= '' then redis.call('XADD', KEYS[4], '*', 'id', ARGV[10]) end
+local nd = tonumber(ARGV[i])
+for k = 1, nd do
+  local dk = KEYS[4 + 2 * k - 1]
+  local de = KEYS[4 + 2 * k]
+  local id = ARGV[i + 2 * k - 1]
+  local blob = ARGV[i + 2 * k]
+  local waiting = redis.call('HINCRBY', dk, 'waiting', -1)
+  if waiting <= 0 and redis.call('HGET', dk, 'state') == 'Pending' then
+    local dseq = tonumber(redis.call('HGET', dk, 'seq') or '0') + 1
+    redis.call('XADD', de, '0-' .. dseq, 'e', blob)
+    redis.call('HSET', dk, 'state', 'Queued', 'seq', dseq)
+    redis.call('HINCRBY', dk, 'ver', 1)
+    redis.call('XADD', KEYS[4], '*', 'id', id)
+  end
+end
+local ttl = tonumber(ARGV[11])
+if ttl > 0 then
+  redis.call('EXPIRE', t, ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+return seq
+"#;
+
+/// Appends a run event of the current attempt of an unfinished task.
+const RECORD: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'seq')
+if not st[1] then return -1 end
+if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' then return -1 end
+if st[2] ~= ARGV[1] then return -1 end
+local seq = tonumber(st[3] or '0')
+if seq >= tonumber(ARGV[2]) then return -3 end
+seq = seq + 1
+redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[3])
+redis.call('HSET', KEYS[1], 'seq', seq)
+return seq
+"#;
+
+/// Resets a lease's idle time if the attempt is still the task's current one.
+const RENEW: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if not st[1] then return 0 end
+if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' then return 2 end
+if st[2] ~= ARGV[1] then return 0 end
+redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
+return 1
+"#;
+
+/// Stores new tasks under an idempotency key, atomically.
+const CREATE: &str = r#"
+if ARGV[1] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return existing end
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+local n = tonumber(ARGV[4])
+local i = 5
+for k = 1, n do
+  local tk = KEYS[3 + 2 * k - 1]
+  local ek = KEYS[3 + 2 * k]
+  local id, data, state, waiting, tenant = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local nev = tonumber(ARGV[i + 5])
+  redis.call('HSET', tk, 'data', data, 'state', state, 'attempt', 0, 'ver', 0, 'seq', nev, 'waiting', waiting, 'tenant', tenant)
+  for e = 1, nev do
+    redis.call('XADD', ek, '0-' .. e, 'e', ARGV[i + 5 + e])
+  end
+  redis.call('ZADD', KEYS[2], 0, id)
+  if state == 'Queued' then redis.call('XADD', KEYS[3], '*', 'id', id) end
+  i = i + 6 + nev
+end
+return ''
+"#;
+
+/// One GCRA step with the server's clock.
+const RATE: &str = r#"
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) + tonumber(now_t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat + interval - tolerance
+if now < allow_at then return tostring(allow_at - now) end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 1000)
+return ''
+"#;
+
+/// The Redis backend.
+pub struct RedisBackend {
+    client: redis::Client,
+    conn: ConnectionManager,
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    prefix: String,
+    limits: BackendLimits,
+    cas: Script,
+    record: Script,
+    renew: Script,
+    create: Script,
+    rate: Script,
+}
+
+/// A task as loaded, with what a compare-and-set needs.
+struct Loaded {
+    task: Task,
+    ver: String,
+}
+
+fn state_name(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Pending => "Pending",
+        TaskState::Queued => "Queued",
+        TaskState::Running => "Running",
+        TaskState::Succeeded => "Succeeded",
+        TaskState::Failed => "Failed",
+        TaskState::Cancelled => "Cancelled",
+        TaskState::TimedOut => "TimedOut",
+    }
+}
+
+fn parse_state(name: &str) -> Option<TaskState> {
+    Some(match name {
+        "Pending" => TaskState::Pending,
+        "Queued" => TaskState::Queued,
+        "Running" => TaskState::Running,
+        "Succeeded" => TaskState::Succeeded,
+        "Failed" => TaskState::Failed,
+        "Cancelled" => TaskState::Cancelled,
+        "TimedOut" => TaskState::TimedOut,
+        _ => return None,
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// An event without its sequence number (the stream id carries it), encoded.
+fn blob(id: &str, kind: pb::task_event::Kind) -> Vec<u8> {
+    event(id, 0, kind).encode_to_vec()
+}
+
+fn decode_event(id: &str, entry: &redis::streams::StreamId) -> Option<pb::TaskEvent> {
+    let sequence: u64 = entry.id.strip_prefix("0-")?.parse().ok()?;
+    let bytes: Vec<u8> = redis::from_redis_value_ref(entry.map.get("e")?).ok()?;
+    let mut event = pb::TaskEvent::decode(bytes.as_slice()).ok()?;
+    event.sequence = sequence;
+    event.task_id = id.to_owned();
+    Some(event)
+}
+
+/// A change to make with compare-and-set.
+struct Change {
+    events: Vec<Vec<u8>>,
+    running_delta: i64,
+    ack: Option<String>,
+    enqueue: bool,
+    release: Vec<(String, Vec<u8>)>,
+    expire: bool,
+}
+
+impl Change {
+    fn events(events: Vec<Vec<u8>>) -> Self {
+        Self {
+            events,
+            running_delta: 0,
+            ack: None,
+            enqueue: false,
+            release: Vec::new(),
+            expire: false,
+        }
+    }
+}
+
+/// What a compare-and-set did.
+enum Cas {
+    Done,
+    Conflict,
+    OverCap,
+}
+
+impl RedisBackend {
+    /// Connects to `url` and prepares the queue's consumer group.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        limits: BackendLimits,
+    ) -> Result<Self, BackendError> {
+        let client = redis::Client::open(url)?;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            ConnectionManager::new(client.clone()),
+        )
+        .await
+        .map_err(|_| BackendError::Unavailable(format!("no answer from {url} within 10s")))??;
+        let backend = Self {
+            client,
+            conn,
+            blocking: Mutex::new(Vec::new()),
+            prefix: prefix.to_owned(),
+            limits,
+            cas: Script::new(CAS),
+            record: Script::new(RECORD),
+            renew: Script::new(RENEW),
+            create: Script::new(CREATE),
+            rate: Script::new(RATE),
+        };
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(backend.queue())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut backend.conn.clone())
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("BUSYGROUP") => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(backend)
+    }
+
+    fn key(&self, kind: &str, id: &str) -> String {
+        format!("{}:{kind}:{id}", self.prefix)
+    }
+
+    fn queue(&self) -> String {
+        format!("{}:queue", self.prefix)
+    }
+
+    fn delayed(&self) -> String {
+        format!("{}:delayed", self.prefix)
+    }
+
+    fn running(&self) -> String {
+        format!("{}:running", self.prefix)
+    }
+
+    async fn blocking_conn(&self) -> Result<MultiplexedConnection, BackendError> {
+        if let Some(conn) = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+        {
+            return Ok(conn);
+        }
+        Ok(self.client.get_multiplexed_async_connection().await?)
+    }
+
+    fn return_conn(&self, conn: MultiplexedConnection) {
+        let mut pool = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < MAX_IDLE_BLOCKING {
+            pool.push(conn);
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<Loaded>, BackendError> {
+        let (data, state, ver): (Option<String>, Option<String>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(self.key("task", id))
+                .arg("data")
+                .arg("state")
+                .arg("ver")
+                .query_async(&mut self.conn.clone())
+                .await?;
+        let (Some(data), Some(state), Some(ver)) = (data, state, ver) else {
+            return Ok(None);
+        };
+        let mut task: Task = serde_json::from_str(&data)
+            .map_err(|e| BackendError::Unavailable(format!("task {id} is corrupt: {e}")))?;
+        if let Some(state) = parse_state(&state) {
+            task.state = state;
+        }
+        Ok(Some(Loaded { task, ver }))
+    }
+
+    async fn cas(&self, loaded: &Loaded, task: &Task, change: Change) -> Result<Cas, BackendError> {
+        let data =
+            serde_json::to_string(task).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let mut invocation = self.cas.prepare_invoke();
+        invocation
+            .key(self.key("task", &task.id))
+            .key(self.key("events", &task.id))
+            .key(self.running())
+            .key(self.queue());
+        for (dependent, _) in &change.release {
+            invocation
+                .key(self.key("task", dependent))
+                .key(self.key("events", dependent));
+        }
+        invocation
+            .arg(&loaded.ver)
+            .arg(data)
+            .arg(state_name(task.state))
+            .arg(task.attempt)
+            .arg(change.running_delta)
+            .arg(self.limits.max_running_per_tenant)
+            .arg(&task.tenant)
+            .arg(GROUP)
+            .arg(change.ack.as_deref().unwrap_or(""))
+            .arg(if change.enqueue { task.id.as_str() } else { "" })
+            .arg(if change.expire {
+                self.limits.retention.as_secs().max(1)
+            } else {
+                0
+            })
+            .arg(change.events.len());
+        for e in &change.events {
+            invocation.arg(e.as_slice());
+        }
+        invocation.arg(change.release.len());
+        for (dependent, e) in &change.release {
+            invocation.arg(dependent).arg(e.as_slice());
+        }
+        let result: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(match result {
+            -1 => Cas::Conflict,
+            -2 => Cas::OverCap,
+            _ => Cas::Done,
+        })
+    }
+
+    async fn ack(&self, entry: &str) -> Result<(), BackendError> {
+        let _: () = redis::pipe()
+            .cmd("XACK")
+            .arg(self.queue())
+            .arg(GROUP)
+            .arg(entry)
+            .ignore()
+            .cmd("XDEL")
+            .arg(self.queue())
+            .arg(entry)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every unfinished dependent of `task`, transitively.
+    async fn end_dependents(
+        &self,
+        task: &Task,
+        state: TaskState,
+        why: &str,
+    ) -> Result<(), BackendError> {
+        let mut stack = vec![(task.workflow_key.clone(), task.dependents.clone())];
+        while let Some((key, dependents)) = stack.pop() {
+            for dependent in dependents {
+                for _ in 0..CAS_RETRIES {
+                    let Some(loaded) = self.load(&dependent).await? else {
+                        break;
+                    };
+                    if loaded.task.state.is_terminal() {
+                        break;
+                    }
+                    let mut next = loaded.task.clone();
+                    let message = format!("dependency `{key}` {why}");
+                    next.error = Some(TaskError {
+                        class: ErrorClass::Invalid,
+                        message: message.clone(),
+                    });
+                    let events = vec![blob(
+                        &next.id,
+                        state_event(Some(next.state), state, &message, next.attempt),
+                    )];
+                    next.state = state;
+                    next.finished_at = Some(SystemTime::now());
+                    next.updated_at = SystemTime::now();
+                    let mut change = Change::events(events);
+                    change.expire = true;
+                    if let Cas::Done = self.cas(&loaded, &next, change).await? {
+                        stack.push((next.workflow_key.clone(), next.dependents.clone()));
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts an attempt of a queued task taken from the queue entry `entry`.
+    async fn begin(
+        &self,
+        id: &str,
+        entry: &str,
+        consumer: &str,
+    ) -> Result<Option<Claim>, BackendError> {
+        for _ in 0..CAS_RETRIES {
+            let Some(loaded) = self.load(id).await? else {
+                self.ack(entry).await?;
+                return Ok(None);
+            };
+            if loaded.task.state != TaskState::Queued {
+                // A duplicate entry, or a task cancelled while queued.
+                self.ack(entry).await?;
+                return Ok(None);
+            }
+            let mut next = loaded.task.clone();
+            next.attempt += 1;
+            next.stage_attempts += 1;
+            next.state = TaskState::Running;
+            let now = SystemTime::now();
+            next.updated_at = now;
+            next.started_at.get_or_insert(now);
+            let reason = format!("attempt {} claimed by {consumer}", next.attempt);
+            let mut change = Change::events(vec![blob(
+                id,
+                state_event(
+                    Some(TaskState::Queued),
+                    TaskState::Running,
+                    &reason,
+                    next.attempt,
+                ),
+            )]);
+            change.running_delta = 1;
+            match self.cas(&loaded, &next, change).await? {
+                Cas::Done => {
+                    return Ok(Some(Claim {
+                        task: next,
+                        entry: entry.to_owned(),
+                    }));
+                }
+                Cas::OverCap => {
+                    let _: () = self
+                        .conn
+                        .clone()
+                        .zadd(self.delayed(), id, now_ms() + CAP_DEFER_MS)
+                        .await?;
+                    self.ack(entry).await?;
+                    return Ok(None);
+                }
+                Cas::Conflict => continue,
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "task {id} is too contended to claim"
+        )))
+    }
+
+    async fn list_ids(
+        &self,
+        tenant: &str,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>, BackendError> {
+        let max = match before {
+            Some(b) => format!("({b}"),
+            None => "+".to_owned(),
+        };
+        Ok(redis::cmd("ZREVRANGEBYLEX")
+            .arg(self.key("tasks", tenant))
+            .arg(max)
+            .arg("-")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+}
+
+#[tonic::async_trait]
+impl TaskBackend for RedisBackend {
+    async fn create(
+        &self,
+        tenant: &str,
+        handle: &str,
+        tasks: Vec<Task>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Option<String>, BackendError> {
+        let mut invocation = self.create.prepare_invoke();
+        invocation
+            .key(self.key(
+                "idem",
+                &format!("{tenant}:{}", idempotency_key.unwrap_or("")),
+            ))
+            .key(self.key("tasks", tenant))
+            .key(self.queue());
+        for task in &tasks {
+            invocation
+                .key(self.key("task", &task.id))
+                .key(self.key("events", &task.id));
+        }
+        invocation
+            .arg(if idempotency_key.is_some() { "1" } else { "0" })
+            .arg(handle)
+            .arg(IDEMPOTENCY_TTL_S)
+            .arg(tasks.len());
+        for task in &tasks {
+            let ready = task.depends_on.is_empty();
+            let mut stored = task.clone();
+            stored.state = if ready {
+                TaskState::Queued
+            } else {
+                TaskState::Pending
+            };
+            let data = serde_json::to_string(&stored)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            let mut events = vec![blob(
+                &task.id,
+                state_event(None, TaskState::Pending, "accepted", 0),
+            )];
+            if ready {
+                events.push(blob(
+                    &task.id,
+                    state_event(
+                        Some(TaskState::Pending),
+                        TaskState::Queued,
+                        "ready to run",
+                        0,
+                    ),
+                ));
+            }
+            invocation
+                .arg(&task.id)
+                .arg(data)
+                .arg(state_name(stored.state))
+                .arg(task.depends_on.len())
+                .arg(tenant)
+                .arg(events.len());
+            for e in &events {
+                invocation.arg(e.as_slice());
+            }
+        }
+        let existing: String = invocation.invoke_async(&mut self.conn.clone()).await?;
+        if !existing.is_empty() {
+            return Ok(Some(existing));
+        }
+        if let Some(first) = tasks.first().filter(|t| !t.workflow_id.is_empty()) {
+            let members: Vec<(String, String)> = tasks
+                .iter()
+                .map(|t| (t.workflow_key.clone(), t.id.clone()))
+                .collect();
+            let members = serde_json::to_string(&members)
+                .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            let _: () = self
+                .conn
+                .clone()
+                .hset_multiple(
+                    self.key("wf", &first.workflow_id),
+                    &[("tenant", tenant), ("members", &members)],
+                )
+                .await?;
+        }
+        Ok(None)
+    }
+
+    async fn get(&self, tenant: &str, id: &str) -> Result<Option<Task>, BackendError> {
+        Ok(self
+            .load(id)
+            .await?
+            .map(|l| l.task)
+            .filter(|t| t.tenant == tenant))
+    }
+
+    async fn workflow(
+        &self,
+        tenant: &str,
+        workflow_id: &str,
+    ) -> Result<Option<Vec<(String, String)>>, BackendError> {
+        let (owner, members): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.key("wf", workflow_id))
+            .arg("tenant")
+            .arg("members")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        match (owner, members) {
+            (Some(owner), Some(members)) if owner == tenant => Ok(Some(
+                serde_json::from_str(&members)
+                    .map_err(|e| BackendError::Unavailable(e.to_string()))?,
+            )),
+            _ => Ok(None),
+        }
+    }
+
+    async fn list(
+        &self,
+        tenant: &str,
+        before: Option<&str>,
+        state: Option<TaskState>,
+        team: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Task>, BackendError> {
+        let mut out = Vec::new();
+        let mut cursor = before.map(str::to_owned);
+        // Filters may drop tasks; scan at most this many ids per page.
+        let mut budget = 10_000usize;
+        while out.len() < limit && budget > 0 {
+            let batch = (limit - out.len()).clamp(16, 500);
+            let ids = self.list_ids(tenant, cursor.as_deref(), batch).await?;
+            if ids.is_empty() {
+                break;
+            }
+            budget = budget.saturating_sub(ids.len());
+            cursor = ids.last().cloned();
+            for id in ids {
+                match self.load(&id).await? {
+                    Some(loaded) => {
+                        let t = loaded.task;
+                        if state.is_none_or(|s| t.state == s)
+                            && team.is_none_or(|name| t.team == name)
+                        {
+                            out.push(t);
+                            if out.len() == limit {
+                                break;
+                            }
+                        }
+                    }
+                    // Expired after its retention: forget the id.
+                    None => {
+                        let _: () = self
+                            .conn
+                            .clone()
+                            .zrem(self.key("tasks", tenant), &id)
+                            .await?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn claim(&self, consumer: &str, _lease: Duration) -> Result<Claimed, BackendError> {
+        let mut conn = self.blocking_conn().await?;
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("BLOCK")
+            .arg(CLAIM_BLOCK_MS)
+            .arg("STREAMS")
+            .arg(self.queue())
+            .arg(">")
+            .query_async(&mut conn)
+            .await?;
+        self.return_conn(conn);
+        let Some(entry) = reply
+            .and_then(|r| r.keys.into_iter().next())
+            .and_then(|k| k.ids.into_iter().next())
+        else {
+            return Ok(Claimed::Empty);
+        };
+        let Some(id) = entry
+            .map
+            .get("id")
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+        else {
+            self.ack(&entry.id).await?;
+            return Ok(Claimed::Empty);
+        };
+        Ok(match self.begin(&id, &entry.id, consumer).await? {
+            Some(claim) => Claimed::Attempt(Box::new(claim)),
+            None => Claimed::Empty,
+        })
+    }
+
+    async fn reclaim(
+        &self,
+        consumer: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Claim>, BackendError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.queue())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(lease.as_millis() as u64)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut claims = Vec::new();
+        for entry in reply.claimed {
+            let Some(id) = entry
+                .map
+                .get("id")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            else {
+                self.ack(&entry.id).await?;
+                continue;
+            };
+            for _ in 0..CAS_RETRIES {
+                let Some(loaded) = self.load(&id).await? else {
+                    self.ack(&entry.id).await?;
+                    break;
+                };
+                let mut next = loaded.task.clone();
+                if next.state == TaskState::Queued {
+                    // Its claimer died before starting it: start it now.
+                    if let Some(claim) = self.begin(&id, &entry.id, consumer).await? {
+                        claims.push(claim);
+                    }
+                    break;
+                }
+                if next.state != TaskState::Running {
+                    // Finished while its dispatcher was gone: free the slot and the entry.
+                    let mut change = Change::events(Vec::new());
+                    change.running_delta = -1;
+                    change.ack = Some(entry.id.clone());
+                    if let Cas::Done = self.cas(&loaded, &next, change).await? {
+                        break;
+                    }
+                    continue;
+                }
+                let stalled = next.attempt;
+                next.attempt += 1;
+                next.stage_attempts += 1;
+                next.updated_at = SystemTime::now();
+                let reason = format!(
+                    "attempt {stalled} stalled (its lease expired); attempt {} takes over",
+                    next.attempt
+                );
+                let change = Change::events(vec![blob(
+                    &id,
+                    state_event(
+                        Some(TaskState::Running),
+                        TaskState::Running,
+                        &reason,
+                        next.attempt,
+                    ),
+                )]);
+                if let Cas::Done = self.cas(&loaded, &next, change).await? {
+                    claims.push(Claim {
+                        task: next,
+                        entry: entry.id.clone(),
+                    });
+                    break;
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    async fn renew(&self, claim: &Claim, _lease: Duration) -> Result<Lease, BackendError> {
+        let result: i64 = self
+            .renew
+            .key(self.key("task", &claim.task.id))
+            .key(self.queue())
+            .arg(claim.attempt())
+            .arg(GROUP)
+            .arg("renewer")
+            .arg(&claim.entry)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match result {
+            1 => Lease::Held,
+            2 => Lease::Finished,
+            _ => Lease::Lost,
+        })
+    }
+
+    async fn record(
+        &self,
+        id: &str,
+        attempt: u32,
+        record: Record,
+    ) -> Result<Applied, BackendError> {
+        match record {
+            Record::Run(run) => {
+                let e = blob(id, pb::task_event::Kind::RunEvent(run));
+                let result: i64 = self
+                    .record
+                    .key(self.key("task", id))
+                    .key(self.key("events", id))
+                    .arg(attempt)
+                    .arg(self.limits.max_events_per_task)
+                    .arg(e)
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+                Ok(match result {
+                    -1 => Applied::Stale,
+                    -3 => Applied::LogFull,
+                    _ => Applied::Recorded,
+                })
+            }
+            Record::Worker(worker) => {
+                for _ in 0..CAS_RETRIES {
+                    let Some(loaded) = self.load(id).await? else {
+                        return Ok(Applied::Stale);
+                    };
+                    if loaded.task.state.is_terminal() || loaded.task.attempt != attempt {
+                        return Ok(Applied::Stale);
+                    }
+                    let mut next = loaded.task.clone();
+                    next.worker_id = worker.clone();
+                    if let Cas::Done = self.cas(&loaded, &next, Change::events(Vec::new())).await? {
+                        return Ok(Applied::Recorded);
+                    }
+                }
+                Err(BackendError::Unavailable(format!(
+                    "task {id} is too contended"
+                )))
+            }
+        }
+    }
+
+    async fn finish(&self, claim: &Claim, outcome: Outcome) -> Result<Applied, BackendError> {
+        let id = &claim.task.id;
+        let attempt = claim.attempt();
+        for _ in 0..CAS_RETRIES {
+            let Some(loaded) = self.load(id).await? else {
+                self.ack(&claim.entry).await?;
+                return Ok(Applied::Stale);
+            };
+            if loaded.task.attempt != attempt {
+                // Taken over: the new owner holds the entry and the slot.
+                return Ok(Applied::Stale);
+            }
+            let mut next = loaded.task.clone();
+            let now = SystemTime::now();
+            next.updated_at = now;
+            let mut change = Change::events(Vec::new());
+            change.running_delta = -1;
+            change.ack = Some(claim.entry.clone());
+            if next.state.is_terminal() {
+                // Cancelled meanwhile: only free the slot and the entry.
+                if let Cas::Done = self.cas(&loaded, &next, change).await? {
+                    return Ok(Applied::Stale);
+                }
+                continue;
+            }
+            let from = next.state;
+            let mut cascade = None;
+            match &outcome {
+                Outcome::Succeeded { output } => {
+                    next.output = Some(output.clone());
+                    next.error = None;
+                    next.state = TaskState::Succeeded;
+                    next.finished_at = Some(now);
+                    change.expire = true;
+                    change.events.push(blob(
+                        id,
+                        state_event(
+                            Some(from),
+                            TaskState::Succeeded,
+                            "the team finished",
+                            attempt,
+                        ),
+                    ));
+                    for dependent in &next.dependents {
+                        change.release.push((
+                            dependent.clone(),
+                            blob(
+                                dependent,
+                                state_event(
+                                    Some(TaskState::Pending),
+                                    TaskState::Queued,
+                                    "its dependencies succeeded",
+                                    0,
+                                ),
+                            ),
+                        ));
+                    }
+                }
+                Outcome::Retry {
+                    after,
+                    error,
+                    next_stage,
+                } => {
+                    let reason = format!(
+                        "attempt {attempt} failed ({}); retrying in {after:.1?}",
+                        error.message
+                    );
+                    next.error = Some(error.clone());
+                    if *next_stage {
+                        next.stage += 1;
+                        next.stage_attempts = 0;
+                    }
+                    next.state = TaskState::Pending;
+                    change.events.push(blob(
+                        id,
+                        state_event(Some(from), TaskState::Pending, &reason, attempt),
+                    ));
+                }
+                Outcome::Finished { state, error } => {
+                    next.error = Some(error.clone());
+                    next.state = *state;
+                    next.finished_at = Some(now);
+                    change.expire = true;
+                    change.events.push(blob(
+                        id,
+                        state_event(Some(from), *state, &error.message, attempt),
+                    ));
+                    cascade = Some(error.message.clone());
+                }
+            }
+            match self.cas(&loaded, &next, change).await? {
+                Cas::Done => {}
+                Cas::Conflict | Cas::OverCap => continue,
+            }
+            if let Outcome::Retry { after, .. } = &outcome {
+                let _: () = self
+                    .conn
+                    .clone()
+                    .zadd(self.delayed(), id, now_ms() + after.as_millis() as u64)
+                    .await?;
+            }
+            if let Some(message) = cascade {
+                self.end_dependents(
+                    &next,
+                    TaskState::Failed,
+                    &format!("did not succeed: {message}"),
+                )
+                .await?;
+            }
+            return Ok(Applied::Recorded);
+        }
+        Err(BackendError::Unavailable(format!(
+            "task {id} is too contended to finish"
+        )))
+    }
+
+    async fn cancel(
+        &self,
+        tenant: &str,
+        id: &str,
+        reason: &str,
+    ) -> Result<Option<Task>, BackendError> {
+        for _ in 0..CAS_RETRIES {
+            let Some(loaded) = self.load(id).await? else {
+                return Ok(None);
+            };
+            if loaded.task.tenant != tenant {
+                return Ok(None);
+            }
+            if loaded.task.state.is_terminal() {
+                return Ok(Some(loaded.task));
+            }
+            let mut next = loaded.task.clone();
+            let now = SystemTime::now();
+            next.error = Some(TaskError {
+                class: ErrorClass::Cancelled,
+                message: reason.to_owned(),
+            });
+            let from = next.state;
+            next.state = TaskState::Cancelled;
+            next.finished_at = Some(now);
+            next.updated_at = now;
+            let mut change = Change::events(vec![blob(
+                id,
+                state_event(Some(from), TaskState::Cancelled, reason, next.attempt),
+            )]);
+            change.expire = true;
+            if let Cas::Done = self.cas(&loaded, &next, change).await? {
+                self.end_dependents(&next, TaskState::Cancelled, "was cancelled")
+                    .await?;
+                return Ok(Some(next));
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "task {id} is too contended to cancel"
+        )))
+    }
+
+    async fn events(
+        &self,
+        tenant: &str,
+        id: &str,
+        after: u64,
+        wait: Duration,
+    ) -> Result<Option<EventsPage>, BackendError> {
+        let Some(loaded) = self.load(id).await? else {
+            return Ok(None);
+        };
+        if loaded.task.tenant != tenant {
+            return Ok(None);
+        }
+        let stream = self.key("events", id);
+        let range: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("(0-{after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut events: Vec<pb::TaskEvent> = range
+            .ids
+            .iter()
+            .filter_map(|e| decode_event(id, e))
+            .collect();
+        if events.is_empty() && !loaded.task.state.is_terminal() && !wait.is_zero() {
+            let mut conn = self.blocking_conn().await?;
+            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(1000)
+                .arg("BLOCK")
+                .arg(wait.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(format!("0-{after}"))
+                .query_async(&mut conn)
+                .await?;
+            self.return_conn(conn);
+            if let Some(reply) = reply {
+                for key in reply.keys {
+                    events.extend(key.ids.iter().filter_map(|e| decode_event(id, e)));
+                }
+            }
+        }
+        // Finished only once the log is read to its end.
+        let (state, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.key("task", id))
+            .arg("state")
+            .arg("seq")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let last = events.last().map(|e| e.sequence).unwrap_or(after);
+        let terminal = state
+            .as_deref()
+            .and_then(parse_state)
+            .is_some_and(TaskState::is_terminal);
+        Ok(Some(EventsPage {
+            finished: terminal && seq.is_none_or(|s| last >= s),
+            events,
+        }))
+    }
+
+    async fn promote(&self) -> Result<usize, BackendError> {
+        let due: Vec<String> = self
+            .conn
+            .clone()
+            .zrangebyscore_limit(self.delayed(), 0, now_ms(), 0, 500)
+            .await?;
+        let mut moved = 0;
+        for id in due {
+            for _ in 0..CAS_RETRIES {
+                let Some(loaded) = self.load(&id).await? else {
+                    break;
+                };
+                match loaded.task.state {
+                    TaskState::Pending => {
+                        let mut next = loaded.task.clone();
+                        next.state = TaskState::Queued;
+                        let reason = format!("retrying after attempt {}", next.attempt);
+                        let mut change = Change::events(vec![blob(
+                            &id,
+                            state_event(
+                                Some(TaskState::Pending),
+                                TaskState::Queued,
+                                &reason,
+                                next.attempt,
+                            ),
+                        )]);
+                        change.enqueue = true;
+                        if let Cas::Done = self.cas(&loaded, &next, change).await? {
+                            moved += 1;
+                            break;
+                        }
+                    }
+                    TaskState::Queued => {
+                        // Deferred by its tenant's running cap: queue it again.
+                        let _: () = redis::cmd("XADD")
+                            .arg(self.queue())
+                            .arg("*")
+                            .arg("id")
+                            .arg(&id)
+                            .query_async(&mut self.conn.clone())
+                            .await?;
+                        moved += 1;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            let _: () = self.conn.clone().zrem(self.delayed(), &id).await?;
+        }
+        Ok(moved)
+    }
+
+    async fn rate_limit(
+        &self,
+        key: &str,
+        per_second: f64,
+        burst: u32,
+    ) -> Result<Option<Duration>, BackendError> {
+        let interval = 1.0 / per_second.max(1e-9);
+        let tolerance = interval * f64::from(burst.max(1));
+        let wait: String = self
+            .rate
+            .key(self.key("rate", key))
+            .arg(interval)
+            .arg(tolerance)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        if wait.is_empty() {
+            return Ok(None);
+        }
+        let seconds: f64 = wait.parse().unwrap_or(interval);
+        Ok(Some(Duration::from_secs_f64(seconds.max(0.0))))
+    }
+}
