@@ -3,10 +3,12 @@
 //! # Layout
 //!
 //! - [`up`]: the whole mesh in one process (`amaos up`).
+//! - [`bench`]: `amaos bench`, scenarios run against an in-process mesh.
 //! - [`commands`]: the client commands (run, submit, tasks, task, watch,
 //!   cancel, keys).
 //! - [`render`]: readable and JSON output of tasks and events.
 
+pub mod bench;
 pub mod commands;
 pub mod render;
 pub mod up;

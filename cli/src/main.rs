@@ -105,6 +105,27 @@ enum Command {
         /// The team spec (YAML).
         spec: PathBuf,
     },
+    /// Run a benchmark scenario against a mesh started in this process.
+    Bench {
+        /// The scenario: `crew` (3 agents, 3 sequential tasks, replay model).
+        #[arg(long, default_value = "crew")]
+        scenario: String,
+        /// Where tasks live: `memory` or `redis`.
+        #[arg(long, value_enum, default_value = "memory")]
+        backend: BackendArg,
+        /// Tasks in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Tasks in all (default 5000 unless --duration is given).
+        #[arg(long)]
+        tasks: Option<u64>,
+        /// Run for this long instead of a task count (e.g. 30s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// How long the replay model waits per call.
+        #[arg(long, default_value_t = 0)]
+        model_latency_ms: u64,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -139,6 +160,12 @@ enum KeysCommand {
         /// The key id.
         id: String,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BackendArg {
+    Memory,
+    Redis,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -255,6 +282,37 @@ async fn dispatch(
         Command::Validate { spec } => {
             commands::read_spec(&spec)?;
             println!("{}: valid", spec.display());
+            Ok(())
+        }
+        Command::Bench {
+            scenario,
+            backend,
+            concurrency,
+            tasks,
+            duration,
+            model_latency_ms,
+        } => {
+            let options = amaos_cli::bench::BenchOptions {
+                scenario,
+                backend: match backend {
+                    BackendArg::Memory => amaos_mesh::config::StoreBackend::Memory,
+                    BackendArg::Redis => amaos_mesh::config::StoreBackend::Redis,
+                },
+                concurrency,
+                tasks: tasks.unwrap_or(if duration.is_some() { 0 } else { 5000 }),
+                duration,
+                model_latency: Duration::from_millis(model_latency_ms),
+                redis_url: config.orchestrator.redis_url.clone(),
+            };
+            let report = amaos_cli::bench::run(options).await.map_err(|e| Failure {
+                message: e.to_string(),
+                code: 1,
+            })?;
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.text());
+            }
             Ok(())
         }
         Command::Keys { command } => match command {

@@ -113,6 +113,9 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Requests a server handles at once; more are shed with RESOURCE_EXHAUSTED.
     pub max_concurrent_requests: usize,
+    /// HTTP/2 streams one client connection may have open at once (every
+    /// running task holds a stream between the orchestrator and its worker).
+    pub max_concurrent_streams: u32,
     /// Default timeout of a unary call between services.
     #[serde(with = "duration_text")]
     pub request_timeout: Duration,
@@ -355,6 +358,7 @@ impl Default for Limits {
         Self {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 512,
+            max_concurrent_streams: 20_000,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(15),
@@ -496,6 +500,12 @@ impl Config {
             1,
             100_000,
         )?;
+        in_range(
+            "limits.max_concurrent_streams",
+            l.max_concurrent_streams as usize,
+            1,
+            1_000_000,
+        )?;
         positive("limits.request_timeout", l.request_timeout)?;
         positive("limits.connect_timeout", l.connect_timeout)?;
         self.log
@@ -591,7 +601,7 @@ impl Config {
         }
         in_range("router.max_workers", r.max_workers, 1, 1_000_000)?;
         let a = &self.agents;
-        in_range("agents.capacity", a.capacity as usize, 1, 10_000)?;
+        in_range("agents.capacity", a.capacity as usize, 1, 100_000)?;
         in_range("agents.max_steps", a.max_steps as usize, 1, 10_000)?;
         in_range(
             "agents.max_spec_bytes",

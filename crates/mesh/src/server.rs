@@ -148,6 +148,7 @@ pub async fn serve(
         }
     };
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .layer(MeshLayer::new(metrics, limits.max_concurrent_requests))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop);

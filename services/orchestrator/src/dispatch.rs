@@ -24,6 +24,8 @@ use crate::backend::{Applied, Claim, Claimed, Lease, Outcome, Record, TaskBacken
 use crate::task::{ErrorClass, Task, TaskError, TaskState, TeamSource};
 
 const MAX_CACHED_CHANNELS: usize = 1024;
+/// Most run events recorded in one write.
+const MAX_BATCH: usize = 64;
 
 /// Channels to agents workers, by address.
 pub struct WorkerChannels {
@@ -375,11 +377,8 @@ impl Dispatcher {
             })?
             .into_inner();
         loop {
-            let event = match stream.message().await {
-                Ok(Some(response)) => match response.event {
-                    Some(event) => event,
-                    None => continue,
-                },
+            let first = match stream.message().await {
+                Ok(Some(response)) => response.event,
                 Ok(None) => {
                     return Err(Failure {
                         class: ErrorClass::Transient,
@@ -393,15 +392,25 @@ impl Dispatcher {
                     });
                 }
             };
-            let end = match &event.payload {
+            // Record what has already arrived in one write, keeping order.
+            let mut batch: Vec<agents::RunEvent> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match futures::FutureExt::now_or_never(stream.message()) {
+                    Some(Ok(Some(response))) => batch.extend(response.event),
+                    _ => break,
+                }
+            }
+            let end = batch.iter().find_map(|event| match &event.payload {
                 Some(Payload::RunCompleted(done)) => Some(Ok(done.output.clone())),
                 Some(Payload::RunFailed(failed)) => Some(Err(Failure {
                     class: ErrorClass::from_run(&failed.class),
                     message: failed.reason.clone(),
                 })),
                 _ => None,
-            };
-            self.record(&task.id, attempt, Record::Run(event)).await?;
+            });
+            if !batch.is_empty() {
+                self.record(&task.id, attempt, Record::Run(batch)).await?;
+            }
             if let Some(end) = end {
                 return end;
             }

@@ -189,7 +189,7 @@ pub async fn an_attempt_runs_to_success(b: Arc<dyn TaskBackend>) {
         Applied::Recorded
     );
     assert_eq!(
-        b.record(&task.id, 1, Record::Run(run_event(&task.id, 1)))
+        b.record(&task.id, 1, Record::Run(vec![run_event(&task.id, 1)]))
             .await
             .unwrap(),
         Applied::Recorded
@@ -229,7 +229,7 @@ pub async fn an_attempt_runs_to_success(b: Arc<dyn TaskBackend>) {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
     // Finished tasks accept no more events.
     assert_eq!(
-        b.record(&task.id, 1, Record::Run(run_event(&task.id, 1)))
+        b.record(&task.id, 1, Record::Run(vec![run_event(&task.id, 1)]))
             .await
             .unwrap(),
         Applied::Stale
@@ -264,7 +264,7 @@ pub async fn a_stale_attempt_is_fenced_out(b: Arc<dyn TaskBackend>) {
     assert_eq!(newer.attempt(), 2);
     assert_eq!(b.renew(&stalled, LEASE).await.unwrap(), Lease::Lost);
     assert_eq!(
-        b.record(&task.id, 1, Record::Run(run_event(&task.id, 1)))
+        b.record(&task.id, 1, Record::Run(vec![run_event(&task.id, 1)]))
             .await
             .unwrap(),
         Applied::Stale
@@ -500,7 +500,7 @@ pub async fn watchers_wake_on_new_events(b: Arc<dyn TaskBackend>) {
         let id = task.id.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            b.record(&id, 1, Record::Run(run_event(&id, 1)))
+            b.record(&id, 1, Record::Run(vec![run_event(&id, 1)]))
                 .await
                 .unwrap();
         })
@@ -611,7 +611,7 @@ pub async fn the_event_log_is_bounded(b: Arc<dyn TaskBackend>) {
     let mut last = Applied::Recorded;
     for _ in 0..100 {
         last = b
-            .record(&task.id, 1, Record::Run(run_event(&task.id, 1)))
+            .record(&task.id, 1, Record::Run(vec![run_event(&task.id, 1)]))
             .await
             .unwrap();
         if last != Applied::Recorded {

@@ -458,7 +458,16 @@ impl TaskBackend for MemoryBackend {
                 entry.task.worker_id = worker;
                 Applied::Recorded
             }
-            Record::Run(run) => inner.push(id, pb::task_event::Kind::RunEvent(run), max, false),
+            Record::Run(runs) => {
+                let mut applied = Applied::Recorded;
+                for run in runs {
+                    applied = inner.push(id, pb::task_event::Kind::RunEvent(run), max, false);
+                    if applied != Applied::Recorded {
+                        break;
+                    }
+                }
+                applied
+            }
         })
     }
 

@@ -127,8 +127,8 @@ pub struct EventsPage {
 pub enum Record {
     /// The router chose this worker.
     Worker(String),
-    /// The worker emitted a run event.
-    Run(RunEvent),
+    /// The worker emitted run events, in order.
+    Run(Vec<RunEvent>),
 }
 
 /// Limits that every backend enforces.

@@ -92,16 +92,24 @@ end
 return seq
 "#;
 
-/// Appends a run event of the current attempt of an unfinished task.
+/// Appends run events of the current attempt of an unfinished task, or
+/// (with no events) records the attempt's worker.
 const RECORD: &str = r#"
 local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'seq')
 if not st[1] then return -1 end
 if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' then return -1 end
 if st[2] ~= ARGV[1] then return -1 end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'worker', ARGV[3]) end
 local seq = tonumber(st[3] or '0')
-if seq >= tonumber(ARGV[2]) then return -3 end
-seq = seq + 1
-redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[3])
+local max = tonumber(ARGV[2])
+for i = 4, #ARGV do
+  if seq >= max then
+    redis.call('HSET', KEYS[1], 'seq', seq)
+    return -3
+  end
+  seq = seq + 1
+  redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[i])
+end
 redis.call('HSET', KEYS[1], 'seq', seq)
 return seq
 "#;
@@ -329,14 +337,20 @@ impl RedisBackend {
     }
 
     async fn load(&self, id: &str) -> Result<Option<Loaded>, BackendError> {
-        let (data, state, ver): (Option<String>, Option<String>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(self.key("task", id))
-                .arg("data")
-                .arg("state")
-                .arg("ver")
-                .query_async(&mut self.conn.clone())
-                .await?;
+        type Fields = (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let (data, state, ver, worker): Fields = redis::cmd("HMGET")
+            .arg(self.key("task", id))
+            .arg("data")
+            .arg("state")
+            .arg("ver")
+            .arg("worker")
+            .query_async(&mut self.conn.clone())
+            .await?;
         let (Some(data), Some(state), Some(ver)) = (data, state, ver) else {
             return Ok(None);
         };
@@ -344,6 +358,9 @@ impl RedisBackend {
             .map_err(|e| BackendError::Unavailable(format!("task {id} is corrupt: {e}")))?;
         if let Some(state) = parse_state(&state) {
             task.state = state;
+        }
+        if let Some(worker) = worker {
+            task.worker_id = worker;
         }
         Ok(Some(Loaded { task, ver }))
     }
@@ -832,43 +849,31 @@ impl TaskBackend for RedisBackend {
         attempt: u32,
         record: Record,
     ) -> Result<Applied, BackendError> {
-        match record {
-            Record::Run(run) => {
-                let e = blob(id, pb::task_event::Kind::RunEvent(run));
-                let result: i64 = self
-                    .record
-                    .key(self.key("task", id))
-                    .key(self.key("events", id))
-                    .arg(attempt)
-                    .arg(self.limits.max_events_per_task)
-                    .arg(e)
-                    .invoke_async(&mut self.conn.clone())
-                    .await?;
-                Ok(match result {
-                    -1 => Applied::Stale,
-                    -3 => Applied::LogFull,
-                    _ => Applied::Recorded,
-                })
-            }
-            Record::Worker(worker) => {
-                for _ in 0..CAS_RETRIES {
-                    let Some(loaded) = self.load(id).await? else {
-                        return Ok(Applied::Stale);
-                    };
-                    if loaded.task.state.is_terminal() || loaded.task.attempt != attempt {
-                        return Ok(Applied::Stale);
-                    }
-                    let mut next = loaded.task.clone();
-                    next.worker_id = worker.clone();
-                    if let Cas::Done = self.cas(&loaded, &next, Change::events(Vec::new())).await? {
-                        return Ok(Applied::Recorded);
-                    }
-                }
-                Err(BackendError::Unavailable(format!(
-                    "task {id} is too contended"
-                )))
-            }
+        let (worker, events) = match record {
+            Record::Worker(worker) => (worker, Vec::new()),
+            Record::Run(runs) => (
+                String::new(),
+                runs.into_iter()
+                    .map(|run| blob(id, pb::task_event::Kind::RunEvent(run)))
+                    .collect(),
+            ),
+        };
+        let mut invocation = self.record.prepare_invoke();
+        invocation
+            .key(self.key("task", id))
+            .key(self.key("events", id))
+            .arg(attempt)
+            .arg(self.limits.max_events_per_task)
+            .arg(worker);
+        for e in &events {
+            invocation.arg(e.as_slice());
         }
+        let result: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
+        Ok(match result {
+            -1 => Applied::Stale,
+            -3 => Applied::LogFull,
+            _ => Applied::Recorded,
+        })
     }
 
     async fn finish(&self, claim: &Claim, outcome: Outcome) -> Result<Applied, BackendError> {
@@ -1036,12 +1041,19 @@ impl TaskBackend for RedisBackend {
         after: u64,
         wait: Duration,
     ) -> Result<Option<EventsPage>, BackendError> {
-        let Some(loaded) = self.load(id).await? else {
-            return Ok(None);
-        };
-        if loaded.task.tenant != tenant {
+        let (owner, state): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.key("task", id))
+            .arg("tenant")
+            .arg("state")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        if owner.as_deref() != Some(tenant) {
             return Ok(None);
         }
+        let was_terminal = state
+            .as_deref()
+            .and_then(parse_state)
+            .is_some_and(TaskState::is_terminal);
         let stream = self.key("events", id);
         let range: StreamRangeReply = redis::cmd("XRANGE")
             .arg(&stream)
@@ -1056,7 +1068,7 @@ impl TaskBackend for RedisBackend {
             .iter()
             .filter_map(|e| decode_event(id, e))
             .collect();
-        if events.is_empty() && !loaded.task.state.is_terminal() && !wait.is_zero() {
+        if events.is_empty() && !was_terminal && !wait.is_zero() {
             let mut conn = self.blocking_conn().await?;
             let reply: Option<StreamReadReply> = redis::cmd("XREAD")
                 .arg("COUNT")

@@ -1,0 +1,351 @@
+//! `amaos bench`: starts the whole mesh in this process (on loopback, real
+//! gRPC between services), runs a scenario from a client in the same process,
+//! and prints throughput, end-to-end latency percentiles and peak memory.
+//!
+//! Scenario `crew`: a 3-agent sequential crew with 3 tasks on the replay
+//! model (no tools, no memory); each task is submitted and watched until it
+//! finishes, `concurrency` at a time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use amaos_mesh::caller;
+use amaos_mesh::config::{Config, StoreBackend};
+use amaos_proto::auth::v1 as auth;
+use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
+use amaos_proto::orchestrator::v1 as pb;
+use amaos_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient;
+use tokio_util::sync::CancellationToken;
+
+use crate::up::Mesh;
+
+/// Model calls per task in the `crew` scenario.
+const CALLS_PER_TASK: u64 = 3;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// The scenario (only `crew` for now).
+    pub scenario: String,
+    /// `memory` or `redis`.
+    pub backend: StoreBackend,
+    /// Tasks in flight at once.
+    pub concurrency: usize,
+    /// Tasks in all (0 with a duration: as many as fit).
+    pub tasks: u64,
+    /// Stop submitting after this long.
+    pub duration: Option<Duration>,
+    /// How long the replay model waits per call.
+    pub model_latency: Duration,
+    /// The Redis server for `backend = redis`.
+    pub redis_url: String,
+}
+
+/// The figures of one run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchReport {
+    /// The scenario.
+    pub scenario: String,
+    /// The backend.
+    pub backend: String,
+    /// Tasks in flight at once.
+    pub concurrency: usize,
+    /// Tasks that finished.
+    pub tasks: u64,
+    /// Tasks that did not succeed.
+    pub failed: u64,
+    /// Wall time of the run, in seconds.
+    pub seconds: f64,
+    /// Finished tasks per second.
+    pub tasks_per_s: f64,
+    /// Median end-to-end latency (submit → finished), ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// Peak resident memory of this process (the whole mesh and the client), MiB.
+    pub peak_rss_mib: f64,
+    /// Replay model latency per call, ms.
+    pub model_latency_ms: u64,
+    /// `concurrency ÷ (calls per task × model latency)`, when the latency is set.
+    pub ideal_tasks_per_s: Option<f64>,
+    /// The first failure seen, if any.
+    pub first_error: Option<String>,
+}
+
+fn crew_spec(latency: Duration) -> String {
+    let latency = if latency.is_zero() {
+        String::new()
+    } else {
+        format!("    replay_latency: {}ms\n", latency.as_millis())
+    };
+    let agent = |name: &str| {
+        format!(
+            "  - name: {name}\n    role: {name}\n    goal: do the {name} part\n    model: replay\n{latency}    replay:\n      - say: \"{name} done with {{input}}\"\n"
+        )
+    };
+    format!(
+        "name: bench-crew\ndescription: three agents, three tasks, no tools\nagents:\n{}{}{}crew:\n  process: sequential\n  tasks:\n    - {{name: plan, description: \"plan {{input}}\", agent: planner}}\n    - {{name: build, description: \"build {{input}}\", agent: builder, context: [plan]}}\n    - {{name: check, description: \"check {{input}}\", agent: checker, context: [build]}}\n",
+        agent("planner"),
+        agent("builder"),
+        agent("checker")
+    )
+}
+
+/// Peak resident set of this process, in MiB (Linux), from /proc.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+}
+
+/// Runs a benchmark; errors are setup failures.
+pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxError> {
+    if options.scenario != "crew" {
+        return Err(format!("unknown scenario `{}`; scenarios: crew", options.scenario).into());
+    }
+    let dir = tempfile::tempdir()?;
+    let teams = dir.path().join("teams");
+    std::fs::create_dir_all(&teams)?;
+    std::fs::write(
+        teams.join("bench-crew.yaml"),
+        crew_spec(options.model_latency),
+    )?;
+
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let any = "127.0.0.1:0".parse()?;
+    for (listen, admin) in [
+        (
+            &mut config.orchestrator.listen,
+            &mut config.orchestrator.admin_listen,
+        ),
+        (&mut config.router.listen, &mut config.router.admin_listen),
+        (&mut config.agents.listen, &mut config.agents.admin_listen),
+        (&mut config.tools.listen, &mut config.tools.admin_listen),
+        (&mut config.memory.listen, &mut config.memory.admin_listen),
+        (&mut config.auth.listen, &mut config.auth.admin_listen),
+    ] {
+        *listen = any;
+        *admin = None;
+    }
+    config.agents.teams_dir = teams;
+    let in_flight = options.concurrency.max(1);
+    config.agents.capacity = (in_flight as u32 * 2).max(64);
+    config.orchestrator.max_in_flight = in_flight * 2 + 64;
+    config.orchestrator.max_running_per_tenant = (in_flight as u32 * 2).max(64);
+    config.orchestrator.tenant_rate = 0.0;
+    config.orchestrator.backend = options.backend;
+    config.orchestrator.redis_url = options.redis_url.clone();
+    config.orchestrator.redis_prefix = format!("amaos-bench-{}", amaos_mesh::new_id());
+    config.orchestrator.retention = Duration::from_secs(600);
+    config.orchestrator.max_tasks = (options.tasks as usize + in_flight).max(100_000);
+    config.limits.max_concurrent_requests = in_flight * 4 + 512;
+    config.validate()?;
+
+    let shutdown = CancellationToken::new();
+    let mesh = Mesh::start(config, shutdown.clone()).await?;
+    let result = drive(&mesh, &options).await;
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), mesh.wait(shutdown)).await;
+    if !matches!(stopped, Ok(Ok(()))) {
+        tracing::warn!("the mesh did not stop cleanly after the benchmark");
+    }
+    result
+}
+
+async fn drive(mesh: &Mesh, options: &BenchOptions) -> Result<BenchReport, amaos_mesh::BoxError> {
+    let limits = &mesh.config.limits;
+    let admin = std::fs::read_to_string(mesh.config.data_dir.join("admin.key"))?;
+    let mut auth =
+        AuthServiceClient::new(amaos_mesh::client::channel(&mesh.config.auth.url, limits)?);
+    let mut request = tonic::Request::new(auth::CreateApiKeyRequest {
+        name: "bench".into(),
+        tenant: "bench".into(),
+        roles: vec!["developer".into()],
+        ttl: None,
+        idempotency_key: String::new(),
+    });
+    caller::set_bearer(request.metadata_mut(), admin.trim())?;
+    let key = Arc::new(auth.create_api_key(request).await?.into_inner().secret);
+    // One connection per 500 tasks in flight, as a fleet of clients would have.
+    let mut clients = Vec::new();
+    for _ in 0..options.concurrency.div_ceil(500).max(1) {
+        let channel = amaos_mesh::client::channel(&mesh.config.orchestrator.url, limits)?;
+        clients.push(OrchestratorServiceClient::new(channel));
+    }
+
+    let remaining = Arc::new(AtomicU64::new(if options.tasks == 0 {
+        u64::MAX
+    } else {
+        options.tasks
+    }));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let started = Instant::now();
+    let stop_at = options.duration.map(|d| started + d);
+    let mut loops = Vec::new();
+    for worker in 0..options.concurrency.max(1) {
+        let mut orchestrator = clients[worker % clients.len()].clone();
+        let key = key.clone();
+        let remaining = remaining.clone();
+        let failed = failed.clone();
+        let first_error = first_error.clone();
+        loops.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            loop {
+                if stop_at.is_some_and(|t| Instant::now() >= t) {
+                    break;
+                }
+                if remaining
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(1))
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+                let t0 = Instant::now();
+                let outcome = one_task(&mut orchestrator, &key, &format!("job {worker}-{n}")).await;
+                if let Err(error) = outcome {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(error);
+                }
+                latencies.push(t0.elapsed().as_micros() as u64);
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for handle in loops {
+        latencies.extend(handle.await?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let tasks = latencies.len() as u64;
+    let latency_ms = options.model_latency.as_millis() as u64;
+    Ok(BenchReport {
+        scenario: options.scenario.clone(),
+        backend: match options.backend {
+            StoreBackend::Memory => "memory".into(),
+            StoreBackend::Redis => "redis".into(),
+        },
+        concurrency: options.concurrency,
+        tasks,
+        failed: failed.load(Ordering::Relaxed),
+        seconds,
+        tasks_per_s: tasks as f64 / seconds.max(1e-9),
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        peak_rss_mib: peak_rss_mib(),
+        model_latency_ms: latency_ms,
+        ideal_tasks_per_s: (latency_ms > 0).then(|| {
+            options.concurrency as f64 / (CALLS_PER_TASK as f64 * latency_ms as f64 / 1000.0)
+        }),
+        first_error: first_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    })
+}
+
+/// Submits one task and watches it to the end; why it did not succeed.
+async fn one_task(
+    orchestrator: &mut OrchestratorServiceClient<amaos_mesh::client::MeshChannel>,
+    key: &str,
+    input: &str,
+) -> Result<(), String> {
+    let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+    let mut request = tonic::Request::new(pb::SubmitTaskRequest {
+        team: Some(pb::TeamRef {
+            team: Some(pb::team_ref::Team::Name("bench-crew".into())),
+        }),
+        input: input.into(),
+        ..Default::default()
+    });
+    caller::set_bearer(request.metadata_mut(), key).map_err(status)?;
+    let task_id = orchestrator
+        .submit_task(request)
+        .await
+        .map_err(status)?
+        .into_inner()
+        .task_id;
+    let mut request = tonic::Request::new(pb::WatchTaskRequest {
+        task_id,
+        after_sequence: 0,
+    });
+    caller::set_bearer(request.metadata_mut(), key).map_err(status)?;
+    let mut stream = orchestrator
+        .watch_task(request)
+        .await
+        .map_err(status)?
+        .into_inner();
+    let mut last = None;
+    while let Some(response) = stream.message().await.map_err(status)? {
+        if let Some(pb::task_event::Kind::StateChanged(change)) =
+            response.event.and_then(|e| e.kind)
+        {
+            last = Some(change);
+        }
+    }
+    match last {
+        Some(change) if change.to == pb::TaskState::Succeeded as i32 => Ok(()),
+        Some(change) => Err(format!(
+            "task ended {}: {}",
+            crate::render::state_name(change.to),
+            change.reason
+        )),
+        None => Err("the watch ended without a state".into()),
+    }
+}
+
+impl BenchReport {
+    /// The figures as text.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "scenario {}  backend {}  concurrency {}  model latency {} ms\n\
+             tasks {} ({} failed) in {:.2} s\n\
+             throughput   {:.0} tasks/s\n\
+             latency      p50 {:.2} ms   p99 {:.2} ms\n\
+             peak RSS     {:.0} MiB (whole mesh and client, one process)\n",
+            self.scenario,
+            self.backend,
+            self.concurrency,
+            self.model_latency_ms,
+            self.tasks,
+            self.failed,
+            self.seconds,
+            self.tasks_per_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.peak_rss_mib
+        );
+        if let Some(error) = &self.first_error {
+            out.push_str(&format!("first failure: {error}\n"));
+        }
+        if let Some(ideal) = self.ideal_tasks_per_s {
+            out.push_str(&format!(
+                "ideal        {ideal:.0} tasks/s (concurrency ÷ 3 calls × latency); reached {:.1}%\n",
+                100.0 * self.tasks_per_s / ideal
+            ));
+        }
+        out
+    }
+}

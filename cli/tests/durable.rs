@@ -1,0 +1,374 @@
+//! The orchestrator's durable behaviour through the real mesh: workflows,
+//! retries and fallbacks, rate limits, and the Redis backend end to end.
+
+mod common;
+
+use std::time::Duration;
+
+use amaos_mesh::config::StoreBackend;
+use amaos_proto::orchestrator::v1 as pb;
+use amaos_proto::orchestrator::v1::task_event::Kind;
+use common::{TestMesh, research_crew};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn named(team: &str) -> Option<pb::TeamRef> {
+    Some(pb::TeamRef {
+        team: Some(pb::team_ref::Team::Name(team.into())),
+    })
+}
+
+fn inline(spec: String) -> Option<pb::TeamRef> {
+    Some(pb::TeamRef {
+        team: Some(pb::team_ref::Team::SpecYaml(spec)),
+    })
+}
+
+async fn finished(mesh: &TestMesh, key: &str, task_id: &str) -> (pb::Task, Vec<pb::TaskEvent>) {
+    let mut stream = mesh
+        .orchestrator()
+        .watch_task(TestMesh::with_key(
+            key,
+            pb::WatchTaskRequest {
+                task_id: task_id.into(),
+                after_sequence: 0,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(r) = stream.message().await.unwrap() {
+            events.push(r.event.unwrap());
+        }
+    })
+    .await
+    .expect("the task finished");
+    let task = mesh
+        .orchestrator()
+        .get_task(TestMesh::with_key(
+            key,
+            pb::GetTaskRequest {
+                task_id: task_id.into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    (task, events)
+}
+
+/// A crew whose only agent calls a tool once and then answers: with a budget
+/// of one model call it always fails with class `budget`, which is not retried.
+fn over_budget_spec() -> String {
+    r#"name: over-budget
+agents:
+  - name: a
+    role: r
+    goal: g
+    tools: [file_list]
+    replay:
+      - tool: { name: file_list }
+      - say: "never reached"
+crew:
+  tasks:
+    - { name: t, description: "do {input}", agent: a }
+budget:
+  max_steps: 1
+"#
+    .into()
+}
+
+#[tokio::test]
+async fn a_workflow_runs_its_dag_and_passes_outputs_on() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let task = |key: &str, input: &str, deps: &[&str]| pb::WorkflowTask {
+        key: key.into(),
+        team: named("research-crew"),
+        input: input.into(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        ..Default::default()
+    };
+    let response = mesh
+        .orchestrator()
+        .submit_workflow(TestMesh::with_key(
+            &key,
+            pb::SubmitWorkflowRequest {
+                name: "report".into(),
+                tasks: vec![
+                    task("intro", "caching", &[]),
+                    task("detail", "eviction", &["intro"]),
+                    task("summary", "both", &["intro", "detail"]),
+                ],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.task_ids.len(), 3);
+    let (summary, _) = finished(&mesh, &key, &response.task_ids["summary"]).await;
+    assert_eq!(
+        summary.state,
+        pb::TaskState::Succeeded as i32,
+        "{summary:?}"
+    );
+    let mut finish_times = Vec::new();
+    for k in ["intro", "detail", "summary"] {
+        let (t, _) = finished(&mesh, &key, &response.task_ids[k]).await;
+        assert_eq!(t.state, pb::TaskState::Succeeded as i32);
+        assert_eq!(t.workflow_id, response.workflow_id);
+        finish_times.push((t.started_at.unwrap().seconds, t.started_at.unwrap().nanos));
+    }
+    let (detail, detail_events) = finished(&mesh, &key, &response.task_ids["detail"]).await;
+    let intro = finished(&mesh, &key, &response.task_ids["intro"]).await.0;
+    // The dependency's output reached the dependent's agents as context.
+    let prompted_with_intro = detail_events.iter().any(|e| match &e.kind {
+        Some(Kind::RunEvent(r)) => matches!(
+            &r.payload,
+            Some(amaos_proto::agents::v1::run_event::Payload::Message(m))
+                if m.role == "user" && m.content.contains("Context from `intro`") && m.content.contains(&intro.output)
+        ),
+        _ => false,
+    });
+    assert!(
+        prompted_with_intro,
+        "the detail task saw the intro's output"
+    );
+    assert!(
+        (
+            detail.started_at.unwrap().seconds,
+            detail.started_at.unwrap().nanos
+        ) >= (
+            intro.finished_at.unwrap().seconds,
+            intro.finished_at.unwrap().nanos
+        ),
+        "a task starts only after its dependency finished"
+    );
+
+    // A cycle or an unknown reference is refused, naming the task.
+    for (tasks, named_task) in [
+        (
+            vec![task("a", "x", &["b"]), task("b", "x", &["a"])],
+            "is part of a dependency cycle",
+        ),
+        (vec![task("a", "x", &["ghost"])], "`ghost`"),
+    ] {
+        let status = mesh
+            .orchestrator()
+            .submit_workflow(TestMesh::with_key(
+                &key,
+                pb::SubmitWorkflowRequest {
+                    tasks,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains(named_task),
+            "{}",
+            status.message()
+        );
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_failed_dependency_fails_its_dependents() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let response = mesh
+        .orchestrator()
+        .submit_workflow(TestMesh::with_key(
+            &key,
+            pb::SubmitWorkflowRequest {
+                tasks: vec![
+                    pb::WorkflowTask {
+                        key: "first".into(),
+                        team: inline(over_budget_spec()),
+                        input: "x".into(),
+                        ..Default::default()
+                    },
+                    pb::WorkflowTask {
+                        key: "second".into(),
+                        team: named("research-crew"),
+                        input: "y".into(),
+                        depends_on: vec!["first".into()],
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (second, _) = finished(&mesh, &key, &response.task_ids["second"]).await;
+    assert_eq!(second.state, pb::TaskState::Failed as i32);
+    let message = second.error.unwrap().message;
+    assert!(message.contains("dependency `first`"), "{message}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_fallback_team_runs_when_the_main_team_fails() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let response = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: inline(over_budget_spec()),
+                input: "search engines".into(),
+                fallbacks: vec![pb::Fallback {
+                    target: Some(pb::fallback::Target::TeamName("research-crew".into())),
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (task, events) = finished(&mesh, &key, &response.task_id).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    assert!(task.output.starts_with("Brief: search engines"));
+    assert_eq!(task.attempt, 2);
+    let reasons: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::StateChanged(s)) => Some(s.reason.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("attempt 1 failed")),
+        "{reasons:?}"
+    );
+
+    // Without a fallback the same failure is final, and not retried.
+    let response = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: inline(over_budget_spec()),
+                input: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (task, _) = finished(&mesh, &key, &response.task_id).await;
+    assert_eq!(task.state, pb::TaskState::Failed as i32);
+    assert_eq!(task.attempt, 1);
+    assert_eq!(task.error.unwrap().class, pb::ErrorClass::Budget as i32);
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn submissions_over_the_tenant_rate_are_refused_with_a_retry_time() {
+    let mesh = TestMesh::start_with(|c| {
+        c.orchestrator.tenant_rate = 0.5;
+        c.orchestrator.tenant_burst = 1;
+    })
+    .await;
+    let key = mesh.create_key("acme", "developer").await;
+    let submit = || {
+        TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: named("research-crew"),
+                input: "x".into(),
+                ..Default::default()
+            },
+        )
+    };
+    mesh.orchestrator().submit_task(submit()).await.unwrap();
+    let status = mesh.orchestrator().submit_task(submit()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let retry = status
+        .get_details_retry_info()
+        .unwrap()
+        .retry_delay
+        .unwrap();
+    assert!(
+        retry > Duration::from_millis(500) && retry <= Duration::from_secs(2),
+        "{retry:?}"
+    );
+    // Another tenant has its own budget.
+    let other = mesh.create_key("globex", "developer").await;
+    mesh.orchestrator()
+        .submit_task(TestMesh::with_key(
+            &other,
+            pb::SubmitTaskRequest {
+                team: named("research-crew"),
+                input: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn the_example_crew_runs_on_the_redis_backend() {
+    let prefix = format!("amaos-e2e-{}", amaos_mesh::new_id());
+    let mesh = TestMesh::start_with(|c| {
+        c.orchestrator.backend = StoreBackend::Redis;
+        c.orchestrator.redis_url = std::env::var("AMAOS_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        c.orchestrator.redis_prefix = prefix;
+    })
+    .await;
+    let key = mesh.create_key("acme", "developer").await;
+    let response = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: inline(research_crew()),
+                input: "queues".into(),
+                idempotency_key: "redis-1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (task, events) = finished(&mesh, &key, &response.task_id).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    assert_eq!(
+        task.output,
+        "Brief: queues — what it is, who uses it, and the trade-offs to weigh."
+    );
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.sequence, i as u64 + 1);
+    }
+    assert!(!task.worker_id.is_empty());
+    let again = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: inline(research_crew()),
+                input: "queues".into(),
+                idempotency_key: "redis-1".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.deduplicated);
+    assert_eq!(again.task_id, response.task_id);
+    mesh.stop().await;
+}
