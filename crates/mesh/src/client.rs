@@ -8,6 +8,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,9 +20,13 @@ use tower::Service;
 use crate::config::Limits;
 use crate::{context, telemetry};
 
-/// A channel to another service, with deadline and trace propagation.
+/// A channel to another service, with deadline and trace propagation. It
+/// spreads calls over `limits.connections_per_service` HTTP/2 connections,
+/// so thousands of long streams (one per running task) do not share one.
 #[derive(Clone, Debug)]
 pub struct MeshChannel {
+    connections: Arc<[Channel]>,
+    next: Arc<AtomicUsize>,
     inner: Channel,
     default_timeout: Duration,
 }
@@ -40,14 +46,18 @@ pub fn channel(url: &str, limits: &Limits) -> Result<MeshChannel, ChannelError> 
         url: url.to_owned(),
         source,
     })?;
-    let inner = endpoint
+    let endpoint = endpoint
         .connect_timeout(limits.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+        .keep_alive_while_idle(true);
+    let connections: Arc<[Channel]> = (0..limits.connections_per_service.max(1))
+        .map(|_| endpoint.connect_lazy())
+        .collect();
     Ok(MeshChannel {
-        inner,
+        inner: connections[0].clone(),
+        connections,
+        next: Arc::new(AtomicUsize::new(0)),
         default_timeout: limits.request_timeout,
     })
 }
@@ -61,6 +71,11 @@ impl Service<http::Request<Body>> for MeshChannel {
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Round robin: each call is readied (and then made) on the next connection.
+        if self.connections.len() > 1 {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+            self.inner = self.connections[i].clone();
+        }
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 

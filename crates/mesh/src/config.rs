@@ -116,6 +116,8 @@ pub struct Limits {
     /// HTTP/2 streams one client connection may have open at once (every
     /// running task holds a stream between the orchestrator and its worker).
     pub max_concurrent_streams: u32,
+    /// HTTP/2 connections a client opens to each service it calls.
+    pub connections_per_service: usize,
     /// Default timeout of a unary call between services.
     #[serde(with = "duration_text")]
     pub request_timeout: Duration,
@@ -239,6 +241,11 @@ pub struct RouterConfig {
     pub worker_ttl: Duration,
     /// Largest number of registered workers.
     pub max_workers: usize,
+    /// Consecutive failed runs that open a worker's or a team's breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses traffic before one probe.
+    #[serde(with = "duration_text")]
+    pub breaker_cool_down: Duration,
 }
 service_endpoint!(RouterConfig);
 
@@ -359,6 +366,7 @@ impl Default for Limits {
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 512,
             max_concurrent_streams: 20_000,
+            connections_per_service: 4,
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(15),
@@ -404,6 +412,8 @@ impl Default for RouterConfig {
             heartbeat_interval: Duration::from_secs(5),
             worker_ttl: Duration::from_secs(15),
             max_workers: 10_000,
+            breaker_failures: 5,
+            breaker_cool_down: Duration::from_secs(10),
         }
     }
 }
@@ -499,6 +509,12 @@ impl Config {
             l.max_concurrent_requests,
             1,
             100_000,
+        )?;
+        in_range(
+            "limits.connections_per_service",
+            l.connections_per_service,
+            1,
+            64,
         )?;
         in_range(
             "limits.max_concurrent_streams",
@@ -600,6 +616,13 @@ impl Config {
             ));
         }
         in_range("router.max_workers", r.max_workers, 1, 1_000_000)?;
+        in_range(
+            "router.breaker_failures",
+            r.breaker_failures as usize,
+            1,
+            10_000,
+        )?;
+        positive("router.breaker_cool_down", r.breaker_cool_down)?;
         let a = &self.agents;
         in_range("agents.capacity", a.capacity as usize, 1, 100_000)?;
         in_range("agents.max_steps", a.max_steps as usize, 1, 10_000)?;

@@ -291,21 +291,56 @@ impl Dispatcher {
         if remaining.is_zero() {
             return Some(timed_out());
         }
-        let run = self.run_on_worker(claim);
-        tokio::select! {
-            () = stop.cancelled() => None,
-            result = tokio::time::timeout(remaining, run) => Some(match result {
-                Err(_) => timed_out(),
-                Ok(Ok(output)) => Outcome::Succeeded { output },
-                Ok(Err(failure)) => {
-                    let retryable = task.retry.retry_on.contains(&failure.class);
-                    decide(task, failure, retryable)
+        let mut worker = None;
+        let run = self.run_on_worker(claim, &mut worker);
+        let result = tokio::select! {
+            () = stop.cancelled() => return None,
+            result = tokio::time::timeout(remaining, run) => result,
+        };
+        let outcome = match result {
+            Err(_) => timed_out(),
+            Ok(Ok(output)) => Outcome::Succeeded { output },
+            Ok(Err(failure)) => {
+                if let Some(worker) = worker.take() {
+                    // Failures of the worker or its dependencies feed the breakers.
+                    let healthy = !matches!(
+                        failure.class,
+                        ErrorClass::Transient | ErrorClass::Provider | ErrorClass::Internal
+                    );
+                    self.report(worker, task.current_target().0, healthy, &failure.message);
                 }
-            }),
+                let retryable = task.retry.retry_on.contains(&failure.class);
+                return Some(decide(task, failure, retryable));
+            }
+        };
+        if let Some(worker) = worker {
+            self.report(worker, task.current_target().0, true, "");
         }
+        Some(outcome)
     }
 
-    async fn run_on_worker(&self, claim: &Claim) -> Result<String, Failure> {
+    /// Tells the router how a run on a worker went, without waiting.
+    fn report(&self, worker_id: String, team: String, success: bool, error: &str) {
+        let mut router = self.router.clone();
+        let error = error.chars().take(512).collect();
+        tokio::spawn(async move {
+            let request = router::ReportOutcomeRequest {
+                worker_id,
+                team,
+                success,
+                error,
+            };
+            if let Err(status) = router.report_outcome(request).await {
+                tracing::debug!(code = ?status.code(), "reporting an outcome to the router failed");
+            }
+        });
+    }
+
+    async fn run_on_worker(
+        &self,
+        claim: &Claim,
+        chosen: &mut Option<String>,
+    ) -> Result<String, Failure> {
         let task = &claim.task;
         let attempt = claim.attempt();
         let (team, model_override, inline) = task.current_target();
@@ -336,6 +371,7 @@ impl Dispatcher {
             class: ErrorClass::Transient,
             message: e.to_string(),
         })?;
+        *chosen = Some(worker.worker_id.clone());
         self.record(&task.id, attempt, Record::Worker(worker.worker_id.clone()))
             .await?;
 

@@ -1,6 +1,7 @@
 //! The router's errors and their one mapping to gRPC status codes.
 
 use amaos_mesh::status;
+use tonic_types::StatusExt;
 
 /// What can go wrong in the router.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,9 @@ pub enum RouterError {
     /// Workers serve the team, but none is live, undrained and eligible.
     #[error("no live worker can serve team `{0}` now")]
     NoLiveWorker(String),
+    /// The team's circuit breaker is open.
+    #[error("team `{0}` failed repeatedly; its circuit is open for {1:?}")]
+    TeamBreakerOpen(String, std::time::Duration),
     /// The registry is full.
     #[error("the registry holds its maximum of {0} workers")]
     RegistryFull(usize),
@@ -39,6 +43,11 @@ impl From<RouterError> for tonic::Status {
             }
             RouterError::NoLiveWorker(_) => tonic::Status::unavailable(message),
             RouterError::RegistryFull(_) => tonic::Status::resource_exhausted(message),
+            RouterError::TeamBreakerOpen(_, retry_after) => tonic::Status::with_error_details(
+                tonic::Code::Unavailable,
+                message,
+                tonic_types::ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
         }
     }
 }

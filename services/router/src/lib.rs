@@ -5,10 +5,13 @@
 //! # Layout
 //!
 //! - [`registry`]: registration, heartbeats with a TTL, and the routing policy
-//!   (least loaded relative to capacity, or rendezvous hashing on a session key).
+//!   (power of two choices on load relative to capacity, or rendezvous hashing
+//!   on a session key), skipping workers whose breaker is open.
+//! - [`breaker`]: circuit breakers per worker and per team.
 //! - [`error`]: the router's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service and [`serve`].
 
+pub mod breaker;
 pub mod error;
 pub mod registry;
 
@@ -25,8 +28,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::breaker::State;
 use crate::error::RouterError;
-use crate::registry::{Registration, Registry, RouteQuery, WorkerView};
+use crate::registry::{BreakerPolicy, Registration, Registry, RouteQuery, WorkerView};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// The router's gRPC service.
 #[derive(Clone)]
@@ -34,23 +40,50 @@ pub struct Router {
     registry: Arc<Registry>,
     heartbeat_interval: std::time::Duration,
     ttl: std::time::Duration,
+    open_breakers: Family<ScopeLabel, Gauge>,
+}
+
+/// The label of the breaker gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ScopeLabel {
+    scope: &'static str,
 }
 
 impl Router {
-    /// A router with an empty registry.
-    pub fn new(config: &Config) -> Self {
+    /// A router with an empty registry, reporting breakers in `metrics`.
+    pub fn new(config: &Config, metrics: &Metrics) -> Self {
+        let policy = BreakerPolicy {
+            failures: config.router.breaker_failures,
+            cool_down: config.router.breaker_cool_down,
+        };
+        let open_breakers = Family::<ScopeLabel, Gauge>::default();
+        metrics.register(
+            "router_breakers_tripped",
+            "circuit breakers open or half-open, by scope (worker, team)",
+            open_breakers.clone(),
+        );
         Self {
-            registry: Arc::new(Registry::new(
+            registry: Arc::new(Registry::with_breakers(
                 config.router.worker_ttl,
                 config.router.max_workers,
+                policy,
             )),
             heartbeat_interval: config.router.heartbeat_interval,
             ttl: config.router.worker_ttl,
+            open_breakers,
         }
     }
 }
 
-fn to_proto(w: WorkerView) -> pb::Worker {
+fn breaker_to(state: State) -> pb::BreakerState {
+    match state {
+        State::Closed => pb::BreakerState::Closed,
+        State::Open => pb::BreakerState::Open,
+        State::HalfOpen => pb::BreakerState::HalfOpen,
+    }
+}
+
+fn to_proto(w: WorkerView, breaker: State) -> pb::Worker {
     let state = if w.expired {
         pb::WorkerState::Expired
     } else if w.draining {
@@ -73,8 +106,7 @@ fn to_proto(w: WorkerView) -> pb::Worker {
         capacity,
         in_flight: w.in_flight,
         state: state as i32,
-        // Circuit breakers are not tracked by the embedded registry yet.
-        breaker: pb::BreakerState::Unspecified as i32,
+        breaker: breaker_to(breaker) as i32,
         registered_at: Some(timestamp(w.registered_at)),
         last_heartbeat_at: Some(timestamp(w.last_heartbeat_at)),
         labels,
@@ -127,8 +159,9 @@ impl RouterService for Router {
         } else {
             "session affinity"
         };
+        let breaker = self.registry.worker_breaker(&worker.worker_id);
         Ok(Response::new(pb::RouteResponse {
-            worker: Some(to_proto(worker)),
+            worker: Some(to_proto(worker, breaker)),
             reason: reason.into(),
         }))
     }
@@ -194,6 +227,40 @@ impl RouterService for Router {
         }))
     }
 
+    async fn report_outcome(
+        &self,
+        request: Request<pb::ReportOutcomeRequest>,
+    ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        let pb::ReportOutcomeRequest {
+            worker_id,
+            team,
+            success,
+            error,
+        } = request.into_inner();
+        if worker_id.is_empty() || team.is_empty() {
+            return Err(RouterError::InvalidArgument {
+                field: "worker_id",
+                message: "name the worker and the team".into(),
+            }
+            .into());
+        }
+        let (worker, team_state) = self.registry.report(&worker_id, &team, success);
+        if worker == State::Open || team_state == State::Open {
+            tracing::warn!(%worker_id, %team, %error, ?worker, team_breaker = ?team_state, "circuit breaker open");
+        }
+        let (workers, teams) = self.registry.tripped();
+        self.open_breakers
+            .get_or_create(&ScopeLabel { scope: "worker" })
+            .set(workers as i64);
+        self.open_breakers
+            .get_or_create(&ScopeLabel { scope: "team" })
+            .set(teams as i64);
+        Ok(Response::new(pb::ReportOutcomeResponse {
+            worker_breaker: breaker_to(worker) as i32,
+            team_breaker: breaker_to(team_state) as i32,
+        }))
+    }
+
     async fn list_workers(
         &self,
         request: Request<pb::ListWorkersRequest>,
@@ -205,7 +272,13 @@ impl RouterService for Router {
         let team = Some(team.as_str()).filter(|t| !t.is_empty());
         let workers = self.registry.list(team, include_expired);
         Ok(Response::new(pb::ListWorkersResponse {
-            workers: workers.into_iter().map(to_proto).collect(),
+            workers: workers
+                .into_iter()
+                .map(|w| {
+                    let breaker = self.registry.worker_breaker(&w.worker_id);
+                    to_proto(w, breaker)
+                })
+                .collect(),
         }))
     }
 }
@@ -225,7 +298,7 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let service = grpc_service(Router::new(&config), &config.limits);
+    let service = grpc_service(Router::new(&config, &metrics), &config.limits);
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
+use crate::breaker::{Breakers, State};
 use crate::error::RouterError;
 
 /// The team name that means "any team sent inline as a spec".
@@ -76,8 +77,27 @@ pub struct RouteQuery<'a> {
 /// The registry.
 pub struct Registry {
     workers: Mutex<HashMap<String, Entry>>,
+    breakers: Mutex<(Breakers, Breakers)>,
     ttl: Duration,
     max_workers: usize,
+}
+
+/// How circuit breakers behave.
+#[derive(Clone, Copy, Debug)]
+pub struct BreakerPolicy {
+    /// Consecutive failures that open a breaker.
+    pub failures: u32,
+    /// How long an open breaker refuses traffic.
+    pub cool_down: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            cool_down: Duration::from_secs(10),
+        }
+    }
 }
 
 impl Entry {
@@ -101,11 +121,42 @@ impl Entry {
 impl Registry {
     /// An empty registry expiring workers `ttl` after their last heartbeat.
     pub fn new(ttl: Duration, max_workers: usize) -> Self {
+        Self::with_breakers(ttl, max_workers, BreakerPolicy::default())
+    }
+
+    /// An empty registry with the given breaker policy.
+    pub fn with_breakers(ttl: Duration, max_workers: usize, policy: BreakerPolicy) -> Self {
+        let breakers = |max| Breakers::new(policy.failures, policy.cool_down, max);
         Self {
             workers: Mutex::new(HashMap::new()),
+            breakers: Mutex::new((breakers(max_workers), breakers(100_000))),
             ttl,
             max_workers,
         }
+    }
+
+    fn lock_breakers(&self) -> std::sync::MutexGuard<'_, (Breakers, Breakers)> {
+        self.breakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records how a run of `team` on `worker_id` ended; returns the worker's
+    /// and the team's breaker states after it.
+    pub fn report(&self, worker_id: &str, team: &str, success: bool) -> (State, State) {
+        let mut breakers = self.lock_breakers();
+        let worker = breakers.0.record(worker_id, success);
+        let team = breakers.1.record(team, success);
+        (worker, team)
+    }
+
+    /// The state of a worker's breaker.
+    pub fn worker_breaker(&self, worker_id: &str) -> State {
+        self.lock_breakers().0.state(worker_id)
+    }
+
+    /// Counts of open or half-open breakers: (workers, teams).
+    pub fn tripped(&self) -> (usize, usize) {
+        let breakers = self.lock_breakers();
+        (breakers.0.tripped().count(), breakers.1.tripped().count())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -169,38 +220,68 @@ impl Registry {
         Ok(entry.last_heartbeat_wall + self.ttl)
     }
 
-    /// Picks a live, non-draining worker for the query.
+    /// Picks a live, non-draining worker for the query whose breaker admits
+    /// it: by session affinity (rendezvous hashing) when a key is given, else
+    /// the less loaded of two chosen at random (power of two choices).
     pub fn route(&self, query: &RouteQuery<'_>) -> Result<WorkerView, RouterError> {
         let now = Instant::now();
+        {
+            let mut breakers = self.lock_breakers();
+            if !breakers.1.admit(query.team) {
+                let retry_after = breakers.1.retry_after(query.team).unwrap_or_default();
+                return Err(RouterError::TeamBreakerOpen(
+                    query.team.to_owned(),
+                    retry_after,
+                ));
+            }
+        }
         let mut workers = self.lock();
         Self::purge(&mut workers, now, self.ttl);
-        let candidates = workers.iter().filter(|(id, e)| {
-            e.serves(query.team, query.inline_spec)
-                && e.live(now, self.ttl)
-                && !e.draining
-                && !query.exclude.contains(id)
-                && query
-                    .required_capabilities
-                    .iter()
-                    .all(|c| e.registration.capabilities.contains(c))
-        });
-        let chosen = if query.session_key.is_empty() {
-            // Least loaded relative to capacity; ties broken by id for determinism.
-            candidates
-                .min_by(|(a_id, a), (b_id, b)| {
-                    a.load().total_cmp(&b.load()).then_with(|| a_id.cmp(b_id))
-                })
-                .map(|(id, _)| id.clone())
-        } else {
-            // Rendezvous hashing: the same key goes to the same worker while it lives.
-            candidates
-                .max_by_key(|(id, _)| {
-                    let mut h = DefaultHasher::new();
-                    (id.as_str(), query.session_key).hash(&mut h);
-                    h.finish()
-                })
-                .map(|(id, _)| id.clone())
-        };
+        let mut candidates: Vec<(&String, &Entry)> = workers
+            .iter()
+            .filter(|(id, e)| {
+                e.serves(query.team, query.inline_spec)
+                    && e.live(now, self.ttl)
+                    && !e.draining
+                    && !query.exclude.contains(id)
+                    && query
+                        .required_capabilities
+                        .iter()
+                        .all(|c| e.registration.capabilities.contains(c))
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.0.cmp(b.0));
+        let mut chosen = None;
+        let mut breakers = self.lock_breakers();
+        candidates.retain(|(id, _)| breakers.0.state(id) != State::Open);
+        while !candidates.is_empty() {
+            let pick = if query.session_key.is_empty() {
+                use rand::Rng;
+                let mut rng = rand::thread_rng();
+                let a = rng.gen_range(0..candidates.len());
+                let b = rng.gen_range(0..candidates.len());
+                if candidates[a].1.load() <= candidates[b].1.load() {
+                    a
+                } else {
+                    b
+                }
+            } else {
+                (0..candidates.len())
+                    .max_by_key(|&i| {
+                        let mut h = DefaultHasher::new();
+                        (candidates[i].0.as_str(), query.session_key).hash(&mut h);
+                        h.finish()
+                    })
+                    .unwrap_or(0)
+            };
+            let id = candidates[pick].0.clone();
+            if breakers.0.admit(&id) {
+                chosen = Some(id);
+                break;
+            }
+            candidates.swap_remove(pick);
+        }
+        drop(breakers);
         let Some(worker_id) = chosen else {
             let known = workers
                 .values()
@@ -268,7 +349,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn routes_to_the_least_loaded_live_worker() {
+    async fn load_spreads_toward_the_less_loaded_worker() {
         let registry = Registry::new(Duration::from_secs(15), 10);
         let a = registry
             .register(Some("a".into()), reg(&["crew"], 1))
@@ -276,9 +357,48 @@ mod tests {
         let b = registry
             .register(Some("b".into()), reg(&["crew"], 4))
             .unwrap();
-        registry.heartbeat(&a, 1, false).unwrap();
-        registry.heartbeat(&b, 1, false).unwrap();
-        assert_eq!(registry.route(&query("crew")).unwrap().worker_id, b);
+        let mut to_b = 0;
+        for _ in 0..200 {
+            registry.heartbeat(&a, 1, false).unwrap();
+            registry.heartbeat(&b, 1, false).unwrap();
+            if registry.route(&query("crew")).unwrap().worker_id == b {
+                to_b += 1;
+            }
+        }
+        // a (load 1.0) wins only when both picks are a: about a quarter of the time.
+        assert!(to_b > 120, "{to_b} of 200 went to the less loaded worker");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_worker_breaker_diverts_traffic_and_a_probe_closes_it() {
+        let policy = BreakerPolicy {
+            failures: 2,
+            cool_down: Duration::from_secs(5),
+        };
+        let registry = Registry::with_breakers(Duration::from_secs(60), 10, policy);
+        registry
+            .register(Some("a".into()), reg(&["crew"], 8))
+            .unwrap();
+        registry
+            .register(Some("b".into()), reg(&["crew"], 8))
+            .unwrap();
+        registry.report("a", "crew", false);
+        let (worker, team) = registry.report("a", "crew", false);
+        assert_eq!(worker, State::Open);
+        assert_eq!(team, State::Open);
+        // The team's breaker is open too: nothing is routed for the team.
+        assert!(matches!(
+            registry.route(&query("crew")),
+            Err(RouterError::TeamBreakerOpen(_, _))
+        ));
+        registry.report("b", "crew", true);
+        for _ in 0..20 {
+            assert_eq!(registry.route(&query("crew")).unwrap().worker_id, "b");
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(registry.worker_breaker("a"), State::HalfOpen);
+        registry.report("a", "crew", true);
+        assert_eq!(registry.worker_breaker("a"), State::Closed);
     }
 
     #[tokio::test(start_paused = true)]

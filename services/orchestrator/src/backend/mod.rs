@@ -273,7 +273,8 @@ pub fn gcra(tat: Option<f64>, now: f64, per_second: f64, burst: u32) -> Result<f
     let tolerance = interval * f64::from(burst.max(1));
     let tat = tat.unwrap_or(now).max(now);
     let allow_at = tat + interval - tolerance;
-    if now < allow_at {
+    // A microsecond of slack absorbs floating-point error at the boundary.
+    if now + 1e-6 < allow_at {
         Err(Duration::from_secs_f64(allow_at - now))
     } else {
         Ok(tat + interval)

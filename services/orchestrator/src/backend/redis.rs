@@ -158,7 +158,7 @@ local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local allow_at = tat + interval - tolerance
-if now < allow_at then return tostring(allow_at - now) end
+if now + 0.000001 < allow_at then return tostring(allow_at - now) end
 redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + interval - now) * 1000) + 1000)
 return ''
 "#;
