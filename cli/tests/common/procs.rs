@@ -1,0 +1,180 @@
+//! Running the `amaos-<svc>` binaries as processes on loopback, for tests.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// Starts `amaos-<service>` with `env`, its output discarded.
+pub fn spawn(service: &str, env: &HashMap<String, String>) -> Child {
+    Command::new(bin(&format!("amaos-{service}")))
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+use std::time::{Duration, Instant};
+
+use amaos_proto::router::v1::router_service_client::RouterServiceClient;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use super::repo_root as repo_root_dir;
+
+pub const SERVICES: [&str; 6] = [
+    "auth",
+    "router",
+    "memory",
+    "tools",
+    "agents",
+    "orchestrator",
+];
+
+/// Builds the service binaries once: `cargo test` builds only the binaries of
+/// the package under test, and stale ones would test old code.
+pub fn build_service_binaries() {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(repo_root_dir())
+            .args(["build", "--quiet"]);
+        let profile_dir = PathBuf::from(env!("CARGO_BIN_EXE_amaos"));
+        if profile_dir
+            .parent()
+            .and_then(|d| d.file_name())
+            .is_some_and(|d| d == "release")
+        {
+            command.arg("--release");
+        }
+        for service in SERVICES {
+            command.args(["-p", &format!("amaos-{service}")]);
+        }
+        let status = command.status().unwrap();
+        assert!(status.success(), "building the service binaries failed");
+    });
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    if name != "amaos" {
+        build_service_binaries();
+    }
+    let amaos = PathBuf::from(env!("CARGO_BIN_EXE_amaos"));
+    let path = amaos.with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo test --workspace` builds every binary)",
+        path.display()
+    );
+    path
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the processes it holds when dropped (a failed test leaves none behind).
+pub struct Processes(pub Vec<(&'static str, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn env_for(data_dir: &Path) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    env.insert("AMAOS_DATA_DIR".into(), data_dir.display().to_string());
+    env.insert(
+        "AMAOS_AGENTS__TEAMS_DIR".into(),
+        repo_root_dir().join("examples/teams").display().to_string(),
+    );
+    env.insert("AMAOS_LOG__FORMAT".into(), "json".into());
+    for service in SERVICES {
+        let upper = service.to_uppercase();
+        let port = free_port();
+        env.insert(
+            format!("AMAOS_{upper}__LISTEN"),
+            format!("127.0.0.1:{port}"),
+        );
+        env.insert(
+            format!("AMAOS_{upper}__URL"),
+            format!("http://127.0.0.1:{port}"),
+        );
+        env.insert(
+            format!("AMAOS_{upper}__ADMIN_LISTEN"),
+            format!("127.0.0.1:{}", free_port()),
+        );
+    }
+    env
+}
+
+pub fn amaos(env: &HashMap<String, String>, args: &[&str]) -> Output {
+    Command::new(bin("amaos"))
+        .args(args)
+        .envs(env)
+        .env_remove("AMAOS_API_KEY")
+        .current_dir(repo_root_dir())
+        .output()
+        .unwrap()
+}
+
+pub async fn wait_until_serving(env: &HashMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for service in SERVICES {
+        let url = env[&format!("AMAOS_{}__URL", service.to_uppercase())].clone();
+        let name = match service {
+            "orchestrator" => "amaos.orchestrator.v1.OrchestratorService",
+            "router" => "amaos.router.v1.RouterService",
+            "agents" => "amaos.agents.v1.AgentsService",
+            "tools" => "amaos.tools.v1.ToolsService",
+            "memory" => "amaos.memory.v1.MemoryService",
+            _ => "amaos.auth.v1.AuthService",
+        };
+        loop {
+            let channel = tonic::transport::Endpoint::from_shared(url.clone())
+                .unwrap()
+                .connect_lazy();
+            let status = HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: name.into(),
+                })
+                .await;
+            if status.is_ok_and(|s| s.into_inner().status == ServingStatus::Serving as i32) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{service} did not start serving");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let router = tonic::transport::Endpoint::from_shared(env["AMAOS_ROUTER__URL"].clone())
+        .unwrap()
+        .connect_lazy();
+    let mut router = RouterServiceClient::new(router);
+    loop {
+        let workers = router
+            .list_workers(amaos_proto::router::v1::ListWorkersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .workers;
+        if !workers.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agents worker did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
