@@ -113,10 +113,10 @@ async fn wait_until_running(
         .into_inner();
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(r) = stream.message().await.unwrap() {
-            if let Some(Kind::RunEvent(run)) = r.event.and_then(|e| e.kind) {
-                if matches!(run.payload, Some(Payload::Message(_))) {
-                    return;
-                }
+            if let Some(Kind::RunEvent(run)) = r.event.and_then(|e| e.kind)
+                && matches!(run.payload, Some(Payload::Message(_)))
+            {
+                return;
             }
         }
         panic!("the task finished before it was seen running");
