@@ -377,7 +377,10 @@ async fn the_example_crew_runs_on_the_redis_backend() {
 async fn a_task_past_its_deadline_ends_timed_out_and_its_run_stops() {
     let mesh = TestMesh::start().await;
     let key = mesh.create_key("acme", "developer").await;
-    let slow = research_crew().replace("    memory: true\n", "    memory: true\n    replay_latency: 5s\n");
+    let slow = research_crew().replace(
+        "    memory: true\n",
+        "    memory: true\n    replay_latency: 5s\n",
+    );
     let response = mesh
         .orchestrator()
         .submit_task(TestMesh::with_key(
@@ -385,7 +388,10 @@ async fn a_task_past_its_deadline_ends_timed_out_and_its_run_stops() {
             pb::SubmitTaskRequest {
                 team: inline(slow),
                 input: "x".into(),
-                timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                timeout: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
                 ..Default::default()
             },
         ))
@@ -395,8 +401,18 @@ async fn a_task_past_its_deadline_ends_timed_out_and_its_run_stops() {
     let started = std::time::Instant::now();
     let (task, _) = finished(&mesh, &key, &response.task_id).await;
     assert_eq!(task.state, pb::TaskState::TimedOut as i32, "{task:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "ended at the deadline, not after the run");
-    let workspace = mesh.config.workspace_dir().join("acme").join(&response.task_id);
-    assert!(!workspace.join("notes.md").exists(), "the run stopped before its first tool call");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "ended at the deadline, not after the run"
+    );
+    let workspace = mesh
+        .config
+        .workspace_dir()
+        .join("acme")
+        .join(&response.task_id);
+    assert!(
+        !workspace.join("notes.md").exists(),
+        "the run stopped before its first tool call"
+    );
     mesh.stop().await;
 }

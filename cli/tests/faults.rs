@@ -38,7 +38,11 @@ crew:
 
 fn fault_env(dir: &std::path::Path, redis_url: &str) -> HashMap<String, String> {
     let mut env = env_for(dir);
+    let prefix = format!("amaos-fault-{}", amaos_mesh::new_id());
     for (k, v) in [
+        ("AMAOS_ROUTER__BACKEND", "redis".to_owned()),
+        ("AMAOS_ROUTER__REDIS_URL", redis_url.to_owned()),
+        ("AMAOS_ROUTER__REDIS_PREFIX", prefix.clone()),
         ("AMAOS_ORCHESTRATOR__BACKEND", "redis".to_owned()),
         ("AMAOS_ORCHESTRATOR__REDIS_URL", redis_url.to_owned()),
         (

@@ -241,6 +241,13 @@ pub struct RouterConfig {
     pub worker_ttl: Duration,
     /// Largest number of registered workers.
     pub max_workers: usize,
+    /// Where the registry and breakers live: `memory` (one router replica) or
+    /// `redis` (shared by every replica).
+    pub backend: StoreBackend,
+    /// The Redis server, for `backend = "redis"`.
+    pub redis_url: String,
+    /// Prefix of the router's Redis keys.
+    pub redis_prefix: String,
     /// Consecutive failed runs that open a worker's or a team's breaker.
     pub breaker_failures: u32,
     /// How long an open breaker refuses traffic before one probe.
@@ -412,6 +419,9 @@ impl Default for RouterConfig {
             heartbeat_interval: Duration::from_secs(5),
             worker_ttl: Duration::from_secs(15),
             max_workers: 10_000,
+            backend: StoreBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "amaos".into(),
             breaker_failures: 5,
             breaker_cool_down: Duration::from_secs(10),
         }
@@ -623,6 +633,13 @@ impl Config {
             10_000,
         )?;
         positive("router.breaker_cool_down", r.breaker_cool_down)?;
+        redis_url("router.redis_url", &r.redis_url)?;
+        if r.redis_prefix.is_empty() || r.redis_prefix.len() > 64 {
+            return Err(ConfigError::new(
+                "router.redis_prefix",
+                "must be 1 to 64 characters",
+            ));
+        }
         let a = &self.agents;
         in_range("agents.capacity", a.capacity as usize, 1, 100_000)?;
         in_range("agents.max_steps", a.max_steps as usize, 1, 10_000)?;

@@ -26,6 +26,9 @@ pub enum RouterError {
     /// The team's circuit breaker is open.
     #[error("team `{0}` failed repeatedly; its circuit is open for {1:?}")]
     TeamBreakerOpen(String, std::time::Duration),
+    /// The shared registry store failed.
+    #[error("registry store: {0}")]
+    Store(String),
     /// The registry is full.
     #[error("the registry holds its maximum of {0} workers")]
     RegistryFull(usize),
@@ -43,6 +46,7 @@ impl From<RouterError> for tonic::Status {
             }
             RouterError::NoLiveWorker(_) => tonic::Status::unavailable(message),
             RouterError::RegistryFull(_) => tonic::Status::resource_exhausted(message),
+            RouterError::Store(_) => tonic::Status::unavailable(message),
             RouterError::TeamBreakerOpen(_, retry_after) => tonic::Status::with_error_details(
                 tonic::Code::Unavailable,
                 message,

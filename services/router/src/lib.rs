@@ -8,11 +8,15 @@
 //!   (power of two choices on load relative to capacity, or rendezvous hashing
 //!   on a session key), skipping workers whose breaker is open.
 //! - [`breaker`]: circuit breakers per worker and per team.
+//! - [`backend`]: the registry as a trait; [`redis_registry`]: its Redis
+//!   backend, shared by router replicas.
 //! - [`error`]: the router's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service and [`serve`].
 
+pub mod backend;
 pub mod breaker;
 pub mod error;
+pub mod redis_registry;
 pub mod registry;
 
 use std::sync::Arc;
@@ -28,16 +32,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::backend::WorkerRegistry;
 use crate::breaker::State;
 use crate::error::RouterError;
 use crate::registry::{BreakerPolicy, Registration, Registry, RouteQuery, WorkerView};
+use amaos_mesh::config::StoreBackend;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 /// The router's gRPC service.
 #[derive(Clone)]
 pub struct Router {
-    registry: Arc<Registry>,
+    registry: Arc<dyn WorkerRegistry>,
     heartbeat_interval: std::time::Duration,
     ttl: std::time::Duration,
     open_breakers: Family<ScopeLabel, Gauge>,
@@ -50,12 +56,8 @@ struct ScopeLabel {
 }
 
 impl Router {
-    /// A router with an empty registry, reporting breakers in `metrics`.
-    pub fn new(config: &Config, metrics: &Metrics) -> Self {
-        let policy = BreakerPolicy {
-            failures: config.router.breaker_failures,
-            cool_down: config.router.breaker_cool_down,
-        };
+    /// A router over `registry`, reporting breakers in `metrics`.
+    pub fn new(config: &Config, metrics: &Metrics, registry: Arc<dyn WorkerRegistry>) -> Self {
         let open_breakers = Family::<ScopeLabel, Gauge>::default();
         metrics.register(
             "router_breakers_tripped",
@@ -63,16 +65,36 @@ impl Router {
             open_breakers.clone(),
         );
         Self {
-            registry: Arc::new(Registry::with_breakers(
-                config.router.worker_ttl,
-                config.router.max_workers,
-                policy,
-            )),
+            registry,
             heartbeat_interval: config.router.heartbeat_interval,
             ttl: config.router.worker_ttl,
             open_breakers,
         }
     }
+}
+
+/// Opens the configured registry: in-process, or Redis shared by replicas.
+pub async fn open_registry(config: &Config) -> Result<Arc<dyn WorkerRegistry>, RouterError> {
+    let r = &config.router;
+    let policy = BreakerPolicy {
+        failures: r.breaker_failures,
+        cool_down: r.breaker_cool_down,
+    };
+    Ok(match r.backend {
+        StoreBackend::Memory => {
+            Arc::new(Registry::with_breakers(r.worker_ttl, r.max_workers, policy))
+        }
+        StoreBackend::Redis => Arc::new(
+            redis_registry::RedisRegistry::connect(
+                &r.redis_url,
+                &r.redis_prefix,
+                r.worker_ttl,
+                r.max_workers,
+                policy,
+            )
+            .await?,
+        ),
+    })
 }
 
 fn breaker_to(state: State) -> pb::BreakerState {
@@ -147,19 +169,27 @@ impl RouterService for Router {
             }
             .into());
         }
-        let worker = self.registry.route(&RouteQuery {
-            team: &team,
-            inline_spec,
-            required_capabilities: &required_capabilities,
-            session_key: &session_key,
-            exclude: &exclude_worker_ids,
-        })?;
+        let worker = self
+            .registry
+            .route(&RouteQuery {
+                team: &team,
+                inline_spec,
+                required_capabilities: &required_capabilities,
+                session_key: &session_key,
+                exclude: &exclude_worker_ids,
+            })
+            .await?;
         let reason = if session_key.is_empty() {
             "least loaded live worker"
         } else {
             "session affinity"
         };
-        let breaker = self.registry.worker_breaker(&worker.worker_id);
+        let breaker = self
+            .registry
+            .worker_breakers(std::slice::from_ref(&worker.worker_id))
+            .await?
+            .pop()
+            .unwrap_or(State::Closed);
         Ok(Response::new(pb::RouteResponse {
             worker: Some(to_proto(worker, breaker)),
             reason: reason.into(),
@@ -194,16 +224,19 @@ impl RouterService for Router {
             }
             .into());
         }
-        let worker_id = self.registry.register(
-            Some(worker_id).filter(|id| !id.is_empty()),
-            Registration {
-                address,
-                teams,
-                capabilities,
-                capacity,
-                labels,
-            },
-        )?;
+        let worker_id = self
+            .registry
+            .register(
+                Some(worker_id).filter(|id| !id.is_empty()),
+                Registration {
+                    address,
+                    teams,
+                    capabilities,
+                    capacity,
+                    labels,
+                },
+            )
+            .await?;
         tracing::info!(%worker_id, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id,
@@ -221,7 +254,10 @@ impl RouterService for Router {
             in_flight,
             draining,
         } = request.into_inner();
-        let expires_at = self.registry.heartbeat(&worker_id, in_flight, draining)?;
+        let expires_at = self
+            .registry
+            .heartbeat(&worker_id, in_flight, draining)
+            .await?;
         Ok(Response::new(pb::HeartbeatResponse {
             expires_at: Some(timestamp(expires_at)),
         }))
@@ -244,11 +280,11 @@ impl RouterService for Router {
             }
             .into());
         }
-        let (worker, team_state) = self.registry.report(&worker_id, &team, success);
+        let (worker, team_state) = self.registry.report(&worker_id, &team, success).await?;
         if worker == State::Open || team_state == State::Open {
             tracing::warn!(%worker_id, %team, %error, ?worker, team_breaker = ?team_state, "circuit breaker open");
         }
-        let (workers, teams) = self.registry.tripped();
+        let (workers, teams) = self.registry.tripped().await?;
         self.open_breakers
             .get_or_create(&ScopeLabel { scope: "worker" })
             .set(workers as i64);
@@ -270,14 +306,14 @@ impl RouterService for Router {
             include_expired,
         } = request.into_inner();
         let team = Some(team.as_str()).filter(|t| !t.is_empty());
-        let workers = self.registry.list(team, include_expired);
+        let workers = self.registry.list(team, include_expired).await?;
+        let ids: Vec<String> = workers.iter().map(|w| w.worker_id.clone()).collect();
+        let breakers = self.registry.worker_breakers(&ids).await?;
         Ok(Response::new(pb::ListWorkersResponse {
             workers: workers
                 .into_iter()
-                .map(|w| {
-                    let breaker = self.registry.worker_breaker(&w.worker_id);
-                    to_proto(w, breaker)
-                })
+                .zip(breakers)
+                .map(|(w, b)| to_proto(w, b))
                 .collect(),
         }))
     }
@@ -298,7 +334,8 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let service = grpc_service(Router::new(&config, &metrics), &config.limits);
+    let registry = open_registry(&config).await?;
+    let service = grpc_service(Router::new(&config, &metrics, registry), &config.limits);
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
 }

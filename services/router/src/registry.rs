@@ -255,25 +255,9 @@ impl Registry {
         let mut breakers = self.lock_breakers();
         candidates.retain(|(id, _)| breakers.0.state(id) != State::Open);
         while !candidates.is_empty() {
-            let pick = if query.session_key.is_empty() {
-                use rand::Rng;
-                let mut rng = rand::thread_rng();
-                let a = rng.gen_range(0..candidates.len());
-                let b = rng.gen_range(0..candidates.len());
-                if candidates[a].1.load() <= candidates[b].1.load() {
-                    a
-                } else {
-                    b
-                }
-            } else {
-                (0..candidates.len())
-                    .max_by_key(|&i| {
-                        let mut h = DefaultHasher::new();
-                        (candidates[i].0.as_str(), query.session_key).hash(&mut h);
-                        h.finish()
-                    })
-                    .unwrap_or(0)
-            };
+            let ids: Vec<&str> = candidates.iter().map(|(id, _)| id.as_str()).collect();
+            let loads: Vec<f64> = candidates.iter().map(|(_, e)| e.load()).collect();
+            let pick = pick(&ids, &loads, query.session_key);
             let id = candidates[pick].0.clone();
             if breakers.0.admit(&id) {
                 chosen = Some(id);
@@ -313,6 +297,25 @@ impl Registry {
         out.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
         out
     }
+}
+
+/// The routing choice among candidates (sorted by id): by rendezvous hashing
+/// on `session_key` when given, else the less loaded of two picked at random.
+pub(crate) fn pick(ids: &[&str], loads: &[f64], session_key: &str) -> usize {
+    if !session_key.is_empty() {
+        return (0..ids.len())
+            .max_by_key(|&i| {
+                let mut h = DefaultHasher::new();
+                (ids[i], session_key).hash(&mut h);
+                h.finish()
+            })
+            .unwrap_or(0);
+    }
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let a = rng.gen_range(0..ids.len());
+    let b = rng.gen_range(0..ids.len());
+    if loads[a] <= loads[b] { a } else { b }
 }
 
 fn view(id: &str, e: &Entry, now: Instant, ttl: Duration) -> WorkerView {

@@ -1,0 +1,172 @@
+//! One suite for both registry backends: in-process, and Redis at
+//! `AMAOS_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). Time is real
+//! and short (a TTL and a cool-down of a few hundred milliseconds).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amaos_router::backend::WorkerRegistry;
+use amaos_router::breaker::State;
+use amaos_router::error::RouterError;
+use amaos_router::redis_registry::RedisRegistry;
+use amaos_router::registry::{BreakerPolicy, Registration, Registry, RouteQuery};
+
+const TTL: Duration = Duration::from_millis(400);
+const POLICY: BreakerPolicy = BreakerPolicy {
+    failures: 2,
+    cool_down: Duration::from_millis(400),
+};
+
+fn reg(teams: &[&str]) -> Registration {
+    Registration {
+        address: "http://127.0.0.1:1".into(),
+        teams: teams.iter().map(|t| t.to_string()).collect(),
+        capabilities: vec!["tools".into()],
+        capacity: 4,
+        labels: HashMap::new(),
+    }
+}
+
+fn query(team: &str) -> RouteQuery<'_> {
+    RouteQuery {
+        team,
+        ..Default::default()
+    }
+}
+
+async fn suite<F, Fut>(make: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn WorkerRegistry>>,
+{
+    // Registration, listing, routing, unknown teams, inline specs.
+    let r = make(10).await;
+    let a = r
+        .register(Some("a".into()), reg(&["crew", "*"]))
+        .await
+        .unwrap();
+    assert_eq!(a, "a");
+    let listed = r.list(None, false).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].registration.teams, ["crew", "*"]);
+    let routed = r.route(&query("crew")).await.unwrap();
+    assert_eq!(routed.worker_id, "a");
+    assert_eq!(routed.in_flight, 1);
+    assert!(matches!(
+        r.route(&query("other")).await,
+        Err(RouterError::UnknownTeam(_))
+    ));
+    let inline = RouteQuery {
+        team: "other",
+        inline_spec: true,
+        ..Default::default()
+    };
+    assert_eq!(r.route(&inline).await.unwrap().worker_id, "a");
+    let needs_gpu = ["gpu".to_owned()];
+    let gpu = RouteQuery {
+        team: "crew",
+        required_capabilities: &needs_gpu,
+        ..Default::default()
+    };
+    assert!(matches!(
+        r.route(&gpu).await,
+        Err(RouterError::NoLiveWorker(_))
+    ));
+    assert!(matches!(
+        r.heartbeat("ghost", 0, false).await,
+        Err(RouterError::WorkerNotFound(_))
+    ));
+
+    // Draining and expiry take a worker out of routing; a heartbeat brings it back.
+    r.heartbeat("a", 0, true).await.unwrap();
+    assert!(matches!(
+        r.route(&query("crew")).await,
+        Err(RouterError::NoLiveWorker(_))
+    ));
+    r.heartbeat("a", 0, false).await.unwrap();
+    assert!(r.route(&query("crew")).await.is_ok());
+    tokio::time::sleep(TTL + Duration::from_millis(150)).await;
+    assert!(matches!(
+        r.route(&query("crew")).await,
+        Err(RouterError::NoLiveWorker(_))
+    ));
+    assert!(r.list(None, false).await.unwrap().is_empty());
+    assert_eq!(r.list(None, true).await.unwrap().len(), 1);
+    r.heartbeat("a", 0, false).await.unwrap();
+    assert!(r.route(&query("crew")).await.is_ok());
+
+    // Breakers: a worker's opens and traffic goes elsewhere; a team's opens and
+    // nothing is routed; after the cool-down one probe passes and success closes it.
+    let r = make(10).await;
+    r.register(Some("a".into()), reg(&["crew"])).await.unwrap();
+    r.register(Some("b".into()), reg(&["crew"])).await.unwrap();
+    r.report("a", "other-team", false).await.unwrap();
+    let (worker, _) = r.report("a", "other-team", false).await.unwrap();
+    assert_eq!(worker, State::Open);
+    for _ in 0..10 {
+        assert_eq!(r.route(&query("crew")).await.unwrap().worker_id, "b");
+    }
+    let states = r.worker_breakers(&["a".into(), "b".into()]).await.unwrap();
+    assert_eq!(states, [State::Open, State::Closed]);
+    assert_eq!(r.tripped().await.unwrap(), (1, 1));
+    r.report("b", "crew", false).await.unwrap();
+    r.report("b", "crew", false).await.unwrap();
+    assert!(matches!(
+        r.route(&query("crew")).await,
+        Err(RouterError::TeamBreakerOpen(_, _))
+    ));
+    tokio::time::sleep(POLICY.cool_down + Duration::from_millis(100)).await;
+    r.heartbeat("a", 0, false).await.unwrap();
+    r.heartbeat("b", 0, false).await.unwrap();
+    let probe = r.route(&query("crew")).await;
+    assert!(probe.is_ok(), "one probe passes: {probe:?}");
+    r.report(&probe.unwrap().worker_id, "crew", true)
+        .await
+        .unwrap();
+    assert!(r.route(&query("crew")).await.is_ok());
+
+    // Session affinity sticks; the registry is bounded.
+    let r = make(3).await;
+    for id in ["a", "b", "c"] {
+        r.register(Some(id.into()), reg(&["crew"])).await.unwrap();
+    }
+    let sticky = RouteQuery {
+        team: "crew",
+        session_key: "s-1",
+        ..Default::default()
+    };
+    let first = r.route(&sticky).await.unwrap().worker_id;
+    for _ in 0..5 {
+        assert_eq!(r.route(&sticky).await.unwrap().worker_id, first);
+    }
+    assert!(matches!(
+        r.register(Some("d".into()), reg(&["crew"])).await,
+        Err(RouterError::RegistryFull(3))
+    ));
+}
+
+#[tokio::test]
+async fn the_memory_registry_conforms() {
+    suite(|max| async move {
+        Arc::new(Registry::with_breakers(TTL, max, POLICY)) as Arc<dyn WorkerRegistry>
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_redis_registry_conforms() {
+    let url =
+        std::env::var("AMAOS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    suite(|max| {
+        let url = url.clone();
+        async move {
+            let prefix = format!("amaos-test-{}", amaos_mesh::new_id());
+            let registry = RedisRegistry::connect(&url, &prefix, TTL, max, POLICY)
+                .await
+                .unwrap_or_else(|e| panic!("Redis at {url} is needed for this test: {e}"));
+            Arc::new(registry) as Arc<dyn WorkerRegistry>
+        }
+    })
+    .await;
+}
