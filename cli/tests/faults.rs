@@ -440,3 +440,69 @@ async fn no_acknowledged_task_is_lost_when_redis_restarts() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+#[tokio::test]
+async fn a_draining_replica_finishes_its_attempts_before_it_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = fault_env(dir.path(), &redis_url());
+    // A long lease, so only the drain (not a takeover) can finish the task.
+    env.insert("AMAOS_ORCHESTRATOR__LEASE".into(), "60s".into());
+    env.insert("AMAOS_LIMITS__DRAIN_TIMEOUT".into(), "15s".into());
+    let mut processes = Processes(Vec::new());
+    for service in [
+        "auth",
+        "router",
+        "memory",
+        "tools",
+        "agents",
+        "orchestrator",
+    ] {
+        processes.0.push((service, spawn(service, &env)));
+    }
+    wait_until_serving(&env).await;
+    let key = admin_key(dir.path());
+    let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
+    let mut orchestrator = client(&url);
+    let id = submit(&mut orchestrator, &key, "drain").await;
+    wait_until_running(&mut orchestrator, &key, &id).await;
+
+    let (_, child) = processes
+        .0
+        .iter_mut()
+        .find(|(name, _)| *name == "orchestrator")
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replica did not exit within its drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exited with {status}");
+
+    // Another replica reads the task from the shared store: finished, by attempt 1.
+    let mut replica = env.clone();
+    let port = free_port();
+    replica.insert(
+        "AMAOS_ORCHESTRATOR__LISTEN".into(),
+        format!("127.0.0.1:{port}"),
+    );
+    replica.insert(
+        "AMAOS_ORCHESTRATOR__ADMIN_LISTEN".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    processes
+        .0
+        .push(("orchestrator-2", spawn("orchestrator", &replica)));
+    let (task, events) = wait_finished(&format!("http://127.0.0.1:{port}"), &key, &id).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    assert_eq!(task.attempt, 1, "the draining replica finished it itself");
+    assert_attempts_never_overlap(&events);
+}
