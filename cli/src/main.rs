@@ -126,10 +126,25 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         model_latency_ms: u64,
     },
+    /// Check the audit trail: names the first edited, deleted or reordered record.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the hash chain of an audit file.
+    Verify {
+        /// The audit file; defaults to the configured `auth.audit_file`.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -314,6 +329,25 @@ async fn dispatch(
                 print!("{}", report.text());
             }
             Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { file },
+        } => {
+            let path = file.unwrap_or_else(|| config.audit_file());
+            match amaos_auth::audit::verify_file(&path) {
+                Ok(amaos_auth::audit::Verdict::Intact(n)) => {
+                    println!("{}: intact, {n} records", path.display());
+                    Ok(())
+                }
+                Ok(amaos_auth::audit::Verdict::BrokenAt(index)) => Err(Failure {
+                    message: format!(
+                        "{}: broken at record {index}: it was edited, deleted or moved",
+                        path.display()
+                    ),
+                    code: 1,
+                }),
+                Err(message) => Err(Failure { message, code: 2 }),
+            }
         }
         Command::Keys { command } => match command {
             KeysCommand::Create {

@@ -560,3 +560,80 @@ async fn a_cancelled_task_stops_its_run() {
     assert!(!workspace.join("notes.md").exists());
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_trail_is_verifiable_and_privileged_actions_fail_closed() {
+    let mesh = TestMesh::start().await;
+    for tenant in ["acme", "globex", "initech"] {
+        mesh.create_key(tenant, "developer").await;
+    }
+    let trail = mesh.config.audit_file();
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_amaos"))
+            .args(["audit", "verify", "--file"])
+            .arg(&trail)
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact, 3 records"));
+
+    // Edit the second record: verification names it.
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let edited = lines[1].replace("globex", "hooli");
+    std::fs::write(&trail, format!("{}\n{edited}\n{}\n", lines[0], lines[2])).unwrap();
+    let broken = verify();
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains("broken at record 1"),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+    // Delete it instead: still named.
+    std::fs::write(&trail, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
+    assert!(String::from_utf8_lossy(&verify().stderr).contains("broken at record 1"));
+    std::fs::write(&trail, format!("{text}")).unwrap();
+    mesh.stop().await;
+
+    // With the trail unwritable, creating a key is refused and no key appears.
+    let mesh =
+        TestMesh::start_with(|c| c.auth.audit_file = Some("/nonexistent-dir/audit.jsonl".into()))
+            .await;
+    let status = mesh
+        .auth()
+        .create_api_key(TestMesh::with_key(
+            &mesh.admin_key,
+            amaos_proto::auth::v1::CreateApiKeyRequest {
+                name: "x".into(),
+                tenant: "acme".into(),
+                roles: vec!["developer".into()],
+                ttl: None,
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("audit"));
+    let keys = mesh
+        .auth()
+        .list_api_keys(TestMesh::with_key(
+            &mesh.admin_key,
+            amaos_proto::auth::v1::ListApiKeysRequest {
+                include_revoked: true,
+                tenant: "acme".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert!(keys.is_empty());
+    mesh.stop().await;
+}

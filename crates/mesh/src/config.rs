@@ -327,6 +327,8 @@ pub struct AuthConfig {
     pub url: String,
     /// The API key store; unset for `<data_dir>/keys.json`.
     pub key_file: Option<PathBuf>,
+    /// The audit trail (JSON lines, hash-chained); unset for `<data_dir>/audit.jsonl`.
+    pub audit_file: Option<PathBuf>,
     /// How long a verified key is trusted by callers before being checked again.
     #[serde(with = "duration_text")]
     pub key_cache_ttl: Duration,
@@ -475,6 +477,7 @@ impl Default for AuthConfig {
             admin_listen: Some(addr(9606)),
             url: url(50056),
             key_file: None,
+            audit_file: None,
             key_cache_ttl: Duration::from_secs(30),
         }
     }
@@ -686,6 +689,14 @@ impl Config {
             .workspace_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("workspaces"))
+    }
+
+    /// The audit trail.
+    pub fn audit_file(&self) -> PathBuf {
+        self.auth
+            .audit_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit.jsonl"))
     }
 
     /// The API key store.

@@ -1,17 +1,23 @@
 //! The audit trail of privileged actions, each record hash-chained to the one
-//! before (SHA-256 over the previous hash and the record's fields), bounded in
-//! memory.
+//! before (SHA-256 over the previous hash and the record's fields). Records
+//! are appended to a JSON-lines file before the action takes effect: when the
+//! file cannot be written the action fails (fail closed). The newest records
+//! are also kept in memory, bounded, for QueryAudit. [`verify_file`] checks a
+//! trail and names the first record that was edited, deleted or reordered.
 
 use std::collections::VecDeque;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// Most records kept; the oldest are dropped first (indexes keep counting).
 pub const MAX_RECORDS: usize = 100_000;
 
 /// One audited action.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Position in the trail, from 0.
     pub index: u64,
@@ -37,7 +43,13 @@ pub struct Record {
 #[derive(Default)]
 pub struct AuditLog {
     records: Mutex<VecDeque<Record>>,
+    file: Option<PathBuf>,
 }
+
+/// The audit sink could not record an action; the action must not happen.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit trail cannot be written ({0}); privileged actions are refused until it can")]
+pub struct SinkDown(pub String);
 
 /// What an entry says, before it is numbered and chained.
 pub struct Entry<'a> {
@@ -72,8 +84,55 @@ fn chain_hash(prev: &str, r: &Record) -> String {
 }
 
 impl AuditLog {
-    /// Appends an entry.
-    pub fn append(&self, entry: Entry<'_>) -> Record {
+    /// A trail appended to `file`, continuing the chain already in it.
+    pub fn open(file: &Path) -> Result<Self, SinkDown> {
+        let mut records = VecDeque::new();
+        match std::fs::File::open(file) {
+            Ok(f) => {
+                for line in std::io::BufReader::new(f).lines() {
+                    let line = line.map_err(|e| SinkDown(format!("{}: {e}", file.display())))?;
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let record: Record = serde_json::from_str(&line).map_err(|e| {
+                        SinkDown(format!(
+                            "{}: a record is not valid JSON: {e}",
+                            file.display()
+                        ))
+                    })?;
+                    if records.len() >= MAX_RECORDS {
+                        records.pop_front();
+                    }
+                    records.push_back(record);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(SinkDown(format!("{}: {e}", file.display()))),
+        }
+        Ok(Self {
+            records: Mutex::new(records),
+            file: Some(file.to_owned()),
+        })
+    }
+
+    fn write(&self, record: &Record) -> Result<(), SinkDown> {
+        let Some(path) = &self.file else {
+            return Ok(());
+        };
+        let fail = |e: std::io::Error| SinkDown(format!("{}: {e}", path.display()));
+        let mut line = serde_json::to_vec(record).map_err(|e| SinkDown(e.to_string()))?;
+        line.push(b'\n');
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(fail)?;
+        file.write_all(&line).map_err(fail)?;
+        file.flush().map_err(fail)
+    }
+
+    /// Appends an entry: written to the file first, then kept in memory.
+    pub fn append(&self, entry: Entry<'_>) -> Result<Record, SinkDown> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
         let (index, prev_hash) = records
             .back()
@@ -91,11 +150,12 @@ impl AuditLog {
             hash: String::new(),
         };
         record.hash = chain_hash(&record.prev_hash, &record);
+        self.write(&record)?;
         if records.len() >= MAX_RECORDS {
             records.pop_front();
         }
         records.push_back(record.clone());
-        record
+        Ok(record)
     }
 
     /// Records after `after_index` matching the filters, oldest first.
@@ -120,39 +180,109 @@ impl AuditLog {
     }
 }
 
-/// The index of the first record whose hash does not chain, if any.
+/// The position of the first record that does not chain (edited, missing,
+/// or out of order), if any.
 pub fn verify_chain(records: &[Record]) -> Option<u64> {
     let mut prev: Option<&Record> = None;
-    for r in records {
+    for (position, r) in records.iter().enumerate() {
+        let expected_index = prev.map(|p| p.index + 1).unwrap_or(r.index);
         let expected_prev = prev.map(|p| p.hash.as_str());
-        if expected_prev.is_some_and(|p| p != r.prev_hash) || chain_hash(&r.prev_hash, r) != r.hash
+        if r.index != expected_index
+            || expected_prev.is_some_and(|p| p != r.prev_hash)
+            || chain_hash(&r.prev_hash, r) != r.hash
         {
-            return Some(r.index);
+            return Some(prev.map(|p| p.index + 1).unwrap_or(position as u64));
         }
         prev = Some(r);
     }
     None
 }
 
+/// What [`verify_file`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Every record chains: this many.
+    Intact(u64),
+    /// The record expected at this index is edited, missing or out of order.
+    BrokenAt(u64),
+}
+
+/// Verifies an audit file.
+pub fn verify_file(path: &Path) -> Result<Verdict, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut records = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let record: Record = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "{}: line {}: not an audit record: {e}",
+                path.display(),
+                n + 1
+            )
+        })?;
+        records.push(record);
+    }
+    Ok(match verify_chain(&records) {
+        None => Verdict::Intact(records.len() as u64),
+        Some(index) => Verdict::BrokenAt(index),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_chain_detects_an_edit() {
+    fn trail(n: usize) -> Vec<Record> {
         let log = AuditLog::default();
-        for action in ["keys.create", "keys.revoke", "keys.create"] {
+        for i in 0..n {
             log.append(Entry {
                 principal: "p",
                 tenant: "t",
-                action,
-                object: "k",
+                action: "keys.create",
+                object: &format!("k{i}"),
                 allowed: true,
-            });
+            })
+            .unwrap();
         }
-        let mut records = log.query(None, None, 0, 0, 10);
+        log.query(None, None, 0, 0, 100)
+    }
+
+    #[test]
+    fn the_chain_names_an_edited_deleted_or_reordered_record() {
+        let records = trail(5);
         assert_eq!(verify_chain(&records), None);
-        records[1].object = "other".into();
-        assert_eq!(verify_chain(&records), Some(1));
+        let mut edited = records.clone();
+        edited[2].object = "other".into();
+        assert_eq!(verify_chain(&edited), Some(2));
+        let mut deleted = records.clone();
+        deleted.remove(3);
+        assert_eq!(verify_chain(&deleted), Some(3));
+        let mut reordered = records.clone();
+        reordered.swap(1, 2);
+        assert_eq!(verify_chain(&reordered), Some(1));
+    }
+
+    #[test]
+    fn a_file_trail_continues_across_restarts_and_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let entry = || Entry {
+            principal: "p",
+            tenant: "t",
+            action: "keys.revoke",
+            object: "k",
+            allowed: true,
+        };
+        AuditLog::open(&path).unwrap().append(entry()).unwrap();
+        let reopened = AuditLog::open(&path).unwrap();
+        assert_eq!(reopened.append(entry()).unwrap().index, 1);
+        assert_eq!(verify_file(&path).unwrap(), Verdict::Intact(2));
+        // A sink that cannot be written refuses the action.
+        let blocked = AuditLog::open(&dir.path().join("no-such-dir/audit.jsonl")).unwrap();
+        assert!(blocked.append(entry()).is_err());
+        assert!(blocked.query(None, None, 0, 0, 10).is_empty());
     }
 }

@@ -25,6 +25,9 @@ pub enum AuthError {
     /// The named key does not exist in the caller's view.
     #[error("API key `{0}` not found")]
     KeyNotFound(String),
+    /// The audit trail cannot be written, so privileged actions are refused.
+    #[error("{0}")]
+    AuditDown(String),
     /// The key store could not be read or written.
     #[error("key store: {0}")]
     Store(String),
@@ -40,7 +43,7 @@ impl From<AuthError> for tonic::Status {
             AuthError::Forbidden(_) => tonic::Status::permission_denied(message),
             AuthError::InvalidArgument { field, message } => status::invalid_field(field, message),
             AuthError::KeyNotFound(_) => tonic::Status::not_found(message),
-            AuthError::Store(_) => tonic::Status::unavailable(message),
+            AuthError::Store(_) | AuthError::AuditDown(_) => tonic::Status::unavailable(message),
         }
     }
 }

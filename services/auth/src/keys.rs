@@ -67,6 +67,8 @@ pub struct KeyStore {
 
 /// A new key to create.
 pub struct NewKey<'a> {
+    /// Its id.
+    pub key_id: String,
     /// A name for people.
     pub name: &'a str,
     /// The tenant.
@@ -189,7 +191,7 @@ impl KeyStore {
             .to_string();
         let now = now_ms();
         let key = StoredKey {
-            key_id: amaos_mesh::new_id(),
+            key_id: new.key_id,
             name: new.name.to_owned(),
             tenant: new.tenant.to_owned(),
             roles: new.roles,
@@ -323,6 +325,7 @@ mod tests {
 
     fn new_key<'a>(tenant: &'a str, idem: Option<&'a str>) -> NewKey<'a> {
         NewKey {
+            key_id: amaos_mesh::new_id(),
             name: "ci",
             tenant,
             roles: vec!["developer".into()],

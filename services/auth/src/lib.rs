@@ -62,6 +62,7 @@ pub fn open(config: &Config) -> Result<Opened, AuthError> {
     let mut bootstrap_key_file = None;
     if keys.is_empty() {
         let (_, secret) = keys.create(NewKey {
+            key_id: amaos_mesh::new_id(),
             name: "bootstrap-admin",
             tenant: PLATFORM_TENANT,
             roles: vec!["admin".into()],
@@ -77,7 +78,8 @@ pub fn open(config: &Config) -> Result<Opened, AuthError> {
     Ok(Opened {
         state: Arc::new(AuthState {
             keys,
-            audit: AuditLog::default(),
+            audit: AuditLog::open(&config.audit_file())
+                .map_err(|e| AuthError::Store(e.to_string()))?,
             cache: Mutex::new(HashMap::new()),
             cache_ttl: config.auth.key_cache_ttl,
         }),
@@ -117,13 +119,16 @@ impl AuthState {
         if policy::allows(&key.roles, object, action).is_some() {
             return Ok(());
         }
-        self.audit.append(Entry {
+        // The action is refused either way; a trail that cannot be written is logged.
+        if let Err(error) = self.audit.append(Entry {
             principal: &key.key_id,
             tenant: &key.tenant,
             action: &format!("{object}.{action}"),
             object,
             allowed: false,
-        });
+        }) {
+            tracing::error!(%error, "could not audit a refusal");
+        }
         Err(AuthError::Forbidden(format!(
             "roles [{}] may not `{action}` on `{object}`",
             key.roles.join(", ")
@@ -244,20 +249,26 @@ impl AuthService for Auth {
             None => None,
         };
         let idempotency_key = Some(idempotency_key).filter(|k| !k.is_empty());
+        // Audited before it happens: no record, no key.
+        let key_id = amaos_mesh::new_id();
+        self.state
+            .audit
+            .append(Entry {
+                principal: &key.key_id,
+                tenant: &tenant,
+                action: "keys.create",
+                object: &key_id,
+                allowed: true,
+            })
+            .map_err(|e| AuthError::AuditDown(e.to_string()))?;
         let (created, secret) = self.state.keys.create(NewKey {
+            key_id,
             name: &name,
             tenant: &tenant,
             roles,
             ttl,
             idempotency_key: idempotency_key.as_deref(),
         })?;
-        self.state.audit.append(Entry {
-            principal: &key.key_id,
-            tenant: &tenant,
-            action: "keys.create",
-            object: &created.key_id,
-            allowed: true,
-        });
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(to_proto(&created)),
             secret: secret.unwrap_or_default(),
@@ -294,15 +305,25 @@ impl AuthService for Auth {
         // Platform admins revoke in any tenant; others only in their own.
         let platform = key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "admin");
         let scope = (!platform).then_some(key.tenant.as_str());
+        let target = self
+            .state
+            .keys
+            .list(scope, true)
+            .into_iter()
+            .find(|k| k.key_id == key_id)
+            .ok_or_else(|| AuthError::KeyNotFound(key_id.clone()))?;
+        self.state
+            .audit
+            .append(Entry {
+                principal: &key.key_id,
+                tenant: &target.tenant,
+                action: "keys.revoke",
+                object: &target.key_id,
+                allowed: true,
+            })
+            .map_err(|e| AuthError::AuditDown(e.to_string()))?;
         let revoked = self.state.keys.revoke(&key_id, scope)?;
         self.state.forget_cached();
-        self.state.audit.append(Entry {
-            principal: &key.key_id,
-            tenant: &revoked.tenant,
-            action: "keys.revoke",
-            object: &revoked.key_id,
-            allowed: true,
-        });
         Ok(Response::new(pb::RevokeApiKeyResponse {
             api_key: Some(to_proto(&revoked)),
         }))
