@@ -598,7 +598,7 @@ async fn the_audit_trail_is_verifiable_and_privileged_actions_fail_closed() {
     // Delete it instead: still named.
     std::fs::write(&trail, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
     assert!(String::from_utf8_lossy(&verify().stderr).contains("broken at record 1"));
-    std::fs::write(&trail, format!("{text}")).unwrap();
+    std::fs::write(&trail, &text).unwrap();
     mesh.stop().await;
 
     // With the trail unwritable, creating a key is refused and no key appears.

@@ -41,10 +41,14 @@ const CLAIM_BLOCK_MS: u64 = 200;
 const CAS_RETRIES: usize = 32;
 /// Blocking connections kept for reuse.
 const MAX_IDLE_BLOCKING: usize = 64;
+/// Blocking reads (watchers waiting for events) at once; more poll instead,
+/// so thousands of watchers do not open thousands of connections.
+const MAX_BLOCKING_READS: usize = 256;
 
 /// Compare-and-set of a task, appending events; optionally changes the
 /// tenant's running count (refusing over the cap), acks a queue entry,
-/// queues the task itself, releases dependents, and sets expiry.
+/// queues the task itself or schedules it for later, releases dependents,
+/// and sets expiry — all in one step, so no crash can leave half of it.
 const CAS: &str = r#"
 local t = KEYS[1]
 local cur = redis.call('HGET', t, 'ver')
@@ -56,7 +60,7 @@ if delta > 0 then
 end
 if delta ~= 0 then redis.call('HINCRBY', KEYS[3], ARGV[7], delta) end
 local seq = tonumber(redis.call('HGET', t, 'seq') or '0')
-local i = 12
+local i = 14
 local n = tonumber(ARGV[i])
 for k = 1, n do
   seq = seq + 1
@@ -69,10 +73,11 @@ if ARGV[9] ~= '' then
   redis.call('XDEL', KEYS[4], ARGV[9])
 end
 if ARGV[10] ~= '' then redis.call('XADD', KEYS[4], '*', 'id', ARGV[10]) end
+if ARGV[12] ~= '0' then redis.call('ZADD', KEYS[5], ARGV[12], ARGV[13]) end
 local nd = tonumber(ARGV[i])
 for k = 1, nd do
-  local dk = KEYS[4 + 2 * k - 1]
-  local de = KEYS[4 + 2 * k]
+  local dk = KEYS[5 + 2 * k - 1]
+  local de = KEYS[5 + 2 * k]
   local id = ARGV[i + 2 * k - 1]
   local blob = ARGV[i + 2 * k]
   local waiting = redis.call('HINCRBY', dk, 'waiting', -1)
@@ -168,6 +173,7 @@ pub struct RedisBackend {
     client: redis::Client,
     conn: ConnectionManager,
     blocking: Mutex<Vec<MultiplexedConnection>>,
+    blocking_reads: tokio::sync::Semaphore,
     prefix: String,
     limits: BackendLimits,
     cas: Script,
@@ -235,6 +241,8 @@ struct Change {
     running_delta: i64,
     ack: Option<String>,
     enqueue: bool,
+    /// Schedule the task in the delayed set at this time (ms).
+    delay_until_ms: Option<u64>,
     release: Vec<(String, Vec<u8>)>,
     expire: bool,
 }
@@ -246,6 +254,7 @@ impl Change {
             running_delta: 0,
             ack: None,
             enqueue: false,
+            delay_until_ms: None,
             release: Vec::new(),
             expire: false,
         }
@@ -277,6 +286,7 @@ impl RedisBackend {
             client,
             conn,
             blocking: Mutex::new(Vec::new()),
+            blocking_reads: tokio::sync::Semaphore::new(MAX_BLOCKING_READS),
             prefix: prefix.to_owned(),
             limits,
             cas: Script::new(CAS),
@@ -373,7 +383,8 @@ impl RedisBackend {
             .key(self.key("task", &task.id))
             .key(self.key("events", &task.id))
             .key(self.running())
-            .key(self.queue());
+            .key(self.queue())
+            .key(self.delayed());
         for (dependent, _) in &change.release {
             invocation
                 .key(self.key("task", dependent))
@@ -395,6 +406,8 @@ impl RedisBackend {
             } else {
                 0
             })
+            .arg(change.delay_until_ms.unwrap_or(0))
+            .arg(&task.id)
             .arg(change.events.len());
         for e in &change.events {
             invocation.arg(e.as_slice());
@@ -949,6 +962,7 @@ impl TaskBackend for RedisBackend {
                         next.stage_attempts = 0;
                     }
                     next.state = TaskState::Pending;
+                    change.delay_until_ms = Some(now_ms() + after.as_millis() as u64);
                     change.events.push(blob(
                         id,
                         state_event(Some(from), TaskState::Pending, &reason, attempt),
@@ -969,13 +983,6 @@ impl TaskBackend for RedisBackend {
             match self.cas(&loaded, &next, change).await? {
                 Cas::Done => {}
                 Cas::Conflict | Cas::OverCap => continue,
-            }
-            if let Outcome::Retry { after, .. } = &outcome {
-                let _: () = self
-                    .conn
-                    .clone()
-                    .zadd(self.delayed(), id, now_ms() + after.as_millis() as u64)
-                    .await?;
             }
             if let Some(message) = cascade {
                 self.end_dependents(
@@ -1069,22 +1076,40 @@ impl TaskBackend for RedisBackend {
             .filter_map(|e| decode_event(id, e))
             .collect();
         if events.is_empty() && !was_terminal && !wait.is_zero() {
-            let mut conn = self.blocking_conn().await?;
-            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
-                .arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(wait.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(format!("0-{after}"))
-                .query_async(&mut conn)
-                .await?;
-            self.return_conn(conn);
-            if let Some(reply) = reply {
-                for key in reply.keys {
-                    events.extend(key.ids.iter().filter_map(|e| decode_event(id, e)));
+            if let Ok(_slot) = self.blocking_reads.try_acquire() {
+                let mut conn = self.blocking_conn().await?;
+                let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .arg("BLOCK")
+                    .arg(wait.as_millis() as u64)
+                    .arg("STREAMS")
+                    .arg(&stream)
+                    .arg(format!("0-{after}"))
+                    .query_async(&mut conn)
+                    .await?;
+                self.return_conn(conn);
+                if let Some(reply) = reply {
+                    for key in reply.keys {
+                        events.extend(key.ids.iter().filter_map(|e| decode_event(id, e)));
+                    }
                 }
+            } else {
+                // Every blocking slot is taken: poll once after a short pause.
+                tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+                let range: StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(format!("(0-{after}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                events = range
+                    .ids
+                    .iter()
+                    .filter_map(|e| decode_event(id, e))
+                    .collect();
             }
         }
         // Finished only once the log is read to its end.
