@@ -161,7 +161,7 @@ async fn the_example_crew_runs_end_to_end() {
     // Memory holds what the researcher remembered, in the tenant only.
     let mut memory = MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url));
     let recent = memory
-        .recent(TestMesh::internal(
+        .recent(mesh.internal(
             "acme",
             &["agent"],
             memory::RecentRequest {
@@ -181,7 +181,7 @@ async fn the_example_crew_runs_end_to_end() {
     );
     assert_eq!(recent[0].agent, "researcher");
     let other = memory
-        .recent(TestMesh::internal(
+        .recent(mesh.internal(
             "globex",
             &["agent"],
             memory::RecentRequest {
@@ -365,7 +365,7 @@ async fn paths_outside_the_workspace_are_permission_denied() {
     for path in ["../../etc/passwd", "/etc/passwd", "notes/../../x"] {
         let args = serde_json::json!({ "path": path });
         let status = tools
-            .invoke_tool(TestMesh::internal(
+            .invoke_tool(mesh.internal(
                 "acme",
                 &["agent"],
                 tools::InvokeToolRequest {
@@ -381,7 +381,7 @@ async fn paths_outside_the_workspace_are_permission_denied() {
     }
     // A role that may not use tools is refused too.
     let status = tools
-        .invoke_tool(TestMesh::internal(
+        .invoke_tool(mesh.internal(
             "acme",
             &["viewer"],
             tools::InvokeToolRequest {
@@ -402,7 +402,7 @@ async fn a_retried_tool_call_replays_its_recorded_result() {
     let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
     let call = |content: &str| {
         let args = serde_json::json!({ "path": "log.txt", "content": content, "append": true });
-        TestMesh::internal(
+        mesh.internal(
             "acme",
             &["agent"],
             tools::InvokeToolRequest {
@@ -635,5 +635,163 @@ async fn the_audit_trail_is_verifiable_and_privileged_actions_fail_closed() {
         .into_inner()
         .keys;
     assert!(keys.is_empty());
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn every_service_verifies_tokens_and_trusts_no_bare_headers() {
+    let mesh = TestMesh::start().await;
+    let mut memory = MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url));
+    let recent = || memory::RecentRequest {
+        filter: None,
+        limit: 10,
+    };
+
+    // Identity headers without a token are not trusted any more.
+    let mut forged = tonic::Request::new(recent());
+    forged
+        .metadata_mut()
+        .insert("x-amaos-tenant", "acme".parse().unwrap());
+    forged
+        .metadata_mut()
+        .insert("x-amaos-roles", "admin".parse().unwrap());
+    assert_eq!(
+        memory.recent(forged).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    // A valid token works; tampered, unsigned and foreign-key tokens do not.
+    let token = mesh.token("acme", &["agent"]);
+    memory
+        .recent(TestMesh::with_key(&token, recent()))
+        .await
+        .unwrap();
+    let parts: Vec<&str> = token.split('.').collect();
+    let unsigned = format!("eyJhbGciOiJub25lIiwia2lkIjoieCJ9.{}.", parts[1]);
+    let mut bad_sig = parts[2].to_owned();
+    bad_sig.replace_range(
+        0..2,
+        if bad_sig.starts_with("AA") {
+            "BB"
+        } else {
+            "AA"
+        },
+    );
+    for bad in [
+        unsigned,
+        format!("{}.{}.{}", parts[0], parts[1], bad_sig),
+        "not-a-token".into(),
+    ] {
+        let status = memory
+            .recent(TestMesh::with_key(&bad, recent()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{bad}: {status:?}");
+    }
+    let foreign = amaos_mesh::token::sign(
+        &amaos_mesh::token::claims_for("x", "acme", &["agent".into()], Duration::from_secs(60), ""),
+        "made-up-key",
+        &ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+    );
+    assert_eq!(
+        memory
+            .recent(TestMesh::with_key(&foreign, recent()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+
+    // The tenant comes from the token: tenant B's token sees nothing of A's.
+    memory
+        .remember(mesh.internal(
+            "acme",
+            &["agent"],
+            memory::RememberRequest {
+                text: "acme's secret plan".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let theirs = memory
+        .recent(mesh.internal("globex", &["agent"], recent()))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(theirs.is_empty());
+
+    // The token Authenticate returns is accepted by the orchestrator, verified locally.
+    let key = mesh.create_key("acme", "viewer").await;
+    let issued = mesh
+        .auth()
+        .authenticate(amaos_proto::auth::v1::AuthenticateRequest {
+            api_key: key,
+            audience: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(issued.expires_at.is_some());
+    mesh.orchestrator()
+        .list_tasks(TestMesh::with_key(
+            &issued.token,
+            pb::ListTasksRequest::default(),
+        ))
+        .await
+        .unwrap();
+    let mut tampered = issued.token.clone();
+    tampered.pop();
+    tampered.push(if issued.token.ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    let status = mesh
+        .orchestrator()
+        .list_tasks(TestMesh::with_key(
+            &tampered,
+            pb::ListTasksRequest::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Tokens for others: a developer may not obtain them, a tenant's admin only
+    // for its own tenant, and nobody may delegate more than `agent` or `viewer`.
+    let issue = |key: String, tenant: &str, role: &str| {
+        TestMesh::with_key(
+            &key,
+            amaos_proto::auth::v1::IssueTokenRequest {
+                tenant: tenant.into(),
+                subject: "x".into(),
+                roles: vec![role.into()],
+                ..Default::default()
+            },
+        )
+    };
+    let developer = mesh.create_key("acme", "developer").await;
+    let acme_admin = mesh.create_key("acme", "admin").await;
+    for (request, code) in [
+        (issue(developer, "acme", "agent"), Code::PermissionDenied),
+        (
+            issue(acme_admin.clone(), "globex", "agent"),
+            Code::PermissionDenied,
+        ),
+        (
+            issue(acme_admin.clone(), "acme", "admin"),
+            Code::PermissionDenied,
+        ),
+    ] {
+        assert_eq!(
+            mesh.auth().issue_token(request).await.unwrap_err().code(),
+            code
+        );
+    }
+    mesh.auth()
+        .issue_token(issue(acme_admin, "acme", "agent"))
+        .await
+        .unwrap();
     mesh.stop().await;
 }

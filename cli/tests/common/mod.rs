@@ -104,12 +104,35 @@ impl TestMesh {
         request
     }
 
-    /// A request from a trusted service acting for `tenant` with `roles`.
-    pub fn internal<T>(tenant: &str, roles: &[&str], message: T) -> tonic::Request<T> {
+    /// A token for `tenant` with `roles`, signed with the mesh's current key
+    /// (read from auth's key file, as only a test may).
+    pub fn token(&self, tenant: &str, roles: &[&str]) -> String {
+        let text = std::fs::read_to_string(self.config.signing_key_file()).unwrap();
+        let keys: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let newest = keys.last().unwrap();
+        let seed: [u8; 32] = hex_decode(newest["seed_hex"].as_str().unwrap())
+            .try_into()
+            .unwrap();
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        let claims = amaos_mesh::token::claims_for(
+            "test",
+            tenant,
+            &roles,
+            std::time::Duration::from_secs(300),
+            "",
+        );
+        amaos_mesh::token::sign(&claims, newest["kid"].as_str().unwrap(), &key)
+    }
+
+    /// A request carrying a token for `tenant` with `roles`, as a service
+    /// calling another would send.
+    pub fn internal<T>(&self, tenant: &str, roles: &[&str], message: T) -> tonic::Request<T> {
         Caller {
             tenant: tenant.into(),
             principal: "test".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            token: Some(self.token(tenant, roles)),
         }
         .request(message)
     }
@@ -139,4 +162,11 @@ impl TestMesh {
             mesh.wait(self.shutdown.clone()).await.unwrap();
         }
     }
+}
+
+fn hex_decode(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
 }

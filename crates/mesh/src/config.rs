@@ -210,6 +210,9 @@ pub struct OrchestratorConfig {
     /// Default upper bound on a backoff.
     #[serde(with = "duration_text")]
     pub retry_max_backoff: Duration,
+    /// An API key with the `service` role, used to obtain task-scoped tokens;
+    /// unset for `<data_dir>/service.key` (written by auth on first start).
+    pub service_key_file: Option<PathBuf>,
 }
 service_endpoint!(OrchestratorConfig);
 
@@ -329,6 +332,15 @@ pub struct AuthConfig {
     pub key_file: Option<PathBuf>,
     /// The audit trail (JSON lines, hash-chained); unset for `<data_dir>/audit.jsonl`.
     pub audit_file: Option<PathBuf>,
+    /// The token signing keys; unset for `<data_dir>/signing-keys.json`.
+    pub signing_key_file: Option<PathBuf>,
+    /// How long a token lives.
+    #[serde(with = "duration_text")]
+    pub token_ttl: Duration,
+    /// How often a new signing key is made (older ones stay published until
+    /// their tokens expire).
+    #[serde(with = "duration_text")]
+    pub key_rotation: Duration,
     /// How long a verified key is trusted by callers before being checked again.
     #[serde(with = "duration_text")]
     pub key_cache_ttl: Duration,
@@ -408,6 +420,7 @@ impl Default for OrchestratorConfig {
             retry_max_attempts: 3,
             retry_initial_backoff: Duration::from_millis(200),
             retry_max_backoff: Duration::from_secs(30),
+            service_key_file: None,
         }
     }
 }
@@ -478,6 +491,9 @@ impl Default for AuthConfig {
             url: url(50056),
             key_file: None,
             audit_file: None,
+            signing_key_file: None,
+            token_ttl: Duration::from_secs(15 * 60),
+            key_rotation: Duration::from_secs(24 * 3600),
             key_cache_ttl: Duration::from_secs(30),
         }
     }
@@ -680,6 +696,15 @@ impl Config {
             16 * 1024 * 1024,
         )?;
         positive("auth.key_cache_ttl", self.auth.key_cache_ttl)?;
+        if self.auth.token_ttl < Duration::from_secs(10)
+            || self.auth.token_ttl > Duration::from_secs(24 * 3600)
+        {
+            return Err(ConfigError::new(
+                "auth.token_ttl",
+                "must be between 10s and 24h",
+            ));
+        }
+        positive("auth.key_rotation", self.auth.key_rotation)?;
         Ok(())
     }
 
@@ -689,6 +714,22 @@ impl Config {
             .workspace_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("workspaces"))
+    }
+
+    /// The token signing keys.
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.auth
+            .signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("signing-keys.json"))
+    }
+
+    /// The key the orchestrator uses to obtain task-scoped tokens.
+    pub fn service_key_file(&self) -> PathBuf {
+        self.orchestrator
+            .service_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("service.key"))
     }
 
     /// The audit trail.

@@ -11,7 +11,8 @@
 //!   shedding, metrics, context propagation and a bounded drain.
 //! - [`client`]: channels to other services with timeouts and deadline and
 //!   trace-context propagation.
-//! - [`caller`]: who is calling, as carried in request metadata.
+//! - [`caller`]: who is calling, and how the identity travels on.
+//! - [`token`]: EdDSA-signed tokens, verified locally with keys from auth.
 //! - [`policy`]: which role may do what.
 //! - [`status`]: building `tonic::Status` values with rich error details.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
@@ -28,6 +29,7 @@ pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod token;
 
 pub use config::Config;
 

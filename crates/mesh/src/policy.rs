@@ -4,7 +4,14 @@
 //! replace it behind the same `allows` question.
 
 /// The roles AMAOS knows.
-pub const ROLES: &[&str] = &["admin", "operator", "developer", "viewer", "agent"];
+pub const ROLES: &[&str] = &[
+    "admin",
+    "operator",
+    "developer",
+    "viewer",
+    "agent",
+    "service",
+];
 
 /// `(role, object, action)`; `*` matches anything.
 const RULES: &[(&str, &str, &str)] = &[
@@ -24,6 +31,7 @@ const RULES: &[(&str, &str, &str)] = &[
     ("viewer", "workers", "read"),
     ("agent", "tools", "*"),
     ("agent", "memory", "*"),
+    ("service", "tokens", "issue"),
 ];
 
 /// The rule that lets one of `roles` do `action` on `object`, if any.

@@ -65,6 +65,8 @@ pub struct Services {
 
 /// One run's inputs.
 pub struct RunInput {
+    /// Who the run acts for, with the token it was started with.
+    pub caller: Caller,
     /// The run (task) id.
     pub run_id: String,
     /// The attempt number.
@@ -134,11 +136,8 @@ pub async fn run_crew<M: ChatModel>(
     services: &Services,
     events: &mut Emitter,
 ) -> Result<String, RunError> {
-    let caller = Caller {
-        tenant: input.tenant.clone(),
-        principal: format!("run:{}", input.run_id),
-        roles: vec!["agent".into()],
-    };
+    // The run's own token (task-scoped, role `agent`) goes on to tools and memory.
+    let caller = &input.caller;
     let mut budget = Budget {
         steps: 0,
         tokens: 0,
@@ -195,7 +194,7 @@ pub async fn run_crew<M: ChatModel>(
             }
         }
         if agent.memory {
-            let memories = recall(services, &caller, spec, agent, input, &description).await;
+            let memories = recall(services, caller, spec, agent, input, &description).await;
             if !memories.is_empty() {
                 prompt.push_str("\n\nRelevant memories:");
                 for (_, text) in &memories {
@@ -218,7 +217,7 @@ pub async fn run_crew<M: ChatModel>(
             index,
             model,
             services,
-            &caller,
+            caller,
             input,
             &mut budget,
             events,
@@ -226,7 +225,7 @@ pub async fn run_crew<M: ChatModel>(
         .await?;
         if agent.memory {
             let memory_id =
-                remember(services, &caller, spec, agent, input, &task.name, &output).await?;
+                remember(services, caller, spec, agent, input, &task.name, &output).await?;
             events
                 .emit(
                     &agent.name,

@@ -18,11 +18,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use amaos_mesh::caller::Caller;
 use amaos_mesh::client::{self, MeshChannel};
 use amaos_mesh::config::Limits;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
+use amaos_mesh::token::TokenVerifier;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::agents_service_server::{AgentsService, AgentsServiceServer};
@@ -111,6 +111,7 @@ pub fn parse_spec(
 /// The agents service.
 #[derive(Clone)]
 pub struct Agents {
+    verifier: Arc<TokenVerifier>,
     catalog: Catalog,
     services: Services,
     permits: Arc<Semaphore>,
@@ -126,6 +127,7 @@ impl Agents {
         let tools = client::channel(&config.tools.url, &config.limits)?;
         let memory = client::channel(&config.memory.url, &config.limits)?;
         Ok(Self {
+            verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
             catalog,
             services: Services {
                 tools: ToolsServiceClient::new(tools),
@@ -165,7 +167,7 @@ impl AgentsService for Agents {
         &self,
         request: Request<pb::RunTeamRequest>,
     ) -> Result<Response<Self::RunTeamStream>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = self.verifier.caller(request.metadata()).await?;
         let pb::RunTeamRequest {
             run_id,
             attempt,
@@ -213,9 +215,10 @@ impl AgentsService for Agents {
             .map_err(|_| AgentsError::AtCapacity(self.capacity))?;
         let budget = budget.unwrap_or_default();
         let run = RunInput {
+            tenant: caller.tenant.clone(),
+            caller,
             run_id,
             attempt: attempt.max(1),
-            tenant: caller.tenant,
             input,
             session_id,
             context: context.into_iter().map(|c| (c.source, c.text)).collect(),

@@ -5,6 +5,7 @@
 //!
 //! - [`keys`]: the key store (argon2id hashes in a JSON file).
 //! - [`audit`]: the hash-chained audit trail.
+//! - [`signing`]: the Ed25519 keys that sign tokens, rotated.
 //! - [`error`]: the service's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service, the verification cache, [`open`] (which
 //!   creates the first admin key) and [`serve`].
@@ -12,6 +13,7 @@
 pub mod audit;
 pub mod error;
 pub mod keys;
+pub mod signing;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -37,11 +39,15 @@ use crate::keys::{KeyStore, NewKey, StoredKey};
 /// The tenant whose admins manage every tenant.
 pub const PLATFORM_TENANT: &str = "default";
 
+/// Roles a service may put in tokens it obtains for others.
+const DELEGABLE_ROLES: &[&str] = &["agent", "viewer"];
+
 const MAX_CACHE_ENTRIES: usize = 10_000;
 
 /// The auth service's state.
 pub struct AuthState {
     keys: KeyStore,
+    signer: signing::Signer,
     audit: AuditLog,
     cache: Mutex<HashMap<[u8; 32], (StoredKey, Instant)>>,
     cache_ttl: Duration,
@@ -74,10 +80,29 @@ pub fn open(config: &Config) -> Result<Opened, AuthError> {
             .map_err(|e| AuthError::Store(format!("cannot write {}: {e}", path.display())))?;
         tracing::warn!(path = %path.display(), "created the first admin key for tenant `default`");
         bootstrap_key_file = Some(path);
+        // The orchestrator's credential for task-scoped tokens.
+        let (_, service) = keys.create(NewKey {
+            key_id: amaos_mesh::new_id(),
+            name: "orchestrator-service",
+            tenant: PLATFORM_TENANT,
+            roles: vec!["service".into()],
+            ttl: None,
+            idempotency_key: None,
+        })?;
+        let service_path = config.service_key_file();
+        keys::write_secret_file(&service_path, service.as_deref().unwrap_or_default()).map_err(
+            |e| AuthError::Store(format!("cannot write {}: {e}", service_path.display())),
+        )?;
     }
+    let signer = signing::Signer::open(
+        &config.signing_key_file(),
+        config.auth.key_rotation,
+        config.auth.token_ttl,
+    )?;
     Ok(Opened {
         state: Arc::new(AuthState {
             keys,
+            signer,
             audit: AuditLog::open(&config.audit_file())
                 .map_err(|e| AuthError::Store(e.to_string()))?,
             cache: Mutex::new(HashMap::new()),
@@ -341,10 +366,102 @@ impl AuthService for Auth {
             return Err(AuthError::MissingCredentials.into());
         }
         let key = self.state.verify(&api_key)?;
+        let claims = amaos_mesh::token::claims_for(
+            &key.key_id,
+            &key.tenant,
+            &key.roles,
+            self.state.signer.token_ttl(),
+            "",
+        );
+        let expires_at = ms_timestamp(claims.exp * 1000);
         Ok(Response::new(pb::AuthenticateResponse {
             principal: Some(principal(&key)),
-            token: String::new(),
-            expires_at: None,
+            token: self.state.signer.sign(&claims),
+            expires_at: Some(expires_at),
+        }))
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let key = self.state.caller(&request)?;
+        self.state.check(&key, "tokens", "issue")?;
+        let pb::IssueTokenRequest {
+            tenant,
+            subject,
+            roles,
+            audience: _,
+            ttl,
+            task_id,
+        } = request.into_inner();
+        // The platform's service key acts for any tenant; anyone else only for its own.
+        let platform_service =
+            key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "service");
+        let tenant = if platform_service {
+            if !caller::valid_tenant(&tenant) {
+                return Err(AuthError::InvalidArgument {
+                    field: "tenant",
+                    message: "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+                }
+                .into());
+            }
+            tenant
+        } else {
+            self.state.scope(&key, &tenant)?
+        };
+        if subject.is_empty() || subject.len() > 256 {
+            return Err(AuthError::InvalidArgument {
+                field: "subject",
+                message: "must be 1 to 256 bytes".into(),
+            }
+            .into());
+        }
+        if let Some(role) = roles
+            .iter()
+            .find(|r| !DELEGABLE_ROLES.contains(&r.as_str()))
+        {
+            return Err(AuthError::Forbidden(format!(
+                "role `{role}` cannot be delegated; only {} can",
+                DELEGABLE_ROLES.join(", ")
+            ))
+            .into());
+        }
+        let ttl = match ttl.as_ref().and_then(duration) {
+            Some(d) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
+            Some(_) => {
+                return Err(AuthError::InvalidArgument {
+                    field: "ttl",
+                    message: "must be positive and at most 1h".into(),
+                }
+                .into());
+            }
+            None => self.state.signer.token_ttl(),
+        };
+        let claims = amaos_mesh::token::claims_for(&subject, &tenant, &roles, ttl, &task_id);
+        Ok(Response::new(pb::IssueTokenResponse {
+            token: self.state.signer.sign(&claims),
+            expires_at: Some(ms_timestamp(claims.exp * 1000)),
+        }))
+    }
+
+    async fn get_signing_keys(
+        &self,
+        _request: Request<pb::GetSigningKeysRequest>,
+    ) -> Result<Response<pb::GetSigningKeysResponse>, Status> {
+        Ok(Response::new(pb::GetSigningKeysResponse {
+            keys: self
+                .state
+                .signer
+                .public_keys()
+                .into_iter()
+                .map(|(kid, key, created_ms)| pb::SigningKey {
+                    key_id: kid,
+                    algorithm: "EdDSA".into(),
+                    public_key: key.to_bytes().to_vec(),
+                    created_at: Some(ms_timestamp(created_ms)),
+                })
+                .collect(),
         }))
     }
 
@@ -455,7 +572,30 @@ pub async fn serve_state(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
+    // Rotate signing keys on schedule while serving.
+    let rotation = {
+        let state = state.clone();
+        let every = (config.auth.key_rotation / 10)
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(every) => {}
+                }
+                match state.signer.rotate_if_due() {
+                    Ok(true) => tracing::info!("rotated the token signing key"),
+                    Ok(false) => {}
+                    Err(error) => tracing::error!(%error, "rotating the token signing key failed"),
+                }
+            }
+        })
+    };
     let service = grpc_service(state, &config.limits);
-    amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
+    let served =
+        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    rotation.abort();
+    served?;
     Ok(())
 }

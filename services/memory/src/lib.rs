@@ -11,10 +11,10 @@ pub mod store;
 
 use std::sync::Arc;
 
-use amaos_mesh::caller::Caller;
 use amaos_mesh::config::Limits;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
+use amaos_mesh::token::TokenVerifier;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::memory::v1 as pb;
 use amaos_proto::memory::v1::memory_service_server::{MemoryService, MemoryServiceServer};
@@ -65,17 +65,20 @@ const MAX_METADATA: usize = 32;
 /// The memory service.
 #[derive(Clone)]
 pub struct Memory {
+    verifier: Arc<TokenVerifier>,
     store: Arc<MemoryStore>,
     max_text_bytes: usize,
 }
 
 impl Memory {
-    /// A memory service over a new embedded store.
-    pub fn new(config: &Config) -> Self {
-        Self {
+    /// A memory service over a new embedded store, verifying callers'
+    /// tokens with keys from auth.
+    pub fn new(config: &Config) -> Result<Self, BoxError> {
+        Ok(Self {
+            verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
             store: Arc::new(MemoryStore::new(config.memory.max_items_per_tenant)),
             max_text_bytes: config.memory.max_text_bytes,
-        }
+        })
     }
 }
 
@@ -140,7 +143,7 @@ impl MemoryService for Memory {
         &self,
         request: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = self.verifier.caller(request.metadata()).await?;
         let pb::RememberRequest {
             team,
             agent,
@@ -196,7 +199,7 @@ impl MemoryService for Memory {
         &self,
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = self.verifier.caller(request.metadata()).await?;
         let pb::RecallRequest {
             query,
             filter,
@@ -240,7 +243,7 @@ impl MemoryService for Memory {
         &self,
         request: Request<pb::RecentRequest>,
     ) -> Result<Response<pb::RecentResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = self.verifier.caller(request.metadata()).await?;
         let pb::RecentRequest { filter, limit } = request.into_inner();
         let limit = match limit {
             0 => 20,
@@ -258,7 +261,7 @@ impl MemoryService for Memory {
         &self,
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = self.verifier.caller(request.metadata()).await?;
         let pb::ForgetRequest {
             target,
             idempotency_key: _,
@@ -297,7 +300,7 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let service = grpc_service(Memory::new(&config), &config.limits);
+    let service = grpc_service(Memory::new(&config)?, &config.limits);
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
 }

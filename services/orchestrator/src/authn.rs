@@ -17,9 +17,10 @@ use crate::error::OrchestratorError;
 
 const MAX_CACHED: usize = 10_000;
 
-/// Checks API keys through the auth service.
+/// Checks API keys through the auth service, and tokens locally.
 pub struct Authenticator {
     auth: AuthServiceClient<MeshChannel>,
+    verifier: amaos_mesh::token::TokenVerifier,
     cache: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
     ttl: Duration,
 }
@@ -28,6 +29,9 @@ impl Authenticator {
     /// An authenticator asking `auth`, caching for `ttl`.
     pub fn new(auth: AuthServiceClient<MeshChannel>, ttl: Duration) -> Self {
         Self {
+            verifier: amaos_mesh::token::TokenVerifier::new(amaos_mesh::token::KeySource::Auth(
+                auth.clone(),
+            )),
             auth,
             cache: Mutex::new(HashMap::new()),
             ttl,
@@ -37,6 +41,22 @@ impl Authenticator {
     /// The verified caller of a request.
     pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, OrchestratorError> {
         let key = caller::bearer(metadata).ok_or(OrchestratorError::MissingCredentials)?;
+        // A signed token is verified here, without asking auth.
+        if key.split('.').count() == 3 {
+            let claims = self.verifier.verify(key).await.map_err(|e| match e {
+                amaos_mesh::token::TokenError::Keys(message) => OrchestratorError::Dependency {
+                    service: "auth",
+                    status: tonic::Status::unavailable(message),
+                },
+                _ => OrchestratorError::InvalidKey,
+            })?;
+            return Ok(Caller {
+                tenant: claims.tenant,
+                principal: claims.sub,
+                roles: claims.roles,
+                token: Some(key.to_owned()),
+            });
+        }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         if let Some((caller, at)) = self
             .cache
@@ -62,14 +82,13 @@ impl Authenticator {
                     status,
                 },
             })?;
-        let principal = response
-            .into_inner()
-            .principal
-            .ok_or(OrchestratorError::InvalidKey)?;
+        let response = response.into_inner();
+        let principal = response.principal.ok_or(OrchestratorError::InvalidKey)?;
         let caller = Caller {
             tenant: principal.tenant,
             principal: principal.subject,
             roles: principal.roles,
+            token: Some(response.token).filter(|t| !t.is_empty()),
         };
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHED {
@@ -88,5 +107,65 @@ pub fn require(caller: &Caller, action: &str) -> Result<(), OrchestratorError> {
             "roles [{}] may not `{action}` tasks",
             caller.roles.join(", ")
         ))),
+    }
+}
+
+/// Obtains task-scoped tokens (role `agent`) from auth with the orchestrator's
+/// service key, so workers, tools and memory see only what the run may do.
+pub struct RunTokens {
+    auth: AuthServiceClient<MeshChannel>,
+    key_file: std::path::PathBuf,
+    key: tokio::sync::Mutex<Option<String>>,
+}
+
+impl RunTokens {
+    /// Tokens from `auth`, with the service key read from `key_file` when first needed.
+    pub fn new(auth: AuthServiceClient<MeshChannel>, key_file: std::path::PathBuf) -> Self {
+        Self {
+            auth,
+            key_file,
+            key: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// A token for a run of `tenant` on behalf of `subject`, valid for `ttl`
+    /// (1 s to 1 h).
+    pub async fn issue(
+        &self,
+        tenant: &str,
+        subject: &str,
+        task_id: &str,
+        ttl: Duration,
+    ) -> Result<String, String> {
+        let key = {
+            let mut key = self.key.lock().await;
+            if key.is_none() {
+                let text = std::fs::read_to_string(&self.key_file).map_err(|e| {
+                    format!(
+                        "the service key {} cannot be read: {e}",
+                        self.key_file.display()
+                    )
+                })?;
+                *key = Some(text.trim().to_owned());
+            }
+            key.clone().unwrap_or_default()
+        };
+        let mut request = tonic::Request::new(pb::IssueTokenRequest {
+            tenant: tenant.to_owned(),
+            subject: subject.to_owned(),
+            roles: vec!["agent".into()],
+            audience: String::new(),
+            ttl: Some(amaos_proto::time::proto_duration(
+                ttl.clamp(Duration::from_secs(1), Duration::from_secs(3600)),
+            )),
+            task_id: task_id.to_owned(),
+        });
+        caller::set_bearer(request.metadata_mut(), &key).map_err(|s| s.message().to_owned())?;
+        self.auth
+            .clone()
+            .issue_token(request)
+            .await
+            .map(|r| r.into_inner().token)
+            .map_err(|s| format!("auth refused a run token: {}", s.message()))
     }
 }

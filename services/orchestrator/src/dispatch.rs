@@ -79,6 +79,7 @@ struct Failure {
 /// Claims and runs attempts.
 pub struct Dispatcher {
     backend: Arc<dyn TaskBackend>,
+    tokens: crate::authn::RunTokens,
     router: RouterServiceClient<MeshChannel>,
     workers: WorkerChannels,
     config: DispatchConfig,
@@ -91,11 +92,13 @@ impl Dispatcher {
     pub fn new(
         backend: Arc<dyn TaskBackend>,
         router: RouterServiceClient<MeshChannel>,
+        tokens: crate::authn::RunTokens,
         limits: Limits,
         config: DispatchConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             backend,
+            tokens,
             router,
             workers: WorkerChannels::new(limits),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
@@ -376,10 +379,28 @@ impl Dispatcher {
             .await?;
 
         let context = self.dependency_outputs(task).await;
+        let left = task
+            .deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let token = self
+            .tokens
+            .issue(
+                &task.tenant,
+                &task.submitted_by,
+                &task.id,
+                left + Duration::from_secs(60),
+            )
+            .await
+            .map_err(|message| Failure {
+                class: ErrorClass::Transient,
+                message,
+            })?;
         let caller = Caller {
             tenant: task.tenant.clone(),
             principal: task.submitted_by.clone(),
-            roles: task.roles.clone(),
+            roles: vec!["agent".into()],
+            token: Some(token),
         };
         let team_ref = match (&task.source, task.stage) {
             (TeamSource::Inline(yaml), 0) => {

@@ -108,6 +108,7 @@ impl Orchestrator {
         let dispatcher = Dispatcher::new(
             backend.clone(),
             router.clone(),
+            authn::RunTokens::new(auth.clone(), config.service_key_file()),
             config.limits.clone(),
             DispatchConfig {
                 consumer: format!("orchestrator-{}", amaos_mesh::new_id()),

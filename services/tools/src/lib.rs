@@ -18,10 +18,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amaos_mesh::caller::Caller;
 use amaos_mesh::config::Limits;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
+use amaos_mesh::token::TokenVerifier;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::json::{json_to_value, map_to_struct, struct_to_map};
 use amaos_proto::time::{duration, proto_duration};
@@ -93,22 +93,25 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The tools service.
 #[derive(Clone)]
 pub struct Tools {
+    verifier: Arc<TokenVerifier>,
     workspaces: Arc<PathBuf>,
     journal: Arc<Journal>,
     limits: builtin::FileLimits,
 }
 
 impl Tools {
-    /// A tools service with workspaces under the configured directory.
-    pub fn new(config: &Config) -> Self {
-        Self {
+    /// A tools service with workspaces under the configured directory,
+    /// verifying callers' tokens with keys from auth.
+    pub fn new(config: &Config) -> Result<Self, BoxError> {
+        Ok(Self {
+            verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
             workspaces: Arc::new(config.workspace_dir()),
             journal: Arc::new(Journal::new(config.tools.max_journal_entries)),
             limits: builtin::FileLimits {
                 max_file_bytes: config.tools.max_file_bytes,
                 max_list_entries: config.tools.max_list_entries,
             },
-        }
+        })
     }
 }
 
@@ -118,7 +121,7 @@ impl ToolsService for Tools {
         &self,
         request: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        Caller::from_metadata(request.metadata())?;
+        self.verifier.caller(request.metadata()).await?;
         let tools = builtin::Builtin::ALL
             .iter()
             .map(|tool| pb::ToolDescriptor {
@@ -139,7 +142,7 @@ impl ToolsService for Tools {
         &self,
         request: Request<pb::InvokeToolRequest>,
     ) -> Result<Response<pb::InvokeToolResponse>, Status> {
-        let caller = Caller::from_metadata(request.metadata())?;
+        let caller = self.verifier.caller(request.metadata()).await?;
         if !TOOL_ROLES.iter().any(|r| caller.has_role(r)) {
             return Err(ToolError::PermissionDenied(format!(
                 "roles [{}] may not invoke tools",
@@ -216,7 +219,7 @@ impl ToolsService for Tools {
         &self,
         request: Request<pb::RegisterToolServerRequest>,
     ) -> Result<Response<pb::RegisterToolServerResponse>, Status> {
-        Caller::from_metadata(request.metadata())?;
+        self.verifier.caller(request.metadata()).await?;
         Err(ToolError::Unimplemented(
             "MCP tool servers are not supported by this server yet".into(),
         )
@@ -239,7 +242,7 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let service = grpc_service(Tools::new(&config), &config.limits);
+    let service = grpc_service(Tools::new(&config)?, &config.limits);
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
 }

@@ -1,0 +1,409 @@
+//! Signed tokens: JWTs signed with EdDSA (Ed25519) by the auth service and
+//! verified locally by every service.
+//!
+//! A token's header must say `alg: EdDSA` and name a `kid`; anything else
+//! (`none`, HMAC, RSA) is refused before any key is used, so neither an
+//! unsigned token nor algorithm confusion gets through. The verifying keys
+//! come from auth (`GetSigningKeys`), are cached, and are fetched again when a
+//! token names an unknown key id (at most once a second). Expiry, not-before,
+//! issuer and audience are checked with a small leeway for clock skew.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
+
+use crate::caller::{self, Caller};
+use crate::client::MeshChannel;
+
+/// The issuer every token names.
+pub const ISSUER: &str = "amaos-auth";
+/// The audience of tokens for every AMAOS service.
+pub const AUDIENCE: &str = "amaos";
+/// Clock skew tolerated on `exp` and `nbf`.
+const LEEWAY: u64 = 5;
+/// Longest token accepted, in bytes.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// What a token says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject: the principal.
+    pub sub: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The roles.
+    pub roles: Vec<String>,
+    /// Audience.
+    pub aud: String,
+    /// Issued at (seconds since the epoch).
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// Expires at.
+    pub exp: u64,
+    /// The task it is scoped to, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub task: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: String,
+    #[serde(default)]
+    typ: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Not three base64url parts of JSON, or too long.
+    #[error("malformed token")]
+    Malformed,
+    /// The algorithm is not EdDSA.
+    #[error("token algorithm `{0}` is not accepted")]
+    Algorithm(String),
+    /// No key has this id.
+    #[error("unknown signing key `{0}`")]
+    UnknownKey(String),
+    /// The signature does not verify.
+    #[error("bad token signature")]
+    Signature,
+    /// Expired.
+    #[error("token expired")]
+    Expired,
+    /// Not valid yet.
+    #[error("token not valid yet")]
+    NotYetValid,
+    /// Wrong issuer or audience.
+    #[error("token not meant for this service")]
+    Audience,
+    /// The keys could not be fetched.
+    #[error("signing keys unavailable: {0}")]
+    Keys(String),
+}
+
+impl From<TokenError> for tonic::Status {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Keys(_) => tonic::Status::unavailable(error.to_string()),
+            _ => tonic::Status::unauthenticated(error.to_string()),
+        }
+    }
+}
+
+fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Signs `claims` with `key`, naming it `kid`.
+pub fn sign(claims: &Claims, kid: &str, key: &SigningKey) -> String {
+    let header = Header {
+        alg: "EdDSA".into(),
+        kid: kid.into(),
+        typ: "JWT".into(),
+    };
+    // Serializing these plain structs cannot fail.
+    let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
+    let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
+    let signing_input = format!("{header}.{payload}");
+    let signature = key.sign(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(signature.to_bytes())
+    )
+}
+
+/// Claims for `caller`, valid from now for `ttl`.
+pub fn claims_for(
+    subject: &str,
+    tenant: &str,
+    roles: &[String],
+    ttl: Duration,
+    task: &str,
+) -> Claims {
+    let now = now_s();
+    Claims {
+        iss: ISSUER.into(),
+        sub: subject.into(),
+        tenant: tenant.into(),
+        roles: roles.to_vec(),
+        aud: AUDIENCE.into(),
+        iat: now,
+        nbf: now,
+        exp: now + ttl.as_secs().max(1),
+        task: task.into(),
+    }
+}
+
+/// Checks a token against `key_for(kid)`, without fetching keys.
+pub fn verify_with(
+    token: &str,
+    key_for: impl Fn(&str) -> Option<VerifyingKey>,
+) -> Result<Claims, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::Malformed);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed);
+    };
+    let header: Header = URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or(TokenError::Malformed)?;
+    if header.alg != "EdDSA" {
+        return Err(TokenError::Algorithm(header.alg));
+    }
+    let key = key_for(&header.kid).ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .ok()
+        .and_then(|s| Signature::from_slice(&s).ok())
+        .ok_or(TokenError::Malformed)?;
+    let signed = &token[..token.len() - token.rsplit('.').next().map(str::len).unwrap_or(0) - 1];
+    key.verify(signed.as_bytes(), &signature)
+        .map_err(|_| TokenError::Signature)?;
+    let claims: Claims = URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .ok_or(TokenError::Malformed)?;
+    let now = now_s();
+    if claims.exp + LEEWAY <= now {
+        return Err(TokenError::Expired);
+    }
+    if claims.nbf > now + LEEWAY {
+        return Err(TokenError::NotYetValid);
+    }
+    if claims.iss != ISSUER || claims.aud != AUDIENCE {
+        return Err(TokenError::Audience);
+    }
+    if !caller::valid_tenant(&claims.tenant) {
+        return Err(TokenError::Malformed);
+    }
+    Ok(claims)
+}
+
+/// Where verifying keys come from.
+pub enum KeySource {
+    /// Fetched from the auth service.
+    Auth(amaos_proto::auth::v1::auth_service_client::AuthServiceClient<MeshChannel>),
+    /// Given (tests, or a service that signs itself).
+    Fixed(Vec<(String, VerifyingKey)>),
+}
+
+/// Verifies tokens locally, with keys cached from the source.
+pub struct TokenVerifier {
+    keys: RwLock<HashMap<String, VerifyingKey>>,
+    source: tokio::sync::Mutex<KeySource>,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+impl TokenVerifier {
+    /// A verifier over `source`.
+    pub fn new(source: KeySource) -> Self {
+        let keys = match &source {
+            KeySource::Fixed(keys) => keys.iter().cloned().collect(),
+            KeySource::Auth(_) => HashMap::new(),
+        };
+        Self {
+            keys: RwLock::new(keys),
+            source: tokio::sync::Mutex::new(source),
+            last_fetch: Mutex::new(None),
+        }
+    }
+
+    /// A verifier fetching keys from the auth service at `url`.
+    pub fn from_auth(
+        url: &str,
+        limits: &crate::config::Limits,
+    ) -> Result<Self, crate::client::ChannelError> {
+        let channel = crate::client::channel(url, limits)?;
+        Ok(Self::new(KeySource::Auth(
+            amaos_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel),
+        )))
+    }
+
+    fn lookup(&self, kid: &str) -> Option<VerifyingKey> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .copied()
+    }
+
+    async fn refresh(&self) -> Result<(), TokenError> {
+        {
+            let mut last = self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let mut source = self.source.lock().await;
+        let KeySource::Auth(auth) = &mut *source else {
+            return Ok(());
+        };
+        let keys = auth
+            .get_signing_keys(amaos_proto::auth::v1::GetSigningKeysRequest {})
+            .await
+            .map_err(|s| TokenError::Keys(s.message().to_owned()))?
+            .into_inner()
+            .keys;
+        let mut map = HashMap::new();
+        for key in keys {
+            let bytes: [u8; 32] = key
+                .public_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| TokenError::Keys("a key is not 32 bytes".into()))?;
+            let verifying = VerifyingKey::from_bytes(&bytes)
+                .map_err(|_| TokenError::Keys("a key is not an Ed25519 point".into()))?;
+            map.insert(key.key_id, verifying);
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = map;
+        Ok(())
+    }
+
+    /// Verifies a token, fetching keys when it names one not yet known.
+    pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        match verify_with(token, |kid| self.lookup(kid)) {
+            Err(TokenError::UnknownKey(_)) => {
+                self.refresh().await?;
+                verify_with(token, |kid| self.lookup(kid))
+            }
+            other => other,
+        }
+    }
+
+    /// The caller of a request: the verified token in `authorization: Bearer`.
+    pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, tonic::Status> {
+        let token = caller::bearer(metadata).ok_or_else(|| {
+            tonic::Status::unauthenticated(
+                "missing credentials: send `authorization: Bearer <token>`",
+            )
+        })?;
+        let claims = self.verify(token).await?;
+        Ok(Caller {
+            tenant: claims.tenant,
+            principal: claims.sub,
+            roles: claims.roles,
+            token: Some(token.to_owned()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn verifier() -> TokenVerifier {
+        TokenVerifier::new(KeySource::Fixed(vec![(
+            "k1".into(),
+            key(1).verifying_key(),
+        )]))
+    }
+
+    fn good() -> Claims {
+        claims_for(
+            "user-1",
+            "acme",
+            &["agent".into()],
+            Duration::from_secs(60),
+            "",
+        )
+    }
+
+    fn forge(header: &str, claims: &Claims, signature: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap()),
+            URL_SAFE_NO_PAD.encode(signature)
+        )
+    }
+
+    #[tokio::test]
+    async fn a_good_token_verifies() {
+        let token = sign(&good(), "k1", &key(1));
+        let claims = verifier().verify(&token).await.unwrap();
+        assert_eq!(claims.tenant, "acme");
+        assert_eq!(claims.roles, ["agent"]);
+    }
+
+    #[tokio::test]
+    async fn unsigned_confused_expired_early_misdirected_and_tampered_tokens_are_refused() {
+        let v = verifier();
+        let none = forge(r#"{"alg":"none","kid":"k1"}"#, &good(), b"");
+        assert_eq!(
+            v.verify(&none).await,
+            Err(TokenError::Algorithm("none".into()))
+        );
+        // HS256 "signed" with the public key as the secret: refused by algorithm.
+        let confused = forge(r#"{"alg":"HS256","kid":"k1"}"#, &good(), &[0u8; 32]);
+        assert_eq!(
+            v.verify(&confused).await,
+            Err(TokenError::Algorithm("HS256".into()))
+        );
+        let mut expired = good();
+        expired.exp = now_s() - 60;
+        assert_eq!(
+            v.verify(&sign(&expired, "k1", &key(1))).await,
+            Err(TokenError::Expired)
+        );
+        let mut early = good();
+        early.nbf = now_s() + 600;
+        assert_eq!(
+            v.verify(&sign(&early, "k1", &key(1))).await,
+            Err(TokenError::NotYetValid)
+        );
+        let mut elsewhere = good();
+        elsewhere.aud = "someone-else".into();
+        assert_eq!(
+            v.verify(&sign(&elsewhere, "k1", &key(1))).await,
+            Err(TokenError::Audience)
+        );
+        // Signed by another key but naming k1, or naming a key that does not exist.
+        assert_eq!(
+            v.verify(&sign(&good(), "k1", &key(2))).await,
+            Err(TokenError::Signature)
+        );
+        assert_eq!(
+            v.verify(&sign(&good(), "k9", &key(1))).await,
+            Err(TokenError::UnknownKey("k9".into()))
+        );
+        // A payload changed after signing.
+        let token = sign(&good(), "k1", &key(1));
+        let parts: Vec<&str> = token.split('.').collect();
+        let mut other = good();
+        other.tenant = "globex".into();
+        let tampered = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&other).unwrap()),
+            parts[2]
+        );
+        assert_eq!(v.verify(&tampered).await, Err(TokenError::Signature));
+        assert_eq!(v.verify("a.b").await, Err(TokenError::Malformed));
+    }
+}
