@@ -6,6 +6,7 @@
 //! validated once, at start; any problem is one [`ConfigError`] line naming the
 //! key, and binaries exit with [`EXIT_CONFIG`].
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -30,6 +31,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tools",
     "memory",
     "auth",
+    "models",
 ];
 
 /// A configuration problem, naming the key at fault.
@@ -75,6 +77,64 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// The auth service.
     pub auth: AuthConfig,
+    /// Model aliases agents name in their specs (`replay` is built in).
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// Which API a model alias speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelProvider {
+    /// OpenAI-compatible Chat Completions (OpenAI, vLLM, Ollama, llama.cpp, LM Studio).
+    Openai,
+    /// The deterministic scripted model.
+    Replay,
+}
+
+/// A model alias.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The API.
+    pub provider: ModelProvider,
+    /// The API's base URL, e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
+    #[serde(default)]
+    pub base_url: String,
+    /// The provider's model name.
+    #[serde(default)]
+    pub model: String,
+    /// The environment variable holding the API key; unset for none.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Timeout of one call.
+    #[serde(default = "model_timeout", with = "duration_text")]
+    pub timeout: Duration,
+    /// Retries on 429, 5xx and transport errors.
+    #[serde(default = "model_retries")]
+    pub max_retries: u32,
+    /// Aliases tried in order when this one fails.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// US dollars per 1,000 prompt tokens, for cost estimates.
+    #[serde(default)]
+    pub prompt_price_per_1k: f64,
+    /// US dollars per 1,000 completion tokens.
+    #[serde(default)]
+    pub completion_price_per_1k: f64,
+    /// Stream the answer over server-sent events.
+    #[serde(default)]
+    pub stream: bool,
+    /// Most completion tokens per call; unset for the provider's default.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+}
+
+fn model_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn model_retries() -> u32 {
+    3
 }
 
 /// How logs are written.
@@ -368,6 +428,7 @@ impl Default for Config {
             tools: ToolsConfig::default(),
             memory: MemoryConfig::default(),
             auth: AuthConfig::default(),
+            models: BTreeMap::new(),
         }
     }
 }
@@ -696,6 +757,49 @@ impl Config {
             16 * 1024 * 1024,
         )?;
         positive("auth.key_cache_ttl", self.auth.key_cache_ttl)?;
+        for (alias, m) in &self.models {
+            let key = |field: &str| format!("models.{alias}.{field}");
+            let valid_alias = !alias.is_empty()
+                && alias.len() <= 64
+                && alias
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !valid_alias || alias == "replay" {
+                return Err(ConfigError::new(
+                    &format!("models.{alias}"),
+                    "an alias is 1 to 64 of A-Z, a-z, 0-9, `-`, `_`, `.`, and not `replay`",
+                ));
+            }
+            if m.provider == ModelProvider::Openai {
+                http_url(&key("base_url"), &m.base_url)?;
+                if m.model.is_empty() {
+                    return Err(ConfigError::new(
+                        &key("model"),
+                        "must name the provider's model",
+                    ));
+                }
+            }
+            positive(&key("timeout"), m.timeout)?;
+            in_range(&key("max_retries"), m.max_retries as usize, 0, 10)?;
+            for fallback in &m.fallbacks {
+                if fallback == alias
+                    || (fallback != "replay" && !self.models.contains_key(fallback))
+                {
+                    return Err(ConfigError::new(
+                        &key("fallbacks"),
+                        format!("`{fallback}` is not another configured alias"),
+                    ));
+                }
+            }
+            for (field, price) in [
+                ("prompt_price_per_1k", m.prompt_price_per_1k),
+                ("completion_price_per_1k", m.completion_price_per_1k),
+            ] {
+                if !price.is_finite() || price < 0.0 {
+                    return Err(ConfigError::new(&key(field), "must be zero or more"));
+                }
+            }
+        }
         if self.auth.token_ttl < Duration::from_secs(10)
             || self.auth.token_ttl > Duration::from_secs(24 * 3600)
         {

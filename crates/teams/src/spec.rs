@@ -232,15 +232,10 @@ impl TeamSpec {
             if agent.goal.trim().is_empty() {
                 problem(format!("{at}.goal"), "must not be empty".into());
             }
-            if agent.model != REPLAY_MODEL {
-                problem(
-                    format!("{at}.model"),
-                    format!(
-                        "unknown model alias `{}`; this server provides `{REPLAY_MODEL}`",
-                        agent.model
-                    ),
-                );
-            } else if agent.replay.is_empty() {
+            // Which aliases exist is the worker's configuration, checked when a run starts.
+            if agent.model.is_empty() || agent.model.len() > 64 {
+                problem(format!("{at}.model"), "must name a model alias".into());
+            } else if agent.model == REPLAY_MODEL && agent.replay.is_empty() {
                 problem(
                     format!("{at}.replay"),
                     "the `replay` model needs at least one scripted turn".into(),

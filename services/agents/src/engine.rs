@@ -20,7 +20,7 @@ use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
 use amaos_teams::{AgentSpec, TeamSpec};
 use tokio::sync::mpsc;
 
-use crate::model::{ChatMessage, ChatModel, Reply};
+use crate::model::{ChatMessage, ChatModel, Reply, ToolCallRequest, ToolSpec};
 
 /// Most memories recalled before a task.
 const RECALL_TOP_K: u32 = 3;
@@ -67,6 +67,8 @@ pub struct Services {
 pub struct RunInput {
     /// Who the run acts for, with the token it was started with.
     pub caller: Caller,
+    /// The model alias every agent uses instead of its own, if any.
+    pub model_override: Option<String>,
     /// The run (task) id.
     pub run_id: String,
     /// The attempt number.
@@ -138,6 +140,20 @@ pub async fn run_crew<M: ChatModel>(
 ) -> Result<String, RunError> {
     // The run's own token (task-scoped, role `agent`) goes on to tools and memory.
     let caller = &input.caller;
+    // Real models are offered tool schemas; the scripted one needs none.
+    let real_model = input
+        .model_override
+        .as_deref()
+        .is_some_and(|m| m != amaos_teams::REPLAY_MODEL)
+        || spec
+            .agents
+            .iter()
+            .any(|a| a.model != amaos_teams::REPLAY_MODEL && !a.tools.is_empty());
+    let tool_specs = if real_model {
+        tool_specs(services, caller).await?
+    } else {
+        Vec::new()
+    };
     let mut budget = Budget {
         steps: 0,
         tokens: 0,
@@ -216,6 +232,7 @@ pub async fn run_crew<M: ChatModel>(
             &prompt,
             index,
             model,
+            &tool_specs,
             services,
             caller,
             input,
@@ -266,6 +283,7 @@ async fn converse<M: ChatModel>(
     prompt: &str,
     task_index: usize,
     model: &M,
+    tools: &[ToolSpec],
     services: &Services,
     caller: &Caller,
     input: &RunInput,
@@ -273,15 +291,14 @@ async fn converse<M: ChatModel>(
     events: &mut Emitter,
 ) -> Result<String, RunError> {
     let mut messages = vec![
-        ChatMessage {
-            role: "system",
-            content: system_prompt(agent),
-        },
-        ChatMessage {
-            role: "user",
-            content: prompt.to_owned(),
-        },
+        ChatMessage::text("system", system_prompt(agent)),
+        ChatMessage::text("user", prompt),
     ];
+    let offered: Vec<ToolSpec> = tools
+        .iter()
+        .filter(|t| agent.tools.contains(&t.name))
+        .cloned()
+        .collect();
     events
         .emit(
             &agent.name,
@@ -300,7 +317,7 @@ async fn converse<M: ChatModel>(
             )));
         }
         let completion = model
-            .complete(agent, &messages)
+            .complete(agent, &messages, &offered)
             .await
             .map_err(|e| RunError::Provider(e.to_string()))?;
         budget.tokens += completion.usage.prompt_tokens + completion.usage.completion_tokens;
@@ -308,7 +325,7 @@ async fn converse<M: ChatModel>(
             .emit(
                 &agent.name,
                 Payload::TokenUsage(pb::TokenUsage {
-                    model: agent.model.clone(),
+                    model: completion.model.clone(),
                     prompt_tokens: completion.usage.prompt_tokens,
                     completion_tokens: completion.usage.completion_tokens,
                     cost_usd: completion.cost_usd,
@@ -335,56 +352,88 @@ async fn converse<M: ChatModel>(
                     .await?;
                 return Ok(text);
             }
-            Reply::ToolCall { name, args } => {
-                let call_id = format!("{}:{}:{}", input.run_id, task_index, budget.steps);
-                events
-                    .emit(
-                        &agent.name,
-                        Payload::ToolCall(pb::ToolCall {
-                            call_id: call_id.clone(),
-                            tool: name.clone(),
-                            arguments: Some(map_to_struct(&args)),
-                        }),
-                    )
-                    .await?;
+            Reply::ToolCalls(calls) => {
                 messages.push(ChatMessage {
                     role: "assistant",
-                    content: format!("call {name} {}", serde_json::Value::Object(args.clone())),
+                    content: String::new(),
+                    tool_calls: calls.clone(),
+                    tool_call_id: None,
                 });
-                let outcome = if agent.tools.contains(&name) {
-                    invoke(services, caller, input, &call_id, &name, args).await
-                } else {
-                    Err(format!(
-                        "tool `{name}` is not allowed for agent `{}`",
-                        agent.name
-                    ))
-                };
-                let (result, error) = match outcome {
-                    Ok(value) => (Some(value), String::new()),
-                    Err(error) => (None, error),
-                };
-                messages.push(ChatMessage {
-                    role: "tool",
-                    content: match &result {
-                        Some(value) => value.to_string(),
-                        None => format!("error: {error}"),
-                    },
-                });
-                events
-                    .emit(
-                        &agent.name,
-                        Payload::ToolResult(pb::ToolResult {
-                            call_id,
-                            tool: name,
-                            result: result.as_ref().map(json_to_value),
-                            is_error: result.is_none(),
-                            error,
-                        }),
-                    )
-                    .await?;
+                for (n, call) in calls.into_iter().enumerate() {
+                    let ToolCallRequest { id, name, args } = call;
+                    // Stable across attempts, so a retried run replays recorded side effects.
+                    let call_id = format!("{}:{}:{}:{n}", input.run_id, task_index, budget.steps);
+                    events
+                        .emit(
+                            &agent.name,
+                            Payload::ToolCall(pb::ToolCall {
+                                call_id: call_id.clone(),
+                                tool: name.clone(),
+                                arguments: Some(map_to_struct(&args)),
+                            }),
+                        )
+                        .await?;
+                    let outcome = if agent.tools.contains(&name) {
+                        invoke(services, caller, input, &call_id, &name, args).await
+                    } else {
+                        Err(format!(
+                            "tool `{name}` is not allowed for agent `{}`",
+                            agent.name
+                        ))
+                    };
+                    let (result, error) = match outcome {
+                        Ok(value) => (Some(value), String::new()),
+                        Err(error) => (None, error),
+                    };
+                    messages.push(ChatMessage {
+                        role: "tool",
+                        content: match &result {
+                            Some(value) => value.to_string(),
+                            None => format!("error: {error}"),
+                        },
+                        tool_calls: Vec::new(),
+                        tool_call_id: Some(id),
+                    });
+                    events
+                        .emit(
+                            &agent.name,
+                            Payload::ToolResult(pb::ToolResult {
+                                call_id,
+                                tool: name,
+                                result: result.as_ref().map(json_to_value),
+                                is_error: result.is_none(),
+                                error,
+                            }),
+                        )
+                        .await?;
+                }
             }
         }
     }
+}
+
+/// The schemas of the tools the tools service offers this run.
+async fn tool_specs(services: &Services, caller: &Caller) -> Result<Vec<ToolSpec>, RunError> {
+    let tools = services
+        .tools
+        .clone()
+        .list_tools(caller.request(tools::ListToolsRequest {}))
+        .await
+        .map_err(|s| RunError::Dependency(format!("tools service: {}", s.message())))?
+        .into_inner()
+        .tools;
+    Ok(tools
+        .into_iter()
+        .map(|t| ToolSpec {
+            name: t.name,
+            description: t.description,
+            parameters: t
+                .input_schema
+                .as_ref()
+                .map(|s| serde_json::Value::Object(amaos_proto::json::struct_to_map(s)))
+                .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+        })
+        .collect())
 }
 
 /// Calls a tool; any failure becomes text for the model, never a crash.

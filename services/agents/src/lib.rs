@@ -4,7 +4,9 @@
 //! # Layout
 //!
 //! - [`catalog`]: teams served by name, loaded from `agents.teams_dir`.
-//! - [`model`]: the chat-model trait and the `replay` scripted model.
+//! - [`model`]: the chat-model trait, the `replay` scripted model, and the
+//!   configured aliases with their fallback chains.
+//! - [`openai`]: OpenAI-compatible Chat Completions.
 //! - [`engine`]: the sequential crew engine and its calls to tools and memory.
 //! - [`registration`]: registering and heartbeating with the router.
 //! - this file: the gRPC service, its errors and their mapping, [`serve`].
@@ -12,6 +14,7 @@
 pub mod catalog;
 pub mod engine;
 pub mod model;
+pub mod openai;
 pub mod registration;
 
 use std::pin::Pin;
@@ -40,7 +43,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::Catalog;
 use crate::engine::{Emitter, RunError, RunInput, Services};
-use crate::model::Replay;
+use crate::model::{ModelSet, RunModels};
 
 /// Events buffered per run before the engine waits for the caller.
 const EVENT_BUFFER: usize = 64;
@@ -112,6 +115,7 @@ pub fn parse_spec(
 #[derive(Clone)]
 pub struct Agents {
     verifier: Arc<TokenVerifier>,
+    models: Arc<ModelSet>,
     catalog: Catalog,
     services: Services,
     permits: Arc<Semaphore>,
@@ -128,6 +132,7 @@ impl Agents {
         let memory = client::channel(&config.memory.url, &config.limits)?;
         Ok(Self {
             verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
+            models: Arc::new(ModelSet::new(&config.models)?),
             catalog,
             services: Services {
                 tools: ToolsServiceClient::new(tools),
@@ -185,7 +190,7 @@ impl AgentsService for Agents {
             }
             .into());
         }
-        if !model_alias_override.is_empty() && model_alias_override != amaos_teams::REPLAY_MODEL {
+        if !model_alias_override.is_empty() && !self.models.knows(&model_alias_override) {
             return Err(AgentsError::InvalidArgument {
                 field: "model_alias_override",
                 message: format!("unknown model alias `{model_alias_override}`"),
@@ -208,6 +213,22 @@ impl AgentsService for Agents {
                 .into());
             }
         };
+        if model_alias_override.is_empty()
+            && let Some((i, agent)) = spec
+                .agents
+                .iter()
+                .enumerate()
+                .find(|(_, a)| !self.models.knows(&a.model))
+        {
+            return Err(AgentsError::InvalidArgument {
+                    field: "team",
+                    message: format!(
+                        "agents[{i}] (`{}`) uses model alias `{}`, which this worker does not have; configure [models.{}]",
+                        agent.name, agent.model, agent.model
+                    ),
+                }
+                .into());
+        }
         let permit = self
             .permits
             .clone()
@@ -215,6 +236,7 @@ impl AgentsService for Agents {
             .map_err(|_| AgentsError::AtCapacity(self.capacity))?;
         let budget = budget.unwrap_or_default();
         let run = RunInput {
+            model_override: Some(model_alias_override).filter(|m| !m.is_empty()),
             tenant: caller.tenant.clone(),
             caller,
             run_id,
@@ -239,12 +261,13 @@ impl AgentsService for Agents {
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let services = self.services.clone();
+        let models = self.models.clone();
         let in_flight = self.in_flight.clone();
         in_flight.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let _permit = permit;
             let mut events = Emitter::new(tx, &run.run_id, run.attempt);
-            let model = Replay::new(&run.input);
+            let model = RunModels::new(&run.input, models, run.model_override.clone());
             let work = engine::run_crew(&spec, &run, &model, &services, &mut events);
             let result = match run.max_wall_time {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {

@@ -429,7 +429,11 @@ impl Dispatcher {
             .run_team(request)
             .await
             .map_err(|s| Failure {
-                class: ErrorClass::Transient,
+                // A spec the worker cannot run fails the same way on any worker.
+                class: match s.code() {
+                    tonic::Code::InvalidArgument | tonic::Code::NotFound => ErrorClass::Invalid,
+                    _ => ErrorClass::Transient,
+                },
                 message: format!("agents worker refused the run: {}", s.message()),
             })?
             .into_inner();
