@@ -175,7 +175,7 @@ async fn a_crew_runs_on_an_openai_compatible_model_with_tools() {
             .unwrap()
             .contains("bytes_written")
     );
-    let offered = &requests.lock().unwrap()[0]["tools"];
+    let offered = requests.lock().unwrap()[0]["tools"].clone();
     assert_eq!(
         offered.as_array().unwrap().len(),
         1,
