@@ -17,7 +17,10 @@ pub mod spec;
 
 use std::fmt;
 
-pub use spec::{AgentSpec, Budget, CrewSpec, CrewTask, Process, ReplayTurn, TeamSpec, ToolTurn};
+pub use spec::{
+    AgentSpec, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager, Process,
+    ReplayTurn, TeamSpec, Termination, ToolTurn,
+};
 
 /// The model alias of the built-in deterministic scripted model.
 pub const REPLAY_MODEL: &str = "replay";

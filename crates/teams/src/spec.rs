@@ -26,10 +26,110 @@ pub struct TeamSpec {
     /// The agents.
     pub agents: Vec<AgentSpec>,
     /// A crew: tasks carried out by assigned agents.
-    pub crew: CrewSpec,
+    #[serde(default)]
+    pub crew: Option<CrewSpec>,
+    /// A group chat: agents take turns on one conversation.
+    #[serde(default)]
+    pub group_chat: Option<GroupChatSpec>,
+    /// A judge that scores the team's output and may send it back.
+    #[serde(default)]
+    pub judge: Option<JudgeSpec>,
     /// Limits on one run.
     #[serde(default)]
     pub budget: Budget,
+}
+
+/// How a group chat picks its next speaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Manager {
+    /// Participants in turn.
+    RoundRobin,
+    /// A selector agent names the next speaker.
+    Selector,
+    /// Agents hand off to each other.
+    Swarm,
+}
+
+/// A group chat.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupChatSpec {
+    /// How the next speaker is chosen.
+    pub manager: Manager,
+    /// The speakers, in order; empty for every agent but the selector and judge.
+    #[serde(default)]
+    pub participants: Vec<String>,
+    /// The opening message; `{input}` is replaced by the run's input.
+    pub task: String,
+    /// The agent that picks speakers (`selector` manager).
+    #[serde(default)]
+    pub selector: Option<String>,
+    /// When the chat stops.
+    pub termination: Termination,
+}
+
+/// When a group chat stops: when any of `any` holds, or when all of `all` hold.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Termination {
+    /// Stop when any of these holds.
+    #[serde(default)]
+    pub any: Vec<Condition>,
+    /// Stop when all of these hold.
+    #[serde(default)]
+    pub all: Vec<Condition>,
+}
+
+/// One stop condition: exactly one field set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// After this many agent messages.
+    #[serde(default)]
+    pub max_messages: Option<u32>,
+    /// When a message contains this text.
+    #[serde(default)]
+    pub text_mention: Option<String>,
+    /// When the run has used this many tokens.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// When the chat has run this long, e.g. `2m`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+impl Condition {
+    /// The timeout, if this is a valid timeout condition.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+            .as_deref()
+            .and_then(|t| humantime_parse(t).ok())
+    }
+}
+
+/// A judge on a team's output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgeSpec {
+    /// The agent that judges (not a crew task's agent or a chat participant).
+    pub agent: String,
+    /// What the output must satisfy.
+    pub criteria: Vec<String>,
+    /// Lowest passing score, 0 to 1.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// Revisions allowed before the output is escalated to a person.
+    #[serde(default = "default_revisions")]
+    pub max_revisions: u32,
+}
+
+fn default_threshold() -> f64 {
+    0.7
+}
+
+fn default_revisions() -> u32 {
+    2
 }
 
 /// One agent.
@@ -188,12 +288,120 @@ fn valid_name(name: &str) -> bool {
 impl TeamSpec {
     /// The team's kind, as the contracts name it.
     pub fn kind(&self) -> &'static str {
-        "crew"
+        if self.group_chat.is_some() {
+            "group_chat"
+        } else {
+            "crew"
+        }
     }
 
     /// The agent called `name`.
     pub fn agent(&self, name: &str) -> Option<&AgentSpec> {
         self.agents.iter().find(|a| a.name == name)
+    }
+
+    /// The speakers of a group chat, in order.
+    pub fn participants(&self) -> Vec<&AgentSpec> {
+        let Some(chat) = &self.group_chat else {
+            return Vec::new();
+        };
+        if chat.participants.is_empty() {
+            let judge = self.judge.as_ref().map(|j| j.agent.as_str());
+            self.agents
+                .iter()
+                .filter(|a| {
+                    Some(a.name.as_str()) != chat.selector.as_deref()
+                        && Some(a.name.as_str()) != judge
+                })
+                .collect()
+        } else {
+            chat.participants
+                .iter()
+                .filter_map(|p| self.agent(p))
+                .collect()
+        }
+    }
+
+    fn chat_problems(&self, chat: &GroupChatSpec, problem: &mut impl FnMut(String, String)) {
+        if chat.manager == Manager::Swarm {
+            problem(
+                "group_chat.manager".into(),
+                "`swarm` is not supported by this server yet; use `round_robin` or `selector`"
+                    .into(),
+            );
+        }
+        if chat.task.trim().is_empty() {
+            problem("group_chat.task".into(), "must not be empty".into());
+        }
+        for (i, p) in chat.participants.iter().enumerate() {
+            if self.agent(p).is_none() {
+                problem(
+                    format!("group_chat.participants[{i}]"),
+                    format!("no agent is named `{p}`"),
+                );
+            }
+        }
+        if self.participants().is_empty() {
+            problem(
+                "group_chat.participants".into(),
+                "a group chat needs at least one speaker".into(),
+            );
+        }
+        match (&chat.manager, &chat.selector) {
+            (Manager::Selector, None) => problem(
+                "group_chat.selector".into(),
+                "the `selector` manager needs a selector agent".into(),
+            ),
+            (_, Some(name)) if self.agent(name).is_none() => problem(
+                "group_chat.selector".into(),
+                format!("no agent is named `{name}`"),
+            ),
+            _ => {}
+        }
+        let t = &chat.termination;
+        if t.any.is_empty() && t.all.is_empty() {
+            problem(
+                "group_chat.termination".into(),
+                "a group chat needs a stop condition in `any` or `all`".into(),
+            );
+        }
+        for (list, conditions) in [("any", &t.any), ("all", &t.all)] {
+            for (i, c) in conditions.iter().enumerate() {
+                let at = format!("group_chat.termination.{list}[{i}]");
+                let set = [
+                    c.max_messages.is_some(),
+                    c.text_mention.is_some(),
+                    c.max_tokens.is_some(),
+                    c.timeout.is_some(),
+                ]
+                .iter()
+                .filter(|s| **s)
+                .count();
+                if set != 1 {
+                    problem(
+                        at.clone(),
+                        "a condition has exactly one of max_messages, text_mention, max_tokens or timeout".into(),
+                    );
+                }
+                if c.max_messages == Some(0) || c.max_tokens == Some(0) {
+                    problem(at.clone(), "must be at least 1".into());
+                }
+                if c.text_mention
+                    .as_deref()
+                    .is_some_and(|m| m.trim().is_empty())
+                {
+                    problem(format!("{at}.text_mention"), "must not be empty".into());
+                }
+                if let Some(text) = &c.timeout
+                    && humantime_parse(text).map(|d| d.is_zero()).unwrap_or(true)
+                {
+                    problem(
+                        format!("{at}.timeout"),
+                        format!("`{text}` is not a positive duration"),
+                    );
+                }
+            }
+        }
     }
 
     /// Every problem the types cannot rule out, as (field path, message).
@@ -277,50 +485,86 @@ impl TeamSpec {
                 }
             }
         }
-        if self.crew.process == Process::Hierarchical {
-            problem(
-                "crew.process".into(),
-                "`hierarchical` is not supported by this server yet; use `sequential`".into(),
-            );
+        match (&self.crew, &self.group_chat) {
+            (Some(_), Some(_)) => problem(
+                "group_chat".into(),
+                "a team is a `crew` or a `group_chat`, not both".into(),
+            ),
+            (None, None) => problem(
+                String::new(),
+                "a team needs a `crew` or a `group_chat`".into(),
+            ),
+            _ => {}
         }
-        if self.crew.tasks.is_empty() || self.crew.tasks.len() > MAX_TASKS {
-            problem(
-                "crew.tasks".into(),
-                format!("a crew has 1 to {MAX_TASKS} tasks"),
-            );
-        }
-        let mut earlier: HashSet<&str> = HashSet::new();
-        for (i, task) in self.crew.tasks.iter().enumerate() {
-            let at = format!("crew.tasks[{i}]");
-            if !valid_name(&task.name) {
+        if let Some(crew) = &self.crew {
+            if crew.process == Process::Hierarchical {
                 problem(
-                    format!("{at}.name"),
-                    "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
-                );
-            } else if earlier.contains(task.name.as_str()) {
-                problem(
-                    format!("{at}.name"),
-                    format!("task `{}` is declared twice", task.name),
+                    "crew.process".into(),
+                    "`hierarchical` is not supported by this server yet; use `sequential`".into(),
                 );
             }
-            if task.description.trim().is_empty() {
-                problem(format!("{at}.description"), "must not be empty".into());
-            }
-            if self.agent(&task.agent).is_none() {
+            if crew.tasks.is_empty() || crew.tasks.len() > MAX_TASKS {
                 problem(
-                    format!("{at}.agent"),
-                    format!("no agent is named `{}`", task.agent),
+                    "crew.tasks".into(),
+                    format!("a crew has 1 to {MAX_TASKS} tasks"),
                 );
             }
-            for (j, source) in task.context.iter().enumerate() {
-                if !earlier.contains(source.as_str()) {
+            let mut earlier: HashSet<&str> = HashSet::new();
+            for (i, task) in crew.tasks.iter().enumerate() {
+                let at = format!("crew.tasks[{i}]");
+                if !valid_name(&task.name) {
                     problem(
-                        format!("{at}.context[{j}]"),
-                        format!("`{source}` is not an earlier task of this crew"),
+                        format!("{at}.name"),
+                        "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+                    );
+                } else if earlier.contains(task.name.as_str()) {
+                    problem(
+                        format!("{at}.name"),
+                        format!("task `{}` is declared twice", task.name),
                     );
                 }
+                if task.description.trim().is_empty() {
+                    problem(format!("{at}.description"), "must not be empty".into());
+                }
+                if self.agent(&task.agent).is_none() {
+                    problem(
+                        format!("{at}.agent"),
+                        format!("no agent is named `{}`", task.agent),
+                    );
+                }
+                for (j, source) in task.context.iter().enumerate() {
+                    if !earlier.contains(source.as_str()) {
+                        problem(
+                            format!("{at}.context[{j}]"),
+                            format!("`{source}` is not an earlier task of this crew"),
+                        );
+                    }
+                }
+                earlier.insert(task.name.as_str());
             }
-            earlier.insert(task.name.as_str());
+        }
+        if let Some(chat) = &self.group_chat {
+            self.chat_problems(chat, &mut problem);
+        }
+        if let Some(judge) = &self.judge {
+            if self.agent(&judge.agent).is_none() {
+                problem(
+                    "judge.agent".into(),
+                    format!("no agent is named `{}`", judge.agent),
+                );
+            }
+            if judge.criteria.is_empty() || judge.criteria.iter().any(|c| c.trim().is_empty()) {
+                problem(
+                    "judge.criteria".into(),
+                    "name at least one criterion, none empty".into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&judge.threshold) {
+                problem("judge.threshold".into(), "must be between 0 and 1".into());
+            }
+            if judge.max_revisions > 10 {
+                problem("judge.max_revisions".into(), "at most 10".into());
+            }
         }
         if self.budget.max_steps == Some(0) {
             problem("budget.max_steps".into(), "must be at least 1".into());

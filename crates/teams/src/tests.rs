@@ -31,7 +31,7 @@ crew:
 fn a_good_spec_parses() {
     let spec = parse(GOOD).unwrap();
     assert_eq!(spec.agents.len(), 2);
-    assert_eq!(spec.crew.tasks[1].context, vec!["research"]);
+    assert_eq!(spec.crew.unwrap().tasks[1].context, vec!["research"]);
     assert_eq!(
         spec.agents[0].replay[0].tool.as_ref().unwrap().name,
         "file_write"

@@ -40,6 +40,9 @@ pub enum RunError {
     /// The caller went away; nobody is listening.
     #[error("the caller cancelled the run")]
     Cancelled,
+    /// The judge escalated the output to a person.
+    #[error("the judge escalated the output: {0}")]
+    NeedsReview(String),
 }
 
 impl RunError {
@@ -50,6 +53,7 @@ impl RunError {
             RunError::Provider(_) => "provider",
             RunError::Dependency(_) => "transient",
             RunError::Cancelled => "cancelled",
+            RunError::NeedsReview(_) => "needs_review",
         }
     }
 }
@@ -131,7 +135,7 @@ struct Budget {
 }
 
 /// Runs `spec` and returns the final output; every step is emitted.
-pub async fn run_crew<M: ChatModel>(
+pub async fn run_team<M: ChatModel>(
     spec: &TeamSpec,
     input: &RunInput,
     model: &M,
@@ -177,10 +181,59 @@ pub async fn run_crew<M: ChatModel>(
             }),
         )
         .await?;
-    let total = spec.crew.tasks.len() as u32;
+    let ctx = Ctx {
+        spec,
+        input,
+        model,
+        services,
+        caller,
+        tools: &tool_specs,
+    };
+    let (mut output, producer) = match (&spec.crew, &spec.group_chat) {
+        (_, Some(chat)) => run_chat(&ctx, chat, &mut budget, events).await?,
+        (Some(crew), None) => run_crew_tasks(&ctx, crew, &mut budget, events).await?,
+        (None, None) => {
+            return Err(RunError::Dependency(
+                "the team has neither a crew nor a group chat".into(),
+            ));
+        }
+    };
+    if let Some(judge) = &spec.judge {
+        output = run_judge(&ctx, judge, output, &producer, &mut budget, events).await?;
+    }
+    Ok(output)
+}
+
+/// What every part of one run shares.
+struct Ctx<'a, M> {
+    spec: &'a TeamSpec,
+    input: &'a RunInput,
+    model: &'a M,
+    services: &'a Services,
+    caller: &'a Caller,
+    tools: &'a [ToolSpec],
+}
+
+/// A crew's tasks in order; returns the last output and the agent that wrote it.
+async fn run_crew_tasks<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    crew: &amaos_teams::CrewSpec,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<(String, String), RunError> {
+    let Ctx {
+        spec,
+        input,
+        model,
+        services,
+        caller,
+        tools,
+    } = *ctx;
+    let mut last_agent = String::new();
+    let total = crew.tasks.len() as u32;
     let mut outputs: HashMap<&str, String> = HashMap::new();
     let mut last = String::new();
-    for (index, task) in spec.crew.tasks.iter().enumerate() {
+    for (index, task) in crew.tasks.iter().enumerate() {
         // Validated specs name only declared agents.
         let agent = spec
             .agent(&task.agent)
@@ -228,16 +281,7 @@ pub async fn run_crew<M: ChatModel>(
             }
         }
         let output = converse(
-            agent,
-            &prompt,
-            index,
-            model,
-            &tool_specs,
-            services,
-            caller,
-            input,
-            &mut budget,
-            events,
+            agent, &prompt, index, model, tools, services, caller, input, budget, events,
         )
         .await?;
         if agent.memory {
@@ -260,9 +304,304 @@ pub async fn run_crew<M: ChatModel>(
             )
             .await?;
         outputs.insert(task.name.as_str(), output.clone());
+        last_agent = agent.name.clone();
         last = output;
     }
-    Ok(last)
+    Ok((last, last_agent))
+}
+
+/// Tool-call ids of chat turns and judge rounds start here, apart from crew tasks'.
+const CHAT_INDEX: usize = 1_000;
+const JUDGE_INDEX: usize = 100_000;
+
+/// A group chat; returns the last message and its speaker.
+async fn run_chat<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    chat: &amaos_teams::GroupChatSpec,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<(String, String), RunError> {
+    let participants = ctx.spec.participants();
+    let opening = chat.task.replace("{input}", &ctx.input.input);
+    events
+        .emit(
+            "",
+            Payload::Message(pb::Message {
+                role: "user".into(),
+                content: opening.clone(),
+            }),
+        )
+        .await?;
+    let mut transcript: Vec<(String, String)> = vec![("user".into(), opening)];
+    let started = tokio::time::Instant::now();
+    let mut turn = 0usize;
+    loop {
+        let (speaker, method) = match chat.manager {
+            amaos_teams::Manager::Selector => {
+                select_speaker(ctx, chat, &participants, &transcript, turn, budget, events).await?
+            }
+            _ => (
+                participants[turn % participants.len()].name.clone(),
+                "round_robin",
+            ),
+        };
+        events
+            .emit(
+                "",
+                Payload::SpeakerSelected(pb::SpeakerSelected {
+                    speaker: speaker.clone(),
+                    method: method.into(),
+                }),
+            )
+            .await?;
+        let agent = ctx
+            .spec
+            .agent(&speaker)
+            .ok_or_else(|| RunError::Dependency(format!("no agent `{speaker}`")))?;
+        let prompt = format!(
+            "{}\n\nYou are {}. Reply with your next message.",
+            render(&transcript),
+            agent.name
+        );
+        let reply = converse(
+            agent,
+            &prompt,
+            CHAT_INDEX + turn,
+            ctx.model,
+            ctx.tools,
+            ctx.services,
+            ctx.caller,
+            ctx.input,
+            budget,
+            events,
+        )
+        .await?;
+        transcript.push((speaker.clone(), reply));
+        turn += 1;
+        if let Some(reason) = stop_reason(
+            &chat.termination,
+            &transcript,
+            turn,
+            budget.tokens,
+            started.elapsed(),
+        ) {
+            tracing::debug!(%reason, "group chat stopped");
+            let (speaker, last) = transcript.pop().unwrap_or_default();
+            return Ok((last, speaker));
+        }
+    }
+}
+
+fn render(transcript: &[(String, String)]) -> String {
+    let mut out = String::from("Conversation so far:");
+    for (who, text) in transcript {
+        out.push_str(&format!("\n[{who}] {text}"));
+    }
+    out
+}
+
+/// Whether the chat stops after `messages` agent messages, and why.
+fn stop_reason(
+    termination: &amaos_teams::Termination,
+    transcript: &[(String, String)],
+    messages: usize,
+    tokens: u64,
+    elapsed: std::time::Duration,
+) -> Option<String> {
+    let last = transcript
+        .last()
+        .map(|(_, t)| t.as_str())
+        .unwrap_or_default();
+    let holds = |c: &amaos_teams::Condition| -> Option<String> {
+        if let Some(n) = c.max_messages {
+            return (messages as u32 >= n).then(|| format!("{n} messages"));
+        }
+        if let Some(text) = &c.text_mention {
+            return last
+                .contains(text.as_str())
+                .then(|| format!("`{text}` mentioned"));
+        }
+        if let Some(n) = c.max_tokens {
+            return (tokens >= n).then(|| format!("{n} tokens used"));
+        }
+        if let Some(limit) = c.timeout() {
+            return (elapsed >= limit).then(|| format!("{limit:?} elapsed"));
+        }
+        None
+    };
+    if let Some(reason) = termination.any.iter().find_map(holds) {
+        return Some(reason);
+    }
+    if !termination.all.is_empty() {
+        let reasons: Option<Vec<String>> = termination.all.iter().map(holds).collect();
+        return reasons.map(|r| r.join(" and "));
+    }
+    None
+}
+
+/// The selector agent names the next speaker; an invalid name is asked for
+/// once more, then the turn falls back to round robin.
+async fn select_speaker<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    chat: &amaos_teams::GroupChatSpec,
+    participants: &[&AgentSpec],
+    transcript: &[(String, String)],
+    turn: usize,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<(String, &'static str), RunError> {
+    let names: Vec<&str> = participants.iter().map(|a| a.name.as_str()).collect();
+    let selector = chat
+        .selector
+        .as_deref()
+        .and_then(|s| ctx.spec.agent(s))
+        .ok_or_else(|| RunError::Dependency("the selector agent is missing".into()))?;
+    for attempt in 0..2 {
+        let prompt = format!(
+            "{}\n\nWho speaks next? Answer with exactly one of: {}.{}",
+            render(transcript),
+            names.join(", "),
+            if attempt > 0 {
+                " Your last answer named nobody on that list."
+            } else {
+                ""
+            }
+        );
+        let pick = converse(
+            selector,
+            &prompt,
+            CHAT_INDEX + turn * 10 + 5 + attempt,
+            ctx.model,
+            &[],
+            ctx.services,
+            ctx.caller,
+            ctx.input,
+            budget,
+            events,
+        )
+        .await?;
+        let pick = pick
+            .trim()
+            .trim_matches(|c: char| !c.is_alphanumeric() && c != '-' && c != '_');
+        if names.contains(&pick) {
+            return Ok((pick.to_owned(), "selector"));
+        }
+    }
+    Ok((
+        participants[turn % participants.len()].name.clone(),
+        "fallback",
+    ))
+}
+
+/// What a judge answered.
+struct Judgement {
+    kind: pb::VerdictKind,
+    score: f64,
+    feedback: String,
+}
+
+/// Reads a verdict: a JSON object `{"verdict": "pass|revise|escalate",
+/// "score": 0..1, "feedback": "…"}`, possibly inside other text.
+fn parse_verdict(text: &str, threshold: f64) -> Option<Judgement> {
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    let v: serde_json::Value = serde_json::from_str(text.get(start..=end)?).ok()?;
+    let score = v["score"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+    let feedback = v["feedback"].as_str().unwrap_or_default().to_owned();
+    let kind = match v["verdict"].as_str()?.to_ascii_lowercase().as_str() {
+        "escalate" => pb::VerdictKind::Escalate,
+        "pass" if score >= threshold => pb::VerdictKind::Pass,
+        "pass" | "revise" => pb::VerdictKind::Revise,
+        _ => return None,
+    };
+    Some(Judgement {
+        kind,
+        score,
+        feedback,
+    })
+}
+
+/// Scores the output; a revision goes back to the agent that produced it
+/// with the judge's feedback, up to `max_revisions` times; then escalates.
+async fn run_judge<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    judge: &amaos_teams::JudgeSpec,
+    mut output: String,
+    producer: &str,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<String, RunError> {
+    let judge_agent = ctx
+        .spec
+        .agent(&judge.agent)
+        .ok_or_else(|| RunError::Dependency(format!("no judge agent `{}`", judge.agent)))?;
+    let producer = ctx.spec.agent(producer).unwrap_or(judge_agent);
+    for revision in 0..=judge.max_revisions {
+        let prompt = format!(
+            "Judge this output against the criteria.\nCriteria:\n- {}\nPassing score: {}\n\nOutput:\n{output}\n\n\
+             Answer with a JSON object: {{\"verdict\": \"pass\" | \"revise\" | \"escalate\", \"score\": 0 to 1, \"feedback\": \"...\"}}",
+            judge.criteria.join("\n- "),
+            judge.threshold
+        );
+        let answer = converse(
+            judge_agent,
+            &prompt,
+            JUDGE_INDEX + revision as usize,
+            ctx.model,
+            &[],
+            ctx.services,
+            ctx.caller,
+            ctx.input,
+            budget,
+            events,
+        )
+        .await?;
+        let judgement = parse_verdict(&answer, judge.threshold).unwrap_or(Judgement {
+            kind: pb::VerdictKind::Escalate,
+            score: 0.0,
+            feedback: "the judge's answer was not a verdict".into(),
+        });
+        let kind = if judgement.kind == pb::VerdictKind::Revise && revision == judge.max_revisions {
+            pb::VerdictKind::Escalate
+        } else {
+            judgement.kind
+        };
+        events
+            .emit(
+                &judge_agent.name,
+                Payload::Verdict(pb::Verdict {
+                    kind: kind as i32,
+                    score: judgement.score,
+                    feedback: judgement.feedback.clone(),
+                    revision,
+                }),
+            )
+            .await?;
+        match kind {
+            pb::VerdictKind::Pass => return Ok(output),
+            pb::VerdictKind::Revise => {
+                let prompt = format!(
+                    "Your previous output:\n{output}\n\nA reviewer asks for a revision: {}\nProduce the revised output.",
+                    judgement.feedback
+                );
+                output = converse(
+                    producer,
+                    &prompt,
+                    JUDGE_INDEX + 500 + revision as usize,
+                    ctx.model,
+                    ctx.tools,
+                    ctx.services,
+                    ctx.caller,
+                    ctx.input,
+                    budget,
+                    events,
+                )
+                .await?;
+            }
+            _ => return Err(RunError::NeedsReview(judgement.feedback)),
+        }
+    }
+    Err(RunError::NeedsReview("revisions exhausted".into()))
 }
 
 fn system_prompt(agent: &AgentSpec) -> String {

@@ -268,7 +268,7 @@ impl AgentsService for Agents {
             let _permit = permit;
             let mut events = Emitter::new(tx, &run.run_id, run.attempt);
             let model = RunModels::new(&run.input, models, run.model_override.clone());
-            let work = engine::run_crew(&spec, &run, &model, &services, &mut events);
+            let work = engine::run_team(&spec, &run, &model, &services, &mut events);
             let result = match run.max_wall_time {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
                     Err(RunError::Budget(format!(

@@ -534,6 +534,12 @@ fn decide(task: &Task, failure: Failure, retryable: bool) -> Outcome {
             error,
         };
     }
+    if failure.class == ErrorClass::Review {
+        return Outcome::Finished {
+            state: TaskState::NeedsReview,
+            error,
+        };
+    }
     if retryable && task.stage_attempts < task.retry.max_attempts {
         let after = task
             .retry

@@ -26,6 +26,8 @@ pub enum TaskState {
     Cancelled,
     /// Its deadline passed.
     TimedOut,
+    /// A judge escalated the output: a person must review it.
+    NeedsReview,
 }
 
 impl TaskState {
@@ -33,7 +35,11 @@ impl TaskState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled | TaskState::TimedOut
+            TaskState::Succeeded
+                | TaskState::Failed
+                | TaskState::Cancelled
+                | TaskState::TimedOut
+                | TaskState::NeedsReview
         )
     }
 
@@ -47,7 +53,8 @@ impl TaskState {
             pb::TaskState::Failed => TaskState::Failed,
             pb::TaskState::Cancelled => TaskState::Cancelled,
             pb::TaskState::TimedOut => TaskState::TimedOut,
-            pb::TaskState::Unspecified | pb::TaskState::NeedsReview => return None,
+            pb::TaskState::NeedsReview => TaskState::NeedsReview,
+            pb::TaskState::Unspecified => return None,
         })
     }
 }
@@ -62,6 +69,7 @@ impl From<TaskState> for pb::TaskState {
             TaskState::Failed => pb::TaskState::Failed,
             TaskState::Cancelled => pb::TaskState::Cancelled,
             TaskState::TimedOut => pb::TaskState::TimedOut,
+            TaskState::NeedsReview => pb::TaskState::NeedsReview,
         }
     }
 }
@@ -83,6 +91,8 @@ pub enum ErrorClass {
     Internal,
     /// Stopped on request.
     Cancelled,
+    /// A judge escalated the output.
+    Review,
 }
 
 impl ErrorClass {
@@ -95,6 +105,7 @@ impl ErrorClass {
             "invalid" => ErrorClass::Invalid,
             "transient" => ErrorClass::Transient,
             "cancelled" => ErrorClass::Cancelled,
+            "needs_review" => ErrorClass::Review,
             _ => ErrorClass::Internal,
         }
     }
@@ -122,7 +133,7 @@ impl From<ErrorClass> for pb::ErrorClass {
             ErrorClass::Budget => pb::ErrorClass::Budget,
             ErrorClass::Invalid => pb::ErrorClass::Invalid,
             ErrorClass::Internal => pb::ErrorClass::Internal,
-            ErrorClass::Cancelled => pb::ErrorClass::Unspecified,
+            ErrorClass::Cancelled | ErrorClass::Review => pb::ErrorClass::Unspecified,
         }
     }
 }

@@ -102,7 +102,7 @@ return seq
 const RECORD: &str = r#"
 local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'seq')
 if not st[1] then return -1 end
-if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' then return -1 end
+if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' or st[1] == 'NeedsReview' then return -1 end
 if st[2] ~= ARGV[1] then return -1 end
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'worker', ARGV[3]) end
 local seq = tonumber(st[3] or '0')
@@ -123,7 +123,7 @@ return seq
 const RENEW: &str = r#"
 local st = redis.call('HMGET', KEYS[1], 'state', 'attempt')
 if not st[1] then return 0 end
-if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' then return 2 end
+if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' or st[1] == 'NeedsReview' then return 2 end
 if st[2] ~= ARGV[1] then return 0 end
 redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
 return 1
@@ -198,6 +198,7 @@ fn state_name(state: TaskState) -> &'static str {
         TaskState::Failed => "Failed",
         TaskState::Cancelled => "Cancelled",
         TaskState::TimedOut => "TimedOut",
+        TaskState::NeedsReview => "NeedsReview",
     }
 }
 
@@ -210,6 +211,7 @@ fn parse_state(name: &str) -> Option<TaskState> {
         "Failed" => TaskState::Failed,
         "Cancelled" => TaskState::Cancelled,
         "TimedOut" => TaskState::TimedOut,
+        "NeedsReview" => TaskState::NeedsReview,
         _ => return None,
     })
 }
