@@ -201,3 +201,32 @@ fn chat_specs_are_validated_with_lines() {
         "{errors}"
     );
 }
+
+#[tokio::test]
+async fn a_chat_repeating_itself_is_stopped_as_a_loop() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let spec = r#"name: echo-chamber
+agents:
+  - name: echo
+    role: Echo
+    goal: Repeat
+    replay:
+      - say: "same again"
+      - say: "same again"
+      - say: "same again"
+      - say: "never reached"
+group_chat:
+  manager: round_robin
+  task: "Talk about {input}"
+  termination:
+    any:
+      - max_messages: 10
+"#;
+    let (task, _) = run(&mesh, &key, spec, "x").await;
+    assert_eq!(task.state, pb::TaskState::Failed as i32, "{task:?}");
+    let error = task.error.unwrap();
+    assert!(error.message.contains("loop detected"), "{}", error.message);
+    assert_eq!(error.class, pb::ErrorClass::Budget as i32);
+    mesh.stop().await;
+}

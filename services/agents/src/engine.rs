@@ -19,6 +19,7 @@ use amaos_proto::tools::v1 as tools;
 use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
 use amaos_teams::{AgentSpec, TeamSpec};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::model::{ChatMessage, ChatModel, Reply, ToolCallRequest, ToolSpec};
 
@@ -132,7 +133,12 @@ struct Budget {
     tokens: u64,
     max_steps: u32,
     max_tokens: Option<u64>,
+    /// The last assistant message and how many times in a row it was said.
+    repeated: (String, u32),
 }
+
+/// The same message this many times in a row is a loop: the run stops.
+const LOOP_REPEATS: u32 = 3;
 
 /// Runs `spec` and returns the final output; every step is emitted.
 pub async fn run_team<M: ChatModel>(
@@ -170,6 +176,7 @@ pub async fn run_team<M: ChatModel>(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         },
+        repeated: (String::new(), 0),
     };
     events
         .emit(
@@ -615,9 +622,36 @@ fn system_prompt(agent: &AgentSpec) -> String {
     s
 }
 
-/// One agent's conversation on one task, until it answers with text.
+/// One agent's conversation on one task, until it answers with text, in an
+/// `invoke_agent` span (OpenTelemetry GenAI conventions).
 #[allow(clippy::too_many_arguments)]
 async fn converse<M: ChatModel>(
+    agent: &AgentSpec,
+    prompt: &str,
+    task_index: usize,
+    model: &M,
+    tools: &[ToolSpec],
+    services: &Services,
+    caller: &Caller,
+    input: &RunInput,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<String, RunError> {
+    let span = tracing::info_span!(
+        "invoke_agent",
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.agent.name = %agent.name,
+        gen_ai.request.model = %agent.model,
+    );
+    converse_inner(
+        agent, prompt, task_index, model, tools, services, caller, input, budget, events,
+    )
+    .instrument(span)
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn converse_inner<M: ChatModel>(
     agent: &AgentSpec,
     prompt: &str,
     task_index: usize,
@@ -655,10 +689,24 @@ async fn converse<M: ChatModel>(
                 budget.max_steps
             )));
         }
+        let chat_span = tracing::info_span!(
+            "chat",
+            gen_ai.operation.name = "chat",
+            gen_ai.agent.name = %agent.name,
+            gen_ai.request.model = %agent.model,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+        );
         let completion = model
             .complete(agent, &messages, &offered)
+            .instrument(chat_span.clone())
             .await
             .map_err(|e| RunError::Provider(e.to_string()))?;
+        chat_span.record("gen_ai.usage.input_tokens", completion.usage.prompt_tokens);
+        chat_span.record(
+            "gen_ai.usage.output_tokens",
+            completion.usage.completion_tokens,
+        );
         budget.tokens += completion.usage.prompt_tokens + completion.usage.completion_tokens;
         events
             .emit(
@@ -689,6 +737,16 @@ async fn converse<M: ChatModel>(
                         }),
                     )
                     .await?;
+                if budget.repeated.0 == text {
+                    budget.repeated.1 += 1;
+                    if budget.repeated.1 >= LOOP_REPEATS {
+                        return Err(RunError::Budget(format!(
+                            "loop detected: the same message {LOOP_REPEATS} times in a row"
+                        )));
+                    }
+                } else {
+                    budget.repeated = (text.clone(), 1);
+                }
                 return Ok(text);
             }
             Reply::ToolCalls(calls) => {
@@ -713,7 +771,15 @@ async fn converse<M: ChatModel>(
                         )
                         .await?;
                     let outcome = if agent.tools.contains(&name) {
-                        invoke(services, caller, input, &call_id, &name, args).await
+                        let span = tracing::info_span!(
+                            "execute_tool",
+                            gen_ai.operation.name = "execute_tool",
+                            gen_ai.tool.name = %name,
+                            gen_ai.tool.call.id = %call_id,
+                        );
+                        invoke(services, caller, input, &call_id, &name, args)
+                            .instrument(span)
+                            .await
                     } else {
                         Err(format!(
                             "tool `{name}` is not allowed for agent `{}`",
