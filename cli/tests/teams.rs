@@ -230,3 +230,30 @@ group_chat:
     assert_eq!(error.class, pb::ErrorClass::Budget as i32);
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_swarm_hands_off_and_a_handoff_to_the_user_ends_it() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let (task, payloads) = run(&mesh, &key, &example("swarm.yaml"), "order 42").await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    let handoffs: Vec<(String, String)> = payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Handoff(h) => Some((h.from.clone(), h.to.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        handoffs,
+        [
+            ("triage".to_owned(), "billing".to_owned()),
+            ("billing".to_owned(), "user".to_owned())
+        ]
+    );
+    assert_eq!(
+        task.output,
+        "Refund approved for order 42; it reaches the card in 3 to 5 days."
+    );
+    mesh.stop().await;
+}

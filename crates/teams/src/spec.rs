@@ -323,13 +323,6 @@ impl TeamSpec {
     }
 
     fn chat_problems(&self, chat: &GroupChatSpec, problem: &mut impl FnMut(String, String)) {
-        if chat.manager == Manager::Swarm {
-            problem(
-                "group_chat.manager".into(),
-                "`swarm` is not supported by this server yet; use `round_robin` or `selector`"
-                    .into(),
-            );
-        }
         if chat.task.trim().is_empty() {
             problem("group_chat.task".into(), "must not be empty".into());
         }
@@ -471,6 +464,13 @@ impl TeamSpec {
                 match (&turn.say, &turn.tool) {
                     (Some(_), None) => {}
                     (None, Some(tool)) if agent.tools.contains(&tool.name) => {}
+                    // Swarm agents may always hand off.
+                    (None, Some(tool))
+                        if tool.name == "handoff"
+                            && self
+                                .group_chat
+                                .as_ref()
+                                .is_some_and(|c| c.manager == Manager::Swarm) => {}
                     (None, Some(tool)) => problem(
                         format!("{at}.replay[{j}].tool.name"),
                         format!(

@@ -342,12 +342,17 @@ async fn run_chat<M: ChatModel>(
     let mut transcript: Vec<(String, String)> = vec![("user".into(), opening)];
     let started = tokio::time::Instant::now();
     let mut turn = 0usize;
+    let mut calls = 0usize;
+    // In a swarm the speaker keeps the floor until it hands off.
+    let mut holder = participants[0].name.clone();
+    let swarm = chat.manager == amaos_teams::Manager::Swarm;
     loop {
         let (speaker, method) = match chat.manager {
             amaos_teams::Manager::Selector => {
                 select_speaker(ctx, chat, &participants, &transcript, turn, budget, events).await?
             }
-            _ => (
+            amaos_teams::Manager::Swarm => (holder.clone(), "handoff"),
+            amaos_teams::Manager::RoundRobin => (
                 participants[turn % participants.len()].name.clone(),
                 "round_robin",
             ),
@@ -370,19 +375,50 @@ async fn run_chat<M: ChatModel>(
             render(&transcript),
             agent.name
         );
-        let reply = converse(
+        let handoffs: Vec<String> = if swarm {
+            participants
+                .iter()
+                .map(|a| a.name.clone())
+                .filter(|n| *n != speaker)
+                .chain(std::iter::once(HUMAN.to_owned()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        calls += 1;
+        let span = tracing::info_span!(
+            "invoke_agent",
+            gen_ai.operation.name = "invoke_agent",
+            gen_ai.agent.name = %agent.name,
+            gen_ai.request.model = %agent.model,
+        );
+        let turn_result = converse_inner(
             agent,
             &prompt,
-            CHAT_INDEX + turn,
+            CHAT_INDEX + calls,
             ctx.model,
             ctx.tools,
+            &handoffs,
             ctx.services,
             ctx.caller,
             ctx.input,
             budget,
             events,
         )
+        .instrument(span)
         .await?;
+        let reply = match turn_result {
+            Turn::Said(text) => text,
+            Turn::Handoff { to } if to == HUMAN => {
+                // A handoff to a person ends the chat with what was said so far.
+                let (speaker, last) = transcript.last().cloned().unwrap_or_default();
+                return Ok((last, speaker));
+            }
+            Turn::Handoff { to } => {
+                holder = to;
+                continue;
+            }
+        };
         transcript.push((speaker.clone(), reply));
         turn += 1;
         if let Some(reason) = stop_reason(
@@ -643,12 +679,46 @@ async fn converse<M: ChatModel>(
         gen_ai.agent.name = %agent.name,
         gen_ai.request.model = %agent.model,
     );
-    converse_inner(
-        agent, prompt, task_index, model, tools, services, caller, input, budget, events,
+    let turn = converse_inner(
+        agent,
+        prompt,
+        task_index,
+        model,
+        tools,
+        &[],
+        services,
+        caller,
+        input,
+        budget,
+        events,
     )
     .instrument(span)
-    .await
+    .await?;
+    match turn {
+        Turn::Said(text) => Ok(text),
+        // No handoff targets were offered, so none can come back.
+        Turn::Handoff { to, .. } => Err(RunError::Dependency(format!(
+            "unexpected handoff to `{to}`"
+        ))),
+    }
 }
+
+/// How an agent's turn ended.
+enum Turn {
+    /// It answered.
+    Said(String),
+    /// It handed the conversation to another agent (or `user`); the reason
+    /// is in the emitted `Handoff` event.
+    Handoff {
+        /// To whom.
+        to: String,
+    },
+}
+
+/// The handoff tool a swarm offers its agents.
+pub const HANDOFF_TOOL: &str = "handoff";
+/// The handoff target that stops a swarm and hands over to a person.
+pub const HUMAN: &str = "user";
 
 #[allow(clippy::too_many_arguments)]
 async fn converse_inner<M: ChatModel>(
@@ -657,21 +727,38 @@ async fn converse_inner<M: ChatModel>(
     task_index: usize,
     model: &M,
     tools: &[ToolSpec],
+    handoffs: &[String],
     services: &Services,
     caller: &Caller,
     input: &RunInput,
     budget: &mut Budget,
     events: &mut Emitter,
-) -> Result<String, RunError> {
+) -> Result<Turn, RunError> {
     let mut messages = vec![
         ChatMessage::text("system", system_prompt(agent)),
         ChatMessage::text("user", prompt),
     ];
-    let offered: Vec<ToolSpec> = tools
+    let mut offered: Vec<ToolSpec> = tools
         .iter()
         .filter(|t| agent.tools.contains(&t.name))
         .cloned()
         .collect();
+    if !handoffs.is_empty() {
+        offered.push(ToolSpec {
+            name: HANDOFF_TOOL.into(),
+            description:
+                "Hand the conversation to another agent, or to `user` to stop and ask a person."
+                    .into(),
+            parameters: serde_json::json!({
+                "type": "object",
+                "required": ["to"],
+                "properties": {
+                    "to": {"type": "string", "enum": handoffs},
+                    "reason": {"type": "string"}
+                }
+            }),
+        });
+    }
     events
         .emit(
             &agent.name,
@@ -747,7 +834,7 @@ async fn converse_inner<M: ChatModel>(
                 } else {
                     budget.repeated = (text.clone(), 1);
                 }
-                return Ok(text);
+                return Ok(Turn::Said(text));
             }
             Reply::ToolCalls(calls) => {
                 messages.push(ChatMessage {
@@ -758,6 +845,31 @@ async fn converse_inner<M: ChatModel>(
                 });
                 for (n, call) in calls.into_iter().enumerate() {
                     let ToolCallRequest { id, name, args } = call;
+                    if name == HANDOFF_TOOL && !handoffs.is_empty() {
+                        let to = args
+                            .get("to")
+                            .and_then(|v| v.as_str())
+                            .unwrap_or_default()
+                            .to_owned();
+                        if handoffs.contains(&to) {
+                            let reason = args
+                                .get("reason")
+                                .and_then(|v| v.as_str())
+                                .unwrap_or_default()
+                                .to_owned();
+                            events
+                                .emit(
+                                    &agent.name,
+                                    Payload::Handoff(pb::Handoff {
+                                        from: agent.name.clone(),
+                                        to: to.clone(),
+                                        reason: reason.clone(),
+                                    }),
+                                )
+                                .await?;
+                            return Ok(Turn::Handoff { to });
+                        }
+                    }
                     // Stable across attempts, so a retried run replays recorded side effects.
                     let call_id = format!("{}:{}:{}:{n}", input.run_id, task_index, budget.steps);
                     events
