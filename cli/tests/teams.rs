@@ -257,3 +257,46 @@ async fn a_swarm_hands_off_and_a_handoff_to_the_user_ends_it() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_hierarchical_manager_delegates_reviews_and_sends_work_back() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let (task, payloads) = run(
+        &mesh,
+        &key,
+        &example("hierarchical-crew.yaml"),
+        "edge caching",
+    )
+    .await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    let delegations: Vec<String> = payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Handoff(h) if h.from == "lead" => Some(h.to.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        delegations,
+        ["researcher", "writer", "writer"],
+        "the writer got its work back once"
+    );
+    // The delegation really reached the researcher: its tool ran in the workspace.
+    let facts = mesh
+        .config
+        .workspace_dir()
+        .join("acme")
+        .join(&task.task_id)
+        .join("facts.md");
+    assert!(
+        std::fs::read_to_string(facts)
+            .unwrap()
+            .contains("stale data")
+    );
+    assert_eq!(
+        task.output,
+        "Brief on edge caching: it cuts latency by serving from nearby nodes; the trade-off is stale data."
+    );
+    mesh.stop().await;
+}

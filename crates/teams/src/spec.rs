@@ -206,6 +206,9 @@ pub struct CrewSpec {
     /// How tasks are carried out.
     #[serde(default)]
     pub process: Process,
+    /// The agent that plans, delegates and reviews (`hierarchical`).
+    #[serde(default)]
+    pub manager: Option<String>,
     /// The tasks, in order.
     pub tasks: Vec<CrewTask>,
 }
@@ -232,7 +235,9 @@ pub struct CrewTask {
     /// What a good output looks like.
     #[serde(default)]
     pub expected_output: String,
-    /// The agent that carries it out.
+    /// The agent that carries it out (`sequential`); in a hierarchical crew the
+    /// manager decides, and this is only a hint.
+    #[serde(default)]
     pub agent: String,
     /// Earlier tasks whose outputs it receives.
     #[serde(default)]
@@ -497,11 +502,21 @@ impl TeamSpec {
             _ => {}
         }
         if let Some(crew) = &self.crew {
-            if crew.process == Process::Hierarchical {
-                problem(
-                    "crew.process".into(),
-                    "`hierarchical` is not supported by this server yet; use `sequential`".into(),
-                );
+            match (crew.process, &crew.manager) {
+                (Process::Hierarchical, None) => problem(
+                    "crew.manager".into(),
+                    "a hierarchical crew needs a manager agent".into(),
+                ),
+                (_, Some(m)) if self.agent(m).is_none() => {
+                    problem("crew.manager".into(), format!("no agent is named `{m}`"))
+                }
+                (Process::Hierarchical, Some(m)) if self.agents.iter().all(|a| &a.name == m) => {
+                    problem(
+                        "crew.manager".into(),
+                        "the manager needs at least one other agent to delegate to".into(),
+                    )
+                }
+                _ => {}
             }
             if crew.tasks.is_empty() || crew.tasks.len() > MAX_TASKS {
                 problem(
@@ -526,7 +541,9 @@ impl TeamSpec {
                 if task.description.trim().is_empty() {
                     problem(format!("{at}.description"), "must not be empty".into());
                 }
-                if self.agent(&task.agent).is_none() {
+                if (crew.process == Process::Sequential || !task.agent.is_empty())
+                    && self.agent(&task.agent).is_none()
+                {
                     problem(
                         format!("{at}.agent"),
                         format!("no agent is named `{}`", task.agent),

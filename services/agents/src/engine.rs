@@ -198,6 +198,9 @@ pub async fn run_team<M: ChatModel>(
     };
     let (mut output, producer) = match (&spec.crew, &spec.group_chat) {
         (_, Some(chat)) => run_chat(&ctx, chat, &mut budget, events).await?,
+        (Some(crew), None) if crew.process == amaos_teams::Process::Hierarchical => {
+            run_hierarchical(&ctx, crew, &mut budget, events).await?
+        }
         (Some(crew), None) => run_crew_tasks(&ctx, crew, &mut budget, events).await?,
         (None, None) => {
             return Err(RunError::Dependency(
@@ -317,8 +320,163 @@ async fn run_crew_tasks<M: ChatModel>(
     Ok((last, last_agent))
 }
 
+/// Most delegations a manager makes in one run.
+const MAX_DELEGATIONS: usize = 64;
+
+/// What a manager decided.
+enum Decision {
+    Delegate { to: String, task: String },
+    Final(String),
+}
+
+/// Reads `{"delegate": {"to": …, "task": …}}` or `{"final": …}` from a
+/// manager's answer; anything else is taken as its final answer.
+fn parse_decision(text: &str) -> Decision {
+    let json = text
+        .find('{')
+        .zip(text.rfind('}'))
+        .and_then(|(a, b)| text.get(a..=b))
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+    match json {
+        Some(v) if v["delegate"].is_object() => Decision::Delegate {
+            to: v["delegate"]["to"].as_str().unwrap_or_default().to_owned(),
+            task: v["delegate"]["task"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        },
+        Some(v) if v["final"].is_string() => {
+            Decision::Final(v["final"].as_str().unwrap_or_default().to_owned())
+        }
+        _ => Decision::Final(text.to_owned()),
+    }
+}
+
+/// A hierarchical crew: the manager plans over the crew's tasks, delegates
+/// pieces of work to workers by name (each delegation really runs the worker,
+/// with its tools and memory), reviews what comes back, may send work back
+/// with feedback, and finally answers.
+async fn run_hierarchical<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    crew: &amaos_teams::CrewSpec,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<(String, String), RunError> {
+    let manager_name = crew.manager.as_deref().unwrap_or_default();
+    let manager = ctx
+        .spec
+        .agent(manager_name)
+        .ok_or_else(|| RunError::Dependency(format!("no manager `{manager_name}`")))?;
+    let workers: Vec<&AgentSpec> = ctx
+        .spec
+        .agents
+        .iter()
+        .filter(|a| a.name != manager.name)
+        .collect();
+    let mut brief = format!(
+        "You manage a crew working on: {}\n\nTasks:",
+        ctx.input.input
+    );
+    for t in &crew.tasks {
+        brief.push_str(&format!(
+            "\n- {}: {} (expected: {})",
+            t.name,
+            t.description.replace("{input}", &ctx.input.input),
+            t.expected_output
+        ));
+    }
+    brief.push_str("\n\nWorkers:");
+    for w in &workers {
+        brief.push_str(&format!("\n- {} ({}): {}", w.name, w.role, w.goal));
+    }
+    brief.push_str(
+        "\n\nAnswer with JSON: {\"delegate\": {\"to\": worker, \"task\": what to do}} to hand out work \
+         (send work back with feedback the same way), or {\"final\": the crew's output} when done.",
+    );
+    let mut results = String::new();
+    for round in 0..MAX_DELEGATIONS {
+        let prompt = if results.is_empty() {
+            brief.clone()
+        } else {
+            format!("{brief}\n\nResults so far:{results}")
+        };
+        let answer = converse(
+            manager,
+            &prompt,
+            DELEGATION_INDEX + round * 2,
+            ctx.model,
+            &[],
+            ctx.services,
+            ctx.caller,
+            ctx.input,
+            budget,
+            events,
+        )
+        .await?;
+        let (to, task) = match parse_decision(&answer) {
+            Decision::Final(output) => return Ok((output, manager.name.clone())),
+            Decision::Delegate { to, task } => (to, task),
+        };
+        let Some(worker) = workers.iter().find(|w| w.name == to) else {
+            results.push_str(&format!(
+                "\n[system] `{to}` is not a worker of this crew; choose one of the list."
+            ));
+            continue;
+        };
+        events
+            .emit(
+                &manager.name,
+                Payload::Handoff(pb::Handoff {
+                    from: manager.name.clone(),
+                    to: worker.name.clone(),
+                    reason: task.clone(),
+                }),
+            )
+            .await?;
+        let label = format!("delegation {}", round + 1);
+        events
+            .emit(
+                &worker.name,
+                Payload::TaskStarted(pb::TaskStarted {
+                    task: label.clone(),
+                    index: round as u32 + 1,
+                    total: 0,
+                    agent: worker.name.clone(),
+                }),
+            )
+            .await?;
+        let output = converse(
+            worker,
+            &task,
+            DELEGATION_INDEX + round * 2 + 1,
+            ctx.model,
+            ctx.tools,
+            ctx.services,
+            ctx.caller,
+            ctx.input,
+            budget,
+            events,
+        )
+        .await?;
+        events
+            .emit(
+                &worker.name,
+                Payload::TaskCompleted(pb::TaskCompleted {
+                    task: label,
+                    output: output.clone(),
+                }),
+            )
+            .await?;
+        results.push_str(&format!("\n[{}] {}", worker.name, output));
+    }
+    Err(RunError::Budget(format!(
+        "the manager made {MAX_DELEGATIONS} delegations without a final answer"
+    )))
+}
+
 /// Tool-call ids of chat turns and judge rounds start here, apart from crew tasks'.
 const CHAT_INDEX: usize = 1_000;
+const DELEGATION_INDEX: usize = 50_000;
 const JUDGE_INDEX: usize = 100_000;
 
 /// A group chat; returns the last message and its speaker.
