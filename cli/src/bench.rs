@@ -2,8 +2,9 @@
 //! gRPC between services), runs a scenario from a client in the same process,
 //! and prints throughput, end-to-end latency percentiles and peak memory.
 //!
-//! Scenario `crew`: a 3-agent sequential crew with 3 tasks on the replay
-//! model (no tools, no memory); each task is submitted and watched until it
+//! Scenarios, on the replay model without tools or memory: `crew`, a 3-agent
+//! sequential crew with 3 tasks; `group_chat`, 3 agents in round robin,
+//! stopping after 6 messages. Each task is submitted and watched until it
 //! finishes, `concurrency` at a time.
 
 use std::sync::Arc;
@@ -19,9 +20,6 @@ use amaos_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServ
 use tokio_util::sync::CancellationToken;
 
 use crate::up::Mesh;
-
-/// Model calls per task in the `crew` scenario.
-const CALLS_PER_TASK: u64 = 3;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -73,6 +71,25 @@ pub struct BenchReport {
     pub first_error: Option<String>,
 }
 
+fn chat_spec(latency: Duration) -> String {
+    let latency = if latency.is_zero() {
+        String::new()
+    } else {
+        format!("    replay_latency: {}ms\n", latency.as_millis())
+    };
+    let agent = |name: &str| {
+        format!(
+            "  - name: {name}\n    role: {name}\n    goal: discuss\n    model: replay\n{latency}    replay:\n      - say: \"{name} one on {{input}}\"\n      - say: \"{name} two on {{input}}\"\n"
+        )
+    };
+    format!(
+        "name: bench-chat\ndescription: three agents, round robin, six messages\nagents:\n{}{}{}group_chat:\n  manager: round_robin\n  task: \"discuss {{input}}\"\n  termination:\n    any:\n      - max_messages: 6\n",
+        agent("alpha"),
+        agent("beta"),
+        agent("gamma")
+    )
+}
+
 fn crew_spec(latency: Duration) -> String {
     let latency = if latency.is_zero() {
         String::new()
@@ -113,16 +130,17 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 /// Runs a benchmark; errors are setup failures.
 pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxError> {
-    if options.scenario != "crew" {
-        return Err(format!("unknown scenario `{}`; scenarios: crew", options.scenario).into());
-    }
+    let (team, spec, calls) = match options.scenario.as_str() {
+        "crew" => ("bench-crew", crew_spec(options.model_latency), 3),
+        "group_chat" => ("bench-chat", chat_spec(options.model_latency), 6),
+        other => {
+            return Err(format!("unknown scenario `{other}`; scenarios: crew, group_chat").into());
+        }
+    };
     let dir = tempfile::tempdir()?;
     let teams = dir.path().join("teams");
     std::fs::create_dir_all(&teams)?;
-    std::fs::write(
-        teams.join("bench-crew.yaml"),
-        crew_spec(options.model_latency),
-    )?;
+    std::fs::write(teams.join(format!("{team}.yaml")), spec)?;
 
     let mut config = Config {
         data_dir: dir.path().join("data"),
@@ -159,7 +177,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxEr
 
     let shutdown = CancellationToken::new();
     let mesh = Mesh::start(config, shutdown.clone()).await?;
-    let result = drive(&mesh, &options).await;
+    let result = drive(&mesh, &options, team, calls).await;
     shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(30), mesh.wait(shutdown)).await;
     if !matches!(stopped, Ok(Ok(()))) {
@@ -168,7 +186,12 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxEr
     result
 }
 
-async fn drive(mesh: &Mesh, options: &BenchOptions) -> Result<BenchReport, amaos_mesh::BoxError> {
+async fn drive(
+    mesh: &Mesh,
+    options: &BenchOptions,
+    team: &'static str,
+    calls_per_task: u64,
+) -> Result<BenchReport, amaos_mesh::BoxError> {
     let limits = &mesh.config.limits;
     let admin = std::fs::read_to_string(mesh.config.data_dir.join("admin.key"))?;
     let mut auth =
@@ -220,7 +243,8 @@ async fn drive(mesh: &Mesh, options: &BenchOptions) -> Result<BenchReport, amaos
                 }
                 n += 1;
                 let t0 = Instant::now();
-                let outcome = one_task(&mut orchestrator, &key, &format!("job {worker}-{n}")).await;
+                let outcome =
+                    one_task(&mut orchestrator, &key, team, &format!("job {worker}-{n}")).await;
                 if let Err(error) = outcome {
                     failed.fetch_add(1, Ordering::Relaxed);
                     first_error
@@ -257,7 +281,7 @@ async fn drive(mesh: &Mesh, options: &BenchOptions) -> Result<BenchReport, amaos
         peak_rss_mib: peak_rss_mib(),
         model_latency_ms: latency_ms,
         ideal_tasks_per_s: (latency_ms > 0).then(|| {
-            options.concurrency as f64 / (CALLS_PER_TASK as f64 * latency_ms as f64 / 1000.0)
+            options.concurrency as f64 / (calls_per_task as f64 * latency_ms as f64 / 1000.0)
         }),
         first_error: first_error
             .lock()
@@ -270,12 +294,13 @@ async fn drive(mesh: &Mesh, options: &BenchOptions) -> Result<BenchReport, amaos
 async fn one_task(
     orchestrator: &mut OrchestratorServiceClient<amaos_mesh::client::MeshChannel>,
     key: &str,
+    team: &str,
     input: &str,
 ) -> Result<(), String> {
     let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
     let mut request = tonic::Request::new(pb::SubmitTaskRequest {
         team: Some(pb::TeamRef {
-            team: Some(pb::team_ref::Team::Name("bench-crew".into())),
+            team: Some(pb::team_ref::Team::Name(team.into())),
         }),
         input: input.into(),
         ..Default::default()
@@ -342,7 +367,7 @@ impl BenchReport {
         }
         if let Some(ideal) = self.ideal_tasks_per_s {
             out.push_str(&format!(
-                "ideal        {ideal:.0} tasks/s (concurrency ÷ 3 calls × latency); reached {:.1}%\n",
+                "ideal        {ideal:.0} tasks/s (concurrency ÷ model calls per task × latency); reached {:.1}%\n",
                 100.0 * self.tasks_per_s / ideal
             ));
         }

@@ -107,7 +107,8 @@ enum Command {
     },
     /// Run a benchmark scenario against a mesh started in this process.
     Bench {
-        /// The scenario: `crew` (3 agents, 3 sequential tasks, replay model).
+        /// The scenario: `crew` (3 agents, 3 sequential tasks) or `group_chat`
+        /// (3 agents, round robin, 6 messages), on the replay model.
         #[arg(long, default_value = "crew")]
         scenario: String,
         /// Where tasks live: `memory` or `redis`.

@@ -29,6 +29,8 @@ pub const AUDIENCE: &str = "amaos";
 const LEEWAY: u64 = 5;
 /// Longest token accepted, in bytes.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Verified tokens remembered.
+const MAX_VERIFIED: usize = 10_000;
 
 /// What a token says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +213,9 @@ pub enum KeySource {
 /// Verifies tokens locally, with keys cached from the source.
 pub struct TokenVerifier {
     keys: RwLock<HashMap<String, VerifyingKey>>,
+    /// Tokens already verified (a run's token is presented on every call it
+    /// makes); entries are checked for expiry on every hit.
+    verified: Mutex<HashMap<String, Claims>>,
     source: tokio::sync::Mutex<KeySource>,
     last_fetch: Mutex<Option<Instant>>,
 }
@@ -224,6 +229,7 @@ impl TokenVerifier {
         };
         Self {
             keys: RwLock::new(keys),
+            verified: Mutex::new(HashMap::new()),
             source: tokio::sync::Mutex::new(source),
             last_fetch: Mutex::new(None),
         }
@@ -283,13 +289,28 @@ impl TokenVerifier {
 
     /// Verifies a token, fetching keys when it names one not yet known.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        match verify_with(token, |kid| self.lookup(kid)) {
+        if let Some(claims) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            && claims.exp + LEEWAY > now_s()
+        {
+            return Ok(claims.clone());
+        }
+        let claims = match verify_with(token, |kid| self.lookup(kid)) {
             Err(TokenError::UnknownKey(_)) => {
                 self.refresh().await?;
                 verify_with(token, |kid| self.lookup(kid))
             }
             other => other,
+        }?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            verified.clear();
         }
+        verified.insert(token.to_owned(), claims.clone());
+        Ok(claims)
     }
 
     /// The caller of a request: the verified token in `authorization: Bearer`.

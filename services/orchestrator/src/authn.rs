@@ -116,7 +116,13 @@ pub struct RunTokens {
     auth: AuthServiceClient<MeshChannel>,
     key_file: std::path::PathBuf,
     key: tokio::sync::Mutex<Option<String>>,
+    /// Tokens by (tenant, subject), with when they expire; reused while they
+    /// outlive the run that asks.
+    cache: Mutex<HashMap<(String, String), (String, Instant)>>,
 }
+
+/// Lifetime asked for a run token (the most auth grants).
+const RUN_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 impl RunTokens {
     /// Tokens from `auth`, with the service key read from `key_file` when first needed.
@@ -125,18 +131,29 @@ impl RunTokens {
             auth,
             key_file,
             key: tokio::sync::Mutex::new(None),
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A token for a run of `tenant` on behalf of `subject`, valid for `ttl`
-    /// (1 s to 1 h).
+    /// A token for a run of `tenant` on behalf of `subject` with the `agent`
+    /// role, valid for at least `needed` (up to 1 h) from now.
     pub async fn issue(
         &self,
         tenant: &str,
         subject: &str,
-        task_id: &str,
-        ttl: Duration,
+        needed: Duration,
     ) -> Result<String, String> {
+        let cache_key = (tenant.to_owned(), subject.to_owned());
+        let needed = needed.min(RUN_TOKEN_TTL - Duration::from_secs(60));
+        if let Some((token, expires)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&cache_key)
+            && expires.saturating_duration_since(Instant::now()) > needed
+        {
+            return Ok(token.clone());
+        }
         let key = {
             let mut key = self.key.lock().await;
             if key.is_none() {
@@ -155,17 +172,29 @@ impl RunTokens {
             subject: subject.to_owned(),
             roles: vec!["agent".into()],
             audience: String::new(),
-            ttl: Some(amaos_proto::time::proto_duration(
-                ttl.clamp(Duration::from_secs(1), Duration::from_secs(3600)),
-            )),
-            task_id: task_id.to_owned(),
+            ttl: Some(amaos_proto::time::proto_duration(RUN_TOKEN_TTL)),
+            task_id: String::new(),
         });
         caller::set_bearer(request.metadata_mut(), &key).map_err(|s| s.message().to_owned())?;
-        self.auth
+        let token = self
+            .auth
             .clone()
             .issue_token(request)
             .await
             .map(|r| r.into_inner().token)
-            .map_err(|s| format!("auth refused a run token: {}", s.message()))
+            .map_err(|s| format!("auth refused a run token: {}", s.message()))?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.clear();
+        }
+        // Counted from before the call, so never longer than the token lives.
+        cache.insert(
+            cache_key,
+            (
+                token.clone(),
+                Instant::now() + RUN_TOKEN_TTL - Duration::from_secs(5),
+            ),
+        );
+        Ok(token)
     }
 }

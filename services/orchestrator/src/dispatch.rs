@@ -388,7 +388,6 @@ impl Dispatcher {
             .issue(
                 &task.tenant,
                 &task.submitted_by,
-                &task.id,
                 left + Duration::from_secs(60),
             )
             .await
