@@ -104,9 +104,12 @@ fn missing_model_names_the_fetch_script() {
     assert!(message.contains("AMAOS_EMBED_MODEL_DIR"), "{message}");
 }
 
+/// One request the fake server saw: its `Authorization` header and JSON body.
+type SeenRequest = (Option<String>, Value);
+
 #[derive(Clone, Default)]
 struct Seen {
-    requests: Arc<Mutex<Vec<(Option<String>, Value)>>>,
+    requests: Arc<Mutex<Vec<SeenRequest>>>,
 }
 
 /// A small OpenAI-compatible server: the vector of a text is
