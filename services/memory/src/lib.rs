@@ -4,9 +4,14 @@
 //!
 //! # Layout
 //!
+//! - [`embed`]: the [`embed::Embedder`] trait, MiniLM on candle, and an
+//!   OpenAI-compatible backend.
+//! - [`hot`]: the hot tier trait and its in-process LRU-with-TTL backend.
 //! - [`store`]: the embedded in-process store with keyword recall.
 //! - this file: the gRPC service, its errors and their mapping, and [`serve`].
 
+pub mod embed;
+pub mod hot;
 pub mod store;
 
 use std::sync::Arc;

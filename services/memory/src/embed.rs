@@ -1,0 +1,397 @@
+//! Embeddings: the [`Embedder`] trait and its two backends.
+//!
+//! - [`MiniLm`]: all-MiniLM-L6-v2 run with candle on the CPU, loaded from
+//!   `model.safetensors`, `tokenizer.json` and `config.json` (see
+//!   `scripts/fetch-embedding-model`). Batched; mean pooling over the
+//!   attention mask, then L2 normalisation, as sentence-transformers does.
+//! - [`OpenAiEmbedder`]: any server speaking the OpenAI `POST /embeddings`
+//!   API over plain HTTP (a local inference server, typically).
+//!
+//! A missing model is an error naming the fetch script; nothing silently
+//! falls back to another embedder.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+/// Files the MiniLM embedder needs in its model directory.
+pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "tokenizer.json", "config.json"];
+
+/// Tokens per text the model sees (sentence-transformers' `max_seq_length`
+/// for all-MiniLM-L6-v2); longer texts are truncated.
+pub const MAX_TOKENS: usize = 256;
+
+/// Largest response an embeddings server may send, in bytes.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// What can go wrong while embedding.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The model files are not where they should be.
+    #[error(
+        "embedding model not found: {0} is missing; run scripts/fetch-embedding-model \
+         (or point AMAOS_EMBED_MODEL_DIR at a directory holding model.safetensors, \
+         tokenizer.json and config.json)"
+    )]
+    ModelMissing(PathBuf),
+    /// The model files exist but could not be loaded.
+    #[error("embedding model in {dir}: {message}")]
+    ModelInvalid {
+        /// The model directory.
+        dir: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Tokenising or running the model failed.
+    #[error("embedding failed: {0}")]
+    Inference(String),
+    /// The embeddings server could not be reached or answered with an error.
+    #[error("embeddings server: {0}")]
+    Server(String),
+    /// The embeddings server answered with something unusable.
+    #[error("embeddings server sent a bad response: {0}")]
+    BadResponse(String),
+}
+
+/// Turns texts into fixed-size vectors.
+pub trait Embedder: Send + Sync {
+    /// Length of every vector this embedder returns.
+    fn dimension(&self) -> usize;
+
+    /// A short name for logs and metrics.
+    fn name(&self) -> &str;
+
+    /// One vector per text, in order.
+    fn embed<'a>(&'a self, texts: &'a [String])
+    -> BoxFuture<'a, Result<Vec<Vec<f32>>, EmbedError>>;
+}
+
+/// Cosine similarity of two vectors of the same length.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        dot += f64::from(*x) * f64::from(*y);
+        na += f64::from(*x) * f64::from(*x);
+        nb += f64::from(*y) * f64::from(*y);
+    }
+    if na == 0.0 || nb == 0.0 {
+        return 0.0;
+    }
+    (dot / (na.sqrt() * nb.sqrt())) as f32
+}
+
+fn candle_error(error: candle_core::Error) -> EmbedError {
+    EmbedError::Inference(error.to_string())
+}
+
+/// all-MiniLM-L6-v2 on the CPU with candle.
+#[derive(Clone)]
+pub struct MiniLm {
+    inner: Arc<MiniLmInner>,
+}
+
+struct MiniLmInner {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dimension: usize,
+    batch_size: usize,
+}
+
+impl MiniLm {
+    /// Loads the model from `dir`; `batch_size` texts go through the model at once.
+    pub fn load(dir: &Path, batch_size: usize) -> Result<Self, EmbedError> {
+        for file in MODEL_FILES {
+            let path = dir.join(file);
+            if !path.is_file() {
+                return Err(EmbedError::ModelMissing(path));
+            }
+        }
+        let invalid = |message: String| EmbedError::ModelInvalid {
+            dir: dir.to_path_buf(),
+            message,
+        };
+        let config_text = std::fs::read_to_string(dir.join("config.json"))
+            .map_err(|e| invalid(format!("config.json: {e}")))?;
+        let config: BertConfig =
+            serde_json::from_str(&config_text).map_err(|e| invalid(format!("config.json: {e}")))?;
+        let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
+            .map_err(|e| invalid(format!("tokenizer.json: {e}")))?;
+        // The wheel's tokenizer pads every text to 128 tokens; pad to the
+        // longest text of each batch instead (pooling ignores padding).
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..PaddingParams::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..TruncationParams::default()
+            }))
+            .map_err(|e| invalid(format!("tokenizer.json: {e}")))?;
+        let device = Device::Cpu;
+        let weights = std::fs::read(dir.join("model.safetensors"))
+            .map_err(|e| invalid(format!("model.safetensors: {e}")))?;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
+            .map_err(|e| invalid(format!("model.safetensors: {e}")))?;
+        let model =
+            BertModel::load(vb, &config).map_err(|e| invalid(format!("model.safetensors: {e}")))?;
+        let dimension = config.hidden_size;
+        Ok(Self {
+            inner: Arc::new(MiniLmInner {
+                model,
+                tokenizer,
+                device,
+                dimension,
+                batch_size: batch_size.max(1),
+            }),
+        })
+    }
+
+    /// Embeds on the calling thread (the async [`Embedder::embed`] runs this
+    /// on the blocking pool).
+    pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(self.inner.batch_size) {
+            out.extend(self.inner.embed_batch(chunk)?);
+        }
+        Ok(out)
+    }
+}
+
+impl MiniLmInner {
+    fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Inference(e.to_string()))?;
+        let rows = encodings.len();
+        let cols = encodings.first().map_or(0, |e| e.get_ids().len());
+        let mut ids = Vec::with_capacity(rows * cols);
+        let mut types = Vec::with_capacity(rows * cols);
+        let mut mask = Vec::with_capacity(rows * cols);
+        for encoding in &encodings {
+            ids.extend_from_slice(encoding.get_ids());
+            types.extend_from_slice(encoding.get_type_ids());
+            mask.extend_from_slice(encoding.get_attention_mask());
+        }
+        let ids = Tensor::from_vec(ids, (rows, cols), &self.device).map_err(candle_error)?;
+        let types = Tensor::from_vec(types, (rows, cols), &self.device).map_err(candle_error)?;
+        let mask = Tensor::from_vec(mask, (rows, cols), &self.device).map_err(candle_error)?;
+        let hidden = self
+            .model
+            .forward(&ids, &types, Some(&mask))
+            .map_err(candle_error)?;
+        // Mean pooling over real tokens: sum(hidden * mask) / sum(mask).
+        let mask = mask
+            .to_dtype(DType::F32)
+            .and_then(|m| m.unsqueeze(2))
+            .map_err(candle_error)?;
+        let summed = hidden
+            .broadcast_mul(&mask)
+            .and_then(|h| h.sum(1))
+            .map_err(candle_error)?;
+        let counts = mask
+            .sum(1)
+            .and_then(|c| c.clamp(1e-9f32, f32::MAX))
+            .map_err(candle_error)?;
+        let mean = summed.broadcast_div(&counts).map_err(candle_error)?;
+        // L2 normalisation.
+        let norms = mean
+            .sqr()
+            .and_then(|s| s.sum_keepdim(1))
+            .and_then(|s| s.sqrt())
+            .and_then(|n| n.clamp(1e-12f32, f32::MAX))
+            .map_err(candle_error)?;
+        let normalised = mean.broadcast_div(&norms).map_err(candle_error)?;
+        let vectors: Vec<Vec<f32>> = normalised.to_vec2().map_err(candle_error)?;
+        debug_assert!(vectors.iter().all(|v| v.len() == self.dimension));
+        Ok(vectors)
+    }
+}
+
+impl Embedder for MiniLm {
+    fn dimension(&self) -> usize {
+        self.inner.dimension
+    }
+
+    fn name(&self) -> &str {
+        "all-MiniLM-L6-v2"
+    }
+
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, EmbedError>> {
+        let this = self.clone();
+        let texts = texts.to_vec();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || this.embed_blocking(&texts))
+                .await
+                .map_err(|e| EmbedError::Inference(format!("embedding task failed: {e}")))?
+        })
+    }
+}
+
+/// An OpenAI-compatible embeddings server reached over plain HTTP.
+pub struct OpenAiEmbedder {
+    client: Client<HttpConnector, Full<Bytes>>,
+    endpoint: http::Uri,
+    model: String,
+    api_key: Option<String>,
+    dimension: usize,
+    timeout: Duration,
+    batch_size: usize,
+}
+
+#[derive(serde::Serialize)]
+struct EmbeddingsRequest<'a> {
+    model: &'a str,
+    input: &'a [String],
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingsResponse {
+    data: Vec<EmbeddingsDatum>,
+}
+
+#[derive(serde::Deserialize)]
+struct EmbeddingsDatum {
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+impl OpenAiEmbedder {
+    /// An embedder posting to `<base_url>/embeddings` (for example
+    /// `http://127.0.0.1:8080/v1`), expecting `dimension`-long vectors.
+    pub fn new(
+        base_url: &str,
+        model: impl Into<String>,
+        api_key: Option<String>,
+        dimension: usize,
+        timeout: Duration,
+        batch_size: usize,
+    ) -> Result<Self, EmbedError> {
+        let url = format!("{}/embeddings", base_url.trim_end_matches('/'));
+        let endpoint: http::Uri = url
+            .parse()
+            .map_err(|e| EmbedError::Server(format!("bad url `{url}`: {e}")))?;
+        if endpoint.scheme_str() != Some("http") {
+            return Err(EmbedError::Server(format!(
+                "bad url `{url}`: only http:// is supported"
+            )));
+        }
+        Ok(Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            endpoint,
+            model: model.into(),
+            api_key,
+            dimension,
+            timeout,
+            batch_size: batch_size.max(1),
+        })
+    }
+
+    async fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let body = serde_json::to_vec(&EmbeddingsRequest {
+            model: &self.model,
+            input: texts,
+        })
+        .map_err(|e| EmbedError::Server(e.to_string()))?;
+        let mut request = http::Request::post(self.endpoint.clone())
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.api_key {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| EmbedError::Server(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| EmbedError::Server(e.to_string()))?;
+            let status = response.status();
+            let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| EmbedError::Server(e.to_string()))?
+                .to_bytes();
+            Ok::<_, EmbedError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| EmbedError::Server(format!("no answer within {:?}", self.timeout)))??;
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
+            return Err(EmbedError::Server(format!("status {status}: {text}")));
+        }
+        let parsed: EmbeddingsResponse =
+            serde_json::from_slice(&bytes).map_err(|e| EmbedError::BadResponse(e.to_string()))?;
+        if parsed.data.len() != texts.len() {
+            return Err(EmbedError::BadResponse(format!(
+                "{} vectors for {} texts",
+                parsed.data.len(),
+                texts.len()
+            )));
+        }
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        for datum in parsed.data {
+            if datum.embedding.len() != self.dimension {
+                return Err(EmbedError::BadResponse(format!(
+                    "vector of length {}, expected {}",
+                    datum.embedding.len(),
+                    self.dimension
+                )));
+            }
+            let slot = out.get_mut(datum.index).ok_or_else(|| {
+                EmbedError::BadResponse(format!("index {} out of range", datum.index))
+            })?;
+            if slot.replace(datum.embedding).is_some() {
+                return Err(EmbedError::BadResponse(format!(
+                    "index {} sent twice",
+                    datum.index
+                )));
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+}
+
+impl Embedder for OpenAiEmbedder {
+    fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    fn name(&self) -> &str {
+        &self.model
+    }
+
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Vec<f32>>, EmbedError>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(texts.len());
+            for chunk in texts.chunks(self.batch_size) {
+                out.extend(self.embed_batch(chunk).await?);
+            }
+            Ok(out)
+        })
+    }
+}
