@@ -1,14 +1,11 @@
 //! Building `tonic::Status` values with rich error details (google.rpc
-//! `BadRequest`, `ErrorInfo`, `RetryInfo`), so any gRPC client can read which
+//! `BadRequest`, `RetryInfo`), so any gRPC client can read which
 //! field was wrong or when to retry.
 
 use std::time::Duration;
 
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
-
-/// The error domain in `ErrorInfo` details.
-pub const DOMAIN: &str = "amaos.dev";
 
 /// INVALID_ARGUMENT naming the offending field, with a `BadRequest` detail.
 pub fn invalid_field(field: &str, description: impl Into<String>) -> tonic::Status {
@@ -34,19 +31,6 @@ pub fn invalid_fields(
         Code::InvalidArgument,
         message,
         ErrorDetails::with_bad_request(violations),
-    )
-}
-
-/// A status of `code` with an `ErrorInfo` detail carrying a machine-readable reason.
-pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> tonic::Status {
-    tonic::Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(
-            reason,
-            DOMAIN,
-            std::collections::HashMap::<String, String>::new(),
-        ),
     )
 }
 

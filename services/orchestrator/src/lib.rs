@@ -477,17 +477,27 @@ impl OrchestratorService for Orchestrator {
         let id = task.id.clone();
         let existing = inner
             .backend
-            .create(&caller.tenant, &id, vec![task], idem)
+            .create(&caller.tenant, &id, vec![task.clone()], idem)
             .await?;
-        let (task_id, deduplicated) = match existing {
-            Some(existing) => (existing, true),
-            None => (id, false),
+        // A new task is stored queued, as built; only a duplicate needs reading back.
+        let (task, deduplicated) = match existing {
+            Some(existing) => (
+                inner
+                    .backend
+                    .get(&caller.tenant, &existing)
+                    .await?
+                    .ok_or_else(|| OrchestratorError::TaskNotFound(existing.clone()))?,
+                true,
+            ),
+            None => (
+                Task {
+                    state: TaskState::Queued,
+                    ..task
+                },
+                false,
+            ),
         };
-        let task = inner
-            .backend
-            .get(&caller.tenant, &task_id)
-            .await?
-            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
+        let task_id = task.id.clone();
         tracing::info!(task_id = %task.id, tenant = %task.tenant, team = %task.team, deduplicated, "task accepted");
         Ok(Response::new(pb::SubmitTaskResponse {
             task_id,
@@ -575,19 +585,27 @@ impl OrchestratorService for Orchestrator {
         let teams: Vec<&str> = built.iter().map(|t| t.team.as_str()).collect();
         inner.admit(&caller, &teams).await?;
         let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
+        let members: Vec<(String, String)> = built
+            .iter()
+            .map(|t| (t.workflow_key.clone(), t.id.clone()))
+            .collect();
         let existing = inner
             .backend
             .create(&caller.tenant, &workflow_id, built, idem)
             .await?;
-        let (workflow_id, deduplicated) = match existing {
-            Some(existing) => (existing, true),
-            None => (workflow_id, false),
+        // A new workflow's members are the tasks just built; only a duplicate needs reading back.
+        let (workflow_id, members, deduplicated) = match existing {
+            Some(existing) => (
+                existing.clone(),
+                inner
+                    .backend
+                    .workflow(&caller.tenant, &existing)
+                    .await?
+                    .ok_or_else(|| OrchestratorError::TaskNotFound(existing.clone()))?,
+                true,
+            ),
+            None => (workflow_id, members, false),
         };
-        let members = inner
-            .backend
-            .workflow(&caller.tenant, &workflow_id)
-            .await?
-            .ok_or_else(|| OrchestratorError::TaskNotFound(workflow_id.clone()))?;
         Ok(Response::new(pb::SubmitWorkflowResponse {
             workflow_id,
             task_ids: members.into_iter().collect(),
