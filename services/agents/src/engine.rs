@@ -234,10 +234,10 @@ async fn run_crew_tasks<M: ChatModel>(
     let Ctx {
         spec,
         input,
-        model,
         services,
         caller,
         tools,
+        ..
     } = *ctx;
     let mut last_agent = String::new();
     let total = crew.tasks.len() as u32;
@@ -290,10 +290,7 @@ async fn run_crew_tasks<M: ChatModel>(
                     .await?;
             }
         }
-        let output = converse(
-            agent, &prompt, index, model, tools, services, caller, input, budget, events,
-        )
-        .await?;
+        let output = converse(ctx, agent, &prompt, index, tools, budget, events).await?;
         if agent.memory {
             let memory_id =
                 remember(services, caller, spec, agent, input, &task.name, &output).await?;
@@ -401,14 +398,11 @@ async fn run_hierarchical<M: ChatModel>(
             format!("{brief}\n\nResults so far:{results}")
         };
         let answer = converse(
+            ctx,
             manager,
             &prompt,
             DELEGATION_INDEX + round * 2,
-            ctx.model,
             &[],
-            ctx.services,
-            ctx.caller,
-            ctx.input,
             budget,
             events,
         )
@@ -446,14 +440,11 @@ async fn run_hierarchical<M: ChatModel>(
             )
             .await?;
         let output = converse(
+            ctx,
             worker,
             &task,
             DELEGATION_INDEX + round * 2 + 1,
-            ctx.model,
             ctx.tools,
-            ctx.services,
-            ctx.caller,
-            ctx.input,
             budget,
             events,
         )
@@ -544,26 +535,16 @@ async fn run_chat<M: ChatModel>(
             Vec::new()
         };
         calls += 1;
-        let span = tracing::info_span!(
-            "invoke_agent",
-            gen_ai.operation.name = "invoke_agent",
-            gen_ai.agent.name = %agent.name,
-            gen_ai.request.model = %agent.model,
-        );
-        let turn_result = converse_inner(
+        let turn_result = converse_turn(
+            ctx,
             agent,
             &prompt,
             CHAT_INDEX + calls,
-            ctx.model,
             ctx.tools,
             &handoffs,
-            ctx.services,
-            ctx.caller,
-            ctx.input,
             budget,
             events,
         )
-        .instrument(span)
         .await?;
         let reply = match turn_result {
             Turn::Said(text) => text,
@@ -669,14 +650,11 @@ async fn select_speaker<M: ChatModel>(
             }
         );
         let pick = converse(
+            ctx,
             selector,
             &prompt,
             CHAT_INDEX + turn * 10 + 5 + attempt,
-            ctx.model,
             &[],
-            ctx.services,
-            ctx.caller,
-            ctx.input,
             budget,
             events,
         )
@@ -745,14 +723,11 @@ async fn run_judge<M: ChatModel>(
             judge.threshold
         );
         let answer = converse(
+            ctx,
             judge_agent,
             &prompt,
             JUDGE_INDEX + revision as usize,
-            ctx.model,
             &[],
-            ctx.services,
-            ctx.caller,
-            ctx.input,
             budget,
             events,
         )
@@ -786,14 +761,11 @@ async fn run_judge<M: ChatModel>(
                     judgement.feedback
                 );
                 output = converse(
+                    ctx,
                     producer,
                     &prompt,
                     JUDGE_INDEX + 500 + revision as usize,
-                    ctx.model,
                     ctx.tools,
-                    ctx.services,
-                    ctx.caller,
-                    ctx.input,
                     budget,
                     events,
                 )
@@ -816,49 +788,49 @@ fn system_prompt(agent: &AgentSpec) -> String {
     s
 }
 
-/// One agent's conversation on one task, until it answers with text, in an
-/// `invoke_agent` span (OpenTelemetry GenAI conventions).
-#[allow(clippy::too_many_arguments)]
+/// One agent's conversation on one task, until it answers with text.
 async fn converse<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
     agent: &AgentSpec,
     prompt: &str,
     task_index: usize,
-    model: &M,
     tools: &[ToolSpec],
-    services: &Services,
-    caller: &Caller,
-    input: &RunInput,
     budget: &mut Budget,
     events: &mut Emitter,
 ) -> Result<String, RunError> {
+    match converse_turn(ctx, agent, prompt, task_index, tools, &[], budget, events).await? {
+        Turn::Said(text) => Ok(text),
+        // No handoff targets were offered, so none can come back.
+        Turn::Handoff { to } => Err(RunError::Dependency(format!(
+            "unexpected handoff to `{to}`"
+        ))),
+    }
+}
+
+/// One agent's turn, offered `handoffs` as targets, in an `invoke_agent` span
+/// (OpenTelemetry GenAI conventions).
+#[allow(clippy::too_many_arguments)]
+async fn converse_turn<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    prompt: &str,
+    task_index: usize,
+    tools: &[ToolSpec],
+    handoffs: &[String],
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<Turn, RunError> {
     let span = tracing::info_span!(
         "invoke_agent",
         gen_ai.operation.name = "invoke_agent",
         gen_ai.agent.name = %agent.name,
         gen_ai.request.model = %agent.model,
     );
-    let turn = converse_inner(
-        agent,
-        prompt,
-        task_index,
-        model,
-        tools,
-        &[],
-        services,
-        caller,
-        input,
-        budget,
-        events,
+    converse_inner(
+        ctx, agent, prompt, task_index, tools, handoffs, budget, events,
     )
     .instrument(span)
-    .await?;
-    match turn {
-        Turn::Said(text) => Ok(text),
-        // No handoff targets were offered, so none can come back.
-        Turn::Handoff { to, .. } => Err(RunError::Dependency(format!(
-            "unexpected handoff to `{to}`"
-        ))),
-    }
+    .await
 }
 
 /// How an agent's turn ended.
@@ -880,18 +852,22 @@ pub const HUMAN: &str = "user";
 
 #[allow(clippy::too_many_arguments)]
 async fn converse_inner<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
     agent: &AgentSpec,
     prompt: &str,
     task_index: usize,
-    model: &M,
     tools: &[ToolSpec],
     handoffs: &[String],
-    services: &Services,
-    caller: &Caller,
-    input: &RunInput,
     budget: &mut Budget,
     events: &mut Emitter,
 ) -> Result<Turn, RunError> {
+    let Ctx {
+        model,
+        services,
+        caller,
+        input,
+        ..
+    } = *ctx;
     let mut messages = vec![
         ChatMessage::text("system", system_prompt(agent)),
         ChatMessage::text("user", prompt),
