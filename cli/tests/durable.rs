@@ -25,40 +25,8 @@ fn inline(spec: String) -> Option<pb::TeamRef> {
 }
 
 async fn finished(mesh: &TestMesh, key: &str, task_id: &str) -> (pb::Task, Vec<pb::TaskEvent>) {
-    let mut stream = mesh
-        .orchestrator()
-        .watch_task(TestMesh::with_key(
-            key,
-            pb::WatchTaskRequest {
-                task_id: task_id.into(),
-                after_sequence: 0,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(r) = stream.message().await.unwrap() {
-            events.push(r.event.unwrap());
-        }
-    })
-    .await
-    .expect("the task finished");
-    let task = mesh
-        .orchestrator()
-        .get_task(TestMesh::with_key(
-            key,
-            pb::GetTaskRequest {
-                task_id: task_id.into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
-    (task, events)
+    let events = mesh.events(key, task_id).await;
+    (mesh.task(key, task_id).await, events)
 }
 
 /// A crew whose only agent calls a tool once and then answers: with a budget

@@ -31,28 +31,7 @@ fn submit_spec(spec: String, input: &str) -> pb::SubmitTaskRequest {
 }
 
 async fn watch_all(mesh: &TestMesh, key: &str, task_id: &str) -> Vec<pb::TaskEvent> {
-    let mut stream = mesh
-        .orchestrator()
-        .watch_task(TestMesh::with_key(
-            key,
-            pb::WatchTaskRequest {
-                task_id: task_id.into(),
-                after_sequence: 0,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    let collect = async {
-        while let Some(r) = stream.message().await.unwrap() {
-            events.push(r.event.unwrap());
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), collect)
-        .await
-        .expect("the task finished");
-    events
+    mesh.events(key, task_id).await
 }
 
 /// A compact name per event, to compare orders.

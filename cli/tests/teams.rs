@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use amaos_proto::agents::v1::run_event::Payload;
 use amaos_proto::agents::v1::{SpeakerSelected, Verdict, VerdictKind};
 use amaos_proto::orchestrator::v1 as pb;
@@ -29,36 +27,16 @@ async fn run(mesh: &TestMesh, key: &str, spec: &str, input: &str) -> (pb::Task, 
         .unwrap()
         .into_inner()
         .task_id;
-    let mut stream = mesh
-        .orchestrator()
-        .watch_task(TestMesh::with_key(
-            key,
-            pb::WatchTaskRequest {
-                task_id: task_id.clone(),
-                after_sequence: 0,
-            },
-        ))
+    let payloads = mesh
+        .events(key, &task_id)
         .await
-        .unwrap()
-        .into_inner();
-    let mut payloads = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(r) = stream.message().await.unwrap() {
-            if let Some(Kind::RunEvent(run)) = r.event.unwrap().kind {
-                payloads.extend(run.payload);
-            }
-        }
-    })
-    .await
-    .unwrap();
-    let task = mesh
-        .orchestrator()
-        .get_task(TestMesh::with_key(key, pb::GetTaskRequest { task_id }))
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+        .into_iter()
+        .filter_map(|e| match e.kind {
+            Some(Kind::RunEvent(run)) => run.payload,
+            _ => None,
+        })
+        .collect();
+    let task = mesh.task(key, &task_id).await;
     (task, payloads)
 }
 

@@ -12,6 +12,7 @@ use amaos_mesh::client::{self, MeshChannel};
 use amaos_mesh::config::Config;
 use amaos_proto::auth::v1 as auth;
 use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
+use amaos_proto::orchestrator::v1 as pb;
 use amaos_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient;
 use tokio_util::sync::CancellationToken;
 
@@ -135,6 +136,48 @@ impl TestMesh {
             token: Some(self.token(tenant, roles)),
         }
         .request(message)
+    }
+
+    /// Every event of a task, watched until it finishes (at most a minute).
+    pub async fn events(&self, key: &str, task_id: &str) -> Vec<pb::TaskEvent> {
+        let mut stream = self
+            .orchestrator()
+            .watch_task(Self::with_key(
+                key,
+                pb::WatchTaskRequest {
+                    task_id: task_id.into(),
+                    after_sequence: 0,
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        let collect = async {
+            while let Some(r) = stream.message().await.unwrap() {
+                events.push(r.event.unwrap());
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), collect)
+            .await
+            .expect("the task finished");
+        events
+    }
+
+    /// A task as the orchestrator reports it now.
+    pub async fn task(&self, key: &str, task_id: &str) -> pb::Task {
+        self.orchestrator()
+            .get_task(Self::with_key(
+                key,
+                pb::GetTaskRequest {
+                    task_id: task_id.into(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap()
     }
 
     /// Creates a key in `tenant` with `role` and returns its secret.
