@@ -32,6 +32,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "memory",
     "auth",
     "models",
+    "secrets",
 ];
 
 /// A configuration problem, naming the key at fault.
@@ -79,6 +80,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Model aliases agents name in their specs (`replay` is built in).
     pub models: BTreeMap<String, ModelConfig>,
+    /// Where secrets (LLM API keys, MCP credentials) come from.
+    pub secrets: crate::secrets::SecretsConfig,
 }
 
 /// Which API a model alias speaks.
@@ -87,6 +90,8 @@ pub struct Config {
 pub enum ModelProvider {
     /// OpenAI-compatible Chat Completions (OpenAI, vLLM, Ollama, llama.cpp, LM Studio).
     Openai,
+    /// Anthropic's Messages API (base URL e.g. `https://api.anthropic.com/v1`).
+    Anthropic,
     /// The deterministic scripted model.
     Replay,
 }
@@ -106,6 +111,10 @@ pub struct ModelConfig {
     /// The environment variable holding the API key; unset for none.
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// The secret-store path of the API key (e.g. `llm/openai`), read at
+    /// each call so a rotated key is used without a restart.
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
     /// Timeout of one call.
     #[serde(default = "model_timeout", with = "duration_text")]
     pub timeout: Duration,
@@ -358,6 +367,63 @@ pub struct ToolsConfig {
     pub max_list_entries: usize,
     /// Recorded results kept for idempotent replay.
     pub max_journal_entries: usize,
+    /// The `amaos-sandbox` helper; unset to look next to this program.
+    pub sandbox_helper: Option<PathBuf>,
+    /// A development flag: start even when no sandbox can be made (the
+    /// `shell` tool is then not offered). Off by default: the service
+    /// refuses to start without a working sandbox.
+    pub allow_no_sandbox: bool,
+    /// First unprivileged host uid of the sandbox pool (two per sandbox).
+    pub sandbox_uid_base: u32,
+    /// Sandboxes at once, in all.
+    pub max_sandboxes: usize,
+    /// Sandboxes at once per tenant.
+    pub max_sandboxes_per_tenant: usize,
+    /// Tool calls per minute per tenant; 0 for no limit.
+    pub calls_per_minute: u32,
+    /// CPU seconds of one sandboxed command.
+    pub sandbox_cpu_seconds: u64,
+    /// Address space of one sandboxed command, bytes.
+    pub sandbox_memory_bytes: u64,
+    /// Processes of one sandbox.
+    pub sandbox_processes: u64,
+    /// Bytes of stdout and of stderr kept per command.
+    pub sandbox_output_bytes: usize,
+    /// Which tools each role may call (`*` for all); a caller may call a
+    /// tool when any of its roles allows it.
+    pub role_tools: BTreeMap<String, Vec<String>>,
+    /// Largest body `web_fetch` reads, bytes; more is cut and marked.
+    pub web_fetch_max_bytes: usize,
+    /// Longest a `web_fetch` may take, redirects included per hop.
+    #[serde(with = "duration_text")]
+    pub web_fetch_timeout: Duration,
+    /// Addresses `web_fetch` may reach although their range is refused
+    /// (loopback, private, …): for tests and private deployments only.
+    pub web_fetch_exempt: Vec<std::net::IpAddr>,
+    /// Per tenant, the only domains `web_fetch` may reach (subdomains
+    /// included); tenants not listed may reach any public address.
+    pub web_allow: BTreeMap<String, Vec<String>>,
+    /// MCP servers registered at start, by name (their tools appear as
+    /// `name.tool`).
+    pub mcp_servers: BTreeMap<String, McpServerConfig>,
+}
+
+/// An MCP server registered at start: a stdio `command` (run in the
+/// sandbox) or a streamable-HTTP `url`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The program (an absolute path) and its arguments, for stdio.
+    pub command: Vec<String>,
+    /// Host paths the stdio server needs, visible read-only in its sandbox.
+    pub read_only_paths: Vec<PathBuf>,
+    /// The streamable-HTTP endpoint, for HTTP.
+    pub url: String,
+    /// Secrets passed to a stdio server as environment variables
+    /// (`NAME=path`, or `path` for a name made from it).
+    pub secret_env: Vec<String>,
+    /// The secret sent to an HTTP server as a bearer token; empty for none.
+    pub bearer_secret: String,
 }
 service_endpoint!(ToolsConfig);
 
@@ -371,12 +437,103 @@ pub struct MemoryConfig {
     pub admin_listen: Option<SocketAddr>,
     /// How other services reach it.
     pub url: String,
-    /// Memories kept per tenant; the oldest are dropped first.
+    /// Memories kept per tenant in the long-term tier; a Remember beyond
+    /// this is refused with RESOURCE_EXHAUSTED.
     pub max_items_per_tenant: usize,
     /// Largest memory text, in bytes.
     pub max_text_bytes: usize,
+    /// The hot tier: `memory` (an LRU in this process) or `redis` (shared
+    /// by every replica, survives restarts).
+    pub hot: StoreBackend,
+    /// The Redis server, for `hot = "redis"`.
+    pub redis_url: String,
+    /// Prefix of the memory service's Redis keys.
+    pub redis_prefix: String,
+    /// Memories per tenant in the hot tier; the least recently written move
+    /// to long-term memory when it is full.
+    pub hot_capacity: usize,
+    /// How long a memory stays hot before it moves to long-term memory.
+    #[serde(with = "duration_text")]
+    pub hot_ttl: Duration,
+    /// The long-term tier: `edge` (Qdrant's engine in this process, under
+    /// the data directory) or `qdrant` (a Qdrant server).
+    pub long_term: LongTermBackend,
+    /// The Qdrant server's gRPC URL, for `long_term = "qdrant"`.
+    pub qdrant_url: String,
+    /// The collection holding every tenant's memories.
+    pub qdrant_collection: String,
+    /// The environment variable holding the Qdrant API key; unset for none.
+    pub qdrant_api_key_env: Option<String>,
+    /// The embedder: `minilm` (all-MiniLM-L6-v2 on the CPU) or `openai`
+    /// (an OpenAI-compatible `/embeddings` server).
+    pub embedder: EmbedderBackend,
+    /// Where the MiniLM model files are; default
+    /// `<data_dir>/models/all-MiniLM-L6-v2` (or `AMAOS_EMBED_MODEL_DIR`).
+    pub embed_model_dir: Option<PathBuf>,
+    /// The embeddings server's base URL, for `embedder = "openai"`.
+    pub embed_url: String,
+    /// The embeddings model name, for `embedder = "openai"`.
+    pub embed_model: String,
+    /// The embeddings' length, for `embedder = "openai"`.
+    pub embed_dimension: usize,
+    /// Texts embedded at once.
+    pub embed_batch: usize,
+    /// How long a memory is kept at most, in every tier.
+    #[serde(with = "duration_text")]
+    pub retention: Duration,
+    /// Per-tenant retention overriding `retention`, e.g. `{ acme = "30d" }`.
+    #[serde(with = "duration_map")]
+    pub tenant_retention: BTreeMap<String, Duration>,
+    /// How often the lifecycle moves due memories and applies retention.
+    #[serde(with = "duration_text")]
+    pub sweep_interval: Duration,
+    /// Store memory texts encrypted (envelope encryption, AES-256-GCM, the
+    /// tenant as key context) in every tier.
+    pub encrypt: bool,
+    /// The master key file (created 0600 if absent); unset for
+    /// `<data_dir>/memory.keys`.
+    pub key_file: Option<PathBuf>,
 }
 service_endpoint!(MemoryConfig);
+
+/// Where long-term memories live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongTermBackend {
+    /// Qdrant's engine (qdrant-edge) in this process.
+    Edge,
+    /// A Qdrant server over gRPC.
+    Qdrant,
+}
+
+/// What turns memory texts into vectors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbedderBackend {
+    /// all-MiniLM-L6-v2 on the CPU with candle.
+    Minilm,
+    /// An OpenAI-compatible embeddings server.
+    Openai,
+}
+
+impl MemoryConfig {
+    /// The MiniLM model directory: the configured one, else
+    /// `AMAOS_EMBED_MODEL_DIR`, else `<data_dir>/models/all-MiniLM-L6-v2`.
+    pub fn model_dir(&self, data_dir: &Path) -> PathBuf {
+        self.embed_model_dir
+            .clone()
+            .or_else(|| std::env::var_os("AMAOS_EMBED_MODEL_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| data_dir.join("models").join("all-MiniLM-L6-v2"))
+    }
+
+    /// How long `tenant`'s memories are kept.
+    pub fn retention_of(&self, tenant: &str) -> Duration {
+        self.tenant_retention
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.retention)
+    }
+}
 
 /// The auth service.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -404,6 +561,11 @@ pub struct AuthConfig {
     /// How long a verified key is trusted by callers before being checked again.
     #[serde(with = "duration_text")]
     pub key_cache_ttl: Duration,
+    /// The Casbin model file (RBAC with domains); unset for the built-in one.
+    /// Every service reads it and reloads it when it changes.
+    pub rbac_model: Option<PathBuf>,
+    /// The Casbin policy file; unset for the built-in policy.
+    pub rbac_policy: Option<PathBuf>,
 }
 service_endpoint!(AuthConfig);
 
@@ -429,6 +591,7 @@ impl Default for Config {
             memory: MemoryConfig::default(),
             auth: AuthConfig::default(),
             models: BTreeMap::new(),
+            secrets: crate::secrets::SecretsConfig::default(),
         }
     }
 }
@@ -528,6 +691,25 @@ impl Default for ToolsConfig {
             max_file_bytes: 1024 * 1024,
             max_list_entries: 1000,
             max_journal_entries: 100_000,
+            sandbox_helper: None,
+            allow_no_sandbox: false,
+            sandbox_uid_base: 200_000,
+            max_sandboxes: 8,
+            max_sandboxes_per_tenant: 2,
+            calls_per_minute: 600,
+            sandbox_cpu_seconds: 10,
+            sandbox_memory_bytes: 512 * 1024 * 1024,
+            sandbox_processes: 64,
+            sandbox_output_bytes: 64 * 1024,
+            web_fetch_max_bytes: 1024 * 1024,
+            web_fetch_timeout: Duration::from_secs(20),
+            web_fetch_exempt: Vec::new(),
+            web_allow: BTreeMap::new(),
+            mcp_servers: BTreeMap::new(),
+            role_tools: BTreeMap::from([
+                ("admin".to_owned(), vec!["*".to_owned()]),
+                ("agent".to_owned(), vec!["*".to_owned()]),
+            ]),
         }
     }
 }
@@ -538,8 +720,28 @@ impl Default for MemoryConfig {
             listen: addr(50055),
             admin_listen: Some(addr(9605)),
             url: url(50055),
-            max_items_per_tenant: 100_000,
+            max_items_per_tenant: 1_000_000,
             max_text_bytes: 64 * 1024,
+            hot: StoreBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "amaos".into(),
+            hot_capacity: 1_000,
+            hot_ttl: Duration::from_secs(15 * 60),
+            long_term: LongTermBackend::Edge,
+            qdrant_url: "http://127.0.0.1:6334".into(),
+            qdrant_collection: "amaos_memories".into(),
+            qdrant_api_key_env: None,
+            embedder: EmbedderBackend::Minilm,
+            embed_model_dir: None,
+            embed_url: String::new(),
+            embed_model: String::new(),
+            embed_dimension: 384,
+            embed_batch: 32,
+            retention: Duration::from_secs(90 * 24 * 3600),
+            tenant_retention: BTreeMap::new(),
+            sweep_interval: Duration::from_secs(1),
+            encrypt: true,
+            key_file: None,
         }
     }
 }
@@ -556,6 +758,8 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(15 * 60),
             key_rotation: Duration::from_secs(24 * 3600),
             key_cache_ttl: Duration::from_secs(30),
+            rbac_model: None,
+            rbac_policy: None,
         }
     }
 }
@@ -743,6 +947,73 @@ impl Config {
             1,
             100_000_000,
         )?;
+        in_range("tools.max_sandboxes", t.max_sandboxes, 1, 1024)?;
+        in_range(
+            "tools.web_fetch_max_bytes",
+            t.web_fetch_max_bytes,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        positive("tools.web_fetch_timeout", t.web_fetch_timeout)?;
+        for (name, server) in &t.mcp_servers {
+            let key = format!("tools.mcp_servers.{name}");
+            match (server.command.is_empty(), server.url.is_empty()) {
+                (false, true) if server.command[0].starts_with('/') => {}
+                (false, true) => {
+                    return Err(ConfigError::new(
+                        &format!("{key}.command"),
+                        "the program must be an absolute path",
+                    ));
+                }
+                (true, false) => http_url(&format!("{key}.url"), &server.url)?,
+                _ => {
+                    return Err(ConfigError::new(
+                        &key,
+                        "set exactly one of `command` (stdio) or `url` (streamable HTTP)",
+                    ));
+                }
+            }
+        }
+        in_range(
+            "tools.max_sandboxes_per_tenant",
+            t.max_sandboxes_per_tenant,
+            1,
+            1024,
+        )?;
+        in_range(
+            "tools.sandbox_cpu_seconds",
+            t.sandbox_cpu_seconds as usize,
+            1,
+            3600,
+        )?;
+        in_range(
+            "tools.sandbox_memory_bytes",
+            t.sandbox_memory_bytes as usize,
+            16 * 1024 * 1024,
+            64 * 1024 * 1024 * 1024,
+        )?;
+        in_range(
+            "tools.sandbox_processes",
+            t.sandbox_processes as usize,
+            1,
+            4096,
+        )?;
+        in_range(
+            "tools.sandbox_output_bytes",
+            t.sandbox_output_bytes,
+            1024,
+            16 * 1024 * 1024,
+        )?;
+        if t.sandbox_uid_base < 1000
+            || t.sandbox_uid_base
+                .checked_add(2 * t.max_sandboxes as u32)
+                .is_none()
+        {
+            return Err(ConfigError::new(
+                "tools.sandbox_uid_base",
+                "must be an unprivileged uid (1000 or more) with room for max_sandboxes after it",
+            ));
+        }
         let m = &self.memory;
         in_range(
             "memory.max_items_per_tenant",
@@ -756,6 +1027,27 @@ impl Config {
             1,
             16 * 1024 * 1024,
         )?;
+        in_range("memory.hot_capacity", m.hot_capacity, 1, 1_000_000)?;
+        positive("memory.hot_ttl", m.hot_ttl)?;
+        positive("memory.retention", m.retention)?;
+        positive("memory.sweep_interval", m.sweep_interval)?;
+        in_range("memory.embed_batch", m.embed_batch, 1, 1024)?;
+        for (tenant, d) in &m.tenant_retention {
+            positive(&format!("memory.tenant_retention.{tenant}"), *d)?;
+        }
+        if m.long_term == LongTermBackend::Qdrant {
+            http_url("memory.qdrant_url", &m.qdrant_url)?;
+        }
+        if m.embedder == EmbedderBackend::Openai {
+            http_url("memory.embed_url", &m.embed_url)?;
+            in_range("memory.embed_dimension", m.embed_dimension, 1, 65_536)?;
+            if m.embed_model.is_empty() {
+                return Err(ConfigError::new(
+                    "memory.embed_model",
+                    "must name the embeddings model",
+                ));
+            }
+        }
         positive("auth.key_cache_ttl", self.auth.key_cache_ttl)?;
         for (alias, m) in &self.models {
             let key = |field: &str| format!("models.{alias}.{field}");
@@ -770,7 +1062,7 @@ impl Config {
                     "an alias is 1 to 64 of A-Z, a-z, 0-9, `-`, `_`, `.`, and not `replay`",
                 ));
             }
-            if m.provider == ModelProvider::Openai {
+            if matches!(m.provider, ModelProvider::Openai | ModelProvider::Anthropic) {
                 http_url(&key("base_url"), &m.base_url)?;
                 if m.model.is_empty() {
                     return Err(ConfigError::new(
@@ -778,6 +1070,12 @@ impl Config {
                         "must name the provider's model",
                     ));
                 }
+            }
+            if m.api_key_env.is_some() && m.api_key_secret.is_some() {
+                return Err(ConfigError::new(
+                    &key("api_key_secret"),
+                    "set `api_key_env` or `api_key_secret`, not both",
+                ));
             }
             positive(&key("timeout"), m.timeout)?;
             in_range(&key("max_retries"), m.max_retries as usize, 0, 10)?;
@@ -798,6 +1096,25 @@ impl Config {
                 if !price.is_finite() || price < 0.0 {
                     return Err(ConfigError::new(&key(field), "must be zero or more"));
                 }
+            }
+        }
+        let sc = &self.secrets;
+        positive("secrets.cache_ttl", sc.cache_ttl)?;
+        if sc.backend == crate::secrets::SecretsBackend::Vault {
+            http_url("secrets.vault_addr", &sc.vault_addr)?;
+            if sc.vault_mount.is_empty() {
+                return Err(ConfigError::new(
+                    "secrets.vault_mount",
+                    "must name the KV v2 mount",
+                ));
+            }
+            if sc.vault_auth == crate::secrets::VaultAuthMethod::Kubernetes
+                && sc.vault_kubernetes_role.is_empty()
+            {
+                return Err(ConfigError::new(
+                    "secrets.vault_kubernetes_role",
+                    "must name the Vault role for Kubernetes auth",
+                ));
             }
         }
         if self.auth.token_ttl < Duration::from_secs(10)
@@ -930,8 +1247,43 @@ fn from_figment(error: figment::Error) -> ConfigError {
     )
 }
 
+/// Maps of durations as human-readable text.
+mod duration_map {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &BTreeMap<String, Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            value
+                .iter()
+                .map(|(k, v)| (k, humantime::format_duration(*v).to_string())),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        BTreeMap::<String, String>::deserialize(deserializer)?
+            .into_iter()
+            .map(|(k, text)| {
+                let d = humantime::parse_duration(&text).map_err(|e| {
+                    serde::de::Error::custom(format!(
+                        "`{k}`: `{text}` is not a duration like `30d` or `12h`: {e}"
+                    ))
+                })?;
+                Ok((k, d))
+            })
+            .collect()
+    }
+}
+
 /// Durations as human-readable text (`30s`, `5m`, `250ms`).
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

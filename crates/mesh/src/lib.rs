@@ -25,6 +25,7 @@ mod context;
 pub mod metrics;
 pub mod policy;
 pub mod process;
+pub mod secrets;
 pub mod server;
 pub mod shutdown;
 pub mod status;
@@ -39,4 +40,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A fresh, time-ordered id (UUIDv7) as text.
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// Installs ring as the process's rustls crypto provider, once. HTTP clients
+/// built on rustls without a provider of their own (Vault, MCP over HTTP)
+/// need one; calling this again is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

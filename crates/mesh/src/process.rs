@@ -68,6 +68,7 @@ where
             return ExitCode::FAILURE;
         }
     };
+    crate::install_crypto_provider();
     runtime.block_on(async move {
         let _telemetry = match telemetry::init(&config, service) {
             Ok(guard) => guard,
@@ -85,6 +86,15 @@ where
             }
         };
         let shutdown = shutdown::on_signal();
+        if let Err(error) = crate::policy::init(
+            config.auth.rbac_model.clone(),
+            config.auth.rbac_policy.clone(),
+            std::time::Duration::from_secs(2),
+            shutdown.clone(),
+        ) {
+            eprintln!("amaos-{service}: config key `auth.rbac_policy`: {error}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
         let metrics = Metrics::new(service);
         if let Some(admin) = ep.admin_listen() {
             match TcpListener::bind(admin).await {

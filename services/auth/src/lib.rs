@@ -141,7 +141,7 @@ impl AuthState {
 
     /// Checks that `key` may do `action` on `object`, auditing a refusal.
     fn check(&self, key: &StoredKey, object: &str, action: &str) -> Result<(), AuthError> {
-        if policy::allows(&key.roles, object, action).is_some() {
+        if policy::allows(&key.key_id, &key.roles, &key.tenant, object, action).is_some() {
             return Ok(());
         }
         // The action is refused either way; a trail that cannot be written is logged.
@@ -479,7 +479,7 @@ impl AuthService for Auth {
         let tenant = self.state.scope(&key, &tenant)?;
         // The subject is a role name or a key id of that tenant.
         let roles = if policy::ROLES.contains(&subject.as_str()) {
-            vec![subject]
+            vec![subject.clone()]
         } else {
             self.state
                 .keys
@@ -489,7 +489,7 @@ impl AuthService for Auth {
                 .map(|k| k.roles)
                 .unwrap_or_default()
         };
-        let decision = policy::allows(&roles, &object, &action);
+        let decision = policy::allows(&subject, &roles, &tenant, &object, &action);
         Ok(Response::new(pb::AuthorizeResponse {
             allowed: decision.is_some(),
             reason: decision.unwrap_or_else(|| "no rule allows it".into()),

@@ -101,7 +101,13 @@ impl Authenticator {
 
 /// Checks that `caller` may do `action` on tasks.
 pub fn require(caller: &Caller, action: &str) -> Result<(), OrchestratorError> {
-    match amaos_mesh::policy::allows(&caller.roles, "tasks", action) {
+    match amaos_mesh::policy::allows(
+        &caller.principal,
+        &caller.roles,
+        &caller.tenant,
+        "tasks",
+        action,
+    ) {
         Some(_) => Ok(()),
         None => Err(OrchestratorError::Forbidden(format!(
             "roles [{}] may not `{action}` tasks",
