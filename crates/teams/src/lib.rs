@@ -18,8 +18,8 @@ pub mod spec;
 use std::fmt;
 
 pub use spec::{
-    AgentSpec, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager, Process,
-    ReplayTurn, TeamSpec, Termination, ToolTurn,
+    AgentSpec, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager,
+    NestedTeam, Process, ReplayTurn, TeamSpec, Termination, ToolTurn,
 };
 
 /// The model alias of the built-in deterministic scripted model.

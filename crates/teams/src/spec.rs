@@ -37,7 +37,32 @@ pub struct TeamSpec {
     /// Limits on one run.
     #[serde(default)]
     pub budget: Budget,
+    /// Nested teams of this team's agents (a hybrid team): a crew task may be
+    /// carried out by one (`crew.tasks[].team`), and a group chat may count
+    /// a nested crew among its speakers.
+    #[serde(default)]
+    pub teams: Vec<NestedTeam>,
 }
+
+/// A team inside a hybrid team, made of the outer team's agents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NestedTeam {
+    /// Its name, unique among the team's agents and nested teams.
+    pub name: String,
+    /// What it does, for people.
+    #[serde(default)]
+    pub description: String,
+    /// A crew of the outer team's agents.
+    #[serde(default)]
+    pub crew: Option<CrewSpec>,
+    /// A group chat of the outer team's agents.
+    #[serde(default)]
+    pub group_chat: Option<GroupChatSpec>,
+}
+
+/// Most nested teams in a hybrid team.
+pub const MAX_NESTED_TEAMS: usize = 8;
 
 /// How a group chat picks its next speaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +264,10 @@ pub struct CrewTask {
     /// manager decides, and this is only a hint.
     #[serde(default)]
     pub agent: String,
+    /// A nested team (from the team's `teams`) that carries it out instead
+    /// of one agent; its output is the task's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     /// Earlier tasks whose outputs it receives.
     #[serde(default)]
     pub context: Vec<String>,
@@ -293,7 +322,9 @@ fn valid_name(name: &str) -> bool {
 impl TeamSpec {
     /// The team's kind, as the contracts name it.
     pub fn kind(&self) -> &'static str {
-        if self.group_chat.is_some() {
+        if !self.teams.is_empty() {
+            "hybrid"
+        } else if self.group_chat.is_some() {
             "group_chat"
         } else {
             "crew"
@@ -305,8 +336,30 @@ impl TeamSpec {
         self.agents.iter().find(|a| a.name == name)
     }
 
-    /// The speakers of a group chat, in order.
-    pub fn participants(&self) -> Vec<&AgentSpec> {
+    /// The nested team called `name`.
+    pub fn nested(&self, name: &str) -> Option<&NestedTeam> {
+        self.teams.iter().find(|t| t.name == name)
+    }
+
+    /// The team a nested team runs as: this team's agents with the nested
+    /// crew or chat, and no judge of its own (the outer judge sees the end
+    /// result).
+    pub fn nested_spec(&self, nested: &NestedTeam) -> TeamSpec {
+        TeamSpec {
+            name: self.name.clone(),
+            description: nested.description.clone(),
+            agents: self.agents.clone(),
+            crew: nested.crew.clone(),
+            group_chat: nested.group_chat.clone(),
+            judge: None,
+            budget: self.budget.clone(),
+            teams: Vec::new(),
+        }
+    }
+
+    /// The speakers of a group chat, in order: agents, or in a hybrid team
+    /// also nested crews.
+    pub fn participants(&self) -> Vec<&str> {
         let Some(chat) = &self.group_chat else {
             return Vec::new();
         };
@@ -314,44 +367,71 @@ impl TeamSpec {
             let judge = self.judge.as_ref().map(|j| j.agent.as_str());
             self.agents
                 .iter()
-                .filter(|a| {
-                    Some(a.name.as_str()) != chat.selector.as_deref()
-                        && Some(a.name.as_str()) != judge
-                })
+                .map(|a| a.name.as_str())
+                .filter(|a| Some(*a) != chat.selector.as_deref() && Some(*a) != judge)
                 .collect()
         } else {
-            chat.participants
-                .iter()
-                .filter_map(|p| self.agent(p))
-                .collect()
+            chat.participants.iter().map(String::as_str).collect()
         }
     }
 
-    fn chat_problems(&self, chat: &GroupChatSpec, problem: &mut impl FnMut(String, String)) {
+    /// Whether any chat of this team (outer or nested) is a swarm.
+    fn has_swarm(&self) -> bool {
+        let swarm =
+            |c: &Option<GroupChatSpec>| c.as_ref().is_some_and(|c| c.manager == Manager::Swarm);
+        swarm(&self.group_chat) || self.teams.iter().any(|t| swarm(&t.group_chat))
+    }
+
+    /// Problems of a group chat at `at` (`group_chat` or
+    /// `teams[i].group_chat`); nested chats speak with agents only.
+    fn chat_problems(
+        &self,
+        chat: &GroupChatSpec,
+        at: &str,
+        nested: bool,
+        problem: &mut impl FnMut(String, String),
+    ) {
         if chat.task.trim().is_empty() {
-            problem("group_chat.task".into(), "must not be empty".into());
+            problem(format!("{at}.task"), "must not be empty".into());
         }
         for (i, p) in chat.participants.iter().enumerate() {
-            if self.agent(p).is_none() {
-                problem(
-                    format!("group_chat.participants[{i}]"),
-                    format!("no agent is named `{p}`"),
-                );
+            let field = format!("{at}.participants[{i}]");
+            match (self.agent(p), self.nested(p)) {
+                (Some(_), _) => {}
+                (None, Some(_)) if nested => problem(
+                    field,
+                    format!("`{p}` is a nested team; nested teams speak with agents only"),
+                ),
+                (None, Some(team)) if team.crew.is_none() => problem(
+                    field,
+                    format!("`{p}` is a group chat; a chat member that is a team must be a crew"),
+                ),
+                (None, Some(_)) if chat.manager == Manager::Swarm => problem(
+                    field,
+                    "a swarm hands off between agents; a nested crew cannot hand off".into(),
+                ),
+                (None, Some(_)) => {}
+                (None, None) => problem(field, format!("no agent or nested team is named `{p}`")),
             }
         }
-        if self.participants().is_empty() {
+        if nested && chat.participants.is_empty() {
             problem(
-                "group_chat.participants".into(),
+                format!("{at}.participants"),
+                "a nested group chat lists its speakers".into(),
+            );
+        } else if !nested && self.participants().is_empty() {
+            problem(
+                format!("{at}.participants"),
                 "a group chat needs at least one speaker".into(),
             );
         }
         match (&chat.manager, &chat.selector) {
             (Manager::Selector, None) => problem(
-                "group_chat.selector".into(),
+                format!("{at}.selector"),
                 "the `selector` manager needs a selector agent".into(),
             ),
             (_, Some(name)) if self.agent(name).is_none() => problem(
-                "group_chat.selector".into(),
+                format!("{at}.selector"),
                 format!("no agent is named `{name}`"),
             ),
             _ => {}
@@ -359,13 +439,13 @@ impl TeamSpec {
         let t = &chat.termination;
         if t.any.is_empty() && t.all.is_empty() {
             problem(
-                "group_chat.termination".into(),
+                format!("{at}.termination"),
                 "a group chat needs a stop condition in `any` or `all`".into(),
             );
         }
         for (list, conditions) in [("any", &t.any), ("all", &t.all)] {
             for (i, c) in conditions.iter().enumerate() {
-                let at = format!("group_chat.termination.{list}[{i}]");
+                let at = format!("{at}.termination.{list}[{i}]");
                 let set = [
                     c.max_messages.is_some(),
                     c.text_mention.is_some(),
@@ -399,6 +479,94 @@ impl TeamSpec {
                     );
                 }
             }
+        }
+    }
+
+    /// Problems of a crew at `at` (`crew` or `teams[i].crew`); nested crews
+    /// assign their tasks to agents only.
+    fn crew_problems(
+        &self,
+        crew: &CrewSpec,
+        at: &str,
+        nested: bool,
+        problem: &mut impl FnMut(String, String),
+    ) {
+        match (crew.process, &crew.manager) {
+            (Process::Hierarchical, None) => problem(
+                format!("{at}.manager"),
+                "a hierarchical crew needs a manager agent".into(),
+            ),
+            (_, Some(m)) if self.agent(m).is_none() => {
+                problem(format!("{at}.manager"), format!("no agent is named `{m}`"))
+            }
+            (Process::Hierarchical, Some(m)) if self.agents.iter().all(|a| &a.name == m) => {
+                problem(
+                    format!("{at}.manager"),
+                    "the manager needs at least one other agent to delegate to".into(),
+                )
+            }
+            _ => {}
+        }
+        if crew.tasks.is_empty() || crew.tasks.len() > MAX_TASKS {
+            problem(
+                format!("{at}.tasks"),
+                format!("a crew has 1 to {MAX_TASKS} tasks"),
+            );
+        }
+        let mut earlier: HashSet<&str> = HashSet::new();
+        for (i, task) in crew.tasks.iter().enumerate() {
+            let at = format!("{at}.tasks[{i}]");
+            if !valid_name(&task.name) {
+                problem(
+                    format!("{at}.name"),
+                    "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+                );
+            } else if earlier.contains(task.name.as_str()) {
+                problem(
+                    format!("{at}.name"),
+                    format!("task `{}` is declared twice", task.name),
+                );
+            }
+            if task.description.trim().is_empty() {
+                problem(format!("{at}.description"), "must not be empty".into());
+            }
+            match &task.team {
+                Some(_) if nested => problem(
+                    format!("{at}.team"),
+                    "nested teams do not nest further; name an agent".into(),
+                ),
+                Some(_) if crew.process == Process::Hierarchical => problem(
+                    format!("{at}.team"),
+                    "in a hierarchical crew the manager delegates to agents; only sequential tasks go to nested teams".into(),
+                ),
+                Some(_) if !task.agent.is_empty() => problem(
+                    format!("{at}.team"),
+                    "a task names an `agent` or a `team`, not both".into(),
+                ),
+                Some(team) if self.nested(team).is_none() => problem(
+                    format!("{at}.team"),
+                    format!("no nested team is named `{team}`"),
+                ),
+                Some(_) => {}
+                None if (crew.process == Process::Sequential || !task.agent.is_empty())
+                    && self.agent(&task.agent).is_none() =>
+                {
+                    problem(
+                        format!("{at}.agent"),
+                        format!("no agent is named `{}`", task.agent),
+                    )
+                }
+                None => {}
+            }
+            for (j, source) in task.context.iter().enumerate() {
+                if !earlier.contains(source.as_str()) {
+                    problem(
+                        format!("{at}.context[{j}]"),
+                        format!("`{source}` is not an earlier task of this crew"),
+                    );
+                }
+            }
+            earlier.insert(task.name.as_str());
         }
     }
 
@@ -470,12 +638,7 @@ impl TeamSpec {
                     (Some(_), None) => {}
                     (None, Some(tool)) if agent.tools.contains(&tool.name) => {}
                     // Swarm agents may always hand off.
-                    (None, Some(tool))
-                        if tool.name == "handoff"
-                            && self
-                                .group_chat
-                                .as_ref()
-                                .is_some_and(|c| c.manager == Manager::Swarm) => {}
+                    (None, Some(tool)) if tool.name == "handoff" && self.has_swarm() => {}
                     (None, Some(tool)) => problem(
                         format!("{at}.replay[{j}].tool.name"),
                         format!(
@@ -501,67 +664,49 @@ impl TeamSpec {
             ),
             _ => {}
         }
-        if let Some(crew) = &self.crew {
-            match (crew.process, &crew.manager) {
-                (Process::Hierarchical, None) => problem(
-                    "crew.manager".into(),
-                    "a hierarchical crew needs a manager agent".into(),
-                ),
-                (_, Some(m)) if self.agent(m).is_none() => {
-                    problem("crew.manager".into(), format!("no agent is named `{m}`"))
-                }
-                (Process::Hierarchical, Some(m)) if self.agents.iter().all(|a| &a.name == m) => {
-                    problem(
-                        "crew.manager".into(),
-                        "the manager needs at least one other agent to delegate to".into(),
-                    )
-                }
-                _ => {}
-            }
-            if crew.tasks.is_empty() || crew.tasks.len() > MAX_TASKS {
+        if self.teams.len() > MAX_NESTED_TEAMS {
+            problem(
+                "teams".into(),
+                format!("at most {MAX_NESTED_TEAMS} nested teams"),
+            );
+        }
+        let mut team_names = HashSet::new();
+        for (i, team) in self.teams.iter().enumerate() {
+            let at = format!("teams[{i}]");
+            if !valid_name(&team.name) {
                 problem(
-                    "crew.tasks".into(),
-                    format!("a crew has 1 to {MAX_TASKS} tasks"),
+                    format!("{at}.name"),
+                    "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
+                );
+            } else if agent_names.contains(team.name.as_str()) {
+                problem(
+                    format!("{at}.name"),
+                    format!("`{}` is already an agent's name", team.name),
+                );
+            } else if !team_names.insert(team.name.as_str()) {
+                problem(
+                    format!("{at}.name"),
+                    format!("nested team `{}` is declared twice", team.name),
                 );
             }
-            let mut earlier: HashSet<&str> = HashSet::new();
-            for (i, task) in crew.tasks.iter().enumerate() {
-                let at = format!("crew.tasks[{i}]");
-                if !valid_name(&task.name) {
-                    problem(
-                        format!("{at}.name"),
-                        "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
-                    );
-                } else if earlier.contains(task.name.as_str()) {
-                    problem(
-                        format!("{at}.name"),
-                        format!("task `{}` is declared twice", task.name),
-                    );
+            match (&team.crew, &team.group_chat) {
+                (Some(crew), None) => {
+                    self.crew_problems(crew, &format!("{at}.crew"), true, &mut problem)
                 }
-                if task.description.trim().is_empty() {
-                    problem(format!("{at}.description"), "must not be empty".into());
+                (None, Some(chat)) => {
+                    self.chat_problems(chat, &format!("{at}.group_chat"), true, &mut problem)
                 }
-                if (crew.process == Process::Sequential || !task.agent.is_empty())
-                    && self.agent(&task.agent).is_none()
-                {
-                    problem(
-                        format!("{at}.agent"),
-                        format!("no agent is named `{}`", task.agent),
-                    );
-                }
-                for (j, source) in task.context.iter().enumerate() {
-                    if !earlier.contains(source.as_str()) {
-                        problem(
-                            format!("{at}.context[{j}]"),
-                            format!("`{source}` is not an earlier task of this crew"),
-                        );
-                    }
-                }
-                earlier.insert(task.name.as_str());
+                _ => problem(
+                    at.clone(),
+                    "a nested team has exactly one of `crew` or `group_chat`".into(),
+                ),
             }
         }
+        if let Some(crew) = &self.crew {
+            self.crew_problems(crew, "crew", false, &mut problem);
+        }
         if let Some(chat) = &self.group_chat {
-            self.chat_problems(chat, &mut problem);
+            self.chat_problems(chat, "group_chat", false, &mut problem);
         }
         if let Some(judge) = &self.judge {
             if self.agent(&judge.agent).is_none() {

@@ -84,3 +84,76 @@ fn a_tool_outside_the_agents_tools_is_refused() {
     assert_eq!(errors.0[0].field, "agents[0].replay[0].tool.name");
     assert_eq!(errors.0[0].line, Some(9));
 }
+
+#[test]
+fn the_hybrid_example_parses_as_a_hybrid() {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/teams/hybrid-launch.yaml"),
+    )
+    .unwrap();
+    let spec = parse(&text).unwrap();
+    assert_eq!(spec.kind(), "hybrid");
+    let nested = spec.nested_spec(spec.nested("debate").unwrap());
+    assert_eq!(nested.participants(), ["marketer", "engineer"]);
+    assert!(nested.judge.is_none() && nested.teams.is_empty());
+}
+
+#[test]
+fn hybrid_mistakes_name_their_line_and_field() {
+    let spec = r#"name: h
+agents:
+  - name: a
+    role: r
+    goal: g
+    replay: [{ say: hi }]
+  - name: b
+    role: r
+    goal: g
+    replay: [{ say: hi }]
+teams:
+  - name: a
+    crew: { tasks: [{ name: t, description: d, agent: a }] }
+  - name: chat
+    group_chat:
+      manager: round_robin
+      task: talk
+      termination: { any: [{ max_messages: 2 }] }
+  - name: inner
+    crew: { tasks: [{ name: t, description: d, team: chat }] }
+group_chat:
+  manager: swarm
+  participants: [a, inner, chat, ghost]
+  task: go
+  termination: { any: [{ max_messages: 2 }] }
+"#;
+    let errors = parse(spec).unwrap_err().0;
+    let found: Vec<(Option<usize>, &str)> =
+        errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    for (line, field, words) in [
+        (12, "teams[0].name", "already an agent"),
+        (15, "teams[1].group_chat.participants", "lists its speakers"),
+        (20, "teams[2].crew.tasks[0].team", "do not nest further"),
+        (23, "group_chat.participants[1]", "cannot hand off"),
+        (23, "group_chat.participants[2]", "must be a crew"),
+        (23, "group_chat.participants[3]", "no agent or nested team"),
+    ] {
+        let e = errors
+            .iter()
+            .find(|e| e.field == field)
+            .unwrap_or_else(|| panic!("no error at {field}: {found:?}"));
+        assert_eq!(e.line, Some(line), "{e}");
+        assert!(e.message.contains(words), "{e}");
+    }
+}
+
+#[test]
+fn a_task_names_an_agent_or_a_team_not_both() {
+    let bad = GOOD.replace(
+        "      agent: writer\n",
+        "      agent: writer\n      team: nobody\n",
+    );
+    let errors = parse(&bad).unwrap_err();
+    assert_eq!(errors.0[0].field, "crew.tasks[1].team", "{errors}");
+    assert!(errors.0[0].message.contains("not both"), "{errors}");
+}

@@ -1,8 +1,10 @@
 //! The team engine: runs one team on one input and emits every step as a
-//! [`RunEvent`](pb::RunEvent). This version runs `crew` teams with the
-//! `sequential` process: each task's agent converses with its model, calls the
-//! tools its spec allows through the tools service, recalls and remembers
-//! through the memory service, and hands its output to later tasks.
+//! [`RunEvent`](pb::RunEvent): crews (sequential or hierarchical), group
+//! chats (round robin, selector, swarm) and hybrids of the two, with an
+//! optional judge. Each agent converses with its model, calls the tools its
+//! spec allows through the tools service, recalls and remembers through the
+//! memory service; one budget (steps, tokens, loop detection) spans the
+//! whole run, nested teams included.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -190,6 +192,8 @@ pub async fn run_team<M: ChatModel>(
         .await?;
     let ctx = Ctx {
         spec,
+        text: &input.input,
+        top: true,
         input,
         model,
         services,
@@ -216,7 +220,13 @@ pub async fn run_team<M: ChatModel>(
 
 /// What every part of one run shares.
 struct Ctx<'a, M> {
+    /// The team being run: the whole team, or a nested team of a hybrid.
     spec: &'a TeamSpec,
+    /// What this team works on: the run's input, or for a nested team the
+    /// task or conversation handed to it.
+    text: &'a str,
+    /// Whether this is the outer team (which receives workflow context).
+    top: bool,
     input: &'a RunInput,
     model: &'a M,
     services: &'a Services,
@@ -234,9 +244,9 @@ async fn run_crew_tasks<M: ChatModel>(
     let Ctx {
         spec,
         input,
-        services,
-        caller,
         tools,
+        text,
+        top,
         ..
     } = *ctx;
     let mut last_agent = String::new();
@@ -244,6 +254,42 @@ async fn run_crew_tasks<M: ChatModel>(
     let mut outputs: HashMap<&str, String> = HashMap::new();
     let mut last = String::new();
     for (index, task) in crew.tasks.iter().enumerate() {
+        if let Some(team) = &task.team {
+            events
+                .emit(
+                    team,
+                    Payload::TaskStarted(pb::TaskStarted {
+                        task: task.name.clone(),
+                        index: index as u32 + 1,
+                        total,
+                        agent: team.clone(),
+                    }),
+                )
+                .await?;
+            let mut prompt = task.description.replace("{input}", text);
+            if !task.expected_output.is_empty() {
+                prompt.push_str(&format!("\n\nExpected output: {}", task.expected_output));
+            }
+            for source in &task.context {
+                if let Some(text) = outputs.get(source.as_str()) {
+                    prompt.push_str(&format!("\n\nContext from task `{source}`:\n{text}"));
+                }
+            }
+            let (output, producer) = run_nested(ctx, team, &prompt, budget, events).await?;
+            events
+                .emit(
+                    team,
+                    Payload::TaskCompleted(pb::TaskCompleted {
+                        task: task.name.clone(),
+                        output: output.clone(),
+                    }),
+                )
+                .await?;
+            outputs.insert(task.name.as_str(), output.clone());
+            last_agent = producer;
+            last = output;
+            continue;
+        }
         // Validated specs name only declared agents.
         let agent = spec
             .agent(&task.agent)
@@ -259,12 +305,12 @@ async fn run_crew_tasks<M: ChatModel>(
                 }),
             )
             .await?;
-        let description = task.description.replace("{input}", &input.input);
+        let description = task.description.replace("{input}", text);
         let mut prompt = description.clone();
         if !task.expected_output.is_empty() {
             prompt.push_str(&format!("\n\nExpected output: {}", task.expected_output));
         }
-        for (source, text) in &input.context {
+        for (source, text) in input.context.iter().filter(|_| top) {
             prompt.push_str(&format!("\n\nContext from `{source}`:\n{text}"));
         }
         for source in &task.context {
@@ -272,35 +318,9 @@ async fn run_crew_tasks<M: ChatModel>(
                 prompt.push_str(&format!("\n\nContext from task `{source}`:\n{text}"));
             }
         }
-        if agent.memory {
-            let memories = recall(services, caller, spec, agent, input, &description).await;
-            if !memories.is_empty() {
-                prompt.push_str("\n\nRelevant memories:");
-                for (_, text) in &memories {
-                    prompt.push_str(&format!("\n- {text}"));
-                }
-                events
-                    .emit(
-                        &agent.name,
-                        Payload::MemoryRecalled(pb::MemoryRecalled {
-                            count: memories.len() as u32,
-                            memory_ids: memories.into_iter().map(|(id, _)| id).collect(),
-                        }),
-                    )
-                    .await?;
-            }
-        }
+        add_memories(ctx, agent, &description, &mut prompt, events).await?;
         let output = converse(ctx, agent, &prompt, index, tools, budget, events).await?;
-        if agent.memory {
-            let memory_id =
-                remember(services, caller, spec, agent, input, &task.name, &output).await?;
-            events
-                .emit(
-                    &agent.name,
-                    Payload::MemoryStored(pb::MemoryStored { memory_id }),
-                )
-                .await?;
-        }
+        store_result(ctx, agent, &task.name, &output, events).await?;
         events
             .emit(
                 &agent.name,
@@ -370,15 +390,12 @@ async fn run_hierarchical<M: ChatModel>(
         .iter()
         .filter(|a| a.name != manager.name)
         .collect();
-    let mut brief = format!(
-        "You manage a crew working on: {}\n\nTasks:",
-        ctx.input.input
-    );
+    let mut brief = format!("You manage a crew working on: {}\n\nTasks:", ctx.text);
     for t in &crew.tasks {
         brief.push_str(&format!(
             "\n- {}: {} (expected: {})",
             t.name,
-            t.description.replace("{input}", &ctx.input.input),
+            t.description.replace("{input}", ctx.text),
             t.expected_output
         ));
     }
@@ -470,7 +487,8 @@ const CHAT_INDEX: usize = 1_000;
 const DELEGATION_INDEX: usize = 50_000;
 const JUDGE_INDEX: usize = 100_000;
 
-/// A group chat; returns the last message and its speaker.
+/// A group chat; returns the last message and the agent that wrote it (for
+/// a nested crew's message, the crew's last agent).
 async fn run_chat<M: ChatModel>(
     ctx: &Ctx<'_, M>,
     chat: &amaos_teams::GroupChatSpec,
@@ -478,7 +496,7 @@ async fn run_chat<M: ChatModel>(
     events: &mut Emitter,
 ) -> Result<(String, String), RunError> {
     let participants = ctx.spec.participants();
-    let opening = chat.task.replace("{input}", &ctx.input.input);
+    let opening = chat.task.replace("{input}", ctx.text);
     events
         .emit(
             "",
@@ -489,11 +507,12 @@ async fn run_chat<M: ChatModel>(
         )
         .await?;
     let mut transcript: Vec<(String, String)> = vec![("user".into(), opening)];
+    let mut producer = String::new();
     let started = tokio::time::Instant::now();
     let mut turn = 0usize;
     let mut calls = 0usize;
     // In a swarm the speaker keeps the floor until it hands off.
-    let mut holder = participants[0].name.clone();
+    let mut holder = participants[0].to_owned();
     let swarm = chat.manager == amaos_teams::Manager::Swarm;
     loop {
         let (speaker, method) = match chat.manager {
@@ -502,7 +521,7 @@ async fn run_chat<M: ChatModel>(
             }
             amaos_teams::Manager::Swarm => (holder.clone(), "handoff"),
             amaos_teams::Manager::RoundRobin => (
-                participants[turn % participants.len()].name.clone(),
+                participants[turn % participants.len()].to_owned(),
                 "round_robin",
             ),
         };
@@ -515,48 +534,69 @@ async fn run_chat<M: ChatModel>(
                 }),
             )
             .await?;
-        let agent = ctx
-            .spec
-            .agent(&speaker)
-            .ok_or_else(|| RunError::Dependency(format!("no agent `{speaker}`")))?;
-        let prompt = format!(
-            "{}\n\nYou are {}. Reply with your next message.",
-            render(&transcript),
-            agent.name
-        );
-        let handoffs: Vec<String> = if swarm {
-            participants
-                .iter()
-                .map(|a| a.name.clone())
-                .filter(|n| *n != speaker)
-                .chain(std::iter::once(HUMAN.to_owned()))
-                .collect()
+        let reply = if let Some(agent) = ctx.spec.agent(&speaker) {
+            let mut prompt = render(&transcript);
+            let latest = transcript
+                .last()
+                .map(|(_, t)| t.as_str())
+                .unwrap_or_default();
+            add_memories(ctx, agent, latest, &mut prompt, events).await?;
+            prompt.push_str(&format!(
+                "\n\nYou are {}. Reply with your next message.",
+                agent.name
+            ));
+            let handoffs: Vec<String> = if swarm {
+                participants
+                    .iter()
+                    .filter(|n| **n != speaker)
+                    .map(|n| (*n).to_owned())
+                    .chain(std::iter::once(HUMAN.to_owned()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            calls += 1;
+            let turn_result = converse_turn(
+                ctx,
+                agent,
+                &prompt,
+                CHAT_INDEX + calls,
+                ctx.tools,
+                &handoffs,
+                budget,
+                events,
+            )
+            .await?;
+            match turn_result {
+                Turn::Said(text) => {
+                    producer = agent.name.clone();
+                    text
+                }
+                Turn::Handoff { to } if to == HUMAN => {
+                    // A handoff to a person ends the chat with what was said so far.
+                    let (_, last) = transcript.last().cloned().unwrap_or_default();
+                    return Ok((last, producer));
+                }
+                Turn::Handoff { to } => {
+                    holder = to;
+                    continue;
+                }
+            }
         } else {
-            Vec::new()
-        };
-        calls += 1;
-        let turn_result = converse_turn(
-            ctx,
-            agent,
-            &prompt,
-            CHAT_INDEX + calls,
-            ctx.tools,
-            &handoffs,
-            budget,
-            events,
-        )
-        .await?;
-        let reply = match turn_result {
-            Turn::Said(text) => text,
-            Turn::Handoff { to } if to == HUMAN => {
-                // A handoff to a person ends the chat with what was said so far.
-                let (speaker, last) = transcript.last().cloned().unwrap_or_default();
-                return Ok((last, speaker));
-            }
-            Turn::Handoff { to } => {
-                holder = to;
-                continue;
-            }
+            // A nested crew takes its turn: it works on the conversation so far.
+            let (text, by) =
+                run_nested(ctx, &speaker, &render(&transcript), budget, events).await?;
+            events
+                .emit(
+                    &speaker,
+                    Payload::Message(pb::Message {
+                        role: "assistant".into(),
+                        content: text.clone(),
+                    }),
+                )
+                .await?;
+            producer = by;
+            text
         };
         transcript.push((speaker.clone(), reply));
         turn += 1;
@@ -568,10 +608,54 @@ async fn run_chat<M: ChatModel>(
             started.elapsed(),
         ) {
             tracing::debug!(%reason, "group chat stopped");
-            let (speaker, last) = transcript.pop().unwrap_or_default();
-            return Ok((last, speaker));
+            let (_, last) = transcript.pop().unwrap_or_default();
+            if let Some(agent) = ctx.spec.agent(&producer) {
+                let label = format!("chat-{}-{turn}", agent.name);
+                store_result(ctx, agent, &label, &last, events).await?;
+            }
+            return Ok((last, producer));
         }
     }
+}
+
+/// A nested team's run: its output and the agent that produced it.
+type NestedRun<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(String, String), RunError>> + Send + 'a>,
+>;
+
+/// Runs the nested team `name` of a hybrid team on `text`; returns its
+/// output and the agent that produced it. Boxed: nested teams run through
+/// the same engine functions that start them.
+fn run_nested<'a, M: ChatModel>(
+    ctx: &'a Ctx<'a, M>,
+    name: &'a str,
+    text: &'a str,
+    budget: &'a mut Budget,
+    events: &'a mut Emitter,
+) -> NestedRun<'a> {
+    Box::pin(async move {
+        let nested = ctx
+            .spec
+            .nested(name)
+            .ok_or_else(|| RunError::Dependency(format!("no nested team `{name}`")))?;
+        let spec = ctx.spec.nested_spec(nested);
+        let sub = Ctx {
+            spec: &spec,
+            text,
+            top: false,
+            ..*ctx
+        };
+        match (&spec.crew, &spec.group_chat) {
+            (_, Some(chat)) => run_chat(&sub, chat, budget, events).await,
+            (Some(crew), None) if crew.process == amaos_teams::Process::Hierarchical => {
+                run_hierarchical(&sub, crew, budget, events).await
+            }
+            (Some(crew), None) => run_crew_tasks(&sub, crew, budget, events).await,
+            (None, None) => Err(RunError::Dependency(format!(
+                "nested team `{name}` has neither a crew nor a group chat"
+            ))),
+        }
+    })
 }
 
 fn render(transcript: &[(String, String)]) -> String {
@@ -626,13 +710,13 @@ fn stop_reason(
 async fn select_speaker<M: ChatModel>(
     ctx: &Ctx<'_, M>,
     chat: &amaos_teams::GroupChatSpec,
-    participants: &[&AgentSpec],
+    participants: &[&str],
     transcript: &[(String, String)],
     turn: usize,
     budget: &mut Budget,
     events: &mut Emitter,
 ) -> Result<(String, &'static str), RunError> {
-    let names: Vec<&str> = participants.iter().map(|a| a.name.as_str()).collect();
+    let names = participants;
     let selector = chat
         .selector
         .as_deref()
@@ -667,7 +751,7 @@ async fn select_speaker<M: ChatModel>(
         }
     }
     Ok((
-        participants[turn % participants.len()].name.clone(),
+        participants[turn % participants.len()].to_owned(),
         "fallback",
     ))
 }
@@ -1113,6 +1197,67 @@ async fn invoke(
             .unwrap_or(serde_json::Value::Null)),
         Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
     }
+}
+
+/// Before a turn of an agent with `memory: true`: recalls what is relevant
+/// to `query` (scoped to the run's tenant, team, agent and session) into
+/// `prompt`, and emits what was recalled.
+async fn add_memories<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    query: &str,
+    prompt: &mut String,
+    events: &mut Emitter,
+) -> Result<(), RunError> {
+    if !agent.memory {
+        return Ok(());
+    }
+    let memories = recall(ctx.services, ctx.caller, ctx.spec, agent, ctx.input, query).await;
+    if memories.is_empty() {
+        return Ok(());
+    }
+    prompt.push_str("\n\nRelevant memories:");
+    for (_, text) in &memories {
+        prompt.push_str(&format!("\n- {text}"));
+    }
+    events
+        .emit(
+            &agent.name,
+            Payload::MemoryRecalled(pb::MemoryRecalled {
+                count: memories.len() as u32,
+                memory_ids: memories.into_iter().map(|(id, _)| id).collect(),
+            }),
+        )
+        .await
+}
+
+/// After an agent with `memory: true` produced a result: remembers it.
+async fn store_result<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    task: &str,
+    output: &str,
+    events: &mut Emitter,
+) -> Result<(), RunError> {
+    if !agent.memory {
+        return Ok(());
+    }
+    let memory_id = remember(
+        ctx.services,
+        ctx.caller,
+        ctx.spec,
+        agent,
+        ctx.input,
+        task,
+        output,
+    )
+    .await?;
+    events
+        .emit(
+            &agent.name,
+            Payload::MemoryStored(pb::MemoryStored { memory_id }),
+        )
+        .await
 }
 
 async fn recall(

@@ -11,8 +11,10 @@
 //! - [`registration`]: registering and heartbeating with the router.
 //! - this file: the gRPC service, its errors and their mapping, [`serve`].
 
+pub mod anthropic;
 pub mod catalog;
 pub mod engine;
+mod http;
 pub mod model;
 pub mod openai;
 pub mod registration;
@@ -126,13 +128,18 @@ pub struct Agents {
 }
 
 impl Agents {
-    /// An agents service serving `catalog`, calling tools and memory as configured.
-    pub fn new(config: &Config, catalog: Catalog) -> Result<Self, BoxError> {
+    /// An agents service serving `catalog`, calling tools and memory as
+    /// configured, with model API keys from `secrets`.
+    pub fn new(
+        config: &Config,
+        catalog: Catalog,
+        secrets: Arc<dyn amaos_mesh::secrets::SecretStore>,
+    ) -> Result<Self, BoxError> {
         let tools = client::channel(&config.tools.url, &config.limits)?;
         let memory = client::channel(&config.memory.url, &config.limits)?;
         Ok(Self {
             verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
-            models: Arc::new(ModelSet::new(&config.models)?),
+            models: Arc::new(ModelSet::with_secrets(&config.models, Some(secrets))?),
             catalog,
             services: Services {
                 tools: ToolsServiceClient::new(tools),
@@ -341,7 +348,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let catalog = Catalog::load(&config.agents.teams_dir, config.agents.max_spec_bytes)?;
-    let agents = Agents::new(&config, catalog.clone())?;
+    let secrets = amaos_mesh::secrets::open(&config.secrets, &config.data_dir).await?;
+    let agents = Agents::new(&config, catalog.clone(), secrets)?;
     let router: RouterServiceClient<MeshChannel> =
         RouterServiceClient::new(client::channel(&config.router.url, &config.limits)?);
     let mut teams = catalog.names();

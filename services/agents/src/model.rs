@@ -4,8 +4,9 @@
 //!   come from the team spec. It makes runs reproducible for tests, offline
 //!   demos and benchmarks.
 //! - configured aliases (`[models.<alias>]`): OpenAI-compatible Chat
-//!   Completions ([`crate::openai`]), each with a fallback chain tried in
-//!   order when a call fails.
+//!   Completions ([`crate::openai`]) or Anthropic Messages
+//!   ([`crate::anthropic`]), each with a fallback chain tried in order when a
+//!   call fails or the alias's breaker is open.
 //!
 //! [`RunModels`] is what one run uses: it picks the model each agent names
 //! (or the run's override) and records which alias answered.
@@ -13,11 +14,73 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use amaos_mesh::config::{ModelConfig, ModelProvider};
+use amaos_mesh::secrets::{Secret, SecretStore};
 use amaos_teams::{AgentSpec, REPLAY_MODEL, ReplayTurn};
 
+use crate::anthropic::AnthropicChat;
 use crate::openai::OpenAiChat;
+
+/// Where an alias's API key comes from. The key itself is a [`Secret`]:
+/// never printed, and scrubbed from error messages.
+#[derive(Clone)]
+pub(crate) enum ApiKey {
+    /// No key.
+    None,
+    /// Read from the environment at start.
+    Fixed(Secret),
+    /// Read from the secret store at each call (cached by the store), so a
+    /// rotated key is used without a restart.
+    Stored(Arc<dyn SecretStore>, String),
+}
+
+impl ApiKey {
+    /// The key now.
+    pub(crate) async fn get(&self, alias: &str) -> Result<Option<Secret>, ModelError> {
+        match self {
+            ApiKey::None => Ok(None),
+            ApiKey::Fixed(secret) => Ok(Some(secret.clone())),
+            ApiKey::Stored(store, path) => {
+                store
+                    .get(path)
+                    .await
+                    .map(Some)
+                    .map_err(|e| ModelError::Provider {
+                        model: alias.to_owned(),
+                        message: format!("API key: {e}"),
+                    })
+            }
+        }
+    }
+}
+
+/// The API key of `alias`: from its environment variable (read now, so a
+/// missing one is reported at start) or from the secret store.
+pub(crate) fn api_key(
+    alias: &str,
+    config: &ModelConfig,
+    secrets: Option<&Arc<dyn SecretStore>>,
+) -> Result<ApiKey, amaos_mesh::BoxError> {
+    match (&config.api_key_env, &config.api_key_secret) {
+        (Some(var), _) => Ok(ApiKey::Fixed(Secret::new(std::env::var(var).map_err(
+            |_| {
+                format!(
+                    "config key `models.{alias}.api_key_env`: environment variable {var} is not set"
+                )
+            },
+        )?))),
+        (None, Some(path)) => match secrets {
+            Some(store) => Ok(ApiKey::Stored(store.clone(), path.clone())),
+            None => Err(format!(
+                "config key `models.{alias}.api_key_secret`: no secret store is configured"
+            )
+            .into()),
+        },
+        (None, None) => Ok(ApiKey::None),
+    }
+}
 
 /// A tool call a model asked for.
 #[derive(Clone, Debug, PartialEq)]
@@ -218,33 +281,126 @@ impl ChatModel for Replay {
     }
 }
 
+/// Consecutive failures that open an alias's breaker.
+const BREAKER_FAILURES: u32 = 3;
+/// How long an open breaker skips its alias before letting one call through.
+const BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);
+
+/// A configured provider.
+enum Provider {
+    OpenAi(OpenAiChat),
+    Anthropic(AnthropicChat),
+}
+
+impl Provider {
+    async fn complete(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[ToolSpec],
+    ) -> Result<Completion, ModelError> {
+        match self {
+            Provider::OpenAi(p) => p.complete(messages, tools).await,
+            Provider::Anthropic(p) => p.complete(messages, tools).await,
+        }
+    }
+}
+
+/// A breaker per alias: after [`BREAKER_FAILURES`] failed calls in a row the
+/// alias is skipped (its fallbacks answer) for [`BREAKER_COOL_DOWN`], then
+/// one call is let through to probe it.
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+}
+
+/// One alias: its provider, fallbacks and breaker.
+struct Alias {
+    provider: Provider,
+    fallbacks: Vec<String>,
+    breaker: Mutex<Breaker>,
+}
+
+impl Alias {
+    /// Whether a call may go out now; an expired open breaker lets one through.
+    fn admit(&self) -> bool {
+        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        match b.open_until {
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                // Half-open: one probe; a failure opens it again at once.
+                b.open_until = None;
+                b.failures = BREAKER_FAILURES - 1;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn record(&self, ok: bool) {
+        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            *b = Breaker::default();
+        } else {
+            b.failures += 1;
+            if b.failures >= BREAKER_FAILURES {
+                b.open_until = Some(Instant::now() + BREAKER_COOL_DOWN);
+            }
+        }
+    }
+}
+
 /// The configured aliases of a worker.
 #[derive(Default)]
 pub struct ModelSet {
-    providers: BTreeMap<String, (Arc<OpenAiChat>, Vec<String>)>,
+    aliases: BTreeMap<String, Alias>,
 }
 
 impl ModelSet {
-    /// Builds the providers of `[models]`.
+    /// Builds the providers of `[models]`, without a secret store.
     pub fn new(models: &BTreeMap<String, ModelConfig>) -> Result<Self, amaos_mesh::BoxError> {
-        let mut providers = BTreeMap::new();
+        Self::with_secrets(models, None)
+    }
+
+    /// Builds the providers of `[models]`, reading `api_key_secret`s from `secrets`.
+    pub fn with_secrets(
+        models: &BTreeMap<String, ModelConfig>,
+        secrets: Option<Arc<dyn SecretStore>>,
+    ) -> Result<Self, amaos_mesh::BoxError> {
+        let mut aliases = BTreeMap::new();
         for (alias, config) in models {
-            if config.provider == ModelProvider::Openai {
-                providers.insert(
-                    alias.clone(),
-                    (
-                        Arc::new(OpenAiChat::new(alias, config)?),
-                        config.fallbacks.clone(),
-                    ),
-                );
-            }
+            let provider = match config.provider {
+                ModelProvider::Openai => {
+                    Provider::OpenAi(OpenAiChat::new(alias, config, secrets.as_ref())?)
+                }
+                ModelProvider::Anthropic => {
+                    Provider::Anthropic(AnthropicChat::new(alias, config, secrets.as_ref())?)
+                }
+                ModelProvider::Replay => continue,
+            };
+            aliases.insert(
+                alias.clone(),
+                Alias {
+                    provider,
+                    fallbacks: config.fallbacks.clone(),
+                    breaker: Mutex::new(Breaker::default()),
+                },
+            );
         }
-        Ok(Self { providers })
+        Ok(Self { aliases })
     }
 
     /// True when `alias` can answer.
     pub fn knows(&self, alias: &str) -> bool {
-        alias == REPLAY_MODEL || self.providers.contains_key(alias)
+        alias == REPLAY_MODEL || self.aliases.contains_key(alias)
+    }
+
+    /// Whether `alias`'s breaker is open now.
+    pub fn breaker_open(&self, alias: &str) -> bool {
+        self.aliases.get(alias).is_some_and(|a| {
+            let b = a.breaker.lock().unwrap_or_else(|e| e.into_inner());
+            b.open_until.is_some_and(|until| Instant::now() < until)
+        })
     }
 }
 
@@ -286,19 +442,31 @@ impl ChatModel for RunModels {
             if alias == REPLAY_MODEL {
                 return self.replay.complete(agent, messages, tools).await;
             }
-            let Some((provider, fallbacks)) = self.set.providers.get(&alias) else {
+            let Some(entry) = self.set.aliases.get(&alias) else {
                 last_error = Some(ModelError::UnknownAlias(alias));
                 continue;
             };
-            match provider.complete(messages, tools).await {
-                Ok(completion) => return Ok(completion),
+            for f in &entry.fallbacks {
+                if !chain.contains(f) {
+                    chain.push(f.clone());
+                }
+            }
+            if !entry.admit() {
+                tracing::warn!(model = %alias, "model breaker open; trying the next in its chain");
+                last_error = Some(ModelError::Provider {
+                    model: alias,
+                    message: "the breaker is open after repeated failures".into(),
+                });
+                continue;
+            }
+            match entry.provider.complete(messages, tools).await {
+                Ok(completion) => {
+                    entry.record(true);
+                    return Ok(completion);
+                }
                 Err(error) => {
+                    entry.record(false);
                     tracing::warn!(model = %alias, %error, "model call failed; trying the next in its chain");
-                    for f in fallbacks {
-                        if !chain.contains(f) {
-                            chain.push(f.clone());
-                        }
-                    }
                     last_error = Some(error);
                 }
             }

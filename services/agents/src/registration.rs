@@ -11,6 +11,9 @@ use amaos_proto::router::v1 as pb;
 use amaos_proto::router::v1::router_service_client::RouterServiceClient;
 use tokio_util::sync::CancellationToken;
 
+/// The longest wait between attempts to register with an unreachable router.
+const MAX_REGISTER_BACKOFF: Duration = Duration::from_secs(1);
+
 /// What the worker tells the router about itself.
 #[derive(Clone)]
 pub struct Announcement {
@@ -79,7 +82,15 @@ pub async fn keep_registered(
                     registered = false;
                 }
                 tracing::warn!(code = ?status.code(), message = status.message(), "router unreachable; retrying");
-                backoff = (backoff * 2).min(interval);
+                // Until the router knows us we are not routable, so keep
+                // trying at least once a second; after that, a failed
+                // heartbeat waits no longer than the heartbeat interval.
+                let cap = if registered {
+                    interval
+                } else {
+                    interval.min(MAX_REGISTER_BACKOFF)
+                };
+                backoff = (backoff * 2).min(cap);
                 backoff
             }
         };

@@ -3,92 +3,12 @@
 //! tool calls, streaming, 429 with Retry-After, 500, malformed JSON, a stream
 //! cut mid-way, and a fallback chain.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+mod common;
 
-use amaos_agents::model::{ChatMessage, ChatModel, ModelSet, Reply, RunModels, ToolSpec};
-use amaos_mesh::config::{ModelConfig, ModelProvider};
-use amaos_teams::AgentSpec;
-use serde_json::{Value, json};
-
-/// A recorded answer: status, extra headers, body.
-type Answer = (u16, Vec<(&'static str, String)>, String);
-
-#[derive(Clone, Default)]
-struct Fake {
-    answers: Arc<Mutex<VecDeque<Answer>>>,
-    requests: Arc<Mutex<Vec<Value>>>,
-}
-
-async fn serve(fake: Fake) -> String {
-    use axum::routing::post;
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move |body: String| {
-            let fake = fake.clone();
-            async move {
-                fake.requests
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_str(&body).unwrap_or(Value::Null));
-                let (status, headers, body) = fake.answers.lock().unwrap().pop_front().unwrap_or((
-                    500,
-                    vec![],
-                    "no more answers".into(),
-                ));
-                let mut response = axum::response::Response::builder().status(status);
-                for (k, v) in headers {
-                    response = response.header(k, v);
-                }
-                response.body(axum::body::Body::from(body)).unwrap()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{address}/v1")
-}
-
-fn config(base_url: &str, stream: bool, retries: u32, fallbacks: &[&str]) -> ModelConfig {
-    ModelConfig {
-        provider: ModelProvider::Openai,
-        base_url: base_url.into(),
-        model: "test-model".into(),
-        api_key_env: None,
-        timeout: Duration::from_secs(5),
-        max_retries: retries,
-        fallbacks: fallbacks.iter().map(|f| f.to_string()).collect(),
-        prompt_price_per_1k: 1.0,
-        completion_price_per_1k: 2.0,
-        stream,
-        max_tokens: Some(256),
-    }
-}
-
-fn agent(model: &str) -> AgentSpec {
-    serde_yaml::from_str(&format!(
-        "name: a\nrole: r\ngoal: g\nmodel: {model}\ntools: [file_write]\n"
-    ))
-    .unwrap()
-}
-
-fn models(entries: Vec<(&str, ModelConfig)>) -> RunModels {
-    let map: BTreeMap<String, ModelConfig> = entries
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    RunModels::new("in", Arc::new(ModelSet::new(&map).unwrap()), None)
-}
-
-fn ok(body: Value) -> Answer {
-    (
-        200,
-        vec![("content-type", "application/json".into())],
-        body.to_string(),
-    )
-}
+use amaos_agents::model::{ChatMessage, ChatModel, Reply, ToolSpec};
+use amaos_mesh::config::ModelProvider;
+use common::{Fake, agent, config, models, ok, serve, sse};
+use serde_json::json;
 
 fn tool() -> ToolSpec {
     ToolSpec {
@@ -101,14 +21,17 @@ fn tool() -> ToolSpec {
 #[tokio::test]
 async fn tool_calls_usage_and_the_conversation_round_trip() {
     let fake = Fake::default();
-    let url = serve(fake.clone()).await;
+    let url = serve(fake.clone(), "/v1/chat/completions").await;
     fake.answers.lock().unwrap().extend([ok(json!({
         "choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
             {"id": "call_1", "type": "function", "function": {"name": "file_write", "arguments": "{\"path\":\"a.md\"}"}}
         ]}}],
         "usage": {"prompt_tokens": 100, "completion_tokens": 20}
     }))]);
-    let m = models(vec![("local", config(&url, false, 0, &[]))]);
+    let m = models(vec![(
+        "local",
+        config(ModelProvider::Openai, &url, false, 0, &[]),
+    )]);
     let messages = vec![ChatMessage::text("user", "hello")];
     let c = m
         .complete(&agent("local"), &messages, &[tool()])
@@ -134,14 +57,17 @@ async fn tool_calls_usage_and_the_conversation_round_trip() {
 #[tokio::test]
 async fn a_429_is_retried_after_its_retry_after_and_a_500_exhausts_retries() {
     let fake = Fake::default();
-    let url = serve(fake.clone()).await;
+    let url = serve(fake.clone(), "/v1/chat/completions").await;
     fake.answers.lock().unwrap().extend([
         (429, vec![("retry-after", "0".into())], "slow down".into()),
         ok(json!({"choices": [{"message": {"content": "done"}}]})),
         (500, vec![], "boom".into()),
         (500, vec![], "boom".into()),
     ]);
-    let m = models(vec![("local", config(&url, false, 1, &[]))]);
+    let m = models(vec![(
+        "local",
+        config(ModelProvider::Openai, &url, false, 1, &[]),
+    )]);
     let c = m
         .complete(&agent("local"), &[ChatMessage::text("user", "x")], &[])
         .await
@@ -163,14 +89,17 @@ async fn a_429_is_retried_after_its_retry_after_and_a_500_exhausts_retries() {
 #[tokio::test]
 async fn malformed_json_is_an_error_and_a_fallback_answers() {
     let fake = Fake::default();
-    let url = serve(fake.clone()).await;
+    let url = serve(fake.clone(), "/v1/chat/completions").await;
     fake.answers.lock().unwrap().extend([
         (200, vec![], "{not json".into()),
         ok(json!({"choices": [{"message": {"content": "from the fallback"}}]})),
     ]);
     let m = models(vec![
-        ("primary", config(&url, false, 0, &["backup"])),
-        ("backup", config(&url, false, 0, &[])),
+        (
+            "primary",
+            config(ModelProvider::Openai, &url, false, 0, &["backup"]),
+        ),
+        ("backup", config(ModelProvider::Openai, &url, false, 0, &[])),
     ]);
     let c = m
         .complete(&agent("primary"), &[ChatMessage::text("user", "x")], &[])
@@ -180,22 +109,10 @@ async fn malformed_json_is_an_error_and_a_fallback_answers() {
     assert_eq!(c.model, "backup");
 }
 
-fn sse(events: &[Value], done: bool) -> Answer {
-    let mut body: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
-    if done {
-        body.push_str("data: [DONE]\n\n");
-    }
-    (
-        200,
-        vec![("content-type", "text/event-stream".into())],
-        body,
-    )
-}
-
 #[tokio::test]
 async fn streaming_assembles_text_tool_calls_and_usage_and_a_cut_stream_fails() {
     let fake = Fake::default();
-    let url = serve(fake.clone()).await;
+    let url = serve(fake.clone(), "/v1/chat/completions").await;
     fake.answers.lock().unwrap().extend([
         sse(
             &[
@@ -203,18 +120,21 @@ async fn streaming_assembles_text_tool_calls_and_usage_and_a_cut_stream_fails() 
                 json!({"choices": [{"delta": {"content": "lo"}}]}),
                 json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}}),
             ],
-            true,
+            Some("data: [DONE]"),
         ),
         sse(
             &[
                 json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "id": "c9", "function": {"name": "file_write", "arguments": "{\"pa"}}]}}]}),
                 json!({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "th\":\"b.md\"}"}}]}}]}),
             ],
-            true,
+            Some("data: [DONE]"),
         ),
-        sse(&[json!({"choices": [{"delta": {"content": "cut"}}]})], false),
+        sse(&[json!({"choices": [{"delta": {"content": "cut"}}]})], None),
     ]);
-    let m = models(vec![("local", config(&url, true, 0, &[]))]);
+    let m = models(vec![(
+        "local",
+        config(ModelProvider::Openai, &url, true, 0, &[]),
+    )]);
     let messages = [ChatMessage::text("user", "x")];
     let c = m.complete(&agent("local"), &messages, &[]).await.unwrap();
     assert_eq!(c.reply, Reply::Text("Hello".into()));
@@ -236,4 +156,107 @@ async fn streaming_assembles_text_tool_calls_and_usage_and_a_cut_stream_fails() 
         .await
         .unwrap_err();
     assert!(error.to_string().contains("[DONE]"), "{error}");
+}
+
+#[tokio::test]
+async fn repeated_failures_open_the_breaker_and_the_fallback_answers_without_a_call() {
+    let failing = Fake::default();
+    let failing_url = serve(failing.clone(), "/v1/chat/completions").await;
+    let backup = Fake::default();
+    let backup_url = serve(backup.clone(), "/v1/chat/completions").await;
+    backup.answers.lock().unwrap().extend(
+        (0..4).map(|_| ok(json!({"choices": [{"message": {"content": "from the backup"}}]}))),
+    );
+    let m = models(vec![
+        (
+            "primary",
+            config(ModelProvider::Openai, &failing_url, false, 0, &["backup"]),
+        ),
+        (
+            "backup",
+            config(ModelProvider::Openai, &backup_url, false, 0, &[]),
+        ),
+    ]);
+    let messages = [ChatMessage::text("user", "x")];
+    for _ in 0..4 {
+        let c = m.complete(&agent("primary"), &messages, &[]).await.unwrap();
+        assert_eq!(c.model, "backup");
+    }
+    assert_eq!(
+        failing.requests.lock().unwrap().len(),
+        3,
+        "after three failures in a row the breaker skips the primary"
+    );
+    assert_eq!(backup.requests.lock().unwrap().len(), 4);
+}
+
+/// A `Write` into a shared buffer, for capturing logs.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_api_key_from_the_secret_store_is_rotated_and_never_logged_or_shown() {
+    let fake = Fake::default();
+    let url = serve(fake.clone(), "/v1/chat/completions").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.json");
+    std::fs::write(&file, r#"{"llm/test": "sk-very-secret-1"}"#).unwrap();
+    let store: std::sync::Arc<dyn amaos_mesh::secrets::SecretStore> =
+        std::sync::Arc::new(amaos_mesh::secrets::FileSecrets::new(file.clone()));
+    let mut cfg = config(ModelProvider::Openai, &url, false, 0, &[]);
+    cfg.api_key_secret = Some("llm/test".into());
+    let set = amaos_agents::model::ModelSet::with_secrets(
+        &std::collections::BTreeMap::from([("local".to_owned(), cfg)]),
+        Some(store),
+    )
+    .unwrap();
+    let m = amaos_agents::model::RunModels::new("in", std::sync::Arc::new(set), None);
+    // A server that quotes the key back in its error.
+    fake.answers.lock().unwrap().extend([
+        (
+            401,
+            vec![],
+            "Incorrect API key provided: sk-very-secret-1".into(),
+        ),
+        ok(json!({"choices": [{"message": {"content": "ok"}}]})),
+    ]);
+    let logs = Logs::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let logs = logs.clone();
+            move || logs.clone()
+        })
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let messages = [ChatMessage::text("user", "x")];
+    let error = m
+        .complete(&agent("local"), &messages, &[])
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(!text.contains("sk-very-secret-1"), "{text}");
+    assert!(text.contains("***"), "{text}");
+    assert_eq!(fake.auths.lock().unwrap()[0], "Bearer sk-very-secret-1");
+    // Rotated in the store: the next call uses the new key, no restart.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&file, r#"{"llm/test": "sk-very-secret-2"}"#).unwrap();
+    m.complete(&agent("local"), &messages, &[]).await.unwrap();
+    assert_eq!(fake.auths.lock().unwrap()[1], "Bearer sk-very-secret-2");
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logged.contains("model call failed"),
+        "the failure was logged: {logged}"
+    );
+    assert!(!logged.contains("sk-very-secret"), "{logged}");
 }

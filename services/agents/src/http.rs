@@ -1,0 +1,198 @@
+//! What the HTTP model providers share: the client with its timeouts, the
+//! retry loop (429, 5xx and transport errors, honouring `Retry-After`),
+//! bounded body and server-sent-event reading, cost estimates and tool-call
+//! argument parsing.
+
+use std::time::Duration;
+
+use amaos_mesh::config::ModelConfig;
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::model::{ModelError, ToolCallRequest, Usage};
+
+/// Largest response body read, in bytes.
+const MAX_BODY: usize = 8 * 1024 * 1024;
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// One configured alias's HTTP side.
+pub(crate) struct ProviderHttp {
+    alias: String,
+    client: reqwest::Client,
+    max_retries: u32,
+    prices: (f64, f64),
+    api_key: crate::model::ApiKey,
+    key_header: KeyHeader,
+}
+
+/// How a provider wants its API key sent.
+#[derive(Clone, Copy)]
+pub(crate) enum KeyHeader {
+    /// `Authorization: Bearer <key>` (OpenAI-compatible).
+    Bearer,
+    /// The key alone in this header (Anthropic's `x-api-key`).
+    Named(&'static str),
+}
+
+impl ProviderHttp {
+    pub(crate) fn new(
+        alias: &str,
+        config: &ModelConfig,
+        secrets: Option<&std::sync::Arc<dyn amaos_mesh::secrets::SecretStore>>,
+        key_header: KeyHeader,
+    ) -> Result<Self, amaos_mesh::BoxError> {
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Self {
+            alias: alias.to_owned(),
+            client,
+            max_retries: config.max_retries,
+            prices: (config.prompt_price_per_1k, config.completion_price_per_1k),
+            api_key: crate::model::api_key(alias, config, secrets)?,
+            key_header,
+        })
+    }
+
+    /// The alias this client serves.
+    pub(crate) fn alias(&self) -> &str {
+        &self.alias
+    }
+
+    pub(crate) fn error(&self, message: impl Into<String>) -> ModelError {
+        ModelError::Provider {
+            model: self.alias.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Estimated cost of `usage` in US dollars.
+    pub(crate) fn cost(&self, usage: Usage) -> f64 {
+        (usage.prompt_tokens as f64 * self.prices.0
+            + usage.completion_tokens as f64 * self.prices.1)
+            / 1000.0
+    }
+
+    /// Sends the request `build` makes until it succeeds, retrying 429, 5xx
+    /// (including Anthropic's 529) and transport errors up to `max_retries`
+    /// times; other statuses fail at once with the start of their body.
+    /// The API key (read now, so a rotated one is used) goes on every
+    /// request, and is scrubbed from every error.
+    pub(crate) async fn send(
+        &self,
+        build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ModelError> {
+        let key = self.api_key.get(&self.alias).await?;
+        // What a server sends back may quote the key: never pass it on.
+        let scrub = |text: String| match &key {
+            Some(key) => key.scrub(&text),
+            None => text,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut request = build(&self.client);
+            if let Some(key) = &key {
+                request = match self.key_header {
+                    KeyHeader::Bearer => request.bearer_auth(key.expose()),
+                    KeyHeader::Named(name) => request.header(name, key.expose()),
+                };
+            }
+            let wait = match request.send().await {
+                Ok(response) if response.status().is_success() => return Ok(response),
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .map(|s| Duration::from_secs_f64(s.max(0.0)).min(MAX_RETRY_AFTER));
+                    let text = response.text().await.unwrap_or_default();
+                    let text: String = text.chars().take(300).collect();
+                    if !(status.as_u16() == 429 || status.is_server_error())
+                        || attempt > self.max_retries
+                    {
+                        return Err(self.error(scrub(format!("HTTP {status}: {text}"))));
+                    }
+                    retry_after.unwrap_or_else(|| backoff(attempt))
+                }
+                Err(e) => {
+                    if attempt > self.max_retries {
+                        return Err(self.error(scrub(format!("request failed: {e}"))));
+                    }
+                    backoff(attempt)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// The whole body as JSON, at most 8 MiB.
+    pub(crate) async fn json(&self, response: reqwest::Response) -> Result<Value, ModelError> {
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.error(format!("reading the answer: {e}")))?;
+        if bytes.len() > MAX_BODY {
+            return Err(self.error("the answer is too large"));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.error(format!("the answer is not JSON: {e}")))
+    }
+
+    /// Feeds the `data:` payload of every server-sent event to `on`, until
+    /// the stream ends (at most 8 MiB in all).
+    pub(crate) async fn sse(
+        &self,
+        response: reqwest::Response,
+        mut on: impl FnMut(&str) -> Result<(), ModelError>,
+    ) -> Result<(), ModelError> {
+        let mut stream = response.bytes_stream();
+        let mut buffer = String::new();
+        let mut read = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.error(format!("the stream broke: {e}")))?;
+            read += chunk.len();
+            if read > MAX_BODY {
+                return Err(self.error("the answer is too large"));
+            }
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find('\n') {
+                let line = buffer[..end].trim().to_owned();
+                buffer.drain(..=end);
+                if let Some(data) = line.strip_prefix("data:") {
+                    on(data.trim())?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)))
+}
+
+/// A tool call from its id, name and arguments as JSON text.
+pub(crate) fn tool_call(id: &str, name: &str, arguments: &str) -> Result<ToolCallRequest, String> {
+    if name.is_empty() {
+        return Err("a tool call names no function".into());
+    }
+    let args = match serde_json::from_str::<Value>(arguments) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err(format!("the arguments of `{name}` are not a JSON object")),
+        Err(e) => return Err(format!("the arguments of `{name}` are not JSON: {e}")),
+    };
+    Ok(ToolCallRequest {
+        id: if id.is_empty() {
+            format!("call-{name}")
+        } else {
+            id.to_owned()
+        },
+        name: name.to_owned(),
+        args,
+    })
+}
