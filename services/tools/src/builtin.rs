@@ -24,6 +24,8 @@ pub enum Builtin {
     FileWrite,
     /// Lists a directory.
     FileList,
+    /// Finds lines containing a text in the files under a directory.
+    FileSearch,
 }
 
 /// A checked call of a built-in tool.
@@ -47,6 +49,13 @@ pub enum Call {
     List {
         /// The path.
         path: String,
+    },
+    /// Search the files under `path` for lines containing `query`.
+    Search {
+        /// The directory.
+        path: String,
+        /// The text, matched case-insensitively.
+        query: String,
     },
 }
 
@@ -72,7 +81,12 @@ fn string(
 
 impl Builtin {
     /// Every built-in tool.
-    pub const ALL: [Builtin; 3] = [Builtin::FileRead, Builtin::FileWrite, Builtin::FileList];
+    pub const ALL: [Builtin; 4] = [
+        Builtin::FileRead,
+        Builtin::FileWrite,
+        Builtin::FileList,
+        Builtin::FileSearch,
+    ];
 
     /// The tool called `name`.
     pub fn named(name: &str) -> Option<Self> {
@@ -85,6 +99,7 @@ impl Builtin {
             Builtin::FileRead => "file_read",
             Builtin::FileWrite => "file_write",
             Builtin::FileList => "file_list",
+            Builtin::FileSearch => "file_search",
         }
     }
 
@@ -94,6 +109,9 @@ impl Builtin {
             Builtin::FileRead => "Read a UTF-8 text file from the task's workspace.",
             Builtin::FileWrite => "Write (or append to) a UTF-8 text file in the task's workspace.",
             Builtin::FileList => "List a directory of the task's workspace.",
+            Builtin::FileSearch => {
+                "Find the lines containing a text (case-insensitive) in the files under a directory of the task's workspace."
+            }
         }
     }
 
@@ -123,6 +141,14 @@ impl Builtin {
                 "type": "object", "additionalProperties": false,
                 "properties": {"path": {"type": "string", "default": "."}}
             }),
+            Builtin::FileSearch => json!({
+                "type": "object", "additionalProperties": false,
+                "required": ["query"],
+                "properties": {
+                    "query": {"type": "string", "minLength": 1, "maxLength": 1024},
+                    "path": {"type": "string", "default": "."}
+                }
+            }),
         }
     }
 
@@ -132,6 +158,7 @@ impl Builtin {
             Builtin::FileRead => &["path"],
             Builtin::FileWrite => &["path", "content", "append"],
             Builtin::FileList => &["path"],
+            Builtin::FileSearch => &["query", "path"],
         };
         if let Some(unknown) = args.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(invalid(
@@ -157,6 +184,16 @@ impl Builtin {
             Builtin::FileList => Call::List {
                 path: string(args, "path", false)?.unwrap_or_else(|| ".".into()),
             },
+            Builtin::FileSearch => {
+                let query = string(args, "query", true)?.unwrap_or_default();
+                if query.is_empty() || query.len() > 1024 {
+                    return Err(invalid("query", "must be 1 to 1024 characters"));
+                }
+                Call::Search {
+                    path: string(args, "path", false)?.unwrap_or_else(|| ".".into()),
+                    query,
+                }
+            }
         })
     }
 }
@@ -184,6 +221,19 @@ impl Call {
                     .map(|(name, dir, size)| json!({"name": name, "kind": if dir { "dir" } else { "file" }, "size": size}))
                     .collect();
                 Ok(json!({"path": path, "entries": entries, "truncated": truncated}))
+            }
+            Call::Search { path, query } => {
+                let (hits, truncated) = ws.search(
+                    &path,
+                    &query,
+                    limits.max_file_bytes,
+                    limits.max_list_entries,
+                )?;
+                let matches: Vec<Value> = hits
+                    .into_iter()
+                    .map(|(file, line, text)| json!({"path": file, "line": line, "text": text}))
+                    .collect();
+                Ok(json!({"query": query, "matches": matches, "truncated": truncated}))
             }
         }
     }

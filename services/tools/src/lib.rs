@@ -8,11 +8,22 @@
 //! - [`builtin`]: `file_read`, `file_write` and `file_list`, with their schemas
 //!   and argument checks.
 //! - [`journal`]: recorded results by idempotency key.
-//! - this file: the errors and their mapping, the gRPC service, [`serve`].
+//! - [`sandbox`]: commands in the sandbox (the `amaos-sandbox` helper).
+//! - [`shell`]: the `shell` tool's arguments.
+//! - [`web`]: the `web_fetch` tool, with its SSRF checks.
+//! - this file: the errors and their mapping, the gRPC service with its
+//!   per-call checks (role allowlist, quotas, audit event), [`serve`].
 
 pub mod builtin;
 pub mod journal;
+pub mod mcp;
+pub mod sandbox;
+pub mod shell;
+pub mod web;
 pub mod workspace;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -65,6 +76,12 @@ pub enum ToolError {
     /// A filesystem error.
     #[error("I/O: {0}")]
     Io(String),
+    /// A quota is used up.
+    #[error("{0}")]
+    Quota(String),
+    /// The sandbox failed.
+    #[error("{0}")]
+    Sandbox(String),
 }
 
 impl From<ToolError> for Status {
@@ -79,16 +96,24 @@ impl From<ToolError> for Status {
             ToolError::Timeout(_) => Status::deadline_exceeded(message),
             ToolError::Unimplemented(_) => Status::unimplemented(message),
             ToolError::Io(_) => Status::internal(message),
+            ToolError::Quota(_) => Status::resource_exhausted(message),
+            ToolError::Sandbox(_) => Status::unavailable(message),
         }
     }
 }
 
-/// Roles that may invoke tools.
-const TOOL_ROLES: &[&str] = &["agent", "admin"];
 /// Longest a call may take.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default timeout of a call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-tenant quotas: sandboxes at once, calls per minute.
+#[derive(Default)]
+struct Quotas {
+    sandboxes: HashMap<String, usize>,
+    /// Calls in the current minute, per tenant.
+    calls: HashMap<String, (Instant, u32)>,
+}
 
 /// The tools service.
 #[derive(Clone)]
@@ -97,13 +122,30 @@ pub struct Tools {
     workspaces: Arc<PathBuf>,
     journal: Arc<Journal>,
     limits: builtin::FileLimits,
+    sandbox: Option<Arc<sandbox::Sandbox>>,
+    web: Arc<web::WebFetch>,
+    mcp: Arc<mcp::Mcp>,
+    role_tools: Arc<BTreeMap<String, Vec<String>>>,
+    quotas: Arc<Mutex<Quotas>>,
+    max_sandboxes_per_tenant: usize,
+    calls_per_minute: u32,
 }
 
 impl Tools {
     /// A tools service with workspaces under the configured directory,
-    /// verifying callers' tokens with keys from auth.
-    pub fn new(config: &Config) -> Result<Self, BoxError> {
+    /// verifying callers' tokens with keys from auth, running commands in
+    /// `sandbox` (no `shell` tool without one).
+    pub fn new(
+        config: &Config,
+        sandbox: Option<Arc<sandbox::Sandbox>>,
+        secrets: Option<Arc<dyn amaos_mesh::secrets::SecretStore>>,
+    ) -> Result<Self, BoxError> {
         Ok(Self {
+            mcp: Arc::new(mcp::Mcp::new(
+                sandbox.clone(),
+                config.data_dir.join("mcp"),
+                secrets,
+            )),
             verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
             workspaces: Arc::new(config.workspace_dir()),
             journal: Arc::new(Journal::new(config.tools.max_journal_entries)),
@@ -111,8 +153,141 @@ impl Tools {
                 max_file_bytes: config.tools.max_file_bytes,
                 max_list_entries: config.tools.max_list_entries,
             },
+            sandbox,
+            web: Arc::new(web::WebFetch::new(
+                config.tools.web_fetch_max_bytes,
+                config.tools.web_fetch_timeout,
+                config.tools.web_fetch_exempt.clone(),
+                config.tools.web_allow.clone(),
+            )),
+            role_tools: Arc::new(config.tools.role_tools.clone()),
+            quotas: Arc::new(Mutex::new(Quotas::default())),
+            max_sandboxes_per_tenant: config.tools.max_sandboxes_per_tenant,
+            calls_per_minute: config.tools.calls_per_minute,
         })
     }
+
+    fn allowed(&self, roles: &[String], tool: &str) -> bool {
+        let server_wildcard = tool.split_once('.').map(|(s, _)| format!("{s}.*"));
+        roles.iter().any(|r| {
+            self.role_tools.get(r).is_some_and(|tools| {
+                tools
+                    .iter()
+                    .any(|t| t == "*" || t == tool || Some(t) == server_wildcard.as_ref())
+            })
+        })
+    }
+
+    /// Registers the MCP servers of `config` (`tools.mcp_servers`).
+    pub async fn register_configured(&self, config: &Config) -> Result<(), BoxError> {
+        for (name, server) in &config.tools.mcp_servers {
+            let transport = if server.url.is_empty() {
+                mcp::Transport::Stdio {
+                    argv: server.command.clone(),
+                    read_only: server.read_only_paths.clone(),
+                    secret_env: server.secret_env.clone(),
+                }
+            } else {
+                mcp::Transport::Http {
+                    url: server.url.clone(),
+                    bearer_secret: Some(server.bearer_secret.clone()).filter(|s| !s.is_empty()),
+                }
+            };
+            let tools = self
+                .mcp
+                .register(name, transport)
+                .await
+                .map_err(|e| format!("config key `tools.mcp_servers.{name}`: {e}"))?;
+            tracing::info!(server = %name, tools = tools.len(), "MCP server registered");
+        }
+        Ok(())
+    }
+
+    fn count_call(&self, tenant: &str) -> Result<(), ToolError> {
+        if self.calls_per_minute == 0 {
+            return Ok(());
+        }
+        let mut q = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let entry = q.calls.entry(tenant.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= Duration::from_secs(60) {
+            *entry = (now, 0);
+        }
+        if entry.1 >= self.calls_per_minute {
+            return Err(ToolError::Quota(format!(
+                "tenant `{tenant}` made its {} tool calls this minute",
+                self.calls_per_minute
+            )));
+        }
+        entry.1 += 1;
+        Ok(())
+    }
+
+    /// Runs the shell tool, within the tenant's sandbox quota.
+    async fn shell(
+        &self,
+        tenant: &str,
+        task_id: &str,
+        call: shell::ShellCall,
+    ) -> Result<serde_json::Value, ToolError> {
+        let sandbox = self
+            .sandbox
+            .clone()
+            .ok_or_else(|| ToolError::NotFound("no tool is named `shell` (no sandbox)".into()))?;
+        {
+            let mut q = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q.sandboxes.entry(tenant.to_owned()).or_default();
+            if *n >= self.max_sandboxes_per_tenant {
+                return Err(ToolError::Quota(format!(
+                    "tenant `{tenant}` has {} sandboxes running, its limit",
+                    self.max_sandboxes_per_tenant
+                )));
+            }
+            *n += 1;
+        }
+        let quotas = self.quotas.clone();
+        let release = TenantSandbox {
+            quotas,
+            tenant: tenant.to_owned(),
+        };
+        let base = self.workspaces.clone();
+        let (t, task) = (tenant.to_owned(), task_id.to_owned());
+        let ws = tokio::task::spawn_blocking(move || workspace::Workspace::open(&base, &t, &task))
+            .await
+            .map_err(|e| ToolError::Io(e.to_string()))??;
+        let outcome = sandbox
+            .run(ws.root(), &call.argv(), call.timeout)
+            .await
+            .map_err(|e| match e {
+                sandbox::SandboxError::Busy(_) => ToolError::Quota(e.to_string()),
+                other => ToolError::Sandbox(other.to_string()),
+            })?;
+        drop(release);
+        serde_json::to_value(outcome).map_err(|e| ToolError::Io(e.to_string()))
+    }
+}
+
+/// A tenant's running sandbox, counted until dropped.
+struct TenantSandbox {
+    quotas: Arc<Mutex<Quotas>>,
+    tenant: String,
+}
+
+impl Drop for TenantSandbox {
+    fn drop(&mut self) {
+        let mut q = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = q.sandboxes.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// A checked call of any tool.
+enum Checked {
+    Builtin(builtin::Call),
+    Shell(shell::ShellCall),
+    Web(String),
+    Mcp(String, serde_json::Map<String, serde_json::Value>),
 }
 
 #[tonic::async_trait]
@@ -122,19 +297,49 @@ impl ToolsService for Tools {
         request: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
         self.verifier.caller(request.metadata()).await?;
-        let tools = builtin::Builtin::ALL
+        let descriptor =
+            |name: &str, description: &str, schema: serde_json::Value, side_effects| {
+                pb::ToolDescriptor {
+                    name: name.into(),
+                    description: description.into(),
+                    input_schema: match schema {
+                        serde_json::Value::Object(map) => Some(map_to_struct(&map)),
+                        _ => None,
+                    },
+                    source: "builtin".into(),
+                    side_effects,
+                }
+            };
+        let mut tools: Vec<pb::ToolDescriptor> = builtin::Builtin::ALL
             .iter()
-            .map(|tool| pb::ToolDescriptor {
-                name: tool.name().into(),
-                description: tool.description().into(),
-                input_schema: match tool.schema() {
-                    serde_json::Value::Object(map) => Some(map_to_struct(&map)),
-                    _ => None,
-                },
-                source: "builtin".into(),
-                side_effects: tool.side_effects(),
+            .map(|tool| {
+                descriptor(
+                    tool.name(),
+                    tool.description(),
+                    tool.schema(),
+                    tool.side_effects(),
+                )
             })
             .collect();
+        tools.push(descriptor(
+            web::NAME,
+            web::DESCRIPTION,
+            web::schema(),
+            false,
+        ));
+        for (name, description, schema) in self.mcp.tools().await {
+            let mut d = descriptor(&name, &description, serde_json::Value::Object(schema), true);
+            d.source = format!("mcp:{}", name.split('.').next().unwrap_or_default());
+            tools.push(d);
+        }
+        if self.sandbox.is_some() {
+            tools.push(descriptor(
+                shell::NAME,
+                shell::DESCRIPTION,
+                shell::schema(),
+                true,
+            ));
+        }
         Ok(Response::new(pb::ListToolsResponse { tools }))
     }
 
@@ -143,13 +348,6 @@ impl ToolsService for Tools {
         request: Request<pb::InvokeToolRequest>,
     ) -> Result<Response<pb::InvokeToolResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
-        if !TOOL_ROLES.iter().any(|r| caller.has_role(r)) {
-            return Err(ToolError::PermissionDenied(format!(
-                "roles [{}] may not invoke tools",
-                caller.roles.join(", ")
-            ))
-            .into());
-        }
         let pb::InvokeToolRequest {
             tool,
             arguments,
@@ -157,10 +355,156 @@ impl ToolsService for Tools {
             idempotency_key,
             timeout,
         } = request.into_inner();
-        let builtin = builtin::Builtin::named(&tool)
-            .ok_or_else(|| ToolError::NotFound(format!("no tool is named `{tool}`")))?;
         let args = arguments.as_ref().map(struct_to_map).unwrap_or_default();
-        let call = builtin.parse(&args)?;
+        let started = Instant::now();
+        let fingerprint = journal::fingerprint(&tool, &args);
+        let result = self
+            .invoke_checked(
+                &caller,
+                tool.clone(),
+                args,
+                task_id,
+                idempotency_key,
+                timeout,
+                &fingerprint,
+                started,
+            )
+            .await;
+        // One audit event per call, whatever happened: who, tenant, tool, a
+        // hash of the arguments (never the arguments), decision, duration, outcome.
+        let (decision, outcome) = match &result {
+            Ok(r) if r.replayed => ("allow", "replayed"),
+            Ok(_) => ("allow", "ok"),
+            Err(ToolError::PermissionDenied(_)) => ("deny", "permission_denied"),
+            Err(ToolError::Quota(_)) => ("deny", "quota"),
+            Err(ToolError::InvalidArgument { .. }) => ("deny", "invalid_argument"),
+            Err(ToolError::NotFound(_)) => ("deny", "not_found"),
+            Err(ToolError::KeyReused(_)) => ("deny", "key_reused"),
+            Err(ToolError::TooLarge(_)) => ("allow", "too_large"),
+            Err(ToolError::Timeout(_)) => ("allow", "timeout"),
+            Err(ToolError::Unimplemented(_)) => ("deny", "unimplemented"),
+            Err(ToolError::Io(_)) => ("allow", "io_error"),
+            Err(ToolError::Sandbox(_)) => ("allow", "sandbox_error"),
+        };
+        tracing::info!(
+            target: "audit",
+            principal = %caller.principal,
+            tenant = %caller.tenant,
+            tool = %tool,
+            arguments_sha256 = %hex(&fingerprint),
+            decision,
+            duration_ms = started.elapsed().as_millis() as u64,
+            outcome,
+            "tool call"
+        );
+        Ok(Response::new(result?))
+    }
+
+    async fn register_tool_server(
+        &self,
+        request: Request<pb::RegisterToolServerRequest>,
+    ) -> Result<Response<pb::RegisterToolServerResponse>, Status> {
+        let caller = self.verifier.caller(request.metadata()).await?;
+        if !caller.has_role("admin") && !caller.has_role("operator") {
+            return Err(ToolError::PermissionDenied(format!(
+                "roles [{}] may not register tool servers (admin or operator may)",
+                caller.roles.join(", ")
+            ))
+            .into());
+        }
+        let pb::RegisterToolServerRequest {
+            name,
+            transport,
+            idempotency_key: _,
+        } = request.into_inner();
+        let transport = match transport {
+            Some(pb::register_tool_server_request::Transport::Stdio(stdio)) => {
+                let mut argv = vec![stdio.command];
+                argv.extend(stdio.args);
+                // Registered at run time, a server sees only the sandbox's own view.
+                mcp::Transport::Stdio {
+                    argv,
+                    read_only: Vec::new(),
+                    secret_env: stdio.secret_env,
+                }
+            }
+            Some(pb::register_tool_server_request::Transport::Http(http)) => mcp::Transport::Http {
+                url: http.url,
+                bearer_secret: Some(http.bearer_secret).filter(|s| !s.is_empty()),
+            },
+            None => {
+                return Err(ToolError::InvalidArgument {
+                    field: "transport".into(),
+                    message: "name a stdio command or an http url".into(),
+                }
+                .into());
+            }
+        };
+        let result = self.mcp.register(&name, transport).await;
+        tracing::info!(
+            target: "audit",
+            principal = %caller.principal,
+            tenant = %caller.tenant,
+            action = "register_tool_server",
+            server = %name,
+            decision = "allow",
+            outcome = if result.is_ok() { "ok" } else { "error" },
+            "tool server registration"
+        );
+        let tools = result?
+            .into_iter()
+            .map(|(full, description, schema)| pb::ToolDescriptor {
+                source: format!("mcp:{name}"),
+                name: full,
+                description,
+                input_schema: Some(map_to_struct(&schema)),
+                side_effects: true,
+            })
+            .collect();
+        Ok(Response::new(pb::RegisterToolServerResponse { tools }))
+    }
+}
+
+impl Tools {
+    #[allow(clippy::too_many_arguments)]
+    async fn invoke_checked(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        tool: String,
+        args: serde_json::Map<String, serde_json::Value>,
+        task_id: String,
+        idempotency_key: String,
+        timeout: Option<prost_types::Duration>,
+        fingerprint: &[u8; 32],
+        started: Instant,
+    ) -> Result<pb::InvokeToolResponse, ToolError> {
+        if !self.allowed(&caller.roles, &tool)
+            || amaos_mesh::policy::allows(
+                &caller.principal,
+                &caller.roles,
+                &caller.tenant,
+                &format!("tools/{tool}"),
+                "invoke",
+            )
+            .is_none()
+        {
+            return Err(ToolError::PermissionDenied(format!(
+                "roles [{}] may not call `{tool}`",
+                caller.roles.join(", ")
+            )));
+        }
+        let call = if tool == shell::NAME && self.sandbox.is_some() {
+            Checked::Shell(shell::ShellCall::parse(&args)?)
+        } else if tool == web::NAME {
+            Checked::Web(web::parse_args(&args)?)
+        } else if self.mcp.has(&tool).await {
+            Checked::Mcp(tool.clone(), args)
+        } else {
+            let builtin = builtin::Builtin::named(&tool)
+                .ok_or_else(|| ToolError::NotFound(format!("no tool is named `{tool}`")))?;
+            Checked::Builtin(builtin.parse(&args)?)
+        };
+        self.count_call(&caller.tenant)?;
         let timeout = match timeout {
             Some(t) => duration(&t)
                 .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
@@ -170,60 +514,54 @@ impl ToolsService for Tools {
                 })?,
             None => DEFAULT_TIMEOUT,
         };
-        let started = Instant::now();
-        let fingerprint = journal::fingerprint(&tool, &args);
         let idem = Some(idempotency_key).filter(|k| !k.is_empty());
         if let Some(key) = &idem {
-            match self.journal.lookup(&caller.tenant, key, &fingerprint) {
+            match self.journal.lookup(&caller.tenant, key, fingerprint) {
                 Lookup::Recorded(result) => {
-                    return Ok(Response::new(pb::InvokeToolResponse {
+                    return Ok(pb::InvokeToolResponse {
                         result: Some(json_to_value(&result)),
                         replayed: true,
                         duration: Some(proto_duration(started.elapsed())),
-                    }));
+                    });
                 }
                 Lookup::Conflict => {
                     return Err(ToolError::KeyReused(format!(
                         "`{key}` was recorded for a different call"
-                    ))
-                    .into());
+                    )));
                 }
                 Lookup::Absent => {}
             }
         }
-        let base = self.workspaces.clone();
-        let tenant = caller.tenant.clone();
-        let limits = self.limits;
-        let work = tokio::task::spawn_blocking(move || {
-            let ws = workspace::Workspace::open(&base, &tenant, &task_id)?;
-            call.run(&ws, limits)
-        });
-        let result = match tokio::time::timeout(timeout, work).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(join)) => return Err(ToolError::Io(format!("the tool panicked: {join}")).into()),
-            Err(_) => return Err(ToolError::Timeout(timeout).into()),
+        let result = match call {
+            Checked::Shell(call) => self.shell(&caller.tenant, &task_id, call).await?,
+            Checked::Web(url) => self.web.fetch(&caller.tenant, &url).await?,
+            Checked::Mcp(name, args) => self.mcp.call(&name, args, timeout).await?,
+            Checked::Builtin(call) => {
+                let base = self.workspaces.clone();
+                let tenant = caller.tenant.clone();
+                let limits = self.limits;
+                let work = tokio::task::spawn_blocking(move || {
+                    let ws = workspace::Workspace::open(&base, &tenant, &task_id)?;
+                    call.run(&ws, limits)
+                });
+                match tokio::time::timeout(timeout, work).await {
+                    Ok(Ok(result)) => result?,
+                    Ok(Err(join)) => {
+                        return Err(ToolError::Io(format!("the tool panicked: {join}")));
+                    }
+                    Err(_) => return Err(ToolError::Timeout(timeout)),
+                }
+            }
         };
         if let Some(key) = &idem {
             self.journal
-                .record(&caller.tenant, key, fingerprint, result.clone());
+                .record(&caller.tenant, key, *fingerprint, result.clone());
         }
-        tracing::info!(tool = %tool, tenant = %caller.tenant, principal = %caller.principal, "tool call");
-        Ok(Response::new(pb::InvokeToolResponse {
+        Ok(pb::InvokeToolResponse {
             result: Some(json_to_value(&result)),
             replayed: false,
             duration: Some(proto_duration(started.elapsed())),
-        }))
-    }
-
-    async fn register_tool_server(
-        &self,
-        request: Request<pb::RegisterToolServerRequest>,
-    ) -> Result<Response<pb::RegisterToolServerResponse>, Status> {
-        self.verifier.caller(request.metadata()).await?;
-        Err(ToolError::Unimplemented(
-            "MCP tool servers are not supported by this server yet".into(),
-        )
-        .into())
+        })
     }
 }
 
@@ -242,7 +580,64 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let service = grpc_service(Tools::new(&config)?, &config.limits);
+    let sandbox = start_sandbox(&config).await?;
+    let secrets = amaos_mesh::secrets::open(&config.secrets, &config.data_dir).await?;
+    let tools = Tools::new(&config, sandbox, Some(secrets))?;
+    tools.register_configured(&config).await?;
+    let service = grpc_service(tools, &config.limits);
     amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
     Ok(())
+}
+
+/// The sandbox of `config`, checked by running `true` in it. Without a
+/// working sandbox the service refuses to start, naming why — unless
+/// `tools.allow_no_sandbox` (a development flag) says to go on without the
+/// `shell` tool.
+pub async fn start_sandbox(config: &Config) -> Result<Option<Arc<sandbox::Sandbox>>, BoxError> {
+    let t = &config.tools;
+    let refuse = |why: String| -> Result<Option<Arc<sandbox::Sandbox>>, BoxError> {
+        if t.allow_no_sandbox {
+            tracing::warn!(%why, "no sandbox: the shell tool is not offered (tools.allow_no_sandbox)");
+            Ok(None)
+        } else {
+            Err(format!(
+                "{why}; the tools service will not run commands unsandboxed \
+                 (set tools.allow_no_sandbox = true to start without the shell tool)"
+            )
+            .into())
+        }
+    };
+    let Some(helper) = t
+        .sandbox_helper
+        .clone()
+        .or_else(sandbox::Sandbox::find_helper)
+    else {
+        return refuse("the amaos-sandbox helper was not found next to this program (config key `tools.sandbox_helper`)".into());
+    };
+    let sandbox = sandbox::Sandbox::new(
+        helper,
+        config.data_dir.join("sandbox"),
+        t.sandbox_uid_base,
+        t.max_sandboxes,
+        sandbox::Limits {
+            cpu_seconds: t.sandbox_cpu_seconds,
+            memory_bytes: t.sandbox_memory_bytes,
+            processes: t.sandbox_processes,
+            output_bytes: t.sandbox_output_bytes,
+            ..sandbox::Limits::default()
+        },
+    );
+    match sandbox
+        .probe(&config.data_dir.join("sandbox").join("probe"))
+        .await
+    {
+        Ok(()) => Ok(Some(Arc::new(sandbox))),
+        Err(e) => refuse(format!(
+            "{e} (the sandbox needs user, mount and pid namespaces and permission to map ids)"
+        )),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

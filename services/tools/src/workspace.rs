@@ -1,16 +1,30 @@
 //! Per-task workspaces and the confinement of file tools to them.
 //!
-//! A tool path is relative, has no `..`, no NUL and no root or prefix; after
-//! resolution its deepest existing ancestor must canonicalize inside the
-//! workspace, and the final component must not be a symlink. This refuses
-//! `../`, absolute paths and symlinks planted to point outside. (A symlink
-//! swapped in between the check and the open is closed by the sandbox work,
-//! which opens relative to a directory descriptor.)
+//! A tool path is relative, has no `..`, no NUL and no root or prefix
+//! (checked as text first, for a clear error). Every file operation then
+//! goes through `openat2` from the workspace's directory with
+//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`: the
+//! kernel refuses, atomically, any path that would leave the workspace or
+//! pass through a symlink — including one swapped in between a check and
+//! the open, which a check-then-open design cannot rule out.
 
-use std::io::Read;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag};
+
 use crate::ToolError;
+
+/// A search hit: file path (relative to the workspace), 1-based line, the line.
+pub type Hit = (String, usize, String);
+
+/// Files a search opens at most.
+const MAX_SEARCHED_FILES: usize = 10_000;
 
 /// A directory entry: name, whether it is a directory, size in bytes.
 pub type Entry = (String, bool, u64);
@@ -56,17 +70,16 @@ impl Workspace {
         &self.root
     }
 
-    /// Resolves a tool path to a location inside the workspace.
-    pub fn resolve(&self, path: &str) -> Result<PathBuf, ToolError> {
+    /// The path as a clean relative path, or why it is refused.
+    fn clean(path: &str) -> Result<PathBuf, ToolError> {
         let deny = |why: &str| {
             ToolError::PermissionDenied(format!("path `{}`: {why}", path.escape_debug()))
         };
         if path.contains('\0') {
             return Err(deny("contains a NUL byte"));
         }
-        let relative = Path::new(path);
         let mut clean = PathBuf::new();
-        for component in relative.components() {
+        for component in Path::new(path).components() {
             match component {
                 Component::Normal(part) => clean.push(part),
                 Component::CurDir => {}
@@ -76,34 +89,75 @@ impl Workspace {
                 }
             }
         }
-        let full = self.root.join(&clean);
-        // The deepest ancestor that exists must resolve inside the workspace.
-        let mut existing = full.as_path();
-        while !existing.exists() {
-            existing = existing
-                .parent()
-                .ok_or_else(|| deny("outside the workspace"))?;
-        }
-        let real = existing
-            .canonicalize()
-            .map_err(|_| deny("cannot be resolved"))?;
-        if !real.starts_with(&self.root) {
-            return Err(deny("resolves outside the workspace"));
-        }
-        if let Ok(meta) = std::fs::symlink_metadata(&full)
-            && meta.file_type().is_symlink()
-        {
-            return Err(deny("is a symbolic link"));
-        }
-        Ok(full)
+        Ok(clean)
+    }
+
+    fn root_fd(&self) -> Result<OwnedFd, ToolError> {
+        std::fs::File::open(&self.root)
+            .map(OwnedFd::from)
+            .map_err(|e| ToolError::Io(format!("cannot open the workspace: {e}")))
+    }
+
+    /// Opens `rel` beneath `dir`, refusing symlinks and escapes in the kernel.
+    fn open_at(
+        dir: impl AsFd,
+        rel: &Path,
+        flags: OFlag,
+        shown: &str,
+    ) -> Result<OwnedFd, ToolError> {
+        let rel: &Path = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        // openat2 wants no mode unless it creates.
+        let mode = if flags.contains(OFlag::O_CREAT) {
+            0o644
+        } else {
+            0
+        };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        openat2(dir, rel, how).map_err(|e| match e {
+            Errno::ELOOP | Errno::EXDEV => ToolError::PermissionDenied(format!(
+                "path `{}`: is or passes through a symbolic link, or leaves the workspace",
+                shown.escape_debug()
+            )),
+            Errno::ENOENT => {
+                ToolError::NotFound(format!("`{shown}` does not exist in the workspace"))
+            }
+            Errno::ENOTDIR => ToolError::InvalidArgument {
+                field: "arguments.path".into(),
+                message: format!("`{shown}` is not a directory"),
+            },
+            Errno::EISDIR => ToolError::InvalidArgument {
+                field: "arguments.path".into(),
+                message: format!("`{shown}` is a directory"),
+            },
+            other => ToolError::Io(format!("`{shown}`: {other}")),
+        })
     }
 
     /// Reads a UTF-8 file of at most `max` bytes.
     pub fn read(&self, path: &str, max: usize) -> Result<String, ToolError> {
-        let full = self.resolve(path)?;
-        let file = std::fs::File::open(&full).map_err(|e| not_found_or_io(path, e))?;
+        let rel = Self::clean(path)?;
+        let fd = Self::open_at(self.root_fd()?, &rel, OFlag::O_RDONLY, path)?;
+        let stat = nix::sys::stat::fstat(&fd).map_err(|e| ToolError::Io(e.to_string()))?;
+        if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(ToolError::InvalidArgument {
+                field: "arguments.path".into(),
+                message: format!("`{path}` is not a regular file"),
+            });
+        }
         let mut bytes = Vec::new();
-        file.take(max as u64 + 1)
+        std::fs::File::from(fd)
+            .take(max as u64 + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| ToolError::Io(e.to_string()))?;
         if bytes.len() > max {
@@ -117,7 +171,8 @@ impl Workspace {
         })
     }
 
-    /// Writes (or appends) text, creating parent directories.
+    /// Writes (or appends) text, creating parent directories, each one
+    /// opened beneath the last.
     pub fn write(
         &self,
         path: &str,
@@ -125,67 +180,171 @@ impl Workspace {
         append: bool,
         max: usize,
     ) -> Result<u64, ToolError> {
-        use std::io::Write;
         if content.len() > max {
             return Err(ToolError::TooLarge(format!(
                 "content is larger than the limit of {max} bytes"
             )));
         }
-        let full = self.resolve(path)?;
-        if let Some(parent) = full.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| ToolError::Io(e.to_string()))?;
+        let rel = Self::clean(path)?;
+        let Some(name) = rel.file_name() else {
+            return Err(ToolError::InvalidArgument {
+                field: "arguments.path".into(),
+                message: "names no file".into(),
+            });
+        };
+        let mut dir = self.root_fd()?;
+        for part in rel.parent().into_iter().flat_map(Path::components) {
+            let part = Path::new(part.as_os_str());
+            dir = match Self::open_at(&dir, part, OFlag::O_RDONLY | OFlag::O_DIRECTORY, path) {
+                Ok(fd) => fd,
+                Err(ToolError::NotFound(_)) => {
+                    match nix::sys::stat::mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(ToolError::Io(format!("`{path}`: {e}"))),
+                    }
+                    Self::open_at(&dir, part, OFlag::O_RDONLY | OFlag::O_DIRECTORY, path)?
+                }
+                Err(e) => return Err(e),
+            };
         }
-        // Re-check now that the parents exist.
-        let full = self.resolve(path)?;
-        if append
-            && std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0) + content.len() as u64
-                > max as u64
-        {
+        let mode = if append {
+            OFlag::O_APPEND
+        } else {
+            OFlag::O_TRUNC
+        };
+        let fd = Self::open_at(
+            &dir,
+            Path::new(name),
+            OFlag::O_WRONLY | OFlag::O_CREAT | mode,
+            path,
+        )?;
+        let stat = nix::sys::stat::fstat(&fd).map_err(|e| ToolError::Io(e.to_string()))?;
+        if append && stat.st_size as u64 + content.len() as u64 > max as u64 {
             return Err(ToolError::TooLarge(format!(
                 "`{path}` would grow past the limit of {max} bytes"
             )));
         }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(&full)
-            .map_err(|e| ToolError::Io(e.to_string()))?;
-        file.write_all(content.as_bytes())
+        std::fs::File::from(fd)
+            .write_all(content.as_bytes())
             .map_err(|e| ToolError::Io(e.to_string()))?;
         Ok(content.len() as u64)
     }
 
     /// Lists a directory: `(name, is_dir, size)`, sorted, at most `max` entries.
     pub fn list(&self, path: &str, max: usize) -> Result<(Vec<Entry>, bool), ToolError> {
-        let full = self.resolve(path)?;
-        let reader = std::fs::read_dir(&full).map_err(|e| not_found_or_io(path, e))?;
-        let mut entries = Vec::new();
+        let rel = Self::clean(path)?;
+        let fd = Self::open_at(
+            self.root_fd()?,
+            &rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            path,
+        )?;
+        let mut dir = nix::dir::Dir::from_fd(fd).map_err(|e| ToolError::Io(e.to_string()))?;
+        let mut names = Vec::new();
         let mut truncated = false;
-        for entry in reader {
+        for entry in dir.iter() {
             let entry = entry.map_err(|e| ToolError::Io(e.to_string()))?;
-            if entries.len() == max {
+            let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            if names.len() == max {
                 truncated = true;
                 break;
             }
-            let meta = entry.metadata().map_err(|e| ToolError::Io(e.to_string()))?;
+            names.push(name);
+        }
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            // Sizes without following links: a link is listed as itself.
+            let stat = nix::sys::stat::fstatat(
+                &dir,
+                name.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| ToolError::Io(e.to_string()))?;
+            let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
             entries.push((
-                entry.file_name().to_string_lossy().into_owned(),
-                meta.is_dir(),
-                meta.len(),
+                name.to_string_lossy().into_owned(),
+                kind == SFlag::S_IFDIR,
+                stat.st_size as u64,
             ));
         }
         entries.sort();
         Ok((entries, truncated))
     }
-}
 
-fn not_found_or_io(path: &str, e: std::io::Error) -> ToolError {
-    if e.kind() == std::io::ErrorKind::NotFound {
-        ToolError::NotFound(format!("`{path}` does not exist in the workspace"))
-    } else {
-        ToolError::Io(e.to_string())
+    /// Lines containing `query` (case-insensitive) in the UTF-8 files under
+    /// `path`, walked without following symlinks; at most `max_hits`, files
+    /// larger than `max_file` skipped.
+    pub fn search(
+        &self,
+        path: &str,
+        query: &str,
+        max_file: usize,
+        max_hits: usize,
+    ) -> Result<(Vec<Hit>, bool), ToolError> {
+        let rel = Self::clean(path)?;
+        let start = Self::open_at(
+            self.root_fd()?,
+            &rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+            path,
+        )?;
+        let needle = query.to_lowercase();
+        let mut hits = Vec::new();
+        let mut files = 0usize;
+        let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(start, rel)];
+        while let Some((fd, at)) = stack.pop() {
+            let mut dir = nix::dir::Dir::from_fd(fd).map_err(|e| ToolError::Io(e.to_string()))?;
+            let mut names = Vec::new();
+            for entry in dir.iter() {
+                let entry = entry.map_err(|e| ToolError::Io(e.to_string()))?;
+                let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_owned();
+                if name != "." && name != ".." {
+                    names.push(name);
+                }
+            }
+            names.sort();
+            for name in names {
+                let shown = at.join(&name);
+                let shown_text = shown.to_string_lossy().into_owned();
+                let Ok(child) = Self::open_at(&dir, Path::new(&name), OFlag::O_RDONLY, &shown_text)
+                else {
+                    continue; // symlinks and the unreadable are skipped
+                };
+                let stat =
+                    nix::sys::stat::fstat(&child).map_err(|e| ToolError::Io(e.to_string()))?;
+                let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+                if kind == SFlag::S_IFDIR {
+                    stack.push((child, shown));
+                    continue;
+                }
+                if kind != SFlag::S_IFREG || stat.st_size as usize > max_file {
+                    continue;
+                }
+                files += 1;
+                if files > MAX_SEARCHED_FILES {
+                    return Ok((hits, true));
+                }
+                let mut text = String::new();
+                if std::fs::File::from(child)
+                    .read_to_string(&mut text)
+                    .is_err()
+                {
+                    continue; // not UTF-8
+                }
+                for (i, line) in text.lines().enumerate() {
+                    if line.to_lowercase().contains(&needle) {
+                        if hits.len() == max_hits {
+                            return Ok((hits, true));
+                        }
+                        hits.push((shown_text.clone(), i + 1, line.chars().take(500).collect()));
+                    }
+                }
+            }
+        }
+        Ok((hits, false))
     }
 }
 
@@ -215,7 +374,11 @@ mod tests {
         let (dir, ws) = ws();
         for bad in ["../x", "/etc/passwd", "a/../../x", "a\0b"] {
             assert!(
-                matches!(ws.resolve(bad), Err(ToolError::PermissionDenied(_))),
+                matches!(ws.read(bad, 10), Err(ToolError::PermissionDenied(_)))
+                    && matches!(
+                        ws.write(bad, "x", false, 10),
+                        Err(ToolError::PermissionDenied(_))
+                    ),
                 "{bad}"
             );
         }
@@ -248,5 +411,78 @@ mod tests {
     fn unsafe_task_ids_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         assert!(Workspace::open(dir.path(), "acme", "../x").is_err());
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_mid_operation_never_leads_out() {
+        let (dir, ws) = ws();
+        let root = dir.path().join("acme/task-1");
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::write(root.join("real/passwd"), "inside").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (root, stop) = (root.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = std::fs::remove_file(root.join("swap"));
+                    let _ = std::os::unix::fs::symlink("real", root.join("swap"));
+                    let _ = std::fs::remove_file(root.join("swap"));
+                    let _ = std::os::unix::fs::symlink("/etc", root.join("swap"));
+                }
+            })
+        };
+        let mut denied = 0;
+        for _ in 0..2000 {
+            match ws.read("swap/passwd", 1 << 20) {
+                Ok(text) => assert_eq!(text, "inside", "read through a link"),
+                Err(ToolError::PermissionDenied(_)) | Err(ToolError::NotFound(_)) => denied += 1,
+                Err(e) => panic!("{e}"),
+            }
+            // Either refused, or written inside (when `swap` was briefly absent
+            // and became a real directory): never through the link.
+            let _ = ws.write("swap/x", "y", false, 10);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert!(denied > 0);
+        assert!(!std::path::Path::new("/etc/x").exists());
+    }
+
+    #[test]
+    fn search_finds_lines_beneath_and_skips_links() {
+        let (dir, ws) = ws();
+        ws.write("notes/a.md", "Alpha\nthe Needle here\n", false, 100)
+            .unwrap();
+        ws.write("b.txt", "needle again", false, 100).unwrap();
+        std::fs::write(dir.path().join("outside.txt"), "needle outside").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("outside.txt"), ws.root().join("link.txt"))
+            .unwrap();
+        let (hits, truncated) = ws.search(".", "NEEDLE", 1000, 10).unwrap();
+        let mut found: Vec<(String, usize)> =
+            hits.iter().map(|(p, l, _)| (p.clone(), *l)).collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [("b.txt".to_owned(), 1), ("notes/a.md".to_owned(), 2)]
+        );
+        assert!(!truncated);
+        assert!(matches!(
+            ws.search("../", "x", 10, 10),
+            Err(ToolError::PermissionDenied(_))
+        ));
+        let (one, truncated) = ws.search(".", "needle", 1000, 1).unwrap();
+        assert_eq!((one.len(), truncated), (1, true));
+    }
+
+    #[test]
+    fn option_like_paths_are_plain_names_in_the_workspace() {
+        let (_dir, ws) = ws();
+        for name in ["-rf", "--help", "-"] {
+            ws.write(name, "data", false, 100).unwrap();
+            assert_eq!(ws.read(name, 100).unwrap(), "data");
+        }
+        let (entries, _) = ws.list(".", 10).unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["-", "--help", "-rf"]);
     }
 }

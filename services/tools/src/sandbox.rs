@@ -1,0 +1,396 @@
+//! Running commands in the sandbox: the `amaos-sandbox` helper (namespaces,
+//! read-only root, rlimits, seccomp, no_new_privs; see its docs) started
+//! in its own process group, with a wall-clock timeout that kills the whole
+//! group, and stdout/stderr capped with a truncation marker.
+//!
+//! Each concurrent sandbox gets its own unprivileged host uid from a pool,
+//! so the process limit (RLIMIT_NPROC, counted per host uid) bounds one
+//! sandbox, not all of them together.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why a sandbox could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The helper could not set the sandbox up (kernel support, privileges).
+    #[error("the sandbox could not be set up: {0}")]
+    Setup(String),
+    /// Every sandbox slot is in use.
+    #[error("all {0} sandboxes are in use; try again")]
+    Busy(usize),
+    /// Starting or waiting for the helper failed.
+    #[error("sandbox I/O: {0}")]
+    Io(String),
+}
+
+/// Limits of one sandboxed command.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// CPU seconds.
+    pub cpu_seconds: u64,
+    /// Address space, bytes.
+    pub memory_bytes: u64,
+    /// Processes.
+    pub processes: u64,
+    /// Largest file written, bytes.
+    pub file_bytes: u64,
+    /// Open files.
+    pub open_files: u64,
+    /// Bytes kept of stdout and of stderr each.
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cpu_seconds: 10,
+            memory_bytes: 512 * 1024 * 1024,
+            processes: 64,
+            file_bytes: 16 * 1024 * 1024,
+            open_files: 256,
+            output_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// How a sandboxed command ended.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Outcome {
+    /// The exit code (128 + signal when killed by one); -1 when timed out.
+    pub exit_code: i32,
+    /// Its standard output, capped.
+    pub stdout: String,
+    /// Its standard error, capped.
+    pub stderr: String,
+    /// Whether output was cut at the cap.
+    pub truncated: bool,
+    /// Whether the wall-clock timeout killed it.
+    pub timed_out: bool,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Runs commands in sandboxes.
+pub struct Sandbox {
+    helper: PathBuf,
+    roots: PathBuf,
+    uid_base: u32,
+    slots: Arc<Mutex<Vec<bool>>>,
+    limits: Limits,
+}
+
+/// The exit code of the helper when setup failed.
+const SETUP_FAILED: i32 = 125;
+
+/// The environment every sandboxed command gets, and nothing else.
+fn environment() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), "/workspace".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TERM".into(), "dumb".into()),
+        ("TMPDIR".into(), "/tmp".into()),
+    ])
+}
+
+/// A slot (a pair of host uids) held for one sandbox; frees itself.
+struct Slot {
+    slots: Arc<Mutex<Vec<bool>>>,
+    index: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots[self.index] = false;
+    }
+}
+
+/// A long-running sandboxed process (an MCP server over stdio): its stdin
+/// and stdout are piped; dropping it kills the sandbox.
+pub struct SandboxProcess {
+    /// The helper's process (stdin and stdout taken by the caller).
+    pub child: tokio::process::Child,
+    _slot: Slot,
+}
+
+async fn read_capped(
+    mut from: impl AsyncRead + Unpin,
+    cap: usize,
+) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut kept = Vec::new();
+    let mut dropped = 0u64;
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok((kept, dropped));
+        }
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        dropped += (n - n.min(room)) as u64;
+    }
+}
+
+fn text(bytes: Vec<u8>, dropped: u64) -> String {
+    let mut s = String::from_utf8_lossy(&bytes).into_owned();
+    if dropped > 0 {
+        s.push_str(&format!("\n[output truncated: {dropped} more bytes]"));
+    }
+    s
+}
+
+impl Sandbox {
+    /// Sandboxes run by `helper`, building roots under `roots`, with host
+    /// uids `uid_base .. uid_base + 2 * slots` (two per sandbox).
+    pub fn new(
+        helper: PathBuf,
+        roots: PathBuf,
+        uid_base: u32,
+        slots: usize,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            helper,
+            roots,
+            uid_base,
+            slots: Arc::new(Mutex::new(vec![false; slots.max(1)])),
+            limits,
+        }
+    }
+
+    /// Where the helper is: next to this program, or one directory up (test
+    /// binaries live in `target/<profile>/deps`).
+    pub fn find_helper() -> Option<PathBuf> {
+        let exe = std::env::current_exe().ok()?;
+        let dir = exe.parent()?;
+        [
+            dir.join("amaos-sandbox"),
+            dir.parent()?.join("amaos-sandbox"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+    }
+
+    fn take_slot(&self) -> Result<Slot, SandboxError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let index = slots
+            .iter()
+            .position(|busy| !busy)
+            .ok_or(SandboxError::Busy(slots.len()))?;
+        slots[index] = true;
+        Ok(Slot {
+            slots: self.slots.clone(),
+            index,
+        })
+    }
+
+    /// Runs `/bin/true` in a sandbox: fails when the kernel or this
+    /// process's privileges cannot make one.
+    pub async fn probe(&self, scratch: &Path) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(scratch).map_err(|e| SandboxError::Io(e.to_string()))?;
+        let outcome = self
+            .run(scratch, &["/bin/true".to_owned()], Duration::from_secs(20))
+            .await?;
+        if outcome.exit_code != 0 {
+            return Err(SandboxError::Setup(format!(
+                "`true` exited with {}: {}",
+                outcome.exit_code,
+                outcome.stderr.trim()
+            )));
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spec(
+        &self,
+        root: &Path,
+        workspace: &Path,
+        host_id: u32,
+        argv: &[String],
+        read_only: &[PathBuf],
+        extra_env: &BTreeMap<String, String>,
+        cpu_seconds: u64,
+    ) -> serde_json::Value {
+        let l = &self.limits;
+        let mut env = environment();
+        env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        serde_json::json!({
+            "root": root,
+            "workspace": workspace,
+            "host_id": host_id,
+            "argv": argv,
+            "env": env,
+            "cpu_seconds": cpu_seconds,
+            "memory_bytes": l.memory_bytes,
+            "processes": l.processes,
+            "file_bytes": l.file_bytes,
+            "open_files": l.open_files,
+            "read_only": read_only,
+        })
+    }
+
+    /// Starts `argv` in a sandbox that lives until the returned process is
+    /// dropped (killed): `workdir` at /workspace, `read_only` host paths visible
+    /// at their own place, `extra_env` added to its environment (secrets for
+    /// it), `cpu_seconds` of CPU in all. Its stderr is discarded.
+    pub fn spawn(
+        &self,
+        workdir: &Path,
+        argv: &[String],
+        read_only: &[PathBuf],
+        extra_env: &BTreeMap<String, String>,
+        cpu_seconds: u64,
+    ) -> Result<SandboxProcess, SandboxError> {
+        let slot = self.take_slot()?;
+        let host_id = self.uid_base + 2 * slot.index as u32;
+        let root = self.roots.join(format!("slot-{}", slot.index));
+        std::fs::create_dir_all(&root)
+            .and_then(|()| std::fs::create_dir_all(workdir))
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", root.display())))?;
+        give_to(workdir, host_id + 1)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", workdir.display())))?;
+        let spec = self.spec(
+            &root,
+            workdir,
+            host_id,
+            argv,
+            read_only,
+            extra_env,
+            cpu_seconds,
+        );
+        let child = tokio::process::Command::new(&self.helper)
+            .arg(spec.to_string())
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SandboxError::Io(format!("starting {}: {e}", self.helper.display())))?;
+        Ok(SandboxProcess { child, _slot: slot })
+    }
+
+    /// Runs `argv` in a fresh sandbox with `workspace` at /workspace, killing it
+    /// (its whole process group and pid namespace) after `wall`.
+    pub async fn run(
+        &self,
+        workspace: &Path,
+        argv: &[String],
+        wall: Duration,
+    ) -> Result<Outcome, SandboxError> {
+        let slot = self.take_slot()?;
+        // Two host ids per slot: the sandbox's root, and the user running the command.
+        let host_id = self.uid_base + 2 * slot.index as u32;
+        let root = self.roots.join(format!("slot-{}", slot.index));
+        std::fs::create_dir_all(&root)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", root.display())))?;
+        give_to(workspace, host_id + 1)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", workspace.display())))?;
+        let spec = self.spec(
+            &root,
+            workspace,
+            host_id,
+            argv,
+            &[],
+            &BTreeMap::new(),
+            self.limits.cpu_seconds,
+        );
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(&self.helper)
+            .arg(spec.to_string())
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SandboxError::Io(format!("starting {}: {e}", self.helper.display())))?;
+        let pgid = child.id().map(|id| nix::unistd::Pid::from_raw(id as i32));
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| SandboxError::Io("no stdout".into()))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| SandboxError::Io("no stderr".into()))?;
+        let cap = self.limits.output_bytes;
+        let out = tokio::spawn(read_capped(stdout, cap));
+        let err = tokio::spawn(read_capped(stderr, cap));
+        let (status, timed_out) = match tokio::time::timeout(wall, child.wait()).await {
+            Ok(status) => (status.map_err(|e| SandboxError::Io(e.to_string()))?, false),
+            Err(_) => {
+                if let Some(pgid) = pgid {
+                    // The helper's group; its children die with it (parent-death signal).
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                }
+                let status = child
+                    .wait()
+                    .await
+                    .map_err(|e| SandboxError::Io(e.to_string()))?;
+                (status, true)
+            }
+        };
+        let join = |r: Result<std::io::Result<(Vec<u8>, u64)>, tokio::task::JoinError>| {
+            r.map_err(|e| SandboxError::Io(e.to_string()))?
+                .map_err(|e| SandboxError::Io(e.to_string()))
+        };
+        let (out, out_dropped) = join(out.await)?;
+        let (err, err_dropped) = join(err.await)?;
+        let code = status.code().unwrap_or_else(|| {
+            use std::os::unix::process::ExitStatusExt;
+            128 + status.signal().unwrap_or(0)
+        });
+        let stderr = text(err, err_dropped);
+        if code == SETUP_FAILED && !timed_out && stderr.starts_with("amaos-sandbox:") {
+            return Err(SandboxError::Setup(stderr.trim().to_owned()));
+        }
+        drop(slot);
+        Ok(Outcome {
+            exit_code: if timed_out { -1 } else { code },
+            stdout: text(out, out_dropped),
+            stderr,
+            truncated: out_dropped + err_dropped > 0,
+            timed_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}
+
+/// Makes `dir` and everything in it owned by `id`, so the sandbox's user can
+/// write there; symlinks are changed themselves, never followed.
+fn give_to(dir: &Path, id: u32) -> std::io::Result<()> {
+    let owner = Some(id);
+    std::os::unix::fs::lchown(dir, owner, owner)?;
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            seen += 1;
+            if seen > 100_000 {
+                return Err(std::io::Error::other(
+                    "more than 100000 files in the workspace",
+                ));
+            }
+            std::os::unix::fs::lchown(entry.path(), owner, owner)?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A shared sandbox.
+pub type SharedSandbox = Arc<Sandbox>;
