@@ -1,84 +1,103 @@
-//! The hot tier: recent memories per tenant, bounded by count and by age.
+//! The hot tier: recent memories per tenant, bounded by count and by time.
 //!
-//! [`HotTier`] is what every hot backend offers; [`LruHotTier`] is the
-//! in-process one (least recently used goes first when full, and every entry
-//! expires a fixed time after it was last written). What leaves the tier,
-//! by overflow or expiry, is handed back to the caller so that it can be
-//! embedded and moved to long-term memory rather than lost.
+//! [`HotTier`] is what every hot backend offers. [`LruHotTier`] keeps them in
+//! this process (time is `tokio::time::Instant`, so tests drive it with
+//! paused time); [`RedisHotTier`] keeps them in Redis hashes and sorted sets,
+//! shared by every replica and surviving restarts.
 //!
-//! Time is `tokio::time::Instant`, so tests drive expiry with paused time.
+//! Nothing leaves the tier silently: what overflow pushes out is handed back
+//! by [`HotTier::put`], and what outlived its hot time is listed by
+//! [`HotTier::due`] and removed only after the caller moved it to long-term
+//! memory ([`HotTier::remove`]), so a crash in between repeats the move
+//! (an idempotent upsert) rather than losing the memory.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
 use tokio::time::Instant;
 
-/// One memory in the hot tier.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HotEntry {
-    /// Its id, unique within the tenant.
-    pub id: String,
-    /// Its session; empty for none.
-    pub session_id: String,
-    /// The agent that stored it.
-    pub agent: String,
-    /// The text.
-    pub text: String,
+use crate::item::{Filter, Stored, now_ms};
+
+/// How long an idempotency key is remembered.
+pub const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A tier backend failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{backend}: {message}")]
+pub struct TierError {
+    /// The backend.
+    pub backend: &'static str,
+    /// What went wrong.
+    pub message: String,
 }
 
-/// Why an entry left the hot tier.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Departure {
-    /// Its time to live ran out.
-    Expired,
-    /// The tenant's tier was full and it was the least recently used.
-    Evicted,
+impl TierError {
+    /// An error of `backend`.
+    pub fn new(backend: &'static str, message: impl ToString) -> Self {
+        Self {
+            backend,
+            message: message.to_string(),
+        }
+    }
 }
 
-/// An entry leaving the hot tier, to be moved to long-term memory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Departed {
-    /// The tenant it belonged to.
-    pub tenant: String,
-    /// The entry.
-    pub entry: HotEntry,
-    /// Why it left.
-    pub why: Departure,
-}
-
-/// What every hot-tier backend offers.
+/// What every hot-tier backend offers. Every call is scoped to one tenant
+/// but [`HotTier::due`], which serves the lifecycle sweep.
 pub trait HotTier: Send + Sync {
-    /// Stores or replaces `entry`; returns what the store pushed out.
-    fn put(&self, tenant: &str, entry: HotEntry) -> Vec<Departed>;
-    /// The entry with this id, marking it recently used.
-    fn get(&self, tenant: &str, id: &str) -> Option<HotEntry>;
-    /// The newest `limit` entries of a session (all sessions when empty), newest first.
-    fn recent(&self, tenant: &str, session_id: &str, limit: usize) -> Vec<HotEntry>;
-    /// Removes and returns every entry whose time to live has run out.
-    fn take_expired(&self) -> Vec<Departed>;
-    /// Removes one entry; whether it was there.
-    fn remove(&self, tenant: &str, id: &str) -> bool;
-    /// Removes every entry of the tenant for which `matches` holds; how many.
-    fn remove_where(&self, tenant: &str, matches: &dyn Fn(&HotEntry) -> bool) -> u64;
-    /// Entries held for the tenant.
-    fn len(&self, tenant: &str) -> usize;
+    /// The backend's name, for errors and metrics.
+    fn name(&self) -> &'static str;
+    /// Stores `stored`, replacing one with the same id and restarting its
+    /// hot time; returns what overflow pushed out (oldest written first).
+    fn put<'a>(
+        &'a self,
+        tenant: &'a str,
+        stored: Stored,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, TierError>>;
+    /// The tenant's memories matching `filter`, newest first, at most `limit`.
+    fn scan<'a>(
+        &'a self,
+        tenant: &'a str,
+        filter: &'a Filter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, TierError>>;
+    /// Up to `limit` memories (of any tenant) whose hot time is up, left in
+    /// place until [`HotTier::remove`]d.
+    fn due(&self, limit: usize) -> BoxFuture<'_, Result<Vec<(String, Stored)>, TierError>>;
+    /// Removes these memories of the tenant; how many were there.
+    fn remove<'a>(
+        &'a self,
+        tenant: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, TierError>>;
+    /// Records idempotency `key` → `id` for [`KEY_TTL`] unless the key is
+    /// recorded already; returns the id recorded first.
+    fn claim_key<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<String, TierError>>;
+    /// How many memories the tenant has in this tier.
+    fn len<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<u64, TierError>>;
 }
 
 struct Slot {
-    entry: HotEntry,
-    expires: Instant,
-    /// Position in `Tenant::order` (larger is more recent).
-    tick: u64,
-    /// When it was written (larger is newer), for `recent`.
+    stored: Stored,
+    due: Instant,
+    /// When it was written (larger is newer).
     written: u64,
 }
 
 #[derive(Default)]
 struct Tenant {
     slots: HashMap<String, Slot>,
-    /// Least recently used first.
+    /// Oldest written first.
     order: BTreeMap<u64, String>,
+    keys: HashMap<String, (String, Instant)>,
 }
 
 #[derive(Default)]
@@ -87,8 +106,9 @@ struct State {
     clock: u64,
 }
 
-/// The in-process hot tier: per tenant at most `capacity` entries, each
-/// living `ttl` after its last write.
+/// The in-process hot tier: per tenant at most `capacity` memories, each
+/// hot for `ttl` after its last write; overflow pushes out the least
+/// recently written.
 pub struct LruHotTier {
     state: Mutex<State>,
     capacity: usize,
@@ -96,7 +116,7 @@ pub struct LruHotTier {
 }
 
 impl LruHotTier {
-    /// A tier keeping at most `capacity` entries per tenant for `ttl` each.
+    /// A tier keeping at most `capacity` memories per tenant for `ttl` each.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
@@ -108,229 +128,376 @@ impl LruHotTier {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
 
-impl State {
-    fn tick(&mut self) -> u64 {
-        self.clock += 1;
-        self.clock
-    }
-}
-
-impl HotTier for LruHotTier {
-    fn put(&self, tenant: &str, entry: HotEntry) -> Vec<Departed> {
+    fn put_now(&self, tenant: &str, stored: Stored) -> Vec<Stored> {
         let now = Instant::now();
         let mut state = self.lock();
-        let tick = state.tick();
+        state.clock += 1;
+        let tick = state.clock;
         let t = state.tenants.entry(tenant.to_owned()).or_default();
-        if let Some(old) = t.slots.remove(&entry.id) {
-            t.order.remove(&old.tick);
+        let id = stored.item.id.clone();
+        if let Some(old) = t.slots.remove(&id) {
+            t.order.remove(&old.written);
         }
-        let mut departed = Vec::new();
+        let mut out = Vec::new();
         while t.slots.len() >= self.capacity {
-            let Some((_, id)) = t.order.pop_first() else {
+            let Some((_, oldest)) = t.order.pop_first() else {
                 break;
             };
-            if let Some(slot) = t.slots.remove(&id) {
-                let why = if slot.expires <= now {
-                    Departure::Expired
-                } else {
-                    Departure::Evicted
-                };
-                departed.push(Departed {
-                    tenant: tenant.to_owned(),
-                    entry: slot.entry,
-                    why,
-                });
+            if let Some(slot) = t.slots.remove(&oldest) {
+                out.push(slot.stored);
             }
         }
-        t.order.insert(tick, entry.id.clone());
+        t.order.insert(tick, id.clone());
         t.slots.insert(
-            entry.id.clone(),
+            id,
             Slot {
-                entry,
-                expires: now + self.ttl,
-                tick,
+                stored,
+                due: now + self.ttl,
                 written: tick,
             },
         );
-        departed
-    }
-
-    fn get(&self, tenant: &str, id: &str) -> Option<HotEntry> {
-        let now = Instant::now();
-        let mut state = self.lock();
-        let tick = state.tick();
-        let t = state.tenants.get_mut(tenant)?;
-        let slot = t.slots.get_mut(id)?;
-        if slot.expires <= now {
-            return None;
-        }
-        t.order.remove(&slot.tick);
-        slot.tick = tick;
-        t.order.insert(tick, id.to_owned());
-        Some(slot.entry.clone())
-    }
-
-    fn recent(&self, tenant: &str, session_id: &str, limit: usize) -> Vec<HotEntry> {
-        let now = Instant::now();
-        let state = self.lock();
-        let Some(t) = state.tenants.get(tenant) else {
-            return Vec::new();
-        };
-        let mut live: Vec<&Slot> = t
-            .slots
-            .values()
-            .filter(|s| s.expires > now)
-            .filter(|s| session_id.is_empty() || s.entry.session_id == session_id)
-            .collect();
-        live.sort_by_key(|s| std::cmp::Reverse(s.written));
-        live.into_iter()
-            .take(limit)
-            .map(|s| s.entry.clone())
-            .collect()
-    }
-
-    fn take_expired(&self) -> Vec<Departed> {
-        let now = Instant::now();
-        let mut state = self.lock();
-        let mut departed = Vec::new();
-        for (tenant, t) in &mut state.tenants {
-            let gone: Vec<String> = t
-                .slots
-                .iter()
-                .filter(|(_, s)| s.expires <= now)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in gone {
-                if let Some(slot) = t.slots.remove(&id) {
-                    t.order.remove(&slot.tick);
-                    departed.push(Departed {
-                        tenant: tenant.clone(),
-                        entry: slot.entry,
-                        why: Departure::Expired,
-                    });
-                }
-            }
-        }
-        state.tenants.retain(|_, t| !t.slots.is_empty());
-        departed
-    }
-
-    fn remove(&self, tenant: &str, id: &str) -> bool {
-        let mut state = self.lock();
-        let Some(t) = state.tenants.get_mut(tenant) else {
-            return false;
-        };
-        match t.slots.remove(id) {
-            Some(slot) => {
-                t.order.remove(&slot.tick);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn remove_where(&self, tenant: &str, matches: &dyn Fn(&HotEntry) -> bool) -> u64 {
-        let mut state = self.lock();
-        let Some(t) = state.tenants.get_mut(tenant) else {
-            return 0;
-        };
-        let gone: Vec<(String, u64)> = t
-            .slots
-            .iter()
-            .filter(|(_, s)| matches(&s.entry))
-            .map(|(id, s)| (id.clone(), s.tick))
-            .collect();
-        for (id, tick) in &gone {
-            t.slots.remove(id);
-            t.order.remove(tick);
-        }
-        gone.len() as u64
-    }
-
-    fn len(&self, tenant: &str) -> usize {
-        self.lock().tenants.get(tenant).map_or(0, |t| t.slots.len())
+        out
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, Result<T, TierError>> {
+    Box::pin(std::future::ready(Ok(value)))
+}
 
-    fn entry(id: &str, session: &str) -> HotEntry {
-        HotEntry {
-            id: id.into(),
-            session_id: session.into(),
-            agent: "researcher".into(),
-            text: format!("text of {id}"),
+impl HotTier for LruHotTier {
+    fn name(&self) -> &'static str {
+        "lru"
+    }
+
+    fn put<'a>(
+        &'a self,
+        tenant: &'a str,
+        stored: Stored,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, TierError>> {
+        ready(self.put_now(tenant, stored))
+    }
+
+    fn scan<'a>(
+        &'a self,
+        tenant: &'a str,
+        filter: &'a Filter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, TierError>> {
+        let state = self.lock();
+        let found = state.tenants.get(tenant).map_or_else(Vec::new, |t| {
+            t.order
+                .values()
+                .rev()
+                .filter_map(|id| t.slots.get(id))
+                .filter(|s| filter.matches(&s.stored.item))
+                .take(limit)
+                .map(|s| s.stored.clone())
+                .collect()
+        });
+        ready(found)
+    }
+
+    fn due(&self, limit: usize) -> BoxFuture<'_, Result<Vec<(String, Stored)>, TierError>> {
+        let now = Instant::now();
+        let state = self.lock();
+        let found = state
+            .tenants
+            .iter()
+            .flat_map(|(tenant, t)| {
+                t.slots
+                    .values()
+                    .filter(move |s| s.due <= now)
+                    .map(move |s| (tenant.clone(), s.stored.clone()))
+            })
+            .take(limit)
+            .collect();
+        ready(found)
+    }
+
+    fn remove<'a>(
+        &'a self,
+        tenant: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, TierError>> {
+        let mut state = self.lock();
+        let mut n = 0;
+        if let Some(t) = state.tenants.get_mut(tenant) {
+            for id in ids {
+                if let Some(slot) = t.slots.remove(id) {
+                    t.order.remove(&slot.written);
+                    n += 1;
+                }
+            }
+            t.keys.retain(|_, (id, _)| !ids.contains(id));
+            if t.slots.is_empty() && t.keys.is_empty() {
+                state.tenants.remove(tenant);
+            }
         }
+        ready(n)
     }
 
-    fn ids(entries: &[HotEntry]) -> Vec<&str> {
-        entries.iter().map(|e| e.id.as_str()).collect()
+    fn claim_key<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<String, TierError>> {
+        let now = Instant::now();
+        let mut state = self.lock();
+        let t = state.tenants.entry(tenant.to_owned()).or_default();
+        t.keys.retain(|_, (_, until)| *until > now);
+        let first = t
+            .keys
+            .entry(key.to_owned())
+            .or_insert_with(|| (id.to_owned(), now + KEY_TTL))
+            .0
+            .clone();
+        ready(first)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn least_recently_used_overflows_out() {
-        let tier = LruHotTier::new(2, Duration::from_secs(60));
-        assert!(tier.put("acme", entry("a", "s")).is_empty());
-        assert!(tier.put("acme", entry("b", "s")).is_empty());
-        // Reading `a` makes `b` the least recently used.
-        assert!(tier.get("acme", "a").is_some());
-        let out = tier.put("acme", entry("c", "s"));
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].entry.id, "b");
-        assert_eq!(out[0].why, Departure::Evicted);
-        assert_eq!(out[0].tenant, "acme");
-        assert_eq!(ids(&tier.recent("acme", "", 10)), ["c", "a"]);
-        // Other tenants have their own capacity.
-        assert!(tier.put("other", entry("a", "s")).is_empty());
-        assert_eq!(tier.len("acme"), 2);
+    fn len<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<u64, TierError>> {
+        ready(
+            self.lock()
+                .tenants
+                .get(tenant)
+                .map_or(0, |t| t.slots.len() as u64),
+        )
+    }
+}
+
+/// Stores one memory and pushes out the oldest written beyond capacity.
+/// KEYS: items hash, order zset, due zset. ARGV: id, json, now, due, capacity, tenant.
+/// Returns the JSON of every memory pushed out.
+const PUT: &str = r#"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6] .. '\31' .. ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+local out = {}
+if over > 0 then
+  local ids = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+  for _, id in ipairs(ids) do
+    local json = redis.call('HGET', KEYS[1], id)
+    if json then table.insert(out, json) end
+    redis.call('HDEL', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], ARGV[6] .. '\31' .. id)
+  end
+end
+return out
+"#;
+
+/// The hot tier in Redis: per tenant a hash of memories (JSON) and a sorted
+/// set by write time; one sorted set of due times across tenants for the
+/// sweep; idempotency keys as strings with a TTL.
+pub struct RedisHotTier {
+    conn: ConnectionManager,
+    prefix: String,
+    capacity: usize,
+    ttl: Duration,
+    put: Script,
+}
+
+fn redis_error(e: impl ToString) -> TierError {
+    TierError::new("redis", e)
+}
+
+impl RedisHotTier {
+    /// Connects to `url`; every key starts with `prefix`.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        capacity: usize,
+        ttl: Duration,
+    ) -> Result<Self, TierError> {
+        let client = redis::Client::open(url).map_err(redis_error)?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
+            .await
+            .map_err(|_| redis_error(format!("no answer from {url} within 10s")))?
+            .map_err(redis_error)?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+            capacity: capacity.max(1),
+            ttl,
+            put: Script::new(PUT),
+        })
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn entries_expire_after_their_ttl() {
-        let tier = LruHotTier::new(10, Duration::from_secs(60));
-        tier.put("acme", entry("old", "s1"));
-        tokio::time::advance(Duration::from_secs(30)).await;
-        tier.put("acme", entry("new", "s2"));
-        assert!(tier.take_expired().is_empty());
-        tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(
-            tier.get("acme", "old").is_none(),
-            "expired entries are not served"
-        );
-        assert_eq!(ids(&tier.recent("acme", "", 10)), ["new"]);
-        let out = tier.take_expired();
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].entry.id, "old");
-        assert_eq!(out[0].why, Departure::Expired);
-        assert!(tier.take_expired().is_empty(), "taken once");
-        tokio::time::advance(Duration::from_secs(30)).await;
-        assert_eq!(tier.take_expired().len(), 1);
-        assert_eq!(tier.len("acme"), 0);
+    fn key(&self, tenant: &str, name: &str) -> String {
+        // Tenant ids are validated names, so they cannot forge a key.
+        format!("{}:memory:hot:{{{tenant}}}:{name}", self.prefix)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn rewriting_refreshes_the_ttl_and_remove_works() {
-        let tier = LruHotTier::new(10, Duration::from_secs(60));
-        tier.put("acme", entry("a", "s1"));
-        tier.put("acme", entry("b", "s1"));
-        tier.put("acme", entry("c", "s2"));
-        tokio::time::advance(Duration::from_secs(50)).await;
-        tier.put("acme", entry("a", "s1"));
-        tokio::time::advance(Duration::from_secs(20)).await;
-        let expired = tier.take_expired();
-        let mut gone: Vec<&str> = expired.iter().map(|d| d.entry.id.as_str()).collect();
-        gone.sort_unstable();
-        assert_eq!(gone, ["b", "c"]);
-        assert_eq!(ids(&tier.recent("acme", "s1", 10)), ["a"]);
-        tier.put("acme", entry("d", "s2"));
-        assert!(tier.remove("acme", "a"));
-        assert!(!tier.remove("acme", "a"));
-        assert!(!tier.remove("other", "d"));
-        assert_eq!(tier.remove_where("acme", &|e| e.session_id == "s2"), 1);
-        assert_eq!(tier.len("acme"), 0);
+    fn due_key(&self) -> String {
+        format!("{}:memory:hot:due", self.prefix)
+    }
+
+    fn parse(json: &str) -> Result<Stored, TierError> {
+        serde_json::from_str(json)
+            .map_err(|e| redis_error(format!("a stored memory is unreadable: {e}")))
+    }
+}
+
+impl HotTier for RedisHotTier {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn put<'a>(
+        &'a self,
+        tenant: &'a str,
+        stored: Stored,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, TierError>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&stored).map_err(redis_error)?;
+            let now = now_ms();
+            let out: Vec<String> = self
+                .put
+                .key(self.key(tenant, "items"))
+                .key(self.key(tenant, "order"))
+                .key(self.due_key())
+                .arg(&stored.item.id)
+                .arg(json)
+                .arg(now)
+                .arg(now + self.ttl.as_millis() as u64)
+                .arg(self.capacity)
+                .arg(tenant)
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(redis_error)?;
+            out.iter().map(|j| Self::parse(j)).collect()
+        })
+    }
+
+    fn scan<'a>(
+        &'a self,
+        tenant: &'a str,
+        filter: &'a Filter,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Stored>, TierError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            // The tier is bounded by capacity, so reading it whole is bounded too.
+            let ids: Vec<String> = conn
+                .zrevrange(self.key(tenant, "order"), 0, -1)
+                .await
+                .map_err(redis_error)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let jsons: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.key(tenant, "items"))
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            let mut out = Vec::new();
+            for json in jsons.into_iter().flatten() {
+                let stored = Self::parse(&json)?;
+                if filter.matches(&stored.item) {
+                    out.push(stored);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn due(&self, limit: usize) -> BoxFuture<'_, Result<Vec<(String, Stored)>, TierError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let members: Vec<String> = conn
+                .zrangebyscore_limit(self.due_key(), 0, now_ms(), 0, limit as isize)
+                .await
+                .map_err(redis_error)?;
+            let mut out = Vec::new();
+            for member in members {
+                let Some((tenant, id)) = member.split_once('\u{1f}') else {
+                    let _: () = conn
+                        .zrem(self.due_key(), &member)
+                        .await
+                        .map_err(redis_error)?;
+                    continue;
+                };
+                let json: Option<String> = conn
+                    .hget(self.key(tenant, "items"), id)
+                    .await
+                    .map_err(redis_error)?;
+                match json {
+                    Some(json) => out.push((tenant.to_owned(), Self::parse(&json)?)),
+                    // Removed meanwhile: nothing left to move.
+                    None => {
+                        let _: () = conn
+                            .zrem(self.due_key(), &member)
+                            .await
+                            .map_err(redis_error)?;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        tenant: &'a str,
+        ids: &'a [String],
+    ) -> BoxFuture<'a, Result<u64, TierError>> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            let members: Vec<String> = ids.iter().map(|id| format!("{tenant}\u{1f}{id}")).collect();
+            let (removed, _, _): (u64, u64, u64) = redis::pipe()
+                .atomic()
+                .hdel(self.key(tenant, "items"), ids)
+                .zrem(self.key(tenant, "order"), ids)
+                .zrem(self.due_key(), &members)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(redis_error)?;
+            Ok(removed)
+        })
+    }
+
+    fn claim_key<'a>(
+        &'a self,
+        tenant: &'a str,
+        key: &'a str,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<String, TierError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let name = self.key(tenant, &format!("key:{key}"));
+            let set: bool = redis::cmd("SET")
+                .arg(&name)
+                .arg(id)
+                .arg("NX")
+                .arg("EX")
+                .arg(KEY_TTL.as_secs())
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .map_err(redis_error)?
+                .is_some();
+            if set {
+                return Ok(id.to_owned());
+            }
+            let first: Option<String> = conn.get(&name).await.map_err(redis_error)?;
+            Ok(first.unwrap_or_else(|| id.to_owned()))
+        })
+    }
+
+    fn len<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<u64, TierError>> {
+        Box::pin(async move {
+            self.conn
+                .clone()
+                .hlen(self.key(tenant, "items"))
+                .await
+                .map_err(redis_error)
+        })
     }
 }

@@ -1,22 +1,33 @@
 //! The memory service: what agents remember and recall, always within the
-//! caller's tenant (read from the forwarded caller metadata, never from a
-//! request field).
+//! caller's tenant (from the caller's verified token, never from a request
+//! field), in two tiers with a lifecycle between them.
 //!
 //! # Layout
 //!
+//! - [`item`]: what a memory is, filters, keyword scoring.
 //! - [`embed`]: the [`embed::Embedder`] trait, MiniLM on candle, and an
 //!   OpenAI-compatible backend.
-//! - [`hot`]: the hot tier trait and its in-process LRU-with-TTL backend.
-//! - [`store`]: the embedded in-process store with keyword recall.
-//! - this file: the gRPC service, its errors and their mapping, and [`serve`].
+//! - [`hot`]: the hot tier trait; an in-process LRU with TTL and Redis.
+//! - [`longterm`]: the long-term tier trait; Qdrant's engine in-process
+//!   (qdrant-edge) — and [`qdrant`], a Qdrant server through qdrant-client.
+//! - [`tiers`]: Remember/Recall/Recent/Forget across the tiers, and the
+//!   lifecycle sweep.
+//! - [`seal`]: encryption at rest of memory texts (envelope, per tenant).
+//! - this file: the gRPC service, its errors and their mapping, building
+//!   the backends from config, and [`serve`].
 
 pub mod embed;
 pub mod hot;
-pub mod store;
+pub mod item;
+pub mod longterm;
+pub mod qdrant;
+pub mod seal;
+pub mod tiers;
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use amaos_mesh::config::Limits;
+use amaos_mesh::config::{EmbedderBackend, Limits, LongTermBackend, StoreBackend};
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::token::TokenVerifier;
@@ -28,7 +39,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::store::{Filter, Item, Kind, MemoryStore, NewItem};
+use crate::embed::{Embedder, MiniLm, OpenAiEmbedder};
+use crate::hot::{HotTier, LruHotTier, RedisHotTier};
+use crate::item::{Filter, Item, Kind, to_ms};
+use crate::longterm::{EdgeLongTerm, LongTerm};
+use crate::tiers::{NewItem, Tiers, TiersError};
 
 /// What can go wrong in the memory service.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +59,26 @@ pub enum MemoryError {
     /// The memory does not exist in the caller's tenant.
     #[error("memory `{0}` not found")]
     NotFound(String),
+    /// The tenant holds as many memories as it may.
+    #[error("{0}")]
+    Full(String),
+    /// A tier or the embedder failed; the request can be retried.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The caller's roles do not allow it (the RBAC policy).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
+}
+
+impl From<TiersError> for MemoryError {
+    fn from(error: TiersError) -> Self {
+        match error {
+            TiersError::Full { .. } => MemoryError::Full(error.to_string()),
+            TiersError::Tier(_) | TiersError::Embed(_) | TiersError::Seal(_) => {
+                MemoryError::Unavailable(error.to_string())
+            }
+        }
+    }
 }
 
 impl From<MemoryError> for Status {
@@ -53,6 +88,9 @@ impl From<MemoryError> for Status {
                 status::invalid_field(field, message)
             }
             MemoryError::NotFound(_) => Status::not_found(error.to_string()),
+            MemoryError::Full(_) => Status::resource_exhausted(error.to_string()),
+            MemoryError::Unavailable(_) => Status::unavailable(error.to_string()),
+            MemoryError::Forbidden(_) => Status::permission_denied(error.to_string()),
         }
     }
 }
@@ -71,20 +109,104 @@ const MAX_METADATA: usize = 32;
 #[derive(Clone)]
 pub struct Memory {
     verifier: Arc<TokenVerifier>,
-    store: Arc<MemoryStore>,
+    tiers: Arc<Tiers>,
     max_text_bytes: usize,
 }
 
+/// The embedder `config` names. A missing MiniLM model is an error that
+/// says how to fetch it: the service never falls back to something else.
+pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, BoxError> {
+    let m = &config.memory;
+    Ok(match m.embedder {
+        EmbedderBackend::Minilm => {
+            Arc::new(MiniLm::load(&m.model_dir(&config.data_dir), m.embed_batch)?)
+        }
+        EmbedderBackend::Openai => Arc::new(OpenAiEmbedder::new(
+            &m.embed_url,
+            m.embed_model.clone(),
+            None,
+            m.embed_dimension,
+            Duration::from_secs(30),
+            m.embed_batch,
+        )?),
+    })
+}
+
+/// The tiers `config` names, connected and opened.
+pub async fn tiers(config: &Config) -> Result<Tiers, BoxError> {
+    let m = &config.memory;
+    let embedder = embedder(config)?;
+    let hot: Arc<dyn HotTier> = match m.hot {
+        StoreBackend::Memory => Arc::new(LruHotTier::new(m.hot_capacity, m.hot_ttl)),
+        StoreBackend::Redis => Arc::new(
+            RedisHotTier::connect(&m.redis_url, &m.redis_prefix, m.hot_capacity, m.hot_ttl).await?,
+        ),
+    };
+    let long: Arc<dyn LongTerm> = match m.long_term {
+        LongTermBackend::Edge => {
+            let dir = config.data_dir.join("memory").join("qdrant-edge");
+            let dimension = embedder.dimension();
+            Arc::new(
+                tokio::task::spawn_blocking(move || EdgeLongTerm::open(&dir, dimension)).await??,
+            )
+        }
+        LongTermBackend::Qdrant => Arc::new(
+            qdrant::QdrantLongTerm::connect(
+                &m.qdrant_url,
+                &m.qdrant_collection,
+                m.qdrant_api_key_env.as_deref(),
+                embedder.dimension(),
+            )
+            .await?,
+        ),
+    };
+    let tiers = Tiers::new(m, hot, long, embedder);
+    Ok(if m.encrypt {
+        let path = m
+            .key_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("memory.keys"));
+        let sealer =
+            tokio::task::spawn_blocking(move || seal::Sealer::open_or_create(&path)).await??;
+        tiers.with_sealer(Arc::new(sealer))
+    } else {
+        tiers
+    })
+}
+
 impl Memory {
-    /// A memory service over a new embedded store, verifying callers'
-    /// tokens with keys from auth.
-    pub fn new(config: &Config) -> Result<Self, BoxError> {
+    /// A memory service over `tiers`, verifying callers' tokens with keys
+    /// from auth.
+    pub fn new(config: &Config, tiers: Arc<Tiers>) -> Result<Self, BoxError> {
         Ok(Self {
             verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
-            store: Arc::new(MemoryStore::new(config.memory.max_items_per_tenant)),
+            tiers,
             max_text_bytes: config.memory.max_text_bytes,
         })
     }
+}
+
+/// Checks the RBAC policy: `read` (Recall, Recent) or `write` (Remember,
+/// Forget) on `memory`, in the caller's tenant.
+fn authorize(caller: &amaos_mesh::caller::Caller, action: &str) -> Result<(), MemoryError> {
+    amaos_mesh::policy::allows(
+        &caller.principal,
+        &caller.roles,
+        &caller.tenant,
+        "memory",
+        action,
+    )
+    .map(|_| ())
+    .ok_or_else(|| {
+        MemoryError::Forbidden(format!(
+            "roles [{}] may not `{action}` memory",
+            caller.roles.join(", ")
+        ))
+    })
+}
+
+fn ms(t: Option<prost_types::Timestamp>) -> Option<u64> {
+    t.as_ref().and_then(system_time).map(to_ms)
 }
 
 fn kind_from(value: i32) -> Kind {
@@ -122,12 +244,14 @@ fn filter_from(filter: Option<pb::MemoryFilter>) -> Filter {
         agent,
         session_id,
         kinds: kinds.into_iter().map(kind_from).collect(),
-        after: after.as_ref().and_then(system_time),
-        before: before.as_ref().and_then(system_time),
+        after_ms: ms(after),
+        before_ms: ms(before),
     }
 }
 
-fn item_to(item: Item) -> pb::MemoryItem {
+fn item_to(item: Item, tier: pb::MemoryTier) -> pb::MemoryItem {
+    let created_at: SystemTime = item.created_at();
+    let expires_at = item.expires_at();
     pb::MemoryItem {
         memory_id: item.id,
         team: item.team,
@@ -136,9 +260,9 @@ fn item_to(item: Item) -> pb::MemoryItem {
         kind: kind_to(item.kind) as i32,
         text: item.text,
         metadata: item.metadata,
-        created_at: Some(timestamp(item.created_at)),
-        expires_at: item.expires_at.map(timestamp),
-        tier: pb::MemoryTier::Hot as i32,
+        created_at: Some(timestamp(created_at)),
+        expires_at: expires_at.map(timestamp),
+        tier: tier as i32,
     }
 }
 
@@ -149,6 +273,7 @@ impl MemoryService for Memory {
         request: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
+        authorize(&caller, "write")?;
         let pb::RememberRequest {
             team,
             agent,
@@ -184,19 +309,23 @@ impl MemoryService for Memory {
             ),
             None => None,
         };
-        let memory_id = self.store.remember(
-            &caller.tenant,
-            NewItem {
-                team,
-                agent,
-                session_id,
-                kind: kind_from(kind),
-                text,
-                metadata,
-                ttl,
-                idempotency_key: Some(idempotency_key).filter(|k| !k.is_empty()),
-            },
-        );
+        let memory_id = self
+            .tiers
+            .remember(
+                &caller.tenant,
+                NewItem {
+                    team,
+                    agent,
+                    session_id,
+                    kind: kind_from(kind),
+                    text,
+                    metadata,
+                    ttl,
+                    idempotency_key: Some(idempotency_key).filter(|k| !k.is_empty()),
+                },
+            )
+            .await
+            .map_err(MemoryError::from)?;
         Ok(Response::new(pb::RememberResponse { memory_id }))
     }
 
@@ -205,6 +334,7 @@ impl MemoryService for Memory {
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
+        authorize(&caller, "read")?;
         let pb::RecallRequest {
             query,
             filter,
@@ -225,22 +355,29 @@ impl MemoryService for Memory {
             0 => 5,
             k => k.min(100) as usize,
         };
-        let hits = self.store.recall(
-            &caller.tenant,
-            &query,
-            &filter_from(filter),
-            top_k,
-            min_score,
-        );
+        if query.trim().is_empty() {
+            return Err(invalid("query", "must not be empty").into());
+        }
+        let hits = self
+            .tiers
+            .recall(
+                &caller.tenant,
+                &query,
+                &filter_from(filter),
+                top_k,
+                min_score,
+            )
+            .await
+            .map_err(MemoryError::from)?;
         Ok(Response::new(pb::RecallResponse {
             memories: hits
                 .into_iter()
                 .map(|(item, score)| pb::RecalledMemory {
-                    item: Some(item_to(item)),
+                    item: Some(item_to(item, pb::MemoryTier::Unspecified)),
                     score,
                 })
                 .collect(),
-            mode: pb::RecallMode::Keyword as i32,
+            mode: pb::RecallMode::Hybrid as i32,
         }))
     }
 
@@ -249,16 +386,22 @@ impl MemoryService for Memory {
         request: Request<pb::RecentRequest>,
     ) -> Result<Response<pb::RecentResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
+        authorize(&caller, "read")?;
         let pb::RecentRequest { filter, limit } = request.into_inner();
         let limit = match limit {
             0 => 20,
             n => n.min(1000) as usize,
         };
         let items = self
-            .store
-            .recent(&caller.tenant, &filter_from(filter), limit);
+            .tiers
+            .recent(&caller.tenant, &filter_from(filter), limit)
+            .await
+            .map_err(MemoryError::from)?;
         Ok(Response::new(pb::RecentResponse {
-            items: items.into_iter().map(item_to).collect(),
+            items: items
+                .into_iter()
+                .map(|i| item_to(i, pb::MemoryTier::Unspecified))
+                .collect(),
         }))
     }
 
@@ -267,6 +410,7 @@ impl MemoryService for Memory {
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
+        authorize(&caller, "write")?;
         let pb::ForgetRequest {
             target,
             idempotency_key: _,
@@ -275,15 +419,22 @@ impl MemoryService for Memory {
             Some(pb::forget_request::Target::MemoryId(id)) => {
                 // Forgetting is idempotent: a memory already gone is not an error
                 // for a retry, but an unknown id on the first try is reported.
-                let n = self.store.forget_id(&caller.tenant, &id);
+                let n = self
+                    .tiers
+                    .forget_id(&caller.tenant, &id)
+                    .await
+                    .map_err(MemoryError::from)?;
                 if n == 0 {
                     return Err(MemoryError::NotFound(id).into());
                 }
                 n
             }
+            // An empty scope forgets everything of the caller's tenant.
             Some(pb::forget_request::Target::Scope(scope)) => self
-                .store
-                .forget_matching(&caller.tenant, &filter_from(Some(scope))),
+                .tiers
+                .forget_scope(&caller.tenant, &filter_from(Some(scope)))
+                .await
+                .map_err(MemoryError::from)?,
             None => return Err(invalid("target", "name a memory_id or a scope").into()),
         };
         Ok(Response::new(pb::ForgetResponse { forgotten }))
@@ -305,7 +456,47 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let service = grpc_service(Memory::new(&config)?, &config.limits);
-    amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
+    let tiers = Arc::new(tiers(&config).await?);
+    let sweeper = tokio::spawn(lifecycle(
+        tiers.clone(),
+        config.memory.sweep_interval,
+        shutdown.clone(),
+    ));
+    let service = grpc_service(Memory::new(&config, tiers)?, &config.limits);
+    let served =
+        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    // Wait for the sweeper to let go of the tiers, so the long-term store
+    // is flushed and closed before this returns.
+    sweeper.abort();
+    let _ = sweeper.await;
+    served?;
     Ok(())
+}
+
+/// Sweeps the tiers every `interval` until `shutdown`: due memories move to
+/// long-term memory, expired and retained-out ones are deleted. A failed
+/// sweep is logged and tried again next time; nothing is removed from the
+/// hot tier before it is stored long-term.
+pub async fn lifecycle(tiers: Arc<Tiers>, interval: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match tiers.sweep().await {
+            Ok(swept) if swept.moved + swept.dropped > 0 => {
+                tracing::debug!(
+                    moved = swept.moved,
+                    dropped = swept.dropped,
+                    "memory lifecycle sweep"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "memory lifecycle sweep failed; retrying next interval")
+            }
+        }
+    }
 }

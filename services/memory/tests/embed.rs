@@ -2,36 +2,18 @@
 //! batching, a missing model, and the OpenAI-compatible backend against an
 //! HTTP server on 127.0.0.1.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod common;
 
 use amaos_memory::embed::{EmbedError, Embedder, MiniLm, OpenAiEmbedder, cosine};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use common::load_model;
 use serde_json::{Value, json};
-
-/// Where the model is, by the rule `scripts/fetch-embedding-model` follows:
-/// `AMAOS_EMBED_MODEL_DIR`, else `<data_dir>/models/all-MiniLM-L6-v2` with
-/// `AMAOS_DATA_DIR` (default `.amaos`) taken from the repository root.
-fn model_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("AMAOS_EMBED_MODEL_DIR") {
-        return PathBuf::from(dir);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let data =
-        std::env::var_os("AMAOS_DATA_DIR").map_or_else(|| PathBuf::from(".amaos"), PathBuf::from);
-    root.join(data).join("models/all-MiniLM-L6-v2")
-}
-
-fn load_model(batch: usize) -> MiniLm {
-    match MiniLm::load(&model_dir(), batch) {
-        Ok(model) => model,
-        Err(e) => panic!("{e}"),
-    }
-}
 
 #[derive(serde::Deserialize)]
 struct Reference {

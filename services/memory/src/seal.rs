@@ -1,0 +1,254 @@
+//! Encryption at rest for memory texts: envelope encryption with AES-256-GCM
+//! (ring). Each memory gets a fresh data key that encrypts its text; the data
+//! key is wrapped by a master key from a local key file. The tenant is the
+//! key context: it is bound into both encryptions as associated data, so a
+//! sealed text copied to another tenant does not open.
+//!
+//! The key file holds every master key version; new texts are sealed with
+//! the current one and old texts still open with theirs, so rotating (adding
+//! a version and making it current) loses nothing. Texts stored before
+//! encryption was enabled are read as they are.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD_NO_PAD as B64;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+
+/// The prefix of a sealed text: `sealed:1:<key id>:<wrapped key>:<text>`.
+const PREFIX: &str = "sealed:1:";
+
+/// Why sealing or opening failed (never carries a key or a text).
+#[derive(Debug, thiserror::Error)]
+#[error("memory encryption: {0}")]
+pub struct SealError(String);
+
+/// The key file's contents.
+#[derive(Serialize, Deserialize)]
+struct KeyFile {
+    /// The version new texts are sealed with.
+    current: u32,
+    /// Every version, hex.
+    keys: BTreeMap<u32, String>,
+}
+
+/// Seals and opens memory texts.
+pub struct Sealer {
+    keys: BTreeMap<u32, LessSafeKey>,
+    current: u32,
+    rng: SystemRandom,
+}
+
+fn key_of(bytes: &[u8]) -> Result<LessSafeKey, SealError> {
+    UnboundKey::new(&AES_256_GCM, bytes)
+        .map(LessSafeKey::new)
+        .map_err(|_| SealError("a key is not 32 bytes".into()))
+}
+
+impl Sealer {
+    /// The master keys in `path`, created (mode 0600) with one fresh key
+    /// when the file does not exist.
+    pub fn open_or_create(path: &Path) -> Result<Self, SealError> {
+        let rng = SystemRandom::new();
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            rng.fill(&mut key)
+                .map_err(|_| SealError("no randomness".into()))?;
+            let file = KeyFile {
+                current: 1,
+                keys: BTreeMap::from([(1, hex::encode(key))]),
+            };
+            write_private(path, &file)?;
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SealError(format!("{}: {e}", path.display())))?;
+        let file: KeyFile = serde_json::from_str(&text)
+            .map_err(|e| SealError(format!("{}: not a key file ({e})", path.display())))?;
+        let mut keys = BTreeMap::new();
+        for (id, hexed) in &file.keys {
+            let bytes = hex::decode(hexed)
+                .map_err(|_| SealError(format!("{}: key {id} is not hex", path.display())))?;
+            keys.insert(*id, key_of(&bytes)?);
+        }
+        if !keys.contains_key(&file.current) {
+            return Err(SealError(format!(
+                "{}: the current key {} is not in the file",
+                path.display(),
+                file.current
+            )));
+        }
+        Ok(Self {
+            keys,
+            current: file.current,
+            rng,
+        })
+    }
+
+    /// Adds a fresh master key to the file at `path` and makes it current;
+    /// returns its id. Existing texts keep opening with their own version.
+    pub fn rotate(path: &Path) -> Result<u32, SealError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SealError(format!("{}: {e}", path.display())))?;
+        let mut file: KeyFile = serde_json::from_str(&text)
+            .map_err(|e| SealError(format!("{}: not a key file ({e})", path.display())))?;
+        let id = file.keys.keys().max().copied().unwrap_or(0) + 1;
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| SealError("no randomness".into()))?;
+        file.keys.insert(id, hex::encode(key));
+        file.current = id;
+        write_private(path, &file)?;
+        Ok(id)
+    }
+
+    fn seal_with(&self, key: &LessSafeKey, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        self.rng
+            .fill(&mut nonce)
+            .map_err(|_| SealError("no randomness".into()))?;
+        let mut out = plain.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut out,
+        )
+        .map_err(|_| SealError("sealing failed".into()))?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend(out);
+        Ok(sealed)
+    }
+
+    fn open_with(key: &LessSafeKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(SealError("a sealed text is cut short".into()));
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError("a bad nonce".into()))?;
+        let mut out = body.to_vec();
+        let plain = key
+            .open_in_place(nonce, Aad::from(aad), &mut out)
+            .map_err(|_| SealError("a sealed text does not open (wrong tenant or key)".into()))?;
+        Ok(plain.to_vec())
+    }
+
+    /// `text` sealed for `tenant`.
+    pub fn seal(&self, tenant: &str, text: &str) -> Result<String, SealError> {
+        let mut dek = [0u8; 32];
+        self.rng
+            .fill(&mut dek)
+            .map_err(|_| SealError("no randomness".into()))?;
+        let master = &self.keys[&self.current];
+        let wrapped = self.seal_with(master, format!("amaos-dek:{tenant}").as_bytes(), &dek)?;
+        let body = self.seal_with(&key_of(&dek)?, tenant.as_bytes(), text.as_bytes())?;
+        Ok(format!(
+            "{PREFIX}{}:{}:{}",
+            self.current,
+            B64.encode(wrapped),
+            B64.encode(body)
+        ))
+    }
+
+    /// The text `stored` holds for `tenant`: opened when sealed, as it is
+    /// otherwise (stored before encryption was on).
+    pub fn open(&self, tenant: &str, stored: &str) -> Result<String, SealError> {
+        let Some(rest) = stored.strip_prefix(PREFIX) else {
+            return Ok(stored.to_owned());
+        };
+        let mut parts = rest.splitn(3, ':');
+        let (Some(kid), Some(wrapped), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(SealError("a sealed text is malformed".into()));
+        };
+        let kid: u32 = kid
+            .parse()
+            .map_err(|_| SealError("a sealed text names no key".into()))?;
+        let master = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| SealError(format!("master key {kid} is not in the key file")))?;
+        let decode = |s: &str| {
+            B64.decode(s)
+                .map_err(|_| SealError("a sealed text is not base64".into()))
+        };
+        let dek = Self::open_with(
+            master,
+            format!("amaos-dek:{tenant}").as_bytes(),
+            &decode(wrapped)?,
+        )?;
+        let plain = Self::open_with(&key_of(&dek)?, tenant.as_bytes(), &decode(body)?)?;
+        String::from_utf8(plain).map_err(|_| SealError("a sealed text is not UTF-8".into()))
+    }
+}
+
+fn write_private(path: &Path, file: &KeyFile) -> Result<(), SealError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| SealError(format!("{}: {e}", dir.display())))?;
+    }
+    let text = serde_json::to_string_pretty(file).map_err(|e| SealError(e.to_string()))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| SealError(format!("{}: {e}", tmp.display())))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| SealError(format!("{}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| SealError(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_seal_per_tenant_and_survive_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory.keys");
+        let sealer = Sealer::open_or_create(&path).unwrap();
+        let sealed = sealer.seal("acme", "the launch code is 7731").unwrap();
+        assert!(sealed.starts_with("sealed:1:1:"));
+        assert!(!sealed.contains("7731"));
+        assert_eq!(
+            sealer.open("acme", &sealed).unwrap(),
+            "the launch code is 7731"
+        );
+        assert!(
+            sealer.open("globex", &sealed).is_err(),
+            "another tenant's context does not open it"
+        );
+        assert_eq!(
+            sealer.open("acme", "plain old text").unwrap(),
+            "plain old text"
+        );
+        // Rotation: new texts use key 2, old ones still open.
+        assert_eq!(Sealer::rotate(&path).unwrap(), 2);
+        let rotated = Sealer::open_or_create(&path).unwrap();
+        let fresh = rotated.seal("acme", "new").unwrap();
+        assert!(fresh.starts_with("sealed:1:2:"));
+        assert_eq!(
+            rotated.open("acme", &sealed).unwrap(),
+            "the launch code is 7731"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A tampered text does not open: change one character of the sealed body.
+        let mut bad: Vec<char> = fresh.chars().collect();
+        let at = bad.len() - 10;
+        bad[at] = if bad[at] == 'A' { 'B' } else { 'A' };
+        let bad: String = bad.into_iter().collect();
+        assert!(rotated.open("acme", &bad).is_err());
+    }
+}
