@@ -38,6 +38,9 @@ pub struct BenchOptions {
     pub model_latency: Duration,
     /// The Redis server for `backend = redis`.
     pub redis_url: String,
+    /// The embedding model the mesh's memory service loads (the benchmark's
+    /// own data directory is a fresh temporary one).
+    pub embed_model_dir: std::path::PathBuf,
 }
 
 /// The figures of one run.
@@ -110,7 +113,7 @@ fn crew_spec(latency: Duration) -> String {
 }
 
 /// Peak resident set of this process, in MiB (Linux), from /proc.
-fn peak_rss_mib() -> f64 {
+pub(crate) fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
@@ -120,12 +123,13 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn percentile(sorted: &[u64], p: f64) -> f64 {
+/// The `p` quantile (0 to 1) of sorted values; 0 for none.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
+    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Runs a benchmark; errors are setup failures.
@@ -162,6 +166,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxEr
         *admin = None;
     }
     config.agents.teams_dir = teams;
+    config.memory.embed_model_dir = Some(options.embed_model_dir.clone());
     let in_flight = options.concurrency.max(1);
     config.agents.capacity = (in_flight as u32 * 2).max(64);
     config.orchestrator.max_in_flight = in_flight * 2 + 64;
@@ -264,6 +269,7 @@ async fn drive(
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let tasks = latencies.len() as u64;
+    let latencies_ms: Vec<f64> = latencies.iter().map(|&us| us as f64 / 1000.0).collect();
     let latency_ms = options.model_latency.as_millis() as u64;
     Ok(BenchReport {
         scenario: options.scenario.clone(),
@@ -276,8 +282,8 @@ async fn drive(
         failed: failed.load(Ordering::Relaxed),
         seconds,
         tasks_per_s: tasks as f64 / seconds.max(1e-9),
-        p50_ms: percentile(&latencies, 0.50),
-        p99_ms: percentile(&latencies, 0.99),
+        p50_ms: percentile(&latencies_ms, 0.50),
+        p99_ms: percentile(&latencies_ms, 0.99),
         peak_rss_mib: peak_rss_mib(),
         model_latency_ms: latency_ms,
         ideal_tasks_per_s: (latency_ms > 0).then(|| {

@@ -9,6 +9,8 @@
 //! - [`render`]: readable and JSON output of tasks and events.
 
 pub mod bench;
+pub mod bench_memory;
+pub mod bench_sandbox;
 pub mod commands;
 pub mod render;
 pub mod up;

@@ -108,9 +108,15 @@ enum Command {
     /// Run a benchmark scenario against a mesh started in this process.
     Bench {
         /// The scenario: `crew` (3 agents, 3 sequential tasks) or `group_chat`
-        /// (3 agents, round robin, 6 messages), on the replay model.
+        /// (3 agents, round robin, 6 messages), on the replay model; or
+        /// `memory` (embedding throughput, recall@10 and search latency on
+        /// the long-term tier); or `sandbox` (sandboxed `true` against a bare
+        /// spawn).
         #[arg(long, default_value = "crew")]
         scenario: String,
+        /// Stored vectors for the `memory` scenario.
+        #[arg(long, default_value_t = 100_000)]
+        vectors: usize,
         /// Where tasks live: `memory` or `redis`.
         #[arg(long, value_enum, default_value = "memory")]
         backend: BackendArg,
@@ -301,12 +307,26 @@ async fn dispatch(
             Ok(())
         }
         Command::Bench {
+            scenario, tasks, ..
+        } if scenario == "sandbox" => {
+            let report =
+                amaos_cli::bench_sandbox::run(&config, tasks.unwrap_or(200) as usize).await;
+            print_report(report, |r| r.text(), json)
+        }
+        Command::Bench {
+            scenario, vectors, ..
+        } if scenario == "memory" => {
+            let report = amaos_cli::bench_memory::run(&config, vectors).await;
+            print_report(report, |r| r.text(), json)
+        }
+        Command::Bench {
             scenario,
             backend,
             concurrency,
             tasks,
             duration,
             model_latency_ms,
+            ..
         } => {
             let options = amaos_cli::bench::BenchOptions {
                 scenario,
@@ -319,17 +339,9 @@ async fn dispatch(
                 duration,
                 model_latency: Duration::from_millis(model_latency_ms),
                 redis_url: config.orchestrator.redis_url.clone(),
+                embed_model_dir: config.memory.model_dir(&config.data_dir),
             };
-            let report = amaos_cli::bench::run(options).await.map_err(|e| Failure {
-                message: e.to_string(),
-                code: 1,
-            })?;
-            if json {
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
-            } else {
-                print!("{}", report.text());
-            }
-            Ok(())
+            print_report(amaos_cli::bench::run(options).await, |r| r.text(), json)
         }
         Command::Audit {
             command: AuditCommand::Verify { file },
@@ -362,6 +374,24 @@ async fn dispatch(
             KeysCommand::Revoke { id } => commands::keys_revoke(&client(), id, json).await,
         },
     }
+}
+
+/// Prints a benchmark's report as JSON or text; a failed run exits 1.
+fn print_report<R: serde::Serialize>(
+    report: Result<R, amaos_mesh::BoxError>,
+    text: impl Fn(&R) -> String,
+    json: bool,
+) -> Result<(), Failure> {
+    let report = report.map_err(|e| Failure {
+        message: e.to_string(),
+        code: 1,
+    })?;
+    if json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        print!("{}", text(&report));
+    }
+    Ok(())
 }
 
 async fn up(config: Config) -> Result<(), Failure> {

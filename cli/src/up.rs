@@ -59,6 +59,14 @@ impl Mesh {
     /// Binds every listener, opens the auth store, starts every service and
     /// waits until an agents worker is registered with the router.
     pub async fn start(mut config: Config, shutdown: CancellationToken) -> Result<Self, BoxError> {
+        amaos_mesh::install_crypto_provider();
+        amaos_mesh::policy::init(
+            config.auth.rbac_model.clone(),
+            config.auth.rbac_policy.clone(),
+            std::time::Duration::from_secs(2),
+            shutdown.clone(),
+        )
+        .map_err(|e| format!("config key `auth.rbac_policy`: {e}"))?;
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
         for service in SERVICES {

@@ -75,6 +75,7 @@ async fn a_crew_runs_on_an_openai_compatible_model_with_tools() {
                 base_url: url,
                 model: "tiny".into(),
                 api_key_env: None,
+                api_key_secret: None,
                 timeout: Duration::from_secs(5),
                 max_retries: 0,
                 fallbacks: vec![],
@@ -87,22 +88,7 @@ async fn a_crew_runs_on_an_openai_compatible_model_with_tools() {
     })
     .await;
     let key = mesh.create_key("acme", "developer").await;
-    let task_id = mesh
-        .orchestrator()
-        .submit_task(TestMesh::with_key(
-            &key,
-            pb::SubmitTaskRequest {
-                team: Some(pb::TeamRef {
-                    team: Some(pb::team_ref::Team::SpecYaml(SPEC.into())),
-                }),
-                input: "tides".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let task_id = mesh.submit(&key, SPEC, "tides").await;
     let mut stream = mesh
         .orchestrator()
         .watch_task(TestMesh::with_key(
@@ -188,22 +174,7 @@ async fn a_crew_runs_on_an_openai_compatible_model_with_tools() {
 async fn an_unknown_model_alias_fails_the_run_with_a_clear_reason() {
     let mesh = TestMesh::start().await;
     let key = mesh.create_key("acme", "developer").await;
-    let task_id = mesh
-        .orchestrator()
-        .submit_task(TestMesh::with_key(
-            &key,
-            pb::SubmitTaskRequest {
-                team: Some(pb::TeamRef {
-                    team: Some(pb::team_ref::Team::SpecYaml(SPEC.into())),
-                }),
-                input: "x".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let task_id = mesh.submit(&key, SPEC, "x").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
         let task = mesh

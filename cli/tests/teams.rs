@@ -11,22 +11,7 @@ use amaos_proto::orchestrator::v1::task_event::Kind;
 use common::{TestMesh, repo_root};
 
 async fn run(mesh: &TestMesh, key: &str, spec: &str, input: &str) -> (pb::Task, Vec<Payload>) {
-    let task_id = mesh
-        .orchestrator()
-        .submit_task(TestMesh::with_key(
-            key,
-            pb::SubmitTaskRequest {
-                team: Some(pb::TeamRef {
-                    team: Some(pb::team_ref::Team::SpecYaml(spec.into())),
-                }),
-                input: input.into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .task_id;
+    let task_id = mesh.submit(key, spec, input).await;
     let payloads = mesh
         .events(key, &task_id)
         .await
@@ -275,6 +260,248 @@ async fn a_hierarchical_manager_delegates_reviews_and_sends_work_back() {
     assert_eq!(
         task.output,
         "Brief on edge caching: it cuts latency by serving from nearby nodes; the trade-off is stale data."
+    );
+    mesh.stop().await;
+}
+
+/// A one-agent round-robin chat whose agent says `lines` in turn, stopping on `termination`.
+fn chat(termination: &str, budget: &str, latency: &str, lines: &[&str]) -> String {
+    let turns: String = lines
+        .iter()
+        .map(|l| format!("      - say: \"{l}\"\n"))
+        .collect();
+    format!(
+        "name: chatty\nagents:\n  - name: talker\n    role: Talker\n    goal: Talk\n{latency}    replay:\n{turns}group_chat:\n  manager: round_robin\n  task: \"Talk about {{input}}\"\n  termination:\n{termination}{budget}"
+    )
+}
+
+#[tokio::test]
+async fn every_stop_condition_and_budget_ends_a_chat_with_its_reason() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let lines = [
+        "one",
+        "two",
+        "three DONE",
+        "four",
+        "five",
+        "six",
+        "seven",
+        "eight",
+    ];
+    let messages = |payloads: &[Payload]| speakers(payloads).len();
+
+    // Token budget of the chat: the first message already uses more than one token.
+    let spec = chat("    any:\n      - max_tokens: 1\n", "", "", &lines);
+    let (task, payloads) = run(&mesh, &key, &spec, "x").await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    assert_eq!((messages(&payloads), task.output.as_str()), (1, "one"));
+
+    // `all`: two messages are not enough without the mention, and the mention comes third.
+    let spec = chat(
+        "    all:\n      - max_messages: 2\n      - text_mention: DONE\n",
+        "",
+        "",
+        &lines,
+    );
+    let (task, payloads) = run(&mesh, &key, &spec, "x").await;
+    assert_eq!(
+        (messages(&payloads), task.output.as_str()),
+        (3, "three DONE")
+    );
+
+    // A timeout: 100 ms a message against 250 ms stops long before 8 messages.
+    let spec = chat(
+        "    any:\n      - timeout: 250ms\n      - max_messages: 8\n",
+        "",
+        "    replay_latency: 100ms\n",
+        &lines,
+    );
+    let (task, payloads) = run(&mesh, &key, &spec, "x").await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    let n = messages(&payloads);
+    assert!((2..=6).contains(&n), "stopped after {n} messages");
+
+    // Budgets fail the run with the budget named, whatever the chat's own condition.
+    for (budget, latency, words) in [
+        ("budget:\n  max_steps: 2\n", "", "model calls"),
+        ("budget:\n  max_tokens: 5\n", "", "tokens"),
+        (
+            "budget:\n  max_wall_time: 300ms\n",
+            "    replay_latency: 150ms\n",
+            "longer than",
+        ),
+    ] {
+        let spec = chat(
+            "    any:\n      - max_messages: 8\n",
+            budget,
+            latency,
+            &lines,
+        );
+        let (task, _) = run(&mesh, &key, &spec, "x").await;
+        assert_eq!(
+            task.state,
+            pb::TaskState::Failed as i32,
+            "{budget}: {task:?}"
+        );
+        let error = task.error.unwrap();
+        assert!(error.message.contains(words), "{budget}: {}", error.message);
+        assert_eq!(error.class, pb::ErrorClass::Budget as i32);
+    }
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_hybrid_crew_hands_a_task_to_a_nested_chat_and_the_judge_passes_the_plan() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let (task, payloads) = run(&mesh, &key, &example("hybrid-launch.yaml"), "the v2 API").await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    let tasks: Vec<(String, String)> = payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::TaskStarted(t) => Some((t.task.clone(), t.agent.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tasks,
+        [
+            ("decide".to_owned(), "debate".to_owned()),
+            ("plan".to_owned(), "editor".to_owned())
+        ]
+    );
+    let order: Vec<String> = speakers(&payloads).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(
+        order,
+        ["marketer", "engineer", "marketer"],
+        "the nested chat ran to AGREED"
+    );
+    let decided = payloads.iter().find_map(|p| match p {
+        Payload::TaskCompleted(t) if t.task == "decide" => Some(t.output.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        decided.as_deref(),
+        Some("Agreed on a staged rollout with the guide first. AGREED")
+    );
+    assert_eq!(verdicts(&payloads), [VerdictKind::Pass as i32]);
+    assert!(
+        task.output.starts_with("Plan for the v2 API:"),
+        "{}",
+        task.output
+    );
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_chat_member_that_is_a_crew_runs_its_tasks_on_the_conversation() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let spec = r#"name: panel
+agents:
+  - name: host
+    role: Host
+    goal: Ask the question
+    replay:
+      - say: "What should we know about {input}?"
+  - name: analyst
+    role: Analyst
+    goal: Dig out facts
+    replay:
+      - say: "Facts: {input} is fast but costly."
+  - name: summarizer
+    role: Summarizer
+    goal: Condense
+    replay:
+      - say: "Summary: {input} trades cost for speed."
+teams:
+  - name: research
+    crew:
+      tasks:
+        - name: dig
+          description: "Find facts for this conversation: {input}"
+          agent: analyst
+        - name: sum
+          description: Summarize the facts
+          agent: summarizer
+          context: [dig]
+group_chat:
+  manager: round_robin
+  participants: [host, research]
+  task: "Brief us on {input}"
+  termination:
+    any:
+      - max_messages: 2
+"#;
+    let (task, payloads) = run(&mesh, &key, spec, "caching").await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    let order: Vec<String> = speakers(&payloads).into_iter().map(|(s, _)| s).collect();
+    assert_eq!(order, ["host", "research"]);
+    let crew_tasks: Vec<String> = payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::TaskCompleted(t) => Some(t.task.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(crew_tasks, ["dig", "sum"]);
+    assert_eq!(task.output, "Summary: caching trades cost for speed.");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn a_chat_agent_with_memory_remembers_its_result_and_recalls_it_next_session_turn() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let spec = r#"name: recaller
+agents:
+  - name: sage
+    role: Sage
+    goal: Remember what was concluded
+    memory: true
+    replay:
+      - say: "{input} pays off for read-heavy workloads"
+group_chat:
+  manager: round_robin
+  task: "Talk about {input}"
+  termination:
+    any:
+      - max_messages: 1
+"#;
+    let submit = |session: &str| pb::SubmitTaskRequest {
+        team: Some(pb::TeamRef {
+            team: Some(pb::team_ref::Team::SpecYaml(spec.into())),
+        }),
+        input: "caching".into(),
+        session_id: session.into(),
+        ..Default::default()
+    };
+    let mut stored = Vec::new();
+    let mut recalled = Vec::new();
+    for _ in 0..2 {
+        let task_id = mesh
+            .orchestrator()
+            .submit_task(TestMesh::with_key(&key, submit("s-1")))
+            .await
+            .unwrap()
+            .into_inner()
+            .task_id;
+        for e in mesh.events(&key, &task_id).await {
+            if let Some(Kind::RunEvent(run)) = e.kind {
+                match run.payload {
+                    Some(Payload::MemoryStored(m)) => stored.push(m.memory_id),
+                    Some(Payload::MemoryRecalled(m)) => recalled.extend(m.memory_ids),
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert_eq!(stored.len(), 2, "each run remembers its result");
+    assert_eq!(
+        recalled,
+        [stored[0].clone()],
+        "the second run recalled the first one's result before its turn"
     );
     mesh.stop().await;
 }

@@ -29,6 +29,16 @@ pub fn research_crew() -> String {
     std::fs::read_to_string(repo_root().join("examples/teams/research-crew.yaml")).unwrap()
 }
 
+/// The embedding model fetched by `scripts/fetch-embedding-model`:
+/// `AMAOS_EMBED_MODEL_DIR`, else `.amaos/models/all-MiniLM-L6-v2` at the
+/// repository root.
+pub fn model_dir() -> PathBuf {
+    std::env::var_os("AMAOS_EMBED_MODEL_DIR").map_or_else(
+        || repo_root().join(".amaos/models/all-MiniLM-L6-v2"),
+        PathBuf::from,
+    )
+}
+
 /// A config on port 0 everywhere, without admin listeners, in `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config {
@@ -36,6 +46,8 @@ pub fn test_config(dir: &Path) -> Config {
         ..Config::default()
     };
     config.agents.teams_dir = repo_root().join("examples/teams");
+    config.memory.embed_model_dir = Some(model_dir());
+    config.tools.sandbox_helper = Some(procs::bin("amaos-sandbox"));
     let any = "127.0.0.1:0".parse().unwrap();
     config.orchestrator.listen = any;
     config.router.listen = any;
@@ -181,6 +193,25 @@ impl TestMesh {
     }
 
     /// Creates a key in `tenant` with `role` and returns its secret.
+    /// Submits an inline `spec` on `input` with `key`; returns the task id.
+    pub async fn submit(&self, key: &str, spec: &str, input: &str) -> String {
+        self.orchestrator()
+            .submit_task(Self::with_key(
+                key,
+                pb::SubmitTaskRequest {
+                    team: Some(pb::TeamRef {
+                        team: Some(pb::team_ref::Team::SpecYaml(spec.into())),
+                    }),
+                    input: input.into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .task_id
+    }
+
     pub async fn create_key(&self, tenant: &str, role: &str) -> String {
         self.auth()
             .create_api_key(Self::with_key(

@@ -100,6 +100,10 @@ pub fn env_for(data_dir: &Path) -> HashMap<String, String> {
         repo_root_dir().join("examples/teams").display().to_string(),
     );
     env.insert("AMAOS_LOG__FORMAT".into(), "json".into());
+    env.insert(
+        "AMAOS_EMBED_MODEL_DIR".into(),
+        super::model_dir().display().to_string(),
+    );
     for service in SERVICES {
         let upper = service.to_uppercase();
         let port = free_port();
