@@ -33,7 +33,9 @@ pub const SERVICES: [&str; 6] = [
 ];
 
 /// Builds the service binaries once: `cargo test` builds only the binaries of
-/// the package under test, and stale ones would test old code.
+/// the package under test, and stale ones would test old code. Built like
+/// scripts/test builds them (`--workspace --bins`): a narrower `-p` list
+/// unifies features differently and recompiles half the dependencies.
 pub fn build_service_binaries() {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
@@ -50,9 +52,9 @@ pub fn build_service_binaries() {
         {
             command.arg("--release");
         }
-        for service in SERVICES {
-            command.args(["-p", &format!("amaos-{service}")]);
-        }
+        // The same selection as scripts/test's build, so features unify the
+        // same way and this finds nothing to rebuild.
+        command.args(["--workspace", "--bins"]);
         let status = command.status().unwrap();
         assert!(status.success(), "building the service binaries failed");
     });
