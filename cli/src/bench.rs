@@ -197,10 +197,9 @@ async fn drive(
     team: &'static str,
     calls_per_task: u64,
 ) -> Result<BenchReport, amaos_mesh::BoxError> {
-    let limits = &mesh.config.limits;
+    let dialer = amaos_mesh::client::Dialer::new(&mesh.config, "cli")?;
     let admin = std::fs::read_to_string(mesh.config.data_dir.join("admin.key"))?;
-    let mut auth =
-        AuthServiceClient::new(amaos_mesh::client::channel(&mesh.config.auth.url, limits)?);
+    let mut auth = AuthServiceClient::new(dialer.channel("auth", &mesh.config.auth.url)?);
     let mut request = tonic::Request::new(auth::CreateApiKeyRequest {
         name: "bench".into(),
         tenant: "bench".into(),
@@ -213,7 +212,7 @@ async fn drive(
     // One connection per 500 tasks in flight, as a fleet of clients would have.
     let mut clients = Vec::new();
     for _ in 0..options.concurrency.div_ceil(500).max(1) {
-        let channel = amaos_mesh::client::channel(&mesh.config.orchestrator.url, limits)?;
+        let channel = dialer.channel("orchestrator", &mesh.config.orchestrator.url)?;
         clients.push(OrchestratorServiceClient::new(channel));
     }
 

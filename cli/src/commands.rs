@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use amaos_mesh::caller;
 use amaos_mesh::client::{self, MeshChannel};
-use amaos_mesh::config::Config;
+use amaos_mesh::config::{Config, EXIT_CONFIG};
 use amaos_proto::auth::v1 as auth;
 use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
 use amaos_proto::orchestrator::v1 as pb;
@@ -76,21 +76,28 @@ impl Client {
         Self { config, api_key }
     }
 
-    fn channel(&self, url: &str) -> Result<MeshChannel, Failure> {
-        client::channel(url, &self.config.limits).map_err(|e| Failure::new(EXIT_RPC, e.to_string()))
+    /// A channel to service `peer` at `url`, as the `cli` principal (its
+    /// certificate under `tls.mode = rustls`).
+    fn channel(&self, peer: &str, url: &str) -> Result<MeshChannel, Failure> {
+        client::Dialer::new(&self.config, "cli")
+            .map_err(|e| Failure::new(EXIT_CONFIG as u8, e.to_string()))?
+            .channel(peer, url)
+            .map_err(|e| Failure::new(EXIT_RPC, e.to_string()))
     }
 
     fn orchestrator(&self) -> Result<OrchestratorServiceClient<MeshChannel>, Failure> {
         let limit = self.config.limits.max_message_bytes;
-        Ok(
-            OrchestratorServiceClient::new(self.channel(&self.config.orchestrator.url)?)
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(limit),
+        Ok(OrchestratorServiceClient::new(
+            self.channel("orchestrator", &self.config.orchestrator.url)?,
         )
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit))
     }
 
     fn auth(&self) -> Result<AuthServiceClient<MeshChannel>, Failure> {
-        Ok(AuthServiceClient::new(self.channel(&self.config.auth.url)?))
+        Ok(AuthServiceClient::new(
+            self.channel("auth", &self.config.auth.url)?,
+        ))
     }
 
     fn request<T>(&self, message: T) -> Result<Request<T>, Failure> {

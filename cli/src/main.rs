@@ -143,6 +143,25 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Certificates for mTLS between services (`tls.mode = rustls`).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Make a development CA and a certificate per service and for the CLI,
+    /// with Linkerd-form identities, in `tls.dir` (default `<data_dir>/tls`).
+    Init {
+        /// Where to write them (overrides `tls.dir`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Replace certificates that are already there.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -373,7 +392,44 @@ async fn dispatch(
             }
             KeysCommand::Revoke { id } => commands::keys_revoke(&client(), id, json).await,
         },
+        Command::Certs {
+            command: CertsCommand::Init { dir, force },
+        } => certs_init(&config, dir, force),
     }
+}
+
+fn certs_init(config: &Config, dir: Option<PathBuf>, force: bool) -> Result<(), Failure> {
+    let dir = dir
+        .or_else(|| config.tls.dir.clone())
+        .unwrap_or_else(|| config.data_dir.join("tls"));
+    if dir.join("ca.pem").exists() && !force {
+        return Err(Failure {
+            message: format!(
+                "{} already holds a CA; pass --force to replace it and every certificate",
+                dir.display()
+            ),
+            code: 1,
+        });
+    }
+    amaos_mesh::tls::init_dev_pki(&config.tls, &dir, amaos_mesh::tls::PRINCIPALS).map_err(|e| {
+        Failure {
+            message: e.to_string(),
+            code: 1,
+        }
+    })?;
+    println!(
+        "wrote a development CA and {} certificates to {} (keys 0600):",
+        amaos_mesh::tls::PRINCIPALS.len(),
+        dir.display()
+    );
+    for name in amaos_mesh::tls::PRINCIPALS {
+        println!("  {name:<13} {}", config.tls.identity(name));
+    }
+    println!(
+        "serve with AMAOS_TLS__MODE=rustls AMAOS_TLS__DIR={}",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Prints a benchmark's report as JSON or text; a failed run exits 1.

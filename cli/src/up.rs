@@ -141,10 +141,9 @@ impl Mesh {
 
     /// Waits until the router lists a live agents worker.
     async fn wait_for_worker(&self, limit: Duration) -> Result<(), BoxError> {
-        let mut router = RouterServiceClient::new(client::channel(
-            &self.config.router.url,
-            &self.config.limits,
-        )?);
+        let mut router = RouterServiceClient::new(
+            client::Dialer::new(&self.config, "cli")?.channel("router", &self.config.router.url)?,
+        );
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Some((service, task)) = self.tasks.iter().find(|(_, t)| t.is_finished()) {

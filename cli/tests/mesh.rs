@@ -202,6 +202,55 @@ async fn the_example_crew_runs_end_to_end() {
 }
 
 #[tokio::test]
+async fn the_example_crew_runs_with_mtls_between_every_service() {
+    let mesh = TestMesh::start_with(|config| {
+        config.tls.mode = amaos_mesh::tls::TlsMode::Rustls;
+        amaos_mesh::tls::init_dev_pki(
+            &config.tls,
+            &config.data_dir.join("tls"),
+            amaos_mesh::tls::PRINCIPALS,
+        )
+        .unwrap();
+    })
+    .await;
+    // The CLI's certificate: keys from auth, a crew run through the
+    // orchestrator, the router, an agents worker, tools and memory.
+    let key = mesh.create_key("acme", "developer").await;
+    let id = mesh
+        .submit(&key, &research_crew(), "vector databases")
+        .await;
+    mesh.events(&key, &id).await;
+    let task = mesh.task(&key, &id).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+
+    // Plaintext is refused, and so is a mesh identity that may not call
+    // the orchestrator (only the CLI may).
+    let plain =
+        amaos_mesh::client::channel(&mesh.config.orchestrator.url, &mesh.config.limits).unwrap();
+    assert!(
+        amaos_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient::new(
+            plain
+        )
+        .list_tasks(TestMesh::with_key(&key, pb::ListTasksRequest::default()))
+        .await
+        .is_err()
+    );
+    let as_memory = amaos_mesh::client::Dialer::new(&mesh.config, "memory")
+        .unwrap()
+        .channel("orchestrator", &mesh.config.orchestrator.url)
+        .unwrap();
+    let status =
+        amaos_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient::new(
+            as_memory,
+        )
+        .list_tasks(TestMesh::with_key(&key, pb::ListTasksRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn a_malformed_spec_is_invalid_argument_naming_the_line() {
     let mesh = TestMesh::start().await;
     let key = mesh.create_key("acme", "developer").await;

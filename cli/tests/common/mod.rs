@@ -98,8 +98,25 @@ impl TestMesh {
         }
     }
 
+    /// A channel to the service at `url`, as the CLI (with its certificate
+    /// when the mesh runs mTLS).
     pub fn channel(&self, url: &str) -> MeshChannel {
-        client::channel(url, &self.config.limits).unwrap()
+        let c = &self.config;
+        let peer = [
+            ("orchestrator", &c.orchestrator.url),
+            ("router", &c.router.url),
+            ("agents", &c.agents.url),
+            ("tools", &c.tools.url),
+            ("memory", &c.memory.url),
+            ("auth", &c.auth.url),
+        ]
+        .into_iter()
+        .find(|(_, u)| *u == url)
+        .map_or("", |(name, _)| name);
+        client::Dialer::new(c, "cli")
+            .unwrap()
+            .channel(peer, url)
+            .unwrap()
     }
 
     pub fn orchestrator(&self) -> OrchestratorServiceClient<MeshChannel> {

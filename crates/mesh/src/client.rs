@@ -5,6 +5,10 @@
 //! `grpc-timeout` to the smallest of: the timeout the caller set on the
 //! request, what is left of the inbound request's deadline, and the default
 //! request timeout. The response (headers) is awaited at most that long.
+//!
+//! A [`Dialer`] makes them for one principal; with `tls.mode = rustls` it
+//! presents that principal's certificate and checks that the peer presents
+//! the identity of the service it means to call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +21,8 @@ use tonic::body::Body;
 use tonic::transport::{Channel, Endpoint};
 use tower::Service;
 
-use crate::config::Limits;
+use crate::config::{Config, Limits};
+use crate::tls::{self, ClientTls, TlsError};
 use crate::{context, telemetry};
 
 /// A channel to another service, with deadline and trace propagation. It
@@ -40,26 +45,72 @@ pub struct ChannelError {
     source: tonic::transport::Error,
 }
 
-/// Builds a lazily connecting channel to `url`.
+/// Makes channels from one principal (a service, or the CLI) to the others,
+/// with mTLS when `tls.mode = rustls`.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    limits: Limits,
+    tls: Option<Arc<ClientTls>>,
+}
+
+impl Dialer {
+    /// Channels for principal `me` under `config` (its certificate, when mTLS
+    /// is on, is read now).
+    pub fn new(config: &Config, me: &str) -> Result<Self, TlsError> {
+        Ok(Self {
+            limits: config.limits.clone(),
+            tls: tls::client(&config.tls, &config.data_dir, me)?.map(Arc::new),
+        })
+    }
+
+    /// Plaintext channels.
+    pub fn plaintext(limits: &Limits) -> Self {
+        Self {
+            limits: limits.clone(),
+            tls: None,
+        }
+    }
+
+    /// A lazily connecting channel to service `peer` at `url`. With mTLS the
+    /// peer must present `peer`'s identity, and `http://` is read as `https://`.
+    pub fn channel(&self, peer: &str, url: &str) -> Result<MeshChannel, ChannelError> {
+        let error = |source| ChannelError {
+            url: url.to_owned(),
+            source,
+        };
+        let mut endpoint = match &self.tls {
+            Some(tls) => {
+                let secure = match url.strip_prefix("http://") {
+                    Some(rest) => format!("https://{rest}"),
+                    None => url.to_owned(),
+                };
+                Endpoint::from_shared(secure)
+                    .and_then(|e| e.tls_config(tls.for_peer(peer)))
+                    .map_err(error)?
+            }
+            None => Endpoint::from_shared(url.to_owned()).map_err(error)?,
+        };
+        let limits = &self.limits;
+        endpoint = endpoint
+            .connect_timeout(limits.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let connections: Arc<[Channel]> = (0..limits.connections_per_service.max(1))
+            .map(|_| endpoint.connect_lazy())
+            .collect();
+        Ok(MeshChannel {
+            inner: connections[0].clone(),
+            connections,
+            next: Arc::new(AtomicUsize::new(0)),
+            default_timeout: limits.request_timeout,
+        })
+    }
+}
+
+/// A plaintext, lazily connecting channel to `url`.
 pub fn channel(url: &str, limits: &Limits) -> Result<MeshChannel, ChannelError> {
-    let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|source| ChannelError {
-        url: url.to_owned(),
-        source,
-    })?;
-    let endpoint = endpoint
-        .connect_timeout(limits.connect_timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true);
-    let connections: Arc<[Channel]> = (0..limits.connections_per_service.max(1))
-        .map(|_| endpoint.connect_lazy())
-        .collect();
-    Ok(MeshChannel {
-        inner: connections[0].clone(),
-        connections,
-        next: Arc::new(AtomicUsize::new(0)),
-        default_timeout: limits.request_timeout,
-    })
+    Dialer::plaintext(limits).channel("", url)
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

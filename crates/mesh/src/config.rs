@@ -33,6 +33,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "models",
     "secrets",
+    "tls",
 ];
 
 /// A configuration problem, naming the key at fault.
@@ -82,6 +83,8 @@ pub struct Config {
     pub models: BTreeMap<String, ModelConfig>,
     /// Where secrets (LLM API keys, MCP credentials) come from.
     pub secrets: crate::secrets::SecretsConfig,
+    /// Transport security between services.
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// Which API a model alias speaks.
@@ -592,6 +595,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             models: BTreeMap::new(),
             secrets: crate::secrets::SecretsConfig::default(),
+            tls: crate::tls::TlsConfig::default(),
         }
     }
 }
@@ -1096,6 +1100,35 @@ impl Config {
                 if !price.is_finite() || price < 0.0 {
                     return Err(ConfigError::new(&key(field), "must be zero or more"));
                 }
+            }
+        }
+        let tls = &self.tls;
+        for (key, value) in [
+            ("tls.namespace", &tls.namespace),
+            ("tls.trust_domain", &tls.trust_domain),
+        ] {
+            let valid = !value.is_empty()
+                && value.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                });
+            if !valid {
+                return Err(ConfigError::new(
+                    key,
+                    format!("`{value}` must be lowercase DNS labels (a-z, 0-9, -)"),
+                ));
+            }
+        }
+        positive("tls.handshake_timeout", tls.handshake_timeout)?;
+        for service in tls.allow.keys() {
+            if !crate::tls::PRINCIPALS.contains(&service.as_str()) || service == "cli" {
+                return Err(ConfigError::new(
+                    &format!("tls.allow.{service}"),
+                    "names no service (orchestrator, router, agents, tools, memory, auth)",
+                ));
             }
         }
         let sc = &self.secrets;

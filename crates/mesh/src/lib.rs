@@ -30,6 +30,7 @@ pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 pub use config::Config;

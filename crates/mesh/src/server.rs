@@ -21,11 +21,12 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::service::Routes;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_health::ServingStatus;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::config::Limits;
+use crate::config::Config;
 use crate::context;
 use crate::metrics::Metrics;
 use crate::telemetry;
@@ -87,6 +88,9 @@ pub enum ServeError {
     /// The listener's address could not be read.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The certificates could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
@@ -101,14 +105,18 @@ fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Build
 }
 
 /// Serves `service` on `listener` until `shutdown` is cancelled, then drains
-/// in-flight requests for at most `limits.drain_timeout`.
+/// in-flight requests for at most `limits.drain_timeout`. With
+/// `tls.mode = rustls` it accepts only mTLS connections from certificates of
+/// the mesh CA, and only requests whose certificate carries an identity
+/// allowed to call this service (others get PERMISSION_DENIED).
 pub async fn serve(
     service: GrpcService,
     listener: TcpListener,
-    limits: &Limits,
+    config: &Config,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let limits = &config.limits;
     let GrpcService {
         name,
         grpc_names,
@@ -147,9 +155,21 @@ pub async fn serve(
             }
         }
     };
-    let server = tonic::transport::Server::builder()
+    let tls = crate::tls::server(&config.tls, &config.data_dir, name)?;
+    let mut builder = tonic::transport::Server::builder();
+    let mut allowed = None;
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.config)?;
+        allowed = Some(tls.allowed);
+    }
+    let server = builder
         .max_concurrent_streams(Some(limits.max_concurrent_streams))
-        .layer(MeshLayer::new(metrics, limits.max_concurrent_requests))
+        .layer(MeshLayer::new(
+            metrics,
+            limits.max_concurrent_requests,
+            allowed,
+            name,
+        ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop);
     tokio::pin!(server);
@@ -173,15 +193,41 @@ struct MeshLayer {
     metrics: Metrics,
     permits: Arc<Semaphore>,
     limit: usize,
+    /// With mTLS: the identities allowed to call.
+    allowed: Option<Arc<[String]>>,
+    service: &'static str,
 }
 
 impl MeshLayer {
-    fn new(metrics: Metrics, limit: usize) -> Self {
+    fn new(
+        metrics: Metrics,
+        limit: usize,
+        allowed: Option<Arc<[String]>>,
+        service: &'static str,
+    ) -> Self {
         Self {
             metrics,
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            allowed,
+            service,
         }
+    }
+
+    /// Whether the request's client certificate may call this service.
+    fn admits(&self, request: &http::Request<Body>) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs)
+            .is_some_and(|certs| {
+                certs
+                    .first()
+                    .is_some_and(|leaf| crate::tls::certificate_allowed(leaf, allowed))
+            })
     }
 }
 
@@ -223,6 +269,20 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let rpc = request.uri().path().to_owned();
         let metrics = self.layer.metrics.clone();
+        if !self.layer.admits(&request) {
+            let service = self.layer.service;
+            tracing::warn!(
+                service,
+                rpc,
+                "refused a caller whose certificate identity is not allowed"
+            );
+            return Box::pin(async move {
+                Ok(tonic::Status::permission_denied(format!(
+                    "the client certificate's identity is not allowed to call {service} (tls.allow.{service})"
+                ))
+                .into_http())
+            });
+        }
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
             metrics.shed(&rpc);
             let limit = self.layer.limit;
@@ -391,7 +451,7 @@ mod tests {
             }
         });
         let metrics = Metrics::new("test");
-        let mut service = MeshLayer::new(metrics.clone(), 1).layer(inner);
+        let mut service = MeshLayer::new(metrics.clone(), 1, None, "test").layer(inner);
         let request = || {
             http::Request::builder()
                 .uri("/pkg.Svc/Call")

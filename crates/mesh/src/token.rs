@@ -237,10 +237,10 @@ impl TokenVerifier {
 
     /// A verifier fetching keys from the auth service at `url`.
     pub fn from_auth(
+        dialer: &crate::client::Dialer,
         url: &str,
-        limits: &crate::config::Limits,
     ) -> Result<Self, crate::client::ChannelError> {
-        let channel = crate::client::channel(url, limits)?;
+        let channel = dialer.channel("auth", url)?;
         Ok(Self::new(KeySource::Auth(
             amaos_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel),
         )))

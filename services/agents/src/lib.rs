@@ -135,10 +135,11 @@ impl Agents {
         catalog: Catalog,
         secrets: Arc<dyn amaos_mesh::secrets::SecretStore>,
     ) -> Result<Self, BoxError> {
-        let tools = client::channel(&config.tools.url, &config.limits)?;
-        let memory = client::channel(&config.memory.url, &config.limits)?;
+        let dialer = client::Dialer::new(config, "agents")?;
+        let tools = dialer.channel("tools", &config.tools.url)?;
+        let memory = dialer.channel("memory", &config.memory.url)?;
         Ok(Self {
-            verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
+            verifier: Arc::new(TokenVerifier::from_auth(&dialer, &config.auth.url)?),
             models: Arc::new(ModelSet::with_secrets(&config.models, Some(secrets))?),
             catalog,
             services: Services {
@@ -350,8 +351,9 @@ pub async fn serve(
     let catalog = Catalog::load(&config.agents.teams_dir, config.agents.max_spec_bytes)?;
     let secrets = amaos_mesh::secrets::open(&config.secrets, &config.data_dir).await?;
     let agents = Agents::new(&config, catalog.clone(), secrets)?;
-    let router: RouterServiceClient<MeshChannel> =
-        RouterServiceClient::new(client::channel(&config.router.url, &config.limits)?);
+    let router: RouterServiceClient<MeshChannel> = RouterServiceClient::new(
+        client::Dialer::new(&config, "agents")?.channel("router", &config.router.url)?,
+    );
     let mut teams = catalog.names();
     teams.push("*".into());
     let announcement = registration::Announcement {
@@ -367,8 +369,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let service = grpc_service(agents, &config.limits);
-    let served =
-        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    let served = amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await;
     let _ = heartbeats.await;
     served?;
     Ok(())

@@ -593,8 +593,7 @@ pub async fn serve_state(
         })
     };
     let service = grpc_service(state, &config.limits);
-    let served =
-        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    let served = amaos_mesh::server::serve(service, listener, config, metrics, shutdown).await;
     rotation.abort();
     served?;
     Ok(())

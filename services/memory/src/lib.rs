@@ -179,7 +179,10 @@ impl Memory {
     /// from auth.
     pub fn new(config: &Config, tiers: Arc<Tiers>) -> Result<Self, BoxError> {
         Ok(Self {
-            verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
+            verifier: Arc::new(TokenVerifier::from_auth(
+                &amaos_mesh::client::Dialer::new(config, "memory")?,
+                &config.auth.url,
+            )?),
             tiers,
             max_text_bytes: config.memory.max_text_bytes,
         })
@@ -463,8 +466,7 @@ pub async fn serve(
         shutdown.clone(),
     ));
     let service = grpc_service(Memory::new(&config, tiers)?, &config.limits);
-    let served =
-        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    let served = amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await;
     // Wait for the sweeper to let go of the tiers, so the long-term store
     // is flushed and closed before this returns.
     sweeper.abort();

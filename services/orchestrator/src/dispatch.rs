@@ -30,14 +30,16 @@ const MAX_BATCH: usize = 64;
 /// Channels to agents workers, by address.
 pub struct WorkerChannels {
     channels: Mutex<HashMap<String, MeshChannel>>,
+    dialer: client::Dialer,
     limits: Limits,
 }
 
 impl WorkerChannels {
     /// An empty cache.
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, dialer: client::Dialer) -> Self {
         Self {
             channels: Mutex::new(HashMap::new()),
+            dialer,
             limits,
         }
     }
@@ -51,7 +53,7 @@ impl WorkerChannels {
         if channels.len() >= MAX_CACHED_CHANNELS {
             channels.clear();
         }
-        let channel = client::channel(address, &self.limits)?;
+        let channel = self.dialer.channel("agents", address)?;
         channels.insert(address.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -94,13 +96,14 @@ impl Dispatcher {
         router: RouterServiceClient<MeshChannel>,
         tokens: crate::authn::RunTokens,
         limits: Limits,
+        dialer: client::Dialer,
         config: DispatchConfig,
     ) -> Arc<Self> {
         Arc::new(Self {
             backend,
             tokens,
             router,
-            workers: WorkerChannels::new(limits),
+            workers: WorkerChannels::new(limits, dialer),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
             running: Mutex::new(HashMap::new()),

@@ -102,14 +102,16 @@ impl Orchestrator {
     /// An orchestrator over `backend`, calling auth and the router as
     /// configured, with its dispatcher (not yet running: see [`serve`]).
     pub fn new(config: &Config, backend: Arc<dyn TaskBackend>) -> Result<Self, BoxError> {
-        let auth = AuthServiceClient::new(client::channel(&config.auth.url, &config.limits)?);
-        let router = RouterServiceClient::new(client::channel(&config.router.url, &config.limits)?);
+        let dialer = client::Dialer::new(config, "orchestrator")?;
+        let auth = AuthServiceClient::new(dialer.channel("auth", &config.auth.url)?);
+        let router = RouterServiceClient::new(dialer.channel("router", &config.router.url)?);
         let o = &config.orchestrator;
         let dispatcher = Dispatcher::new(
             backend.clone(),
             router.clone(),
             authn::RunTokens::new(auth.clone(), config.service_key_file()),
             config.limits.clone(),
+            dialer,
             DispatchConfig {
                 consumer: format!("orchestrator-{}", amaos_mesh::new_id()),
                 lease: o.lease,
@@ -788,8 +790,7 @@ pub async fn serve(
             .run(shutdown.clone(), config.limits.drain_timeout),
     );
     let service = grpc_service(orchestrator, &config.limits);
-    let served =
-        amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await;
+    let served = amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await;
     let _ = dispatcher.await;
     served?;
     Ok(())

@@ -336,6 +336,6 @@ pub async fn serve(
 ) -> Result<(), BoxError> {
     let registry = open_registry(&config).await?;
     let service = grpc_service(Router::new(&config, &metrics, registry), &config.limits);
-    amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
+    amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await?;
     Ok(())
 }

@@ -146,7 +146,10 @@ impl Tools {
                 config.data_dir.join("mcp"),
                 secrets,
             )),
-            verifier: Arc::new(TokenVerifier::from_auth(&config.auth.url, &config.limits)?),
+            verifier: Arc::new(TokenVerifier::from_auth(
+                &amaos_mesh::client::Dialer::new(config, "tools")?,
+                &config.auth.url,
+            )?),
             workspaces: Arc::new(config.workspace_dir()),
             journal: Arc::new(Journal::new(config.tools.max_journal_entries)),
             limits: builtin::FileLimits {
@@ -585,7 +588,7 @@ pub async fn serve(
     let tools = Tools::new(&config, sandbox, Some(secrets))?;
     tools.register_configured(&config).await?;
     let service = grpc_service(tools, &config.limits);
-    amaos_mesh::server::serve(service, listener, &config.limits, metrics, shutdown).await?;
+    amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await?;
     Ok(())
 }
 
