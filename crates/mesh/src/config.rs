@@ -285,6 +285,12 @@ pub struct OrchestratorConfig {
     /// An API key with the `service` role, used to obtain task-scoped tokens;
     /// unset for `<data_dir>/service.key` (written by auth on first start).
     pub service_key_file: Option<PathBuf>,
+    /// Store task data and run events sealed (envelope encryption,
+    /// AES-256-GCM, the task as key context) in the Redis backend.
+    pub encrypt: bool,
+    /// The master key file (created 0600 if absent); unset for
+    /// `<data_dir>/orchestrator.keys`. Replicas must share it.
+    pub key_file: Option<PathBuf>,
 }
 service_endpoint!(OrchestratorConfig);
 
@@ -635,6 +641,8 @@ impl Default for OrchestratorConfig {
             max_events_per_task: 10_000,
             backend: StoreBackend::Memory,
             redis_url: "redis://127.0.0.1:6379".into(),
+            encrypt: true,
+            key_file: None,
             redis_prefix: "amaos".into(),
             lease: Duration::from_secs(15),
             max_in_flight: 10_000,

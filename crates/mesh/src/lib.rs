@@ -25,6 +25,7 @@ mod context;
 pub mod metrics;
 pub mod policy;
 pub mod process;
+pub mod seal;
 pub mod secrets;
 pub mod server;
 pub mod shutdown;

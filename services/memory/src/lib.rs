@@ -12,7 +12,7 @@
 //!   (qdrant-edge) — and [`qdrant`], a Qdrant server through qdrant-client.
 //! - [`tiers`]: Remember/Recall/Recent/Forget across the tiers, and the
 //!   lifecycle sweep.
-//! - [`seal`]: encryption at rest of memory texts (envelope, per tenant).
+//! - encryption at rest of memory texts: `amaos_mesh::seal` (envelope, per tenant).
 //! - this file: the gRPC service, its errors and their mapping, building
 //!   the backends from config, and [`serve`].
 
@@ -21,7 +21,6 @@ pub mod hot;
 pub mod item;
 pub mod longterm;
 pub mod qdrant;
-pub mod seal;
 pub mod tiers;
 
 use std::sync::Arc;
@@ -167,7 +166,8 @@ pub async fn tiers(config: &Config) -> Result<Tiers, BoxError> {
             .clone()
             .unwrap_or_else(|| config.data_dir.join("memory.keys"));
         let sealer =
-            tokio::task::spawn_blocking(move || seal::Sealer::open_or_create(&path)).await??;
+            tokio::task::spawn_blocking(move || amaos_mesh::seal::Sealer::open_or_create(&path))
+                .await??;
         tiers.with_sealer(Arc::new(sealer))
     } else {
         tiers

@@ -51,7 +51,7 @@ pub enum TiersError {
     Embed(#[from] crate::embed::EmbedError),
     /// Sealing or opening a text failed.
     #[error(transparent)]
-    Seal(#[from] crate::seal::SealError),
+    Seal(#[from] amaos_mesh::seal::SealError),
     /// The tenant holds as many memories as it may.
     #[error("the tenant holds {held} memories; the limit is {limit}")]
     Full {
@@ -88,7 +88,7 @@ pub struct Tiers {
     max_items: u64,
     hot_capacity: usize,
     counts: Mutex<HashMap<String, (u64, Instant)>>,
-    sealer: Option<Arc<crate::seal::Sealer>>,
+    sealer: Option<Arc<amaos_mesh::seal::Sealer>>,
 }
 
 impl Tiers {
@@ -113,7 +113,7 @@ impl Tiers {
     }
 
     /// Stores texts sealed (encrypted at rest) with `sealer`, in every tier.
-    pub fn with_sealer(mut self, sealer: Arc<crate::seal::Sealer>) -> Self {
+    pub fn with_sealer(mut self, sealer: Arc<amaos_mesh::seal::Sealer>) -> Self {
         self.sealer = Some(sealer);
         self
     }

@@ -559,8 +559,7 @@ async fn texts_are_sealed_at_rest_in_both_tiers_and_served_in_clear() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(Duration::from_secs(3600));
     let (tiers, hot, long) = tiers(&config, dir.path());
-    let sealer =
-        amaos_memory::seal::Sealer::open_or_create(&dir.path().join("memory.keys")).unwrap();
+    let sealer = amaos_mesh::seal::Sealer::open_or_create(&dir.path().join("memory.keys")).unwrap();
     let tiers = tiers.with_sealer(Arc::new(sealer));
     for text in [
         "The vault code is 7731.",

@@ -92,9 +92,24 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn TaskBackend>, BoxEr
     };
     Ok(match o.backend {
         StoreBackend::Memory => Arc::new(backend::memory::MemoryBackend::new(limits)),
-        StoreBackend::Redis => Arc::new(
-            backend::redis::RedisBackend::connect(&o.redis_url, &o.redis_prefix, limits).await?,
-        ),
+        StoreBackend::Redis => {
+            let backend =
+                backend::redis::RedisBackend::connect(&o.redis_url, &o.redis_prefix, limits)
+                    .await?;
+            if o.encrypt {
+                let path = o
+                    .key_file
+                    .clone()
+                    .unwrap_or_else(|| config.data_dir.join("orchestrator.keys"));
+                let sealer = tokio::task::spawn_blocking(move || {
+                    amaos_mesh::seal::Sealer::open_or_create(&path)
+                })
+                .await??;
+                Arc::new(backend.with_sealer(Arc::new(sealer)))
+            } else {
+                Arc::new(backend)
+            }
+        }
     })
 }
 

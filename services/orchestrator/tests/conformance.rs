@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use amaos_orchestrator::backend::memory::MemoryBackend;
 use amaos_orchestrator::backend::redis::RedisBackend;
-use amaos_orchestrator::backend::{TaskBackend, conformance};
+use std::time::Duration;
+
+use amaos_mesh::seal::Sealer;
+use amaos_orchestrator::backend::{Claimed, Outcome, Record, TaskBackend, conformance};
+use amaos_proto::agents::v1 as agents;
 
 fn redis_url() -> String {
     std::env::var("AMAOS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -33,8 +37,157 @@ async fn the_redis_backend_conforms() {
                 .unwrap_or_else(|e| {
                     panic!("Redis at {url} is needed for this test (scripts/test starts one): {e}")
                 });
-            Arc::new(backend) as Arc<dyn TaskBackend>
+            // Sealed at rest, as deployed by default (orchestrator.encrypt).
+            Arc::new(backend.with_sealer(sealer())) as Arc<dyn TaskBackend>
         }
     })
     .await;
+}
+
+fn sealer() -> Arc<Sealer> {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().unwrap());
+    Arc::new(Sealer::open_or_create(&dir.path().join("orchestrator.keys")).unwrap())
+}
+
+/// Every value stored under `prefix`, as bytes.
+async fn everything_stored(url: &str, prefix: &str) -> Vec<u8> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let value: redis::Value = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            "stream" => redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut conn)
+                .await
+                .unwrap(),
+            _ => continue,
+        };
+        all.extend(format!("{value:?}").into_bytes());
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn task_inputs_outputs_and_run_events_are_sealed_at_rest_in_redis() {
+    let url = redis_url();
+    let prefix = format!("amaos-test-{}", amaos_mesh::new_id());
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("orchestrator.keys");
+    let connect = |sealer: Option<Arc<Sealer>>| {
+        let (url, prefix) = (url.clone(), prefix.clone());
+        async move {
+            let backend = RedisBackend::connect(&url, &prefix, conformance::limits())
+                .await
+                .unwrap();
+            match sealer {
+                Some(sealer) => backend.with_sealer(sealer),
+                None => backend,
+            }
+        }
+    };
+
+    // A task stored before encryption was turned on stays readable.
+    let clear = connect(None).await;
+    let mut old = conformance::sample("acme");
+    old.input = "stored in clear long ago".into();
+    clear
+        .create("acme", &old.id, vec![old.clone()], None)
+        .await
+        .unwrap();
+    clear.cancel("acme", &old.id, "not needed").await.unwrap();
+
+    let b = connect(Some(Arc::new(Sealer::open_or_create(&keys).unwrap()))).await;
+    let mut task = conformance::sample("acme");
+    task.input = "the launch code is 7731".into();
+    b.create("acme", &task.id, vec![task.clone()], None)
+        .await
+        .unwrap();
+    let mut claimed = None;
+    for _ in 0..20 {
+        if let Claimed::Attempt(claim) = b.claim("c1", Duration::from_secs(30)).await.unwrap() {
+            claimed = Some(*claim);
+            break;
+        }
+    }
+    let claim = claimed.expect("the task is claimed");
+    assert_eq!(claim.task.id, task.id);
+    assert_eq!(claim.task.input, "the launch code is 7731");
+    b.record(
+        &claim.task.id,
+        claim.attempt(),
+        Record::Run(vec![agents::RunEvent {
+            run_id: claim.task.id.clone(),
+            attempt: claim.attempt(),
+            agent: "writer".into(),
+            payload: Some(agents::run_event::Payload::Message(agents::Message {
+                role: "assistant".into(),
+                content: "a message about the vault at 12 Elm St".into(),
+            })),
+            ..Default::default()
+        }]),
+    )
+    .await
+    .unwrap();
+    b.finish(
+        &claim,
+        Outcome::Succeeded {
+            output: "the plan: open the vault at dawn".into(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // Nothing secret is in Redis in clear...
+    let stored = everything_stored(&url, &prefix).await;
+    for secret in ["7731", "12 Elm St", "open the vault at dawn"] {
+        assert!(!contains(&stored, secret), "`{secret}` is stored in clear");
+    }
+    assert!(contains(&stored, "sealed:1:"));
+    // ...and everything reads back, after a key rotation too.
+    Sealer::rotate(&keys).unwrap();
+    let b = connect(Some(Arc::new(Sealer::open_or_create(&keys).unwrap()))).await;
+    let read = b.get("acme", &task.id).await.unwrap().unwrap();
+    assert_eq!(read.input, "the launch code is 7731");
+    assert_eq!(
+        read.output.as_deref(),
+        Some("the plan: open the vault at dawn")
+    );
+    let page = b
+        .events("acme", &task.id, 0, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(format!("{:?}", page.events).contains("12 Elm St"));
+    let old_read = b.get("acme", &old.id).await.unwrap().unwrap();
+    assert_eq!(old_read.input, "stored in clear long ago");
+
+    // Without the keys, sealed tasks are an error, not garbage.
+    let blind = connect(None).await;
+    let error = blind.get("acme", &task.id).await.unwrap_err().to_string();
+    assert!(error.contains("orchestrator.encrypt"), "{error}");
 }

@@ -17,9 +17,10 @@
 //! Every multi-key change is one Lua script; a task's JSON changes only by
 //! compare-and-set on `ver`, so concurrent replicas never lose an update.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use amaos_mesh::seal::Sealer;
 use amaos_proto::orchestrator::v1 as pb;
 use prost::Message;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -181,6 +182,8 @@ pub struct RedisBackend {
     renew: Script,
     create: Script,
     rate: Script,
+    /// Seals task data and event payloads at rest, when encryption is on.
+    sealer: Option<Arc<Sealer>>,
 }
 
 /// A task as loaded, with what a compare-and-set needs.
@@ -223,18 +226,10 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// An event without its sequence number (the stream id carries it), encoded.
-fn blob(id: &str, kind: pb::task_event::Kind) -> Vec<u8> {
-    event(id, 0, kind).encode_to_vec()
-}
-
-fn decode_event(id: &str, entry: &redis::streams::StreamId) -> Option<pb::TaskEvent> {
-    let sequence: u64 = entry.id.strip_prefix("0-")?.parse().ok()?;
-    let bytes: Vec<u8> = redis::from_redis_value_ref(entry.map.get("e")?).ok()?;
-    let mut event = pb::TaskEvent::decode(bytes.as_slice()).ok()?;
-    event.sequence = sequence;
-    event.task_id = id.to_owned();
-    Some(event)
+/// The key context of everything stored for task `id`: a sealed value
+/// copied to another task does not open.
+fn context(id: &str) -> String {
+    format!("task/{id}")
 }
 
 /// A change to make with compare-and-set.
@@ -296,6 +291,7 @@ impl RedisBackend {
             renew: Script::new(RENEW),
             create: Script::new(CREATE),
             rate: Script::new(RATE),
+            sealer: None,
         };
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -348,9 +344,62 @@ impl RedisBackend {
         }
     }
 
+    /// Stores task data and event payloads sealed with `sealer` from now on;
+    /// values stored in clear before stay readable.
+    pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> Self {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// What is stored for `plain` of task `id`: sealed when encryption is on.
+    fn seal(&self, id: &str, plain: Vec<u8>) -> Result<Vec<u8>, BackendError> {
+        match &self.sealer {
+            Some(sealer) => sealer
+                .seal_bytes(&context(id), &plain)
+                .map(String::into_bytes)
+                .map_err(|e| BackendError::Unavailable(e.to_string())),
+            None => Ok(plain),
+        }
+    }
+
+    /// The plain bytes of what is stored for task `id`.
+    fn open(&self, id: &str, stored: Vec<u8>) -> Result<Vec<u8>, BackendError> {
+        match &self.sealer {
+            _ if !Sealer::is_sealed(&stored) => Ok(stored),
+            Some(sealer) => sealer
+                .open_bytes(&context(id), &stored)
+                .map_err(|e| BackendError::Unavailable(format!("task {id}: {e}"))),
+            None => Err(BackendError::Unavailable(format!(
+                "task {id} is sealed but encryption is off (orchestrator.encrypt)"
+            ))),
+        }
+    }
+
+    /// An event without its sequence number (the stream id carries it),
+    /// encoded and sealed.
+    fn blob(&self, id: &str, kind: pb::task_event::Kind) -> Result<Vec<u8>, BackendError> {
+        self.seal(id, event(id, 0, kind).encode_to_vec())
+    }
+
+    fn decode_event(&self, id: &str, entry: &redis::streams::StreamId) -> Option<pb::TaskEvent> {
+        let sequence: u64 = entry.id.strip_prefix("0-")?.parse().ok()?;
+        let stored: Vec<u8> = redis::from_redis_value_ref(entry.map.get("e")?).ok()?;
+        let bytes = match self.open(id, stored) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(task_id = id, sequence, %error, "an event does not open; skipped");
+                return None;
+            }
+        };
+        let mut event = pb::TaskEvent::decode(bytes.as_slice()).ok()?;
+        event.sequence = sequence;
+        event.task_id = id.to_owned();
+        Some(event)
+    }
+
     async fn load(&self, id: &str) -> Result<Option<Loaded>, BackendError> {
         type Fields = (
-            Option<String>,
+            Option<Vec<u8>>,
             Option<String>,
             Option<String>,
             Option<String>,
@@ -366,7 +415,8 @@ impl RedisBackend {
         let (Some(data), Some(state), Some(ver)) = (data, state, ver) else {
             return Ok(None);
         };
-        let mut task: Task = serde_json::from_str(&data)
+        let data = self.open(id, data)?;
+        let mut task: Task = serde_json::from_slice(&data)
             .map_err(|e| BackendError::Unavailable(format!("task {id} is corrupt: {e}")))?;
         if let Some(state) = parse_state(&state) {
             task.state = state;
@@ -379,7 +429,8 @@ impl RedisBackend {
 
     async fn cas(&self, loaded: &Loaded, task: &Task, change: Change) -> Result<Cas, BackendError> {
         let data =
-            serde_json::to_string(task).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+            serde_json::to_vec(task).map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let data = self.seal(&task.id, data)?;
         let mut invocation = self.cas.prepare_invoke();
         invocation
             .key(self.key("task", &task.id))
@@ -465,10 +516,10 @@ impl RedisBackend {
                         class: ErrorClass::Invalid,
                         message: message.clone(),
                     });
-                    let events = vec![blob(
+                    let events = vec![self.blob(
                         &next.id,
                         state_event(Some(next.state), state, &message, next.attempt),
-                    )];
+                    )?];
                     next.state = state;
                     next.finished_at = Some(SystemTime::now());
                     next.updated_at = SystemTime::now();
@@ -509,7 +560,7 @@ impl RedisBackend {
             next.updated_at = now;
             next.started_at.get_or_insert(now);
             let reason = format!("attempt {} claimed by {consumer}", next.attempt);
-            let mut change = Change::events(vec![blob(
+            let mut change = Change::events(vec![self.blob(
                 id,
                 state_event(
                     Some(TaskState::Queued),
@@ -517,7 +568,7 @@ impl RedisBackend {
                     &reason,
                     next.attempt,
                 ),
-            )]);
+            )?]);
             change.running_delta = 1;
             match self.cas(&loaded, &next, change).await? {
                 Cas::Done => {
@@ -600,14 +651,15 @@ impl TaskBackend for RedisBackend {
             } else {
                 TaskState::Pending
             };
-            let data = serde_json::to_string(&stored)
+            let data = serde_json::to_vec(&stored)
                 .map_err(|e| BackendError::Unavailable(e.to_string()))?;
-            let mut events = vec![blob(
+            let data = self.seal(&task.id, data)?;
+            let mut events = vec![self.blob(
                 &task.id,
                 state_event(None, TaskState::Pending, "accepted", 0),
-            )];
+            )?];
             if ready {
-                events.push(blob(
+                events.push(self.blob(
                     &task.id,
                     state_event(
                         Some(TaskState::Pending),
@@ -615,7 +667,7 @@ impl TaskBackend for RedisBackend {
                         "ready to run",
                         0,
                     ),
-                ));
+                )?);
             }
             invocation
                 .arg(&task.id)
@@ -819,7 +871,7 @@ impl TaskBackend for RedisBackend {
                     "attempt {stalled} stalled (its lease expired); attempt {} takes over",
                     next.attempt
                 );
-                let change = Change::events(vec![blob(
+                let change = Change::events(vec![self.blob(
                     &id,
                     state_event(
                         Some(TaskState::Running),
@@ -827,7 +879,7 @@ impl TaskBackend for RedisBackend {
                         &reason,
                         next.attempt,
                     ),
-                )]);
+                )?]);
                 if let Cas::Done = self.cas(&loaded, &next, change).await? {
                     claims.push(Claim {
                         task: next,
@@ -869,8 +921,8 @@ impl TaskBackend for RedisBackend {
             Record::Run(runs) => (
                 String::new(),
                 runs.into_iter()
-                    .map(|run| blob(id, pb::task_event::Kind::RunEvent(run)))
-                    .collect(),
+                    .map(|run| self.blob(id, pb::task_event::Kind::RunEvent(run)))
+                    .collect::<Result<Vec<_>, _>>()?,
             ),
         };
         let mut invocation = self.record.prepare_invoke();
@@ -925,7 +977,7 @@ impl TaskBackend for RedisBackend {
                     next.state = TaskState::Succeeded;
                     next.finished_at = Some(now);
                     change.expire = true;
-                    change.events.push(blob(
+                    change.events.push(self.blob(
                         id,
                         state_event(
                             Some(from),
@@ -933,11 +985,11 @@ impl TaskBackend for RedisBackend {
                             "the team finished",
                             attempt,
                         ),
-                    ));
+                    )?);
                     for dependent in &next.dependents {
                         change.release.push((
                             dependent.clone(),
-                            blob(
+                            self.blob(
                                 dependent,
                                 state_event(
                                     Some(TaskState::Pending),
@@ -945,7 +997,7 @@ impl TaskBackend for RedisBackend {
                                     "its dependencies succeeded",
                                     0,
                                 ),
-                            ),
+                            )?,
                         ));
                     }
                 }
@@ -965,20 +1017,19 @@ impl TaskBackend for RedisBackend {
                     }
                     next.state = TaskState::Pending;
                     change.delay_until_ms = Some(now_ms() + after.as_millis() as u64);
-                    change.events.push(blob(
+                    change.events.push(self.blob(
                         id,
                         state_event(Some(from), TaskState::Pending, &reason, attempt),
-                    ));
+                    )?);
                 }
                 Outcome::Finished { state, error } => {
                     next.error = Some(error.clone());
                     next.state = *state;
                     next.finished_at = Some(now);
                     change.expire = true;
-                    change.events.push(blob(
-                        id,
-                        state_event(Some(from), *state, &error.message, attempt),
-                    ));
+                    change.events.push(
+                        self.blob(id, state_event(Some(from), *state, &error.message, attempt))?,
+                    );
                     cascade = Some(error.message.clone());
                 }
             }
@@ -1027,10 +1078,10 @@ impl TaskBackend for RedisBackend {
             next.state = TaskState::Cancelled;
             next.finished_at = Some(now);
             next.updated_at = now;
-            let mut change = Change::events(vec![blob(
+            let mut change = Change::events(vec![self.blob(
                 id,
                 state_event(Some(from), TaskState::Cancelled, reason, next.attempt),
-            )]);
+            )?]);
             change.expire = true;
             if let Cas::Done = self.cas(&loaded, &next, change).await? {
                 self.end_dependents(&next, TaskState::Cancelled, "was cancelled")
@@ -1075,7 +1126,7 @@ impl TaskBackend for RedisBackend {
         let mut events: Vec<pb::TaskEvent> = range
             .ids
             .iter()
-            .filter_map(|e| decode_event(id, e))
+            .filter_map(|e| self.decode_event(id, e))
             .collect();
         if events.is_empty() && !was_terminal && !wait.is_zero() {
             if let Ok(_slot) = self.blocking_reads.try_acquire() {
@@ -1093,7 +1144,7 @@ impl TaskBackend for RedisBackend {
                 self.return_conn(conn);
                 if let Some(reply) = reply {
                     for key in reply.keys {
-                        events.extend(key.ids.iter().filter_map(|e| decode_event(id, e)));
+                        events.extend(key.ids.iter().filter_map(|e| self.decode_event(id, e)));
                     }
                 }
             } else {
@@ -1110,7 +1161,7 @@ impl TaskBackend for RedisBackend {
                 events = range
                     .ids
                     .iter()
-                    .filter_map(|e| decode_event(id, e))
+                    .filter_map(|e| self.decode_event(id, e))
                     .collect();
             }
         }
@@ -1149,7 +1200,7 @@ impl TaskBackend for RedisBackend {
                         let mut next = loaded.task.clone();
                         next.state = TaskState::Queued;
                         let reason = format!("retrying after attempt {}", next.attempt);
-                        let mut change = Change::events(vec![blob(
+                        let mut change = Change::events(vec![self.blob(
                             &id,
                             state_event(
                                 Some(TaskState::Pending),
@@ -1157,7 +1208,7 @@ impl TaskBackend for RedisBackend {
                                 &reason,
                                 next.attempt,
                             ),
-                        )]);
+                        )?]);
                         change.enqueue = true;
                         if let Cas::Done = self.cas(&loaded, &next, change).await? {
                             moved += 1;

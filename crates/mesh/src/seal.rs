@@ -1,12 +1,13 @@
-//! Encryption at rest for memory texts: envelope encryption with AES-256-GCM
-//! (ring). Each memory gets a fresh data key that encrypts its text; the data
-//! key is wrapped by a master key from a local key file. The tenant is the
-//! key context: it is bound into both encryptions as associated data, so a
-//! sealed text copied to another tenant does not open.
+//! Encryption at rest: envelope encryption with AES-256-GCM (ring). Each
+//! sealed value gets a fresh data key that encrypts it; the data key is
+//! wrapped by a master key from a local key file. A key context (the tenant
+//! for memories; tenant and task for the task store) is bound into both
+//! encryptions as associated data, so a sealed value copied to another
+//! tenant or task does not open.
 //!
-//! The key file holds every master key version; new texts are sealed with
-//! the current one and old texts still open with theirs, so rotating (adding
-//! a version and making it current) loses nothing. Texts stored before
+//! The key file holds every master key version; new values are sealed with
+//! the current one and old values still open with theirs, so rotating (adding
+//! a version and making it current) loses nothing. Values stored before
 //! encryption was enabled are read as they are.
 
 use std::collections::BTreeMap;
@@ -23,7 +24,7 @@ const PREFIX: &str = "sealed:1:";
 
 /// Why sealing or opening failed (never carries a key or a text).
 #[derive(Debug, thiserror::Error)]
-#[error("memory encryption: {0}")]
+#[error("encryption at rest: {0}")]
 pub struct SealError(String);
 
 /// The key file's contents.
@@ -35,7 +36,7 @@ struct KeyFile {
     keys: BTreeMap<u32, String>,
 }
 
-/// Seals and opens memory texts.
+/// Seals and opens values at rest.
 pub struct Sealer {
     keys: BTreeMap<u32, LessSafeKey>,
     current: u32,
@@ -61,7 +62,18 @@ impl Sealer {
                 current: 1,
                 keys: BTreeMap::from([(1, hex::encode(key))]),
             };
-            write_private(path, &file)?;
+            // Replicas sharing a data directory may start together: the first
+            // file to land wins (a hard link never replaces), and every
+            // replica reads that one.
+            let tmp = path.with_extension(format!("new-{}", crate::new_id()));
+            write_private(&tmp, &file)?;
+            let linked = std::fs::hard_link(&tmp, path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(SealError(format!("{}: {e}", path.display()))),
+            }
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| SealError(format!("{}: {e}", path.display())))?;
@@ -136,15 +148,21 @@ impl Sealer {
         Ok(plain.to_vec())
     }
 
-    /// `text` sealed for `tenant`.
-    pub fn seal(&self, tenant: &str, text: &str) -> Result<String, SealError> {
+    /// `text` sealed under key context `context`.
+    pub fn seal(&self, context: &str, text: &str) -> Result<String, SealError> {
+        self.seal_bytes(context, text.as_bytes())
+    }
+
+    /// `plain` sealed under key context `context`, as text.
+    pub fn seal_bytes(&self, context: &str, plain: &[u8]) -> Result<String, SealError> {
+        let tenant = context;
         let mut dek = [0u8; 32];
         self.rng
             .fill(&mut dek)
             .map_err(|_| SealError("no randomness".into()))?;
         let master = &self.keys[&self.current];
         let wrapped = self.seal_with(master, format!("amaos-dek:{tenant}").as_bytes(), &dek)?;
-        let body = self.seal_with(&key_of(&dek)?, tenant.as_bytes(), text.as_bytes())?;
+        let body = self.seal_with(&key_of(&dek)?, tenant.as_bytes(), plain)?;
         Ok(format!(
             "{PREFIX}{}:{}:{}",
             self.current,
@@ -153,12 +171,27 @@ impl Sealer {
         ))
     }
 
-    /// The text `stored` holds for `tenant`: opened when sealed, as it is
+    /// Whether `stored` is a sealed value.
+    pub fn is_sealed(stored: &[u8]) -> bool {
+        stored.starts_with(PREFIX.as_bytes())
+    }
+
+    /// The text `stored` holds under `context`: opened when sealed, as it is
     /// otherwise (stored before encryption was on).
-    pub fn open(&self, tenant: &str, stored: &str) -> Result<String, SealError> {
-        let Some(rest) = stored.strip_prefix(PREFIX) else {
-            return Ok(stored.to_owned());
+    pub fn open(&self, context: &str, stored: &str) -> Result<String, SealError> {
+        let plain = self.open_bytes(context, stored.as_bytes())?;
+        String::from_utf8(plain).map_err(|_| SealError("a sealed text is not UTF-8".into()))
+    }
+
+    /// The bytes `stored` holds under `context`: opened when sealed, as they
+    /// are otherwise.
+    pub fn open_bytes(&self, context: &str, stored: &[u8]) -> Result<Vec<u8>, SealError> {
+        let tenant = context;
+        let Some(rest) = stored.strip_prefix(PREFIX.as_bytes()) else {
+            return Ok(stored.to_vec());
         };
+        let rest = std::str::from_utf8(rest)
+            .map_err(|_| SealError("a sealed value is malformed".into()))?;
         let mut parts = rest.splitn(3, ':');
         let (Some(kid), Some(wrapped), Some(body)) = (parts.next(), parts.next(), parts.next())
         else {
@@ -180,8 +213,7 @@ impl Sealer {
             format!("amaos-dek:{tenant}").as_bytes(),
             &decode(wrapped)?,
         )?;
-        let plain = Self::open_with(&key_of(&dek)?, tenant.as_bytes(), &decode(body)?)?;
-        String::from_utf8(plain).map_err(|_| SealError("a sealed text is not UTF-8".into()))
+        Self::open_with(&key_of(&dek)?, tenant.as_bytes(), &decode(body)?)
     }
 }
 
@@ -192,7 +224,7 @@ fn write_private(path: &Path, file: &KeyFile) -> Result<(), SealError> {
         std::fs::create_dir_all(dir).map_err(|e| SealError(format!("{}: {e}", dir.display())))?;
     }
     let text = serde_json::to_string_pretty(file).map_err(|e| SealError(e.to_string()))?;
-    let tmp = path.with_extension("tmp");
+    let tmp = path.with_extension(format!("tmp-{}", crate::new_id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
