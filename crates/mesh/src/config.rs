@@ -1141,6 +1141,12 @@ impl Config {
         }
         let sc = &self.secrets;
         positive("secrets.cache_ttl", sc.cache_ttl)?;
+        if !sc.transit_key.is_empty() && sc.backend != crate::secrets::SecretsBackend::Vault {
+            return Err(ConfigError::new(
+                "secrets.transit_key",
+                "needs secrets.backend = \"vault\" (the transit key lives in Vault)",
+            ));
+        }
         if sc.backend == crate::secrets::SecretsBackend::Vault {
             http_url("secrets.vault_addr", &sc.vault_addr)?;
             if sc.vault_mount.is_empty() {

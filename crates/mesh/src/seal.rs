@@ -32,8 +32,15 @@ pub struct SealError(String);
 struct KeyFile {
     /// The version new texts are sealed with.
     current: u32,
-    /// Every version, hex.
+    /// Versions kept in clear (no transit key configured), hex.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     keys: BTreeMap<u32, String>,
+    /// Versions wrapped by Vault transit (`vault:v<n>:…`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    wrapped: BTreeMap<u32, String>,
+    /// The transit key that wrapped them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transit_key: Option<String>,
 }
 
 /// Seals and opens values at rest.
@@ -49,69 +56,176 @@ fn key_of(bytes: &[u8]) -> Result<LessSafeKey, SealError> {
         .map_err(|_| SealError("a key is not 32 bytes".into()))
 }
 
+fn fresh_key() -> Result<[u8; 32], SealError> {
+    let mut key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut key)
+        .map_err(|_| SealError("no randomness".into()))?;
+    Ok(key)
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> SealError {
+    SealError(format!("{}: {e}", path.display()))
+}
+
+/// Writes `file` at `path` unless a file is already there. Replicas sharing
+/// a data directory may start together: the first file to land wins (a hard
+/// link never replaces), and every replica reads that one.
+fn create_once(path: &Path, file: &KeyFile) -> Result<(), SealError> {
+    let tmp = path.with_extension(format!("new-{}", crate::new_id()));
+    write_private(&tmp, file)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(path, e)),
+    }
+}
+
+fn read_file(path: &Path) -> Result<KeyFile, SealError> {
+    let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| io(path, format!("not a key file ({e})")))
+}
+
+fn clear_keys(path: &Path, file: &KeyFile) -> Result<BTreeMap<u32, Vec<u8>>, SealError> {
+    file.keys
+        .iter()
+        .map(|(id, hexed)| {
+            hex::decode(hexed)
+                .map(|bytes| (*id, bytes))
+                .map_err(|_| io(path, format!("key {id} is not hex")))
+        })
+        .collect()
+}
+
+fn wrapped_without_vault(path: &Path, file: &KeyFile) -> SealError {
+    io(
+        path,
+        format!(
+            "its keys are wrapped by Vault transit key `{}`: set secrets.transit_key",
+            file.transit_key.as_deref().unwrap_or("?")
+        ),
+    )
+}
+
 impl Sealer {
-    /// The master keys in `path`, created (mode 0600) with one fresh key
-    /// when the file does not exist.
-    pub fn open_or_create(path: &Path) -> Result<Self, SealError> {
-        let rng = SystemRandom::new();
-        if !path.exists() {
-            let mut key = [0u8; 32];
-            rng.fill(&mut key)
-                .map_err(|_| SealError("no randomness".into()))?;
-            let file = KeyFile {
-                current: 1,
-                keys: BTreeMap::from([(1, hex::encode(key))]),
-            };
-            // Replicas sharing a data directory may start together: the first
-            // file to land wins (a hard link never replaces), and every
-            // replica reads that one.
-            let tmp = path.with_extension(format!("new-{}", crate::new_id()));
-            write_private(&tmp, &file)?;
-            let linked = std::fs::hard_link(&tmp, path);
-            let _ = std::fs::remove_file(&tmp);
-            match linked {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(SealError(format!("{}: {e}", path.display()))),
-            }
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SealError(format!("{}: {e}", path.display())))?;
-        let file: KeyFile = serde_json::from_str(&text)
-            .map_err(|e| SealError(format!("{}: not a key file ({e})", path.display())))?;
+    fn from_keys(
+        path: &Path,
+        current: u32,
+        raw: BTreeMap<u32, Vec<u8>>,
+    ) -> Result<Self, SealError> {
         let mut keys = BTreeMap::new();
-        for (id, hexed) in &file.keys {
-            let bytes = hex::decode(hexed)
-                .map_err(|_| SealError(format!("{}: key {id} is not hex", path.display())))?;
-            keys.insert(*id, key_of(&bytes)?);
+        for (id, bytes) in raw {
+            keys.insert(id, key_of(&bytes)?);
         }
-        if !keys.contains_key(&file.current) {
-            return Err(SealError(format!(
-                "{}: the current key {} is not in the file",
-                path.display(),
-                file.current
-            )));
+        if !keys.contains_key(&current) {
+            return Err(io(
+                path,
+                format!("the current key {current} is not in the file"),
+            ));
         }
         Ok(Self {
             keys,
-            current: file.current,
-            rng,
+            current,
+            rng: SystemRandom::new(),
         })
+    }
+
+    /// The master keys in `path`, created (mode 0600) with one fresh key
+    /// when the file does not exist.
+    pub fn open_or_create(path: &Path) -> Result<Self, SealError> {
+        if !path.exists() {
+            let file = KeyFile {
+                current: 1,
+                keys: BTreeMap::from([(1, hex::encode(fresh_key()?))]),
+                wrapped: BTreeMap::new(),
+                transit_key: None,
+            };
+            create_once(path, &file)?;
+        }
+        let file = read_file(path)?;
+        if !file.wrapped.is_empty() {
+            return Err(wrapped_without_vault(path, &file));
+        }
+        Self::from_keys(path, file.current, clear_keys(path, &file)?)
+    }
+
+    /// The master keys in `path`, wrapped by Vault transit: the file holds
+    /// only ciphertexts, unwrapped by Vault at start. A file with keys in
+    /// clear (written before transit was configured) is rewritten wrapped;
+    /// a missing file is created with one fresh key.
+    pub async fn open_or_create_wrapped(
+        path: &Path,
+        vault: &crate::secrets::VaultSecrets,
+    ) -> Result<Self, SealError> {
+        let vault_error = |e: crate::secrets::SecretError| io(path, e);
+        if !path.exists() {
+            let wrapped = vault
+                .transit_encrypt(&fresh_key()?)
+                .await
+                .map_err(vault_error)?;
+            let file = KeyFile {
+                current: 1,
+                keys: BTreeMap::new(),
+                wrapped: BTreeMap::from([(1, wrapped)]),
+                transit_key: Some(vault.transit_key().to_owned()),
+            };
+            create_once(path, &file)?;
+        }
+        let mut file = read_file(path)?;
+        let mut raw = clear_keys(path, &file)?;
+        if !raw.is_empty() {
+            for (id, key) in &raw {
+                let wrapped = vault.transit_encrypt(key).await.map_err(vault_error)?;
+                file.wrapped.insert(*id, wrapped);
+            }
+            file.keys.clear();
+            file.transit_key = Some(vault.transit_key().to_owned());
+            write_private(path, &file)?;
+        }
+        for (id, wrapped) in &file.wrapped {
+            if !raw.contains_key(id) {
+                let key = vault.transit_decrypt(wrapped).await.map_err(vault_error)?;
+                raw.insert(*id, key);
+            }
+        }
+        Self::from_keys(path, file.current, raw)
     }
 
     /// Adds a fresh master key to the file at `path` and makes it current;
     /// returns its id. Existing texts keep opening with their own version.
     pub fn rotate(path: &Path) -> Result<u32, SealError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| SealError(format!("{}: {e}", path.display())))?;
-        let mut file: KeyFile = serde_json::from_str(&text)
-            .map_err(|e| SealError(format!("{}: not a key file ({e})", path.display())))?;
+        let mut file = read_file(path)?;
+        if !file.wrapped.is_empty() {
+            return Err(wrapped_without_vault(path, &file));
+        }
         let id = file.keys.keys().max().copied().unwrap_or(0) + 1;
-        let mut key = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut key)
-            .map_err(|_| SealError("no randomness".into()))?;
-        file.keys.insert(id, hex::encode(key));
+        file.keys.insert(id, hex::encode(fresh_key()?));
+        file.current = id;
+        write_private(path, &file)?;
+        Ok(id)
+    }
+
+    /// [`Sealer::rotate`] for a file wrapped by Vault transit.
+    pub async fn rotate_wrapped(
+        path: &Path,
+        vault: &crate::secrets::VaultSecrets,
+    ) -> Result<u32, SealError> {
+        let mut file = read_file(path)?;
+        let id = file
+            .keys
+            .keys()
+            .chain(file.wrapped.keys())
+            .max()
+            .copied()
+            .unwrap_or(0)
+            + 1;
+        let wrapped = vault
+            .transit_encrypt(&fresh_key()?)
+            .await
+            .map_err(|e| io(path, e))?;
+        file.wrapped.insert(id, wrapped);
         file.current = id;
         write_private(path, &file)?;
         Ok(id)
@@ -215,6 +329,19 @@ impl Sealer {
         )?;
         Self::open_with(&key_of(&dek)?, tenant.as_bytes(), &decode(body)?)
     }
+}
+
+/// The sealer over the key file at `path`: its keys wrapped by Vault transit
+/// when `secrets.transit_key` is set, in the file otherwise.
+pub async fn open_configured(
+    path: std::path::PathBuf,
+    secrets: &crate::secrets::SecretsConfig,
+) -> Result<Sealer, crate::BoxError> {
+    if secrets.transit_key.is_empty() {
+        return Ok(tokio::task::spawn_blocking(move || Sealer::open_or_create(&path)).await??);
+    }
+    let vault = crate::secrets::VaultSecrets::login_to(secrets).await?;
+    Ok(Sealer::open_or_create_wrapped(&path, &vault).await?)
 }
 
 fn write_private(path: &Path, file: &KeyFile) -> Result<(), SealError> {

@@ -107,6 +107,11 @@ pub struct SecretsConfig {
     /// How long a read value is used before Vault is asked again.
     #[serde(with = "crate::config::duration_text")]
     pub cache_ttl: Duration,
+    /// The Vault transit mount.
+    pub transit_mount: String,
+    /// A transit key that wraps the master keys of encryption at rest
+    /// (memory and task store); empty to keep them in local key files only.
+    pub transit_key: String,
 }
 
 /// The secret store backends.
@@ -147,6 +152,8 @@ impl Default for SecretsConfig {
             vault_kubernetes_role: String::new(),
             vault_kubernetes_jwt: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
             cache_ttl: Duration::from_secs(60),
+            transit_mount: "transit".into(),
+            transit_key: String::new(),
         }
     }
 }
@@ -275,6 +282,11 @@ fn env(var: &str) -> Result<String, SecretError> {
 impl VaultSecrets {
     /// Logs in to Vault as `config` says and starts renewing the token.
     pub async fn connect(config: &SecretsConfig) -> Result<Arc<dyn SecretStore>, SecretError> {
+        Ok(Self::login_to(config).await?)
+    }
+
+    /// [`VaultSecrets::connect`], keeping the concrete type (for transit).
+    pub async fn login_to(config: &SecretsConfig) -> Result<Arc<Self>, SecretError> {
         crate::install_crypto_provider();
         let mut settings = vaultrs::client::VaultClientSettingsBuilder::default();
         settings
@@ -295,6 +307,43 @@ impl VaultSecrets {
         let lease = store.login().await?;
         tokio::spawn(renew(Arc::downgrade(&store), lease));
         Ok(store)
+    }
+
+    /// `plain` encrypted by the configured transit key (`vault:v<n>:…`).
+    pub async fn transit_encrypt(&self, plain: &[u8]) -> Result<String, SecretError> {
+        use base64::Engine;
+        let c = &self.config;
+        let client = self.client.read().await;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
+        vaultrs::transit::data::encrypt(&*client, &c.transit_mount, &c.transit_key, &encoded, None)
+            .await
+            .map(|r| r.ciphertext)
+            .map_err(client_error)
+    }
+
+    /// What `ciphertext` (from [`VaultSecrets::transit_encrypt`]) holds.
+    pub async fn transit_decrypt(&self, ciphertext: &str) -> Result<Vec<u8>, SecretError> {
+        use base64::Engine;
+        let c = &self.config;
+        let client = self.client.read().await;
+        let plain = vaultrs::transit::data::decrypt(
+            &*client,
+            &c.transit_mount,
+            &c.transit_key,
+            ciphertext,
+            None,
+        )
+        .await
+        .map_err(client_error)?
+        .plaintext;
+        base64::engine::general_purpose::STANDARD
+            .decode(plain)
+            .map_err(|_| vault_error("transit returned a plaintext that is not base64"))
+    }
+
+    /// The transit key in use.
+    pub fn transit_key(&self) -> &str {
+        &self.config.transit_key
     }
 
     /// Logs in (AppRole or Kubernetes) or checks the token; returns how long

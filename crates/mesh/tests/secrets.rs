@@ -54,6 +54,10 @@ struct Vault {
     versions: Vec<String>,
     logins: u32,
     renewals: u32,
+    /// Transit ciphertexts handed out, and the base64 plaintext of each.
+    transit: HashMap<String, String>,
+    /// Transit calls seen, as `encrypt <key>` or `decrypt <key>`.
+    transit_calls: Vec<String>,
 }
 
 type Shared = Arc<Mutex<Vault>>;
@@ -130,6 +134,42 @@ async fn fake_vault(state: Shared) -> String {
                                 "metadata": {"created_time": "2026-11-24T00:00:00Z", "deletion_time": "",
                                              "custom_metadata": null, "destroyed": false, "version": version}
                             }
+                        })),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/v1/transit/{op}/{key}",
+            post(
+                |State(s): State<Shared>,
+                 Path((op, key)): Path<(String, String)>,
+                 headers: HeaderMap,
+                 body: String| async move {
+                    if !authorized(&headers) {
+                        return (StatusCode::FORBIDDEN, Json(json!({"errors": ["permission denied"]})));
+                    }
+                    let body: Value = serde_json::from_str(&body).unwrap_or_default();
+                    let mut vault = s.lock().unwrap();
+                    vault.transit_calls.push(format!("{op} {key}"));
+                    let data = match op.as_str() {
+                        "encrypt" => {
+                            let ciphertext = format!("vault:v1:{}", amaos_mesh::new_id());
+                            let plain = body["plaintext"].as_str().unwrap_or_default().to_owned();
+                            vault.transit.insert(ciphertext.clone(), plain);
+                            json!({"ciphertext": ciphertext, "key_version": 1})
+                        }
+                        "decrypt" => match vault.transit.get(body["ciphertext"].as_str().unwrap_or_default()) {
+                            Some(plain) => json!({"plaintext": plain}),
+                            None => return (StatusCode::BAD_REQUEST, Json(json!({"errors": ["invalid ciphertext"]}))),
+                        },
+                        _ => return (StatusCode::NOT_FOUND, Json(json!({"errors": []}))),
+                    };
+                    (
+                        StatusCode::OK,
+                        Json(json!({
+                            "request_id": "r", "lease_id": "", "lease_duration": 0, "renewable": false,
+                            "warnings": null, "wrap_info": null, "auth": null, "data": data
                         })),
                     )
                 },
@@ -215,4 +255,104 @@ async fn a_real_vault_serves_kv_v2_when_vault_addr_is_set() {
     let store = VaultSecrets::connect(&config).await.unwrap();
     let secret = store.get("amaos-test").await.unwrap();
     assert!(!secret.expose().is_empty());
+}
+
+#[tokio::test]
+async fn master_keys_are_wrapped_by_vault_transit_and_unwrapped_only_through_it() {
+    use amaos_mesh::seal::Sealer;
+    let state: Shared = Arc::default();
+    let addr = fake_vault(state.clone()).await;
+    let mut config = approle_config(addr);
+    config.transit_key = "amaos-memory".into();
+    let vault = VaultSecrets::login_to(&config).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // A key file written before transit was configured is rewritten wrapped,
+    // and what it sealed still opens.
+    let path = dir.path().join("memory.keys");
+    let before = Sealer::open_or_create(&path).unwrap();
+    let old = before.seal("acme", "sealed before transit").unwrap();
+    let sealer = Sealer::open_or_create_wrapped(&path, &vault).await.unwrap();
+    assert_eq!(sealer.open("acme", &old).unwrap(), "sealed before transit");
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert!(
+        file.get("keys").is_none(),
+        "no key is left in clear: {file}"
+    );
+    assert!(
+        file["wrapped"]["1"]
+            .as_str()
+            .unwrap()
+            .starts_with("vault:v1:")
+    );
+    assert_eq!(file["transit_key"], "amaos-memory");
+
+    // Rotation adds a wrapped version; old values open, new ones use it.
+    assert_eq!(Sealer::rotate_wrapped(&path, &vault).await.unwrap(), 2);
+    let rotated = Sealer::open_or_create_wrapped(&path, &vault).await.unwrap();
+    let new = rotated.seal("acme", "sealed after rotation").unwrap();
+    assert!(new.starts_with("sealed:1:2:"));
+    assert_eq!(rotated.open("acme", &old).unwrap(), "sealed before transit");
+    {
+        let seen = state.lock().unwrap();
+        assert!(
+            seen.transit_calls
+                .contains(&"decrypt amaos-memory".to_owned())
+        );
+        assert!(
+            seen.transit_calls
+                .iter()
+                .all(|c| c.ends_with(" amaos-memory"))
+        );
+    }
+
+    // Without Vault the file is useless, and says why.
+    let error = Sealer::open_or_create(&path).err().unwrap().to_string();
+    assert!(error.contains("secrets.transit_key"), "{error}");
+    // A fresh file under transit never holds a clear key.
+    let fresh = dir.path().join("orchestrator.keys");
+    let sealer = Sealer::open_or_create_wrapped(&fresh, &vault)
+        .await
+        .unwrap();
+    let value = sealer.seal_bytes("task/1", b"output").unwrap();
+    assert_eq!(
+        sealer.open_bytes("task/1", value.as_bytes()).unwrap(),
+        b"output"
+    );
+    let text = std::fs::read_to_string(&fresh).unwrap();
+    assert!(!text.contains("\"keys\""), "{text}");
+    // A ciphertext Vault does not know is an error, not a key.
+    state.lock().unwrap().transit.clear();
+    assert!(
+        Sealer::open_or_create_wrapped(&fresh, &vault)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_real_vault_wraps_master_keys_with_transit_when_vault_addr_is_set() {
+    let (Ok(addr), Ok(_)) = (std::env::var("VAULT_ADDR"), std::env::var("VAULT_TOKEN")) else {
+        eprintln!("VAULT_ADDR and VAULT_TOKEN are not set: no Vault server to test against");
+        return;
+    };
+    // The test expects the transit engine at `transit` (`vault secrets
+    // enable transit`) and a key `amaos-test` (`vault write -f
+    // transit/keys/amaos-test`).
+    let config = SecretsConfig {
+        backend: SecretsBackend::Vault,
+        vault_addr: addr,
+        transit_key: "amaos-test".into(),
+        ..SecretsConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.keys");
+    let sealer = amaos_mesh::seal::open_configured(path.clone(), &config)
+        .await
+        .unwrap();
+    let sealed = sealer.seal("acme", "through a real Vault").unwrap();
+    let again = amaos_mesh::seal::open_configured(path, &config)
+        .await
+        .unwrap();
+    assert_eq!(again.open("acme", &sealed).unwrap(), "through a real Vault");
 }

@@ -165,9 +165,7 @@ pub async fn tiers(config: &Config) -> Result<Tiers, BoxError> {
             .key_file
             .clone()
             .unwrap_or_else(|| config.data_dir.join("memory.keys"));
-        let sealer =
-            tokio::task::spawn_blocking(move || amaos_mesh::seal::Sealer::open_or_create(&path))
-                .await??;
+        let sealer = amaos_mesh::seal::open_configured(path, &config.secrets).await?;
         tiers.with_sealer(Arc::new(sealer))
     } else {
         tiers

@@ -101,10 +101,7 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn TaskBackend>, BoxEr
                     .key_file
                     .clone()
                     .unwrap_or_else(|| config.data_dir.join("orchestrator.keys"));
-                let sealer = tokio::task::spawn_blocking(move || {
-                    amaos_mesh::seal::Sealer::open_or_create(&path)
-                })
-                .await??;
+                let sealer = amaos_mesh::seal::open_configured(path, &config.secrets).await?;
                 Arc::new(backend.with_sealer(Arc::new(sealer)))
             } else {
                 Arc::new(backend)
