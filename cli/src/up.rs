@@ -101,7 +101,7 @@ impl Mesh {
             listeners.push((service, listener, admin_listener));
         }
 
-        let opened = amaos_auth::open(&config)?;
+        let opened = amaos_auth::open(&config).await?;
         let mut tasks = Vec::new();
         for (service, listener, admin_listener) in listeners {
             let metrics = Metrics::new(service);

@@ -288,13 +288,19 @@ async fn submissions_over_the_tenant_rate_are_refused_with_a_retry_time() {
 }
 
 #[tokio::test]
-async fn the_example_crew_runs_on_the_redis_backend() {
+async fn the_example_crew_runs_with_tasks_and_api_keys_in_redis() {
     let prefix = format!("amaos-e2e-{}", amaos_mesh::new_id());
     let mesh = TestMesh::start_with(|c| {
-        c.orchestrator.backend = StoreBackend::Redis;
-        c.orchestrator.redis_url = std::env::var("AMAOS_TEST_REDIS_URL")
+        let url = std::env::var("AMAOS_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-        c.orchestrator.redis_prefix = prefix;
+        c.orchestrator.backend = StoreBackend::Redis;
+        c.orchestrator.redis_url = url.clone();
+        c.orchestrator.redis_prefix = prefix.clone();
+        // The bootstrap admin key, the orchestrator's service key and the
+        // key made below all live in Redis.
+        c.auth.key_store = amaos_mesh::config::KeyStoreBackend::Redis;
+        c.auth.redis_url = url;
+        c.auth.redis_prefix = prefix;
     })
     .await;
     let key = mesh.create_key("acme", "developer").await;

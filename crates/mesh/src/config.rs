@@ -294,6 +294,16 @@ pub struct OrchestratorConfig {
 }
 service_endpoint!(OrchestratorConfig);
 
+/// Where API keys live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStoreBackend {
+    /// A JSON file under the data directory (one auth replica).
+    File,
+    /// Redis, shared by auth replicas.
+    Redis,
+}
+
 /// Where the orchestrator keeps tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -554,6 +564,13 @@ pub struct AuthConfig {
     pub admin_listen: Option<SocketAddr>,
     /// How other services reach it.
     pub url: String,
+    /// Where API keys live: `file` (one auth replica) or `redis` (shared by
+    /// auth replicas).
+    pub key_store: KeyStoreBackend,
+    /// The Redis for `key_store = "redis"`.
+    pub redis_url: String,
+    /// Prefix of the key store's Redis keys.
+    pub redis_prefix: String,
     /// The API key store; unset for `<data_dir>/keys.json`.
     pub key_file: Option<PathBuf>,
     /// The audit trail (JSON lines, hash-chained); unset for `<data_dir>/audit.jsonl`.
@@ -764,6 +781,9 @@ impl Default for AuthConfig {
             listen: addr(50056),
             admin_listen: Some(addr(9606)),
             url: url(50056),
+            key_store: KeyStoreBackend::File,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            redis_prefix: "amaos".into(),
             key_file: None,
             audit_file: None,
             signing_key_file: None,
@@ -1173,6 +1193,9 @@ impl Config {
             ));
         }
         positive("auth.key_rotation", self.auth.key_rotation)?;
+        if self.auth.key_store == KeyStoreBackend::Redis {
+            redis_url("auth.redis_url", &self.auth.redis_url)?;
+        }
         Ok(())
     }
 

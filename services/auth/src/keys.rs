@@ -1,5 +1,7 @@
-//! The API key store: keys per tenant, secrets stored only as argon2id hashes,
-//! kept in one JSON file written atomically (temp file + rename).
+//! The API key store: keys per tenant, secrets stored only as argon2id hashes.
+//! [`KeyBackend`] is the store's contract; [`KeyStore`] keeps keys in one
+//! JSON file written atomically (temp file + rename) for one auth replica,
+//! [`crate::redis_keys::RedisKeys`] in Redis for many.
 //!
 //! A key reads `amaos_<prefix>_<secret>`: the prefix (public, 12 hex digits)
 //! finds the stored record, the secret is verified against its hash.
@@ -95,14 +97,85 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
+/// What an API key store does; every backend passes `tests/keys.rs`.
+#[tonic::async_trait]
+pub trait KeyBackend: Send + Sync + 'static {
+    /// True when no key exists.
+    async fn is_empty(&self) -> Result<bool, AuthError>;
+    /// Creates a key and returns it with its secret; a repeated idempotency
+    /// key (per tenant) returns the first key and no secret.
+    async fn create(&self, new: NewKey<'_>) -> Result<(StoredKey, Option<String>), AuthError>;
+    /// Keys of `tenant` (all tenants when `None`), oldest first.
+    async fn list(
+        &self,
+        tenant: Option<&str>,
+        include_revoked: bool,
+    ) -> Result<Vec<StoredKey>, AuthError>;
+    /// Revokes a key of `tenant` (any tenant when `None`); revoking twice
+    /// keeps the first time.
+    async fn revoke(&self, key_id: &str, tenant: Option<&str>) -> Result<StoredKey, AuthError>;
+    /// Verifies a presented key in constant time per attempt (an unknown
+    /// prefix still costs one argon2 verification) and records its use.
+    async fn verify(&self, presented: &str) -> Result<StoredKey, AuthError>;
+}
+
+#[tonic::async_trait]
+impl KeyBackend for KeyStore {
+    async fn is_empty(&self) -> Result<bool, AuthError> {
+        Ok(KeyStore::is_empty(self))
+    }
+    async fn create(&self, new: NewKey<'_>) -> Result<(StoredKey, Option<String>), AuthError> {
+        KeyStore::create(self, new)
+    }
+    async fn list(
+        &self,
+        tenant: Option<&str>,
+        include_revoked: bool,
+    ) -> Result<Vec<StoredKey>, AuthError> {
+        Ok(KeyStore::list(self, tenant, include_revoked))
+    }
+    async fn revoke(&self, key_id: &str, tenant: Option<&str>) -> Result<StoredKey, AuthError> {
+        KeyStore::revoke(self, key_id, tenant)
+    }
+    async fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
+        KeyStore::verify(self, presented)
+    }
+}
+
+/// A new key record and its secret (`amaos_<prefix>_<secret>`).
+pub(crate) fn mint(new: NewKey<'_>) -> Result<(StoredKey, String), AuthError> {
+    let prefix = random_hex(6);
+    let secret = random_hex(32);
+    let salt = SaltString::generate(&mut OsRng);
+    let hash = Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map_err(|e| AuthError::Store(format!("hashing failed: {e}")))?
+        .to_string();
+    let now = now_ms();
+    let key = StoredKey {
+        key_id: new.key_id,
+        name: new.name.to_owned(),
+        tenant: new.tenant.to_owned(),
+        roles: new.roles,
+        prefix: prefix.clone(),
+        hash,
+        created_at_ms: now,
+        last_used_at_ms: None,
+        revoked_at_ms: None,
+        expires_at_ms: new.ttl.map(|ttl| now + ttl.as_millis() as u64),
+        idempotency_key: new.idempotency_key.map(str::to_owned),
+    };
+    Ok((key, format!("amaos_{prefix}_{secret}")))
+}
+
 /// Splits `amaos_<prefix>_<secret>`.
-fn split_key(key: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_key(key: &str) -> Option<(&str, &str)> {
     let (prefix, secret) = key.strip_prefix("amaos_")?.split_once('_')?;
     (prefix.len() == 12 && !secret.is_empty()).then_some((prefix, secret))
 }
 
 /// A hash verified when the prefix is unknown, so a miss costs what a hit costs.
-fn decoy_hash() -> &'static str {
+pub(crate) fn decoy_hash() -> &'static str {
     static DECOY: OnceLock<String> = OnceLock::new();
     DECOY.get_or_init(|| {
         let salt = SaltString::generate(&mut OsRng);
@@ -113,7 +186,7 @@ fn decoy_hash() -> &'static str {
     })
 }
 
-fn verify_secret(secret: &str, hash: &str) -> bool {
+pub(crate) fn verify_secret(secret: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| {
             Argon2::default()
@@ -182,27 +255,7 @@ impl KeyStore {
                 return Ok((existing.clone(), None));
             }
         }
-        let prefix = random_hex(6);
-        let secret = random_hex(32);
-        let salt = SaltString::generate(&mut OsRng);
-        let hash = Argon2::default()
-            .hash_password(secret.as_bytes(), &salt)
-            .map_err(|e| AuthError::Store(format!("hashing failed: {e}")))?
-            .to_string();
-        let now = now_ms();
-        let key = StoredKey {
-            key_id: new.key_id,
-            name: new.name.to_owned(),
-            tenant: new.tenant.to_owned(),
-            roles: new.roles,
-            prefix: prefix.clone(),
-            hash,
-            created_at_ms: now,
-            last_used_at_ms: None,
-            revoked_at_ms: None,
-            expires_at_ms: new.ttl.map(|ttl| now + ttl.as_millis() as u64),
-            idempotency_key: new.idempotency_key.map(str::to_owned),
-        };
+        let (key, secret) = mint(new)?;
         let mut file = self.lock();
         if file.keys.len() >= MAX_KEYS {
             return Err(AuthError::Store(format!(
@@ -214,7 +267,7 @@ impl KeyStore {
             file.keys.pop();
             return Err(error);
         }
-        Ok((key, Some(format!("amaos_{prefix}_{secret}"))))
+        Ok((key, Some(secret)))
     }
 
     /// Keys of `tenant` (all tenants when `None`), oldest first.

@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod error;
 pub mod keys;
+pub mod redis_keys;
 pub mod signing;
 
 use std::collections::HashMap;
@@ -34,7 +35,8 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditLog, Entry};
 use crate::error::AuthError;
-use crate::keys::{KeyStore, NewKey, StoredKey};
+use crate::keys::{KeyBackend, KeyStore, NewKey, StoredKey};
+use amaos_mesh::config::KeyStoreBackend;
 
 /// The tenant whose admins manage every tenant.
 pub const PLATFORM_TENANT: &str = "default";
@@ -46,7 +48,7 @@ const MAX_CACHE_ENTRIES: usize = 10_000;
 
 /// The auth service's state.
 pub struct AuthState {
-    keys: KeyStore,
+    keys: Arc<dyn KeyBackend>,
     signer: signing::Signer,
     audit: AuditLog,
     cache: Mutex<HashMap<[u8; 32], (StoredKey, Instant)>>,
@@ -63,32 +65,43 @@ pub struct Opened {
 
 /// Opens the key store; when it holds no key, creates an `admin` key for the
 /// `default` tenant and writes its secret to `<data_dir>/admin.key`.
-pub fn open(config: &Config) -> Result<Opened, AuthError> {
-    let keys = KeyStore::open(&config.key_file())?;
+pub async fn open(config: &Config) -> Result<Opened, AuthError> {
+    let keys: Arc<dyn KeyBackend> = match config.auth.key_store {
+        KeyStoreBackend::File => Arc::new(KeyStore::open(&config.key_file())?),
+        KeyStoreBackend::Redis => Arc::new(
+            redis_keys::RedisKeys::connect(&config.auth.redis_url, &config.auth.redis_prefix)
+                .await?,
+        ),
+    };
     let mut bootstrap_key_file = None;
-    if keys.is_empty() {
-        let (_, secret) = keys.create(NewKey {
-            key_id: amaos_mesh::new_id(),
-            name: "bootstrap-admin",
-            tenant: PLATFORM_TENANT,
-            roles: vec!["admin".into()],
-            ttl: None,
-            idempotency_key: None,
-        })?;
+    if keys.is_empty().await? {
+        let (_, secret) = keys
+            .create(NewKey {
+                key_id: amaos_mesh::new_id(),
+                name: "bootstrap-admin",
+                tenant: PLATFORM_TENANT,
+                roles: vec!["admin".into()],
+                ttl: None,
+                // Replicas starting on an empty shared store make one admin key.
+                idempotency_key: Some("bootstrap-admin"),
+            })
+            .await?;
         let path = config.data_dir.join("admin.key");
         keys::write_secret_file(&path, secret.as_deref().unwrap_or_default())
             .map_err(|e| AuthError::Store(format!("cannot write {}: {e}", path.display())))?;
         tracing::warn!(path = %path.display(), "created the first admin key for tenant `default`");
         bootstrap_key_file = Some(path);
         // The orchestrator's credential for task-scoped tokens.
-        let (_, service) = keys.create(NewKey {
-            key_id: amaos_mesh::new_id(),
-            name: "orchestrator-service",
-            tenant: PLATFORM_TENANT,
-            roles: vec!["service".into()],
-            ttl: None,
-            idempotency_key: None,
-        })?;
+        let (_, service) = keys
+            .create(NewKey {
+                key_id: amaos_mesh::new_id(),
+                name: "orchestrator-service",
+                tenant: PLATFORM_TENANT,
+                roles: vec!["service".into()],
+                ttl: None,
+                idempotency_key: Some("bootstrap-service"),
+            })
+            .await?;
         let service_path = config.service_key_file();
         keys::write_secret_file(&service_path, service.as_deref().unwrap_or_default()).map_err(
             |e| AuthError::Store(format!("cannot write {}: {e}", service_path.display())),
@@ -114,7 +127,7 @@ pub fn open(config: &Config) -> Result<Opened, AuthError> {
 
 impl AuthState {
     /// Verifies a presented key, with a short cache so argon2 runs once per TTL.
-    pub fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
+    pub async fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,7 +138,7 @@ impl AuthState {
                 return Ok(key.clone());
             }
         }
-        let key = self.keys.verify(presented)?;
+        let key = self.keys.verify(presented).await?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHE_ENTRIES {
             cache.clear();
@@ -134,9 +147,9 @@ impl AuthState {
         Ok(key)
     }
 
-    fn caller<T>(&self, request: &Request<T>) -> Result<StoredKey, AuthError> {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<StoredKey, AuthError> {
         let presented = caller::bearer(request.metadata()).ok_or(AuthError::MissingCredentials)?;
-        self.verify(presented)
+        self.verify(presented).await
     }
 
     /// Checks that `key` may do `action` on `object`, auditing a refusal.
@@ -232,7 +245,7 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
-        let key = self.state.caller(&request)?;
+        let key = self.state.caller(&request).await?;
         self.state.check(&key, "keys", "write")?;
         let pb::CreateApiKeyRequest {
             name,
@@ -286,14 +299,18 @@ impl AuthService for Auth {
                 allowed: true,
             })
             .map_err(|e| AuthError::AuditDown(e.to_string()))?;
-        let (created, secret) = self.state.keys.create(NewKey {
-            key_id,
-            name: &name,
-            tenant: &tenant,
-            roles,
-            ttl,
-            idempotency_key: idempotency_key.as_deref(),
-        })?;
+        let (created, secret) = self
+            .state
+            .keys
+            .create(NewKey {
+                key_id,
+                name: &name,
+                tenant: &tenant,
+                roles,
+                ttl,
+                idempotency_key: idempotency_key.as_deref(),
+            })
+            .await?;
         Ok(Response::new(pb::CreateApiKeyResponse {
             api_key: Some(to_proto(&created)),
             secret: secret.unwrap_or_default(),
@@ -304,14 +321,14 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
-        let key = self.state.caller(&request)?;
+        let key = self.state.caller(&request).await?;
         self.state.check(&key, "keys", "read")?;
         let pb::ListApiKeysRequest {
             include_revoked,
             tenant,
         } = request.into_inner();
         let tenant = self.state.scope(&key, &tenant)?;
-        let keys = self.state.keys.list(Some(&tenant), include_revoked);
+        let keys = self.state.keys.list(Some(&tenant), include_revoked).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
             keys: keys.iter().map(to_proto).collect(),
         }))
@@ -321,7 +338,7 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
-        let key = self.state.caller(&request)?;
+        let key = self.state.caller(&request).await?;
         self.state.check(&key, "keys", "write")?;
         let pb::RevokeApiKeyRequest {
             key_id,
@@ -334,6 +351,7 @@ impl AuthService for Auth {
             .state
             .keys
             .list(scope, true)
+            .await?
             .into_iter()
             .find(|k| k.key_id == key_id)
             .ok_or_else(|| AuthError::KeyNotFound(key_id.clone()))?;
@@ -347,7 +365,7 @@ impl AuthService for Auth {
                 allowed: true,
             })
             .map_err(|e| AuthError::AuditDown(e.to_string()))?;
-        let revoked = self.state.keys.revoke(&key_id, scope)?;
+        let revoked = self.state.keys.revoke(&key_id, scope).await?;
         self.state.forget_cached();
         Ok(Response::new(pb::RevokeApiKeyResponse {
             api_key: Some(to_proto(&revoked)),
@@ -365,7 +383,7 @@ impl AuthService for Auth {
         if api_key.is_empty() {
             return Err(AuthError::MissingCredentials.into());
         }
-        let key = self.state.verify(&api_key)?;
+        let key = self.state.verify(&api_key).await?;
         let claims = amaos_mesh::token::claims_for(
             &key.key_id,
             &key.tenant,
@@ -385,7 +403,7 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
-        let key = self.state.caller(&request)?;
+        let key = self.state.caller(&request).await?;
         self.state.check(&key, "tokens", "issue")?;
         let pb::IssueTokenRequest {
             tenant,
@@ -469,7 +487,7 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::AuthorizeRequest>,
     ) -> Result<Response<pb::AuthorizeResponse>, Status> {
-        let key = self.state.caller(&request)?;
+        let key = self.state.caller(&request).await?;
         let pb::AuthorizeRequest {
             subject,
             tenant,
@@ -484,6 +502,7 @@ impl AuthService for Auth {
             self.state
                 .keys
                 .list(Some(&tenant), false)
+                .await?
                 .into_iter()
                 .find(|k| k.key_id == subject)
                 .map(|k| k.roles)
@@ -500,7 +519,7 @@ impl AuthService for Auth {
         &self,
         request: Request<pb::QueryAuditRequest>,
     ) -> Result<Response<pb::QueryAuditResponse>, Status> {
-        let key = self.state.caller(&request)?;
+        let key = self.state.caller(&request).await?;
         self.state.check(&key, "audit", "read")?;
         let pb::QueryAuditRequest {
             after,
@@ -560,7 +579,7 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let opened = open(&config)?;
+    let opened = open(&config).await?;
     serve_state(opened.state, &config, listener, metrics, shutdown).await
 }
 
