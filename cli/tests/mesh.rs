@@ -1260,3 +1260,125 @@ async fn another_tenants_token_is_denied_on_tasks_memory_and_keys_everywhere() {
     assert!(format!("{ours:?}").contains("3rd of March"), "{ours:?}");
     mesh.stop().await;
 }
+
+/// HMAC-SHA256, for forging an HS256 token keyed with the public key.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    block[..key.len().min(64)].copy_from_slice(&key[..key.len().min(64)]);
+    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn forged_expired_early_misaddressed_and_confused_tokens_are_refused_by_every_service() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let mesh = TestMesh::start().await;
+    let (kid, key) = mesh.signing_key();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let good = amaos_mesh::token::claims_for(
+        "mallory",
+        "acme",
+        &["admin".into()],
+        Duration::from_secs(300),
+        "",
+    );
+    let with = |change: &dyn Fn(&mut amaos_mesh::token::Claims)| {
+        let mut claims = good.clone();
+        change(&mut claims);
+        amaos_mesh::token::sign(&claims, &kid, &key)
+    };
+    let payload = B64.encode(serde_json::to_vec(&good).unwrap());
+    let confused = {
+        let header = B64.encode(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#));
+        let public = key.verifying_key().to_bytes();
+        let mac = hmac_sha256(&public, format!("{header}.{payload}").as_bytes());
+        format!("{header}.{payload}.{}", B64.encode(mac))
+    };
+    let unsigned = format!(
+        "{}.{payload}.",
+        B64.encode(format!(r#"{{"alg":"none","kid":"{kid}"}}"#))
+    );
+    let forged: Vec<(&str, String)> = vec![
+        ("alg none", unsigned),
+        ("HS256 keyed with the public key", confused),
+        (
+            "expired",
+            with(&|c| {
+                c.iat = now - 3600;
+                c.nbf = now - 3600;
+                c.exp = now - 600;
+            }),
+        ),
+        ("not yet valid", with(&|c| c.nbf = now + 600)),
+        ("another audience", with(&|c| c.aud = "someone-else".into())),
+        ("another issuer", with(&|c| c.iss = "someone-else".into())),
+        (
+            "a key id auth never published",
+            amaos_mesh::token::sign(&good, "kid-that-does-not-exist", &key),
+        ),
+    ];
+    // The control: the same claims, properly signed, pass everywhere.
+    let valid = amaos_mesh::token::sign(&good, &kid, &key);
+    let mut memory = MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url));
+    let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
+    let mut orchestrator = mesh.orchestrator();
+    let recent = || memory::RecentRequest {
+        filter: None,
+        limit: 1,
+    };
+    memory
+        .recent(TestMesh::with_key(&valid, recent()))
+        .await
+        .unwrap();
+    tools
+        .list_tools(TestMesh::with_key(
+            &valid,
+            tools::ListToolsRequest::default(),
+        ))
+        .await
+        .unwrap();
+    orchestrator
+        .list_tasks(TestMesh::with_key(&valid, pb::ListTasksRequest::default()))
+        .await
+        .unwrap();
+    for (what, token) in forged {
+        let codes = [
+            memory
+                .recent(TestMesh::with_key(&token, recent()))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
+            tools
+                .list_tools(TestMesh::with_key(
+                    &token,
+                    tools::ListToolsRequest::default(),
+                ))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
+            orchestrator
+                .list_tasks(TestMesh::with_key(&token, pb::ListTasksRequest::default()))
+                .await
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
+        ];
+        assert_eq!(codes, [Code::Unauthenticated; 3], "{what}");
+    }
+    mesh.stop().await;
+}

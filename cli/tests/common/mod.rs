@@ -137,13 +137,7 @@ impl TestMesh {
     /// A token for `tenant` with `roles`, signed with the mesh's current key
     /// (read from auth's key file, as only a test may).
     pub fn token(&self, tenant: &str, roles: &[&str]) -> String {
-        let text = std::fs::read_to_string(self.config.signing_key_file()).unwrap();
-        let keys: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-        let newest = keys.last().unwrap();
-        let seed: [u8; 32] = hex_decode(newest["seed_hex"].as_str().unwrap())
-            .try_into()
-            .unwrap();
-        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let (kid, key) = self.signing_key();
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         let claims = amaos_mesh::token::claims_for(
             "test",
@@ -152,7 +146,22 @@ impl TestMesh {
             std::time::Duration::from_secs(300),
             "",
         );
-        amaos_mesh::token::sign(&claims, newest["kid"].as_str().unwrap(), &key)
+        amaos_mesh::token::sign(&claims, &kid, &key)
+    }
+
+    /// The mesh's current signing key and its id (read from auth's key
+    /// file, as only a test may).
+    pub fn signing_key(&self) -> (String, ed25519_dalek::SigningKey) {
+        let text = std::fs::read_to_string(self.config.signing_key_file()).unwrap();
+        let keys: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+        let newest = keys.last().unwrap();
+        let seed: [u8; 32] = hex_decode(newest["seed_hex"].as_str().unwrap())
+            .try_into()
+            .unwrap();
+        (
+            newest["kid"].as_str().unwrap().to_owned(),
+            ed25519_dalek::SigningKey::from_bytes(&seed),
+        )
     }
 
     /// A request carrying a token for `tenant` with `roles`, as a service
