@@ -366,12 +366,12 @@ async fn dispatch(
             command: AuditCommand::Verify { file },
         } => {
             let path = file.unwrap_or_else(|| config.audit_file());
-            match amaos_auth::audit::verify_file(&path) {
-                Ok(amaos_auth::audit::Verdict::Intact(n)) => {
+            match amaos_mesh::audit::verify_file(&path) {
+                Ok(amaos_mesh::audit::Verdict::Intact(n)) => {
                     println!("{}: intact, {n} records", path.display());
                     Ok(())
                 }
-                Ok(amaos_auth::audit::Verdict::BrokenAt(index)) => Err(Failure {
+                Ok(amaos_mesh::audit::Verdict::BrokenAt(index)) => Err(Failure {
                     message: format!(
                         "{}: broken at record {index}: it was edited, deleted or moved",
                         path.display()

@@ -64,6 +64,7 @@ impl Mesh {
             config.auth.rbac_model.clone(),
             config.auth.rbac_policy.clone(),
             std::time::Duration::from_secs(2),
+            Some(config.audit_file()),
             shutdown.clone(),
         )
         .map_err(|e| format!("config key `auth.rbac_policy`: {e}"))?;

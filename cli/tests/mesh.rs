@@ -627,6 +627,41 @@ async fn the_audit_trail_is_verifiable_and_privileged_actions_fail_closed() {
     std::fs::write(&trail, format!("{}\n{}\n", lines[0], lines[2])).unwrap();
     assert!(String::from_utf8_lossy(&verify().stderr).contains("broken at record 1"));
     std::fs::write(&trail, &text).unwrap();
+
+    // Every service appends to the one chain: a crew run leaves its
+    // submission and each tool call, and the chain still verifies.
+    let key = mesh.create_key("acme", "developer").await;
+    let id = mesh
+        .submit(&key, &research_crew(), "vector databases")
+        .await;
+    mesh.events(&key, &id).await;
+    let actions: Vec<String> = std::fs::read_to_string(&trail)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["action"].as_str().unwrap(),
+                r["tenant"].as_str().unwrap(),
+                r["decision"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        actions.contains(&"task.submit acme allow".to_owned()),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"tool.invoke acme allow".to_owned()),
+        "{actions:?}"
+    );
+    let ok = verify();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     mesh.stop().await;
 
     // With the trail unwritable, creating a key is refused and no key appears.
@@ -663,6 +698,17 @@ async fn the_audit_trail_is_verifiable_and_privileged_actions_fail_closed() {
         .into_inner()
         .keys;
     assert!(keys.is_empty());
+    // Nor is a task submitted.
+    let status = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &mesh.admin_key,
+            submit_spec(research_crew(), "anything"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("audit"), "{status:?}");
     mesh.stop().await;
 }
 

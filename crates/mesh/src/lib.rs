@@ -18,6 +18,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
 
+pub mod audit;
 pub mod caller;
 pub mod client;
 pub mod config;

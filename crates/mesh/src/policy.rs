@@ -150,33 +150,53 @@ fn stamp(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
 
 /// Loads the configured files (if any) and watches them until `shutdown`,
 /// reloading on change. Fails when the files cannot be loaded at start.
+/// Each reload (and each refused one) is appended to the audit trail at
+/// `audit` first; a new policy is not installed unless its record is written.
 pub fn init(
     model: Option<PathBuf>,
     policy: Option<PathBuf>,
     every: Duration,
+    audit: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     if model.is_none() && policy.is_none() {
         return Ok(());
     }
     // A file not configured is the built-in text.
-    let load = |model: &Option<PathBuf>, policy: &Option<PathBuf>| -> Result<(), String> {
+    let load = |model: &Option<PathBuf>, policy: &Option<PathBuf>| -> Result<Enforcer, String> {
         let text = |p: &Option<PathBuf>, builtin: &str| -> Result<String, String> {
             match p {
                 Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())),
                 None => Ok(builtin.to_owned()),
             }
         };
-        install(build(
-            &text(model, DEFAULT_MODEL)?,
-            &text(policy, DEFAULT_POLICY)?,
-        )?);
-        Ok(())
+        build(&text(model, DEFAULT_MODEL)?, &text(policy, DEFAULT_POLICY)?)
     };
     let files: Vec<PathBuf> = model.iter().chain(&policy).cloned().collect();
+    let trail = audit.map(|path| crate::audit::AuditLog::append_only(&path));
+    let object = files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let record = move |allowed: bool| -> Result<(), String> {
+        match &trail {
+            Some(trail) => trail
+                .append(crate::audit::Entry {
+                    principal: "policy-watcher",
+                    tenant: "",
+                    action: "policy.reload",
+                    object: &object,
+                    allowed,
+                })
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    };
     // The stamp is taken before loading, so a change made meanwhile is seen.
     let mut seen = stamp(&files);
-    load(&model, &policy)?;
+    install(load(&model, &policy)?);
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -189,11 +209,18 @@ pub fn init(
             }
             seen = now;
             match load(&model, &policy) {
-                Ok(()) => {
-                    tracing::info!(target: "audit", action = "policy_reload", decision = "allow", outcome = "ok", files = ?files, "RBAC policy reloaded")
-                }
+                Ok(enforcer) => match record(true) {
+                    Ok(()) => {
+                        install(enforcer);
+                        tracing::info!(target: "audit", action = "policy_reload", decision = "allow", outcome = "ok", files = ?files, "RBAC policy reloaded");
+                    }
+                    Err(error) => {
+                        tracing::error!(target: "audit", action = "policy_reload", outcome = "refused", %error, "RBAC policy not reloaded: the audit trail cannot be written; the running policy stays");
+                    }
+                },
                 Err(error) => {
-                    tracing::error!(target: "audit", action = "policy_reload", outcome = "refused", %error, "RBAC policy not reloaded; the running policy stays")
+                    let _ = record(false);
+                    tracing::error!(target: "audit", action = "policy_reload", outcome = "refused", %error, "RBAC policy not reloaded; the running policy stays");
                 }
             }
         }

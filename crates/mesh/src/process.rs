@@ -90,6 +90,7 @@ where
             config.auth.rbac_model.clone(),
             config.auth.rbac_policy.clone(),
             std::time::Duration::from_secs(2),
+            Some(config.audit_file()),
             shutdown.clone(),
         ) {
             eprintln!("amaos-{service}: config key `auth.rbac_policy`: {error}");

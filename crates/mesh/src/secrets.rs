@@ -174,6 +174,50 @@ pub async fn open(
     })
 }
 
+/// The store `config` names, every read of it appended to the audit trail
+/// first (as `secret.read` by `principal`); a read fails when the trail
+/// cannot be written.
+pub async fn open_audited(
+    config: &crate::Config,
+    principal: &'static str,
+) -> Result<Arc<dyn SecretStore>, SecretError> {
+    Ok(Arc::new(Audited {
+        inner: open(&config.secrets, &config.data_dir).await?,
+        audit: crate::audit::AuditLog::append_only(&config.audit_file()),
+        principal,
+    }))
+}
+
+struct Audited {
+    inner: Arc<dyn SecretStore>,
+    audit: crate::audit::AuditLog,
+    principal: &'static str,
+}
+
+impl SecretStore for Audited {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Secret, SecretError>> {
+        Box::pin(async move {
+            self.audit
+                .append(crate::audit::Entry {
+                    principal: self.principal,
+                    tenant: "",
+                    action: "secret.read",
+                    object: path,
+                    allowed: true,
+                })
+                .map_err(|e| SecretError::Store {
+                    store: "audit",
+                    message: e.to_string(),
+                })?;
+            self.inner.get(path).await
+        })
+    }
+}
+
 /// Secrets from a JSON file, then the environment.
 pub struct FileSecrets {
     file: PathBuf,

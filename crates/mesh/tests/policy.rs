@@ -29,10 +29,12 @@ async fn policy_files_are_loaded_and_reloaded_on_change() {
     std::fs::write(&model, DEFAULT_MODEL).unwrap();
     std::fs::write(&policy_file, DEFAULT_POLICY).unwrap();
     let stop = CancellationToken::new();
+    let trail = dir.path().join("audit.jsonl");
     policy::init(
         Some(model.clone()),
         Some(policy_file.clone()),
         Duration::from_millis(50),
+        Some(trail.clone()),
         stop.clone(),
     )
     .unwrap();
@@ -50,11 +52,25 @@ async fn policy_files_are_loaded_and_reloaded_on_change() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(policy::allows("k", &dev(), "acme", "keys", "read").is_some());
     assert!(policy::allows("k", &["admin".into()], "acme", "anything", "delete").is_some());
+    // Both reloads are in the trail: the one applied, the one refused.
+    let decisions: Vec<String> = std::fs::read_to_string(&trail)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["action"] == "policy.reload")
+        .map(|r| r["decision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(decisions, ["allow", "deny"]);
+    assert_eq!(
+        amaos_mesh::audit::verify_file(&trail).unwrap(),
+        amaos_mesh::audit::Verdict::Intact(2)
+    );
     // A broken file at start is an error.
     let Err(error) = policy::init(
         None,
         Some(policy_file.clone()),
         Duration::from_secs(1),
+        None,
         stop.clone(),
     ) else {
         panic!("a broken policy at start is refused")

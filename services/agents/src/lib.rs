@@ -349,7 +349,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let catalog = Catalog::load(&config.agents.teams_dir, config.agents.max_spec_bytes)?;
-    let secrets = amaos_mesh::secrets::open(&config.secrets, &config.data_dir).await?;
+    let secrets = amaos_mesh::secrets::open_audited(&config, "agents").await?;
     let agents = Agents::new(&config, catalog.clone(), secrets)?;
     let router: RouterServiceClient<MeshChannel> = RouterServiceClient::new(
         client::Dialer::new(&config, "agents")?.channel("router", &config.router.url)?,

@@ -10,7 +10,6 @@
 //! - this file: the gRPC service, the verification cache, [`open`] (which
 //!   creates the first admin key) and [`serve`].
 
-pub mod audit;
 pub mod error;
 pub mod keys;
 pub mod redis_keys;
@@ -33,9 +32,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::audit::{AuditLog, Entry};
 use crate::error::AuthError;
 use crate::keys::{KeyBackend, KeyStore, NewKey, StoredKey};
+use amaos_mesh::audit::{AuditLog, Entry};
 use amaos_mesh::config::KeyStoreBackend;
 
 /// The tenant whose admins manage every tenant.

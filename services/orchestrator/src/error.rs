@@ -26,6 +26,9 @@ pub enum OrchestratorError {
     /// The inline team spec is invalid.
     #[error("team.spec_yaml: {0}")]
     InvalidSpec(SpecErrors),
+    /// The audit trail cannot be written: privileged actions are refused.
+    #[error("{0}")]
+    AuditDown(String),
     /// The task does not exist in the caller's tenant.
     #[error("task `{0}` not found")]
     TaskNotFound(String),
@@ -70,6 +73,7 @@ impl From<OrchestratorError> for tonic::Status {
                     .collect(),
             ),
             OrchestratorError::TaskNotFound(_) => tonic::Status::not_found(message),
+            OrchestratorError::AuditDown(_) => tonic::Status::unavailable(message),
             OrchestratorError::Backend(crate::backend::BackendError::Full(_)) => {
                 tonic::Status::resource_exhausted(message)
             }

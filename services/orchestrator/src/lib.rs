@@ -68,6 +68,8 @@ pub struct Orchestrator {
 
 struct Inner {
     backend: Arc<dyn TaskBackend>,
+    /// The hash-chained trail: task submissions and cancellations.
+    audit: amaos_mesh::audit::AuditLog,
     router: RouterServiceClient<amaos_mesh::client::MeshChannel>,
     /// Teams recently seen served, so submissions skip the check.
     known_teams: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -134,6 +136,7 @@ impl Orchestrator {
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
+                audit: amaos_mesh::audit::AuditLog::append_only(&config.audit_file()),
                 router,
                 known_teams: Default::default(),
                 authn: Authenticator::new(auth, config.auth.key_cache_ttl),
@@ -345,6 +348,28 @@ impl Inner {
         })
     }
 
+    /// Checks `caller` may do `action` and appends the decision to the audit
+    /// trail first: when the trail cannot be written, nothing happens.
+    fn audited(
+        &self,
+        caller: &Caller,
+        action: &str,
+        audit_action: &str,
+        object: &str,
+    ) -> Result<(), OrchestratorError> {
+        let decision = require(caller, action);
+        self.audit
+            .append(amaos_mesh::audit::Entry {
+                principal: &caller.principal,
+                tenant: &caller.tenant,
+                action: audit_action,
+                object,
+                allowed: decision.is_ok(),
+            })
+            .map_err(|e| OrchestratorError::AuditDown(e.to_string()))?;
+        decision
+    }
+
     fn check_common(
         session_id: &str,
         idempotency_key: &str,
@@ -459,7 +484,7 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         let inner = &self.inner;
         let caller = inner.authn.caller(request.metadata()).await?;
-        require(&caller, "submit")?;
+        inner.audited(&caller, "submit", "task.submit", "tasks")?;
         let pb::SubmitTaskRequest {
             team,
             input,
@@ -693,12 +718,13 @@ impl OrchestratorService for Orchestrator {
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
-        require(&caller, "cancel")?;
         let pb::CancelTaskRequest {
             task_id,
             reason,
             idempotency_key: _,
         } = request.into_inner();
+        self.inner
+            .audited(&caller, "cancel", "task.cancel", &task_id)?;
         let reason = if reason.is_empty() {
             format!("cancelled by {}", caller.principal)
         } else {

@@ -82,6 +82,9 @@ pub enum ToolError {
     /// The sandbox failed.
     #[error("{0}")]
     Sandbox(String),
+    /// The audit trail cannot be written: no call runs.
+    #[error("{0}")]
+    AuditDown(String),
 }
 
 impl From<ToolError> for Status {
@@ -97,7 +100,7 @@ impl From<ToolError> for Status {
             ToolError::Unimplemented(_) => Status::unimplemented(message),
             ToolError::Io(_) => Status::internal(message),
             ToolError::Quota(_) => Status::resource_exhausted(message),
-            ToolError::Sandbox(_) => Status::unavailable(message),
+            ToolError::Sandbox(_) | ToolError::AuditDown(_) => Status::unavailable(message),
         }
     }
 }
@@ -129,6 +132,8 @@ pub struct Tools {
     quotas: Arc<Mutex<Quotas>>,
     max_sandboxes_per_tenant: usize,
     calls_per_minute: u32,
+    /// The hash-chained trail: every call's decision, before it runs.
+    audit: Arc<amaos_mesh::audit::AuditLog>,
 }
 
 impl Tools {
@@ -151,6 +156,9 @@ impl Tools {
                 &config.auth.url,
             )?),
             workspaces: Arc::new(config.workspace_dir()),
+            audit: Arc::new(amaos_mesh::audit::AuditLog::append_only(
+                &config.audit_file(),
+            )),
             journal: Arc::new(Journal::new(config.tools.max_journal_entries)),
             limits: builtin::FileLimits {
                 max_file_bytes: config.tools.max_file_bytes,
@@ -388,6 +396,7 @@ impl ToolsService for Tools {
             Err(ToolError::Unimplemented(_)) => ("deny", "unimplemented"),
             Err(ToolError::Io(_)) => ("allow", "io_error"),
             Err(ToolError::Sandbox(_)) => ("allow", "sandbox_error"),
+            Err(ToolError::AuditDown(_)) => ("deny", "audit_down"),
         };
         tracing::info!(
             target: "audit",
@@ -469,6 +478,25 @@ impl ToolsService for Tools {
 }
 
 impl Tools {
+    /// Appends a call's decision to the audit trail.
+    fn audit_call(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        tool: &str,
+        allowed: bool,
+    ) -> Result<(), ToolError> {
+        self.audit
+            .append(amaos_mesh::audit::Entry {
+                principal: &caller.principal,
+                tenant: &caller.tenant,
+                action: "tool.invoke",
+                object: tool,
+                allowed,
+            })
+            .map(|_| ())
+            .map_err(|e| ToolError::AuditDown(e.to_string()))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn invoke_checked(
         &self,
@@ -491,6 +519,8 @@ impl Tools {
             )
             .is_none()
         {
+            // Best effort: the call is refused whether or not this is written.
+            let _ = self.audit_call(caller, &tool, false);
             return Err(ToolError::PermissionDenied(format!(
                 "roles [{}] may not call `{tool}`",
                 caller.roles.join(", ")
@@ -517,6 +547,7 @@ impl Tools {
                 })?,
             None => DEFAULT_TIMEOUT,
         };
+        self.audit_call(caller, &tool, true)?;
         let idem = Some(idempotency_key).filter(|k| !k.is_empty());
         if let Some(key) = &idem {
             match self.journal.lookup(&caller.tenant, key, fingerprint) {
@@ -584,7 +615,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let sandbox = start_sandbox(&config).await?;
-    let secrets = amaos_mesh::secrets::open(&config.secrets, &config.data_dir).await?;
+    let secrets = amaos_mesh::secrets::open_audited(&config, "tools").await?;
     let tools = Tools::new(&config, sandbox, Some(secrets))?;
     tools.register_configured(&config).await?;
     let service = grpc_service(tools, &config.limits);

@@ -1,12 +1,15 @@
 //! The audit trail of privileged actions, each record hash-chained to the one
 //! before (SHA-256 over the previous hash and the record's fields). Records
 //! are appended to a JSON-lines file before the action takes effect: when the
-//! file cannot be written the action fails (fail closed). The newest records
-//! are also kept in memory, bounded, for QueryAudit. [`verify_file`] checks a
-//! trail and names the first record that was edited, deleted or reordered.
+//! file cannot be written the action fails (fail closed). Every service of a
+//! process (and every process sharing the file) appends to one chain: an
+//! append holds an exclusive lock on the file and chains to its last record.
+//! The newest records this process wrote are also kept in memory, bounded,
+//! for QueryAudit. [`verify_file`] checks a trail and names the first record
+//! that was edited, deleted or reordered.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -33,6 +36,10 @@ pub struct Record {
     pub object: String,
     /// `allow` or `deny`.
     pub decision: String,
+    /// The trace the action belongs to (W3C trace id, hex); empty when
+    /// there is none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trace_id: String,
     /// Hash of the record before (hex); empty for the first.
     pub prev_hash: String,
     /// This record's hash (hex).
@@ -44,6 +51,8 @@ pub struct Record {
 pub struct AuditLog {
     records: Mutex<VecDeque<Record>>,
     file: Option<PathBuf>,
+    /// The open trail file, kept between appends.
+    handle: Mutex<Option<std::fs::File>>,
 }
 
 /// The audit sink could not record an action; the action must not happen.
@@ -80,6 +89,11 @@ fn chain_hash(prev: &str, r: &Record) -> String {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
+    // Records from before trace ids hash as they always did.
+    if !r.trace_id.is_empty() {
+        h.update((r.trace_id.len() as u64).to_be_bytes());
+        h.update(r.trace_id.as_bytes());
+    }
     hex::encode(h.finalize())
 }
 
@@ -112,45 +126,56 @@ impl AuditLog {
         Ok(Self {
             records: Mutex::new(records),
             file: Some(file.to_owned()),
+            handle: Mutex::new(None),
         })
     }
 
-    fn write(&self, record: &Record) -> Result<(), SinkDown> {
-        let Some(path) = &self.file else {
-            return Ok(());
-        };
-        let fail = |e: std::io::Error| SinkDown(format!("{}: {e}", path.display()));
-        let mut line = serde_json::to_vec(record).map_err(|e| SinkDown(e.to_string()))?;
-        line.push(b'\n');
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(fail)?;
-        file.write_all(&line).map_err(fail)?;
-        file.flush().map_err(fail)
+    /// A trail appended to `file` by a service that only writes (nothing is
+    /// read back into memory; QueryAudit is auth's).
+    pub fn append_only(file: &Path) -> Self {
+        Self {
+            records: Mutex::new(VecDeque::new()),
+            file: Some(file.to_owned()),
+            handle: Mutex::new(None),
+        }
     }
 
-    /// Appends an entry: written to the file first, then kept in memory.
+    /// Appends an entry: written to the file first (chained to the file's
+    /// last record, under an exclusive lock), then kept in memory.
     pub fn append(&self, entry: Entry<'_>) -> Result<Record, SinkDown> {
         let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let (index, prev_hash) = records
-            .back()
-            .map(|r| (r.index + 1, r.hash.clone()))
-            .unwrap_or((0, String::new()));
         let mut record = Record {
-            index,
-            at_ms: crate::keys::now_ms(),
-            principal: entry.principal.to_owned(),
-            tenant: entry.tenant.to_owned(),
-            action: entry.action.to_owned(),
-            object: entry.object.to_owned(),
+            index: 0,
+            at_ms: now_ms(),
+            principal: bounded(entry.principal),
+            tenant: bounded(entry.tenant),
+            action: bounded(entry.action),
+            object: bounded(entry.object),
             decision: if entry.allowed { "allow" } else { "deny" }.to_owned(),
-            prev_hash,
+            trace_id: crate::telemetry::current_trace_id().unwrap_or_default(),
+            prev_hash: String::new(),
             hash: String::new(),
         };
-        record.hash = chain_hash(&record.prev_hash, &record);
-        self.write(&record)?;
+        match &self.file {
+            Some(path) => {
+                let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+                let appended = append_to_file(path, &mut handle, &mut record);
+                if appended.is_err() {
+                    // Open the file afresh next time (it may have been replaced).
+                    *handle = None;
+                }
+                appended?;
+            }
+            None => {
+                let (index, prev) = records
+                    .back()
+                    .map(|r| (r.index + 1, r.hash.clone()))
+                    .unwrap_or((0, String::new()));
+                record.index = index;
+                record.prev_hash = prev;
+                record.hash = chain_hash(&record.prev_hash, &record);
+            }
+        }
         if records.len() >= MAX_RECORDS {
             records.pop_front();
         }
@@ -177,6 +202,86 @@ impl AuditLog {
             .take(limit)
             .cloned()
             .collect()
+    }
+}
+
+/// Longest field kept in a record (records stay one short line each).
+const MAX_FIELD: usize = 512;
+
+fn bounded(text: &str) -> String {
+    let mut end = text.len().min(MAX_FIELD);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// Numbers, chains and appends `record` to the file at `path`, holding an
+/// exclusive lock so concurrent writers (other services, other processes)
+/// extend one chain.
+fn append_to_file(
+    path: &Path,
+    handle: &mut Option<std::fs::File>,
+    record: &mut Record,
+) -> Result<(), SinkDown> {
+    let fail = |e: std::io::Error| SinkDown(format!("{}: {e}", path.display()));
+    if handle.is_none() {
+        *handle = Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(path)
+                .map_err(fail)?,
+        );
+    }
+    let Some(file) = handle.as_mut() else {
+        return Err(SinkDown(format!("{}: not open", path.display())));
+    };
+    // A trail deleted or moved under us is a sink that is down.
+    if !path.exists() {
+        return Err(SinkDown(format!("{}: the file is gone", path.display())));
+    }
+    file.lock().map_err(fail)?;
+    let written = append_locked(file, record);
+    let _ = file.unlock();
+    written.map_err(|e| SinkDown(format!("{}: {e}", path.display())))
+}
+
+fn append_locked(file: &mut std::fs::File, record: &mut Record) -> Result<(), String> {
+    let last = last_record(file)?;
+    let (index, prev) = last
+        .map(|r| (r.index + 1, r.hash))
+        .unwrap_or((0, String::new()));
+    record.index = index;
+    record.prev_hash = prev;
+    record.hash = chain_hash(&record.prev_hash, record);
+    let mut line = serde_json::to_vec(&*record).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    file.write_all(&line).map_err(|e| e.to_string())?;
+    file.flush().map_err(|e| e.to_string())
+}
+
+/// The last record of a trail file, read from its tail.
+fn last_record(file: &mut std::fs::File) -> Result<Option<Record>, String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(SeekFrom::Start(start))
+        .map_err(|e| e.to_string())?;
+    let mut tail = String::new();
+    file.read_to_string(&mut tail).map_err(|e| e.to_string())?;
+    match tail.lines().rev().find(|l| !l.trim().is_empty()) {
+        None => Ok(None),
+        Some(line) => serde_json::from_str(line)
+            .map(Some)
+            .map_err(|e| format!("the last record is not valid JSON ({e}); the trail was damaged")),
     }
 }
 
