@@ -272,7 +272,9 @@ fn append_locked(file: &mut std::fs::File, record: &mut Record) -> Result<(), St
 /// The last record of a trail file, read from its tail.
 fn last_record(file: &mut std::fs::File) -> Result<Option<Record>, String> {
     let len = file.metadata().map_err(|e| e.to_string())?.len();
-    let start = len.saturating_sub(64 * 1024);
+    // A record is at most a few KiB (its fields are bounded), so the last
+    // 8 KiB always hold the last whole line.
+    let start = len.saturating_sub(8 * 1024);
     file.seek(SeekFrom::Start(start))
         .map_err(|e| e.to_string())?;
     let mut tail = String::new();
