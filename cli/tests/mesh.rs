@@ -35,6 +35,33 @@ async fn watch_all(mesh: &TestMesh, key: &str, task_id: &str) -> Vec<pb::TaskEve
 }
 
 /// A compact name per event, to compare orders.
+/// Forgets a session's memories as `tenant`'s agent; how many went.
+async fn forget_session(
+    mesh: &TestMesh,
+    memory: &mut MemoryServiceClient<amaos_mesh::client::MeshChannel>,
+    tenant: &str,
+    session: &str,
+) -> u64 {
+    memory
+        .forget(mesh.internal(
+            tenant,
+            &["agent"],
+            memory::ForgetRequest {
+                target: Some(memory::forget_request::Target::Scope(
+                    memory::MemoryFilter {
+                        session_id: session.into(),
+                        ..Default::default()
+                    },
+                )),
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .forgotten
+}
+
 fn label(e: &pb::TaskEvent) -> String {
     match &e.kind {
         Some(Kind::StateChanged(s)) => format!("state:{}", amaos_cli::render::state_name(s.to)),
@@ -941,25 +968,7 @@ async fn semantic_recall_through_the_service_never_crosses_tenants_and_forget_em
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     // Forgetting globex's session leaves acme untouched.
-    let forgotten = memory
-        .forget(mesh.internal(
-            "globex",
-            &["agent"],
-            memory::ForgetRequest {
-                target: Some(memory::forget_request::Target::Scope(
-                    memory::MemoryFilter {
-                        session_id: "s1".into(),
-                        ..Default::default()
-                    },
-                )),
-                idempotency_key: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .forgotten;
-    assert_eq!(forgotten, 2);
+    assert_eq!(forget_session(&mesh, &mut memory, "globex", "s1").await, 2);
     let left = memory
         .recall(mesh.internal("acme", &["agent"], recall("lasagne")))
         .await
@@ -1284,24 +1293,7 @@ async fn another_tenants_token_is_denied_on_tasks_memory_and_keys_everywhere() {
         !format!("{theirs:?}").contains("3rd of March"),
         "{theirs:?}"
     );
-    let forgotten = memory
-        .forget(mesh.internal(
-            "globex",
-            &["agent"],
-            memory::ForgetRequest {
-                target: Some(memory::forget_request::Target::Scope(
-                    memory::MemoryFilter {
-                        session_id: "s1".into(),
-                        ..Default::default()
-                    },
-                )),
-                idempotency_key: String::new(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(forgotten.forgotten, 0);
+    assert_eq!(forget_session(&mesh, &mut memory, "globex", "s1").await, 0);
     let ours = memory.recall(recall("acme")).await.unwrap().into_inner();
     assert!(format!("{ours:?}").contains("3rd of March"), "{ours:?}");
     mesh.stop().await;

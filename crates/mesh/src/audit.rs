@@ -52,7 +52,7 @@ pub struct AuditLog {
     records: Mutex<VecDeque<Record>>,
     file: Option<PathBuf>,
     /// The open trail file, kept between appends.
-    handle: Mutex<Option<std::fs::File>>,
+    handle: Mutex<Option<OpenTrail>>,
 }
 
 /// The audit sink could not record an action; the action must not happen.
@@ -226,47 +226,63 @@ fn now_ms() -> u64 {
 /// Numbers, chains and appends `record` to the file at `path`, holding an
 /// exclusive lock so concurrent writers (other services, other processes)
 /// extend one chain.
+/// The trail file as this process holds it open.
+struct OpenTrail {
+    file: std::fs::File,
+    /// The file's length after this process's last append, with that
+    /// record's index and hash: while the length is unchanged nobody else
+    /// appended, and the tail need not be read again.
+    last: Option<(u64, u64, String)>,
+}
+
 fn append_to_file(
     path: &Path,
-    handle: &mut Option<std::fs::File>,
+    handle: &mut Option<OpenTrail>,
     record: &mut Record,
 ) -> Result<(), SinkDown> {
     let fail = |e: std::io::Error| SinkDown(format!("{}: {e}", path.display()));
     if handle.is_none() {
-        *handle = Some(
-            std::fs::OpenOptions::new()
+        *handle = Some(OpenTrail {
+            file: std::fs::OpenOptions::new()
                 .create(true)
                 .read(true)
                 .append(true)
                 .open(path)
                 .map_err(fail)?,
-        );
+            last: None,
+        });
     }
-    let Some(file) = handle.as_mut() else {
+    let Some(trail) = handle.as_mut() else {
         return Err(SinkDown(format!("{}: not open", path.display())));
     };
     // A trail deleted or moved under us is a sink that is down.
     if !path.exists() {
         return Err(SinkDown(format!("{}: the file is gone", path.display())));
     }
-    file.lock().map_err(fail)?;
-    let written = append_locked(file, record);
-    let _ = file.unlock();
+    trail.file.lock().map_err(fail)?;
+    let written = append_locked(trail, record);
+    let _ = trail.file.unlock();
     written.map_err(|e| SinkDown(format!("{}: {e}", path.display())))
 }
 
-fn append_locked(file: &mut std::fs::File, record: &mut Record) -> Result<(), String> {
-    let last = last_record(file)?;
-    let (index, prev) = last
-        .map(|r| (r.index + 1, r.hash))
-        .unwrap_or((0, String::new()));
+fn append_locked(trail: &mut OpenTrail, record: &mut Record) -> Result<(), String> {
+    let len = trail.file.metadata().map_err(|e| e.to_string())?.len();
+    let (index, prev) = match trail.last.take() {
+        Some((at, index, hash)) if at == len => (index + 1, hash),
+        _ => last_record(&mut trail.file)?
+            .map(|r| (r.index + 1, r.hash))
+            .unwrap_or((0, String::new())),
+    };
+    let file = &mut trail.file;
     record.index = index;
     record.prev_hash = prev;
     record.hash = chain_hash(&record.prev_hash, record);
     let mut line = serde_json::to_vec(&*record).map_err(|e| e.to_string())?;
     line.push(b'\n');
     file.write_all(&line).map_err(|e| e.to_string())?;
-    file.flush().map_err(|e| e.to_string())
+    file.flush().map_err(|e| e.to_string())?;
+    trail.last = Some((len + line.len() as u64, record.index, record.hash.clone()));
+    Ok(())
 }
 
 /// The last record of a trail file, read from its tail.
@@ -387,6 +403,16 @@ mod tests {
         let reopened = AuditLog::open(&path).unwrap();
         assert_eq!(reopened.append(entry()).unwrap().index, 1);
         assert_eq!(verify_file(&path).unwrap(), Verdict::Intact(2));
+        // Two writers on one file (two services, or two processes) extend
+        // one chain.
+        let other = AuditLog::append_only(&path);
+        let third = AuditLog::append_only(&path);
+        for _ in 0..3 {
+            other.append(entry()).unwrap();
+            third.append(entry()).unwrap();
+        }
+        assert_eq!(reopened.append(entry()).unwrap().index, 8);
+        assert_eq!(verify_file(&path).unwrap(), Verdict::Intact(9));
         // A sink that cannot be written refuses the action.
         let blocked = AuditLog::open(&dir.path().join("no-such-dir/audit.jsonl")).unwrap();
         assert!(blocked.append(entry()).is_err());
