@@ -129,17 +129,17 @@ pub struct Agents {
 
 impl Agents {
     /// An agents service serving `catalog`, calling tools and memory as
-    /// configured, with model API keys from `secrets`.
+    /// configured through `dialer`, with model API keys from `secrets`.
     pub fn new(
         config: &Config,
+        dialer: &client::Dialer,
         catalog: Catalog,
         secrets: Arc<dyn amaos_mesh::secrets::SecretStore>,
     ) -> Result<Self, BoxError> {
-        let dialer = client::Dialer::new(config, "agents")?;
         let tools = dialer.channel("tools", &config.tools.url)?;
         let memory = dialer.channel("memory", &config.memory.url)?;
         Ok(Self {
-            verifier: Arc::new(TokenVerifier::from_auth(&dialer, &config.auth.url)?),
+            verifier: Arc::new(TokenVerifier::from_auth(dialer, &config.auth.url)?),
             models: Arc::new(ModelSet::with_secrets(&config.models, Some(secrets))?),
             catalog,
             services: Services {
@@ -350,10 +350,11 @@ pub async fn serve(
 ) -> Result<(), BoxError> {
     let catalog = Catalog::load(&config.agents.teams_dir, config.agents.max_spec_bytes)?;
     let secrets = amaos_mesh::secrets::open_audited(&config, "agents").await?;
-    let agents = Agents::new(&config, catalog.clone(), secrets)?;
-    let router: RouterServiceClient<MeshChannel> = RouterServiceClient::new(
-        client::Dialer::new(&config, "agents")?.channel("router", &config.router.url)?,
-    );
+    // Certificates are read once, for every channel this worker opens.
+    let dialer = client::Dialer::new(&config, "agents")?;
+    let agents = Agents::new(&config, &dialer, catalog.clone(), secrets)?;
+    let router: RouterServiceClient<MeshChannel> =
+        RouterServiceClient::new(dialer.channel("router", &config.router.url)?);
     let mut teams = catalog.names();
     teams.push("*".into());
     let announcement = registration::Announcement {
