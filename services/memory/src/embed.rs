@@ -1,9 +1,10 @@
 //! Embeddings: the [`Embedder`] trait and its two backends.
 //!
-//! - [`MiniLm`]: all-MiniLM-L6-v2 run with candle on the CPU, loaded from
-//!   `model.safetensors`, `tokenizer.json` and `config.json` (see
-//!   `scripts/fetch-embedding-model`). Batched; mean pooling over the
-//!   attention mask, then L2 normalisation, as sentence-transformers does.
+//! - [`MiniLm`]: all-MiniLM-L6-v2 on the CPU ([`amaos_bert`]: candle's
+//!   matrix products, packed sequences), loaded from `model.safetensors`,
+//!   `tokenizer.json` and `config.json` (see `scripts/fetch-embedding-model`).
+//!   Batched; mean pooling over each text's tokens, then L2 normalisation, as
+//!   sentence-transformers does.
 //! - [`OpenAiEmbedder`]: any server speaking the OpenAI `POST /embeddings`
 //!   API over plain HTTP (a local inference server, typically).
 //!
@@ -14,16 +15,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use amaos_bert::{Bert, BertConfig, Sequence};
 use bytes::Bytes;
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 /// Files the MiniLM embedder needs in its model directory.
 pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "tokenizer.json", "config.json"];
@@ -91,21 +90,15 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     (dot / (na.sqrt() * nb.sqrt())) as f32
 }
 
-fn candle_error(error: candle_core::Error) -> EmbedError {
-    EmbedError::Inference(error.to_string())
-}
-
-/// all-MiniLM-L6-v2 on the CPU with candle.
+/// all-MiniLM-L6-v2 on the CPU.
 #[derive(Clone)]
 pub struct MiniLm {
     inner: Arc<MiniLmInner>,
 }
 
 struct MiniLmInner {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
-    dimension: usize,
     batch_size: usize,
 }
 
@@ -128,32 +121,28 @@ impl MiniLm {
             serde_json::from_str(&config_text).map_err(|e| invalid(format!("config.json: {e}")))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json"))
             .map_err(|e| invalid(format!("tokenizer.json: {e}")))?;
-        // The wheel's tokenizer pads every text to 128 tokens; pad to the
-        // longest text of each batch instead (pooling ignores padding).
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..PaddingParams::default()
-        }));
+        // The wheel's tokenizer pads every text to 128 tokens; the encoder
+        // packs texts end to end instead, so nothing is padded.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
                 ..TruncationParams::default()
             }))
             .map_err(|e| invalid(format!("tokenizer.json: {e}")))?;
-        let device = Device::Cpu;
         let weights = std::fs::read(dir.join("model.safetensors"))
             .map_err(|e| invalid(format!("model.safetensors: {e}")))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|e| invalid(format!("model.safetensors: {e}")))?;
-        let model =
-            BertModel::load(vb, &config).map_err(|e| invalid(format!("model.safetensors: {e}")))?;
-        let dimension = config.hidden_size;
+        let model = Bert::load(&weights, &config).map_err(|e| invalid(e.to_string()))?;
+        if MAX_TOKENS > model.max_positions() {
+            return Err(invalid(format!(
+                "the model takes {} tokens, fewer than the {MAX_TOKENS} texts are cut to",
+                model.max_positions()
+            )));
+        }
         Ok(Self {
             inner: Arc::new(MiniLmInner {
                 model,
                 tokenizer,
-                device,
-                dimension,
                 batch_size: batch_size.max(1),
             }),
         })
@@ -179,54 +168,22 @@ impl MiniLmInner {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Inference(e.to_string()))?;
-        let rows = encodings.len();
-        let cols = encodings.first().map_or(0, |e| e.get_ids().len());
-        let mut ids = Vec::with_capacity(rows * cols);
-        let mut types = Vec::with_capacity(rows * cols);
-        let mut mask = Vec::with_capacity(rows * cols);
-        for encoding in &encodings {
-            ids.extend_from_slice(encoding.get_ids());
-            types.extend_from_slice(encoding.get_type_ids());
-            mask.extend_from_slice(encoding.get_attention_mask());
-        }
-        let ids = Tensor::from_vec(ids, (rows, cols), &self.device).map_err(candle_error)?;
-        let types = Tensor::from_vec(types, (rows, cols), &self.device).map_err(candle_error)?;
-        let mask = Tensor::from_vec(mask, (rows, cols), &self.device).map_err(candle_error)?;
-        let hidden = self
-            .model
-            .forward(&ids, &types, Some(&mask))
-            .map_err(candle_error)?;
-        // Mean pooling over real tokens: sum(hidden * mask) / sum(mask).
-        let mask = mask
-            .to_dtype(DType::F32)
-            .and_then(|m| m.unsqueeze(2))
-            .map_err(candle_error)?;
-        let summed = hidden
-            .broadcast_mul(&mask)
-            .and_then(|h| h.sum(1))
-            .map_err(candle_error)?;
-        let counts = mask
-            .sum(1)
-            .and_then(|c| c.clamp(1e-9f32, f32::MAX))
-            .map_err(candle_error)?;
-        let mean = summed.broadcast_div(&counts).map_err(candle_error)?;
-        // L2 normalisation.
-        let norms = mean
-            .sqr()
-            .and_then(|s| s.sum_keepdim(1))
-            .and_then(|s| s.sqrt())
-            .and_then(|n| n.clamp(1e-12f32, f32::MAX))
-            .map_err(candle_error)?;
-        let normalised = mean.broadcast_div(&norms).map_err(candle_error)?;
-        let vectors: Vec<Vec<f32>> = normalised.to_vec2().map_err(candle_error)?;
-        debug_assert!(vectors.iter().all(|v| v.len() == self.dimension));
-        Ok(vectors)
+        let sequences: Vec<Sequence<'_>> = encodings
+            .iter()
+            .map(|e| Sequence {
+                ids: e.get_ids(),
+                types: e.get_type_ids(),
+            })
+            .collect();
+        self.model
+            .embed(&sequences)
+            .map_err(|e| EmbedError::Inference(e.to_string()))
     }
 }
 
 impl Embedder for MiniLm {
     fn dimension(&self) -> usize {
-        self.inner.dimension
+        self.inner.model.hidden_size()
     }
 
     fn name(&self) -> &str {
