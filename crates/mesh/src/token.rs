@@ -254,7 +254,15 @@ impl TokenVerifier {
             .copied()
     }
 
-    async fn refresh(&self) -> Result<(), TokenError> {
+    /// Fetches the keys again because a token names `kid`, unknown here.
+    /// Refreshes are serialised: a caller that waited for another's fetch
+    /// finds the key without fetching, and a kid still unknown right after a
+    /// fetch (a forged token, say) does not fetch again for a second.
+    async fn refresh(&self, kid: &str) -> Result<(), TokenError> {
+        let mut source = self.source.lock().await;
+        if self.lookup(kid).is_some() {
+            return Ok(());
+        }
         {
             let mut last = self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
@@ -262,7 +270,6 @@ impl TokenVerifier {
             }
             *last = Some(Instant::now());
         }
-        let mut source = self.source.lock().await;
         let KeySource::Auth(auth) = &mut *source else {
             return Ok(());
         };
@@ -299,8 +306,8 @@ impl TokenVerifier {
             return Ok(claims.clone());
         }
         let claims = match verify_with(token, |kid| self.lookup(kid)) {
-            Err(TokenError::UnknownKey(_)) => {
-                self.refresh().await?;
+            Err(TokenError::UnknownKey(kid)) => {
+                self.refresh(&kid).await?;
                 verify_with(token, |kid| self.lookup(kid))
             }
             other => other,
