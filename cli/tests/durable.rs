@@ -390,3 +390,38 @@ async fn a_task_past_its_deadline_ends_timed_out_and_its_run_stops() {
     );
     mesh.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_at_capacity_delays_tasks_without_spending_their_attempts() {
+    // One run at a time on the only worker, and no retries: a refusal that
+    // counted as an attempt would fail the tasks that find the worker busy.
+    let mesh = TestMesh::start_with(|c| {
+        c.agents.capacity = 1;
+        c.orchestrator.retry_max_attempts = 1;
+    })
+    .await;
+    let key = mesh.create_key("acme", "developer").await;
+    let spec = r#"name: one-at-a-time
+agents:
+  - name: a
+    role: r
+    goal: g
+    replay_latency: 300ms
+    replay:
+      - say: "done with {input}"
+crew:
+  tasks:
+    - { name: t, description: "do {input}", agent: a }
+"#;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(mesh.submit(&key, spec, &format!("job {i}")).await);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let (task, _) = finished(&mesh, &key, id).await;
+        assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+        assert_eq!(task.attempt, 1, "{task:?}");
+        assert!(task.output.contains(&format!("job {i}")), "{task:?}");
+    }
+    mesh.stop().await;
+}

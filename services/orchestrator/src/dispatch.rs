@@ -78,6 +78,20 @@ struct Failure {
     message: String,
 }
 
+/// Why a run did not start on the worker the router chose.
+enum Refusal {
+    /// The worker is at capacity: try another, or wait; no attempt is spent.
+    Busy,
+    /// Anything else ends the attempt.
+    Failed(Failure),
+}
+
+impl From<Failure> for Refusal {
+    fn from(failure: Failure) -> Self {
+        Self::Failed(failure)
+    }
+}
+
 /// Claims and runs attempts.
 pub struct Dispatcher {
     backend: Arc<dyn TaskBackend>,
@@ -349,16 +363,89 @@ impl Dispatcher {
     ) -> Result<String, Failure> {
         let task = &claim.task;
         let attempt = claim.attempt();
-        let (team, model_override, inline) = task.current_target();
+        // Workers that answered "at capacity" during this attempt. A refusal
+        // means the run never started, so it costs no attempt: the next
+        // worker is tried, and when every live one is busy the attempt waits
+        // (with backoff, within the task's deadline and lease) for capacity.
+        let mut busy: Vec<String> = Vec::new();
+        let mut waits = 0u32;
+        let mut stream = loop {
+            let worker = match self.route(task, &busy).await {
+                Ok(worker) => worker,
+                Err(_) if !busy.is_empty() => {
+                    waits += 1;
+                    let pause = task
+                        .retry
+                        .backoff(waits + 1, rand::random::<f64>())
+                        .max(Duration::from_millis(50));
+                    tracing::debug!(task_id = %task.id, busy = busy.len(), ?pause, "every worker is at capacity; waiting");
+                    tokio::time::sleep(pause).await;
+                    busy.clear();
+                    continue;
+                }
+                Err(failure) => return Err(failure),
+            };
+            *chosen = Some(worker.worker_id.clone());
+            match self.start_run(task, attempt, &worker).await {
+                Ok(stream) => break stream,
+                Err(Refusal::Busy) => busy.push(worker.worker_id),
+                Err(Refusal::Failed(failure)) => return Err(failure),
+            }
+        };
+        loop {
+            let first = match stream.message().await {
+                Ok(Some(response)) => response.event,
+                Ok(None) => {
+                    return Err(Failure {
+                        class: ErrorClass::Transient,
+                        message: "the agents worker ended the run without a result".into(),
+                    });
+                }
+                Err(status) => {
+                    return Err(Failure {
+                        class: ErrorClass::Transient,
+                        message: format!("agents worker: {}", status.message()),
+                    });
+                }
+            };
+            // Record what has already arrived in one write, keeping order.
+            let mut batch: Vec<agents::RunEvent> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match futures::FutureExt::now_or_never(stream.message()) {
+                    Some(Ok(Some(response))) => batch.extend(response.event),
+                    _ => break,
+                }
+            }
+            let end = batch.iter().find_map(|event| match &event.payload {
+                Some(Payload::RunCompleted(done)) => Some(Ok(done.output.clone())),
+                Some(Payload::RunFailed(failed)) => Some(Err(Failure {
+                    class: ErrorClass::from_run(&failed.class),
+                    message: failed.reason.clone(),
+                })),
+                _ => None,
+            });
+            if !batch.is_empty() {
+                self.record(&task.id, attempt, Record::Run(batch)).await?;
+            }
+            if let Some(end) = end {
+                return end;
+            }
+        }
+    }
+
+    /// Asks the router for a worker of the task's current target, not one
+    /// of `exclude`.
+    async fn route(&self, task: &Task, exclude: &[String]) -> Result<router::Worker, Failure> {
+        let (team, _, inline) = task.current_target();
         let route = self
             .router
             .clone()
             .route(router::RouteRequest {
-                team: team.clone(),
+                team,
                 inline_spec: inline,
                 required_capabilities: Vec::new(),
                 session_key: task.session_id.clone(),
-                exclude_worker_ids: Vec::new(),
+                exclude_worker_ids: exclude.to_vec(),
             })
             .await
             .map_err(|status| Failure {
@@ -369,15 +456,24 @@ impl Dispatcher {
                 message: format!("router: {}", status.message()),
             })?
             .into_inner();
-        let worker = route.worker.ok_or_else(|| Failure {
+        route.worker.ok_or_else(|| Failure {
             class: ErrorClass::Transient,
             message: "the router answered without a worker".into(),
-        })?;
+        })
+    }
+
+    /// Records the worker and starts the run on it.
+    async fn start_run(
+        &self,
+        task: &Task,
+        attempt: u32,
+        worker: &router::Worker,
+    ) -> Result<tonic::Streaming<agents::RunTeamResponse>, Refusal> {
+        let (team, model_override, _) = task.current_target();
         let channel = self.workers.get(&worker.address).map_err(|e| Failure {
             class: ErrorClass::Transient,
             message: e.to_string(),
         })?;
-        *chosen = Some(worker.worker_id.clone());
         self.record(&task.id, attempt, Record::Worker(worker.worker_id.clone()))
             .await?;
 
@@ -426,57 +522,22 @@ impl Dispatcher {
         if let Ok(left) = task.deadline.duration_since(SystemTime::now()) {
             request.set_timeout(left);
         }
-        let mut stream = AgentsServiceClient::new(channel)
+        match AgentsServiceClient::new(channel)
             .max_decoding_message_size(self.workers.limits.max_message_bytes)
             .run_team(request)
             .await
-            .map_err(|s| Failure {
+        {
+            Ok(response) => Ok(response.into_inner()),
+            // At capacity (or shedding load): the run did not start.
+            Err(s) if s.code() == tonic::Code::ResourceExhausted => Err(Refusal::Busy),
+            Err(s) => Err(Refusal::Failed(Failure {
                 // A spec the worker cannot run fails the same way on any worker.
                 class: match s.code() {
                     tonic::Code::InvalidArgument | tonic::Code::NotFound => ErrorClass::Invalid,
                     _ => ErrorClass::Transient,
                 },
                 message: format!("agents worker refused the run: {}", s.message()),
-            })?
-            .into_inner();
-        loop {
-            let first = match stream.message().await {
-                Ok(Some(response)) => response.event,
-                Ok(None) => {
-                    return Err(Failure {
-                        class: ErrorClass::Transient,
-                        message: "the agents worker ended the run without a result".into(),
-                    });
-                }
-                Err(status) => {
-                    return Err(Failure {
-                        class: ErrorClass::Transient,
-                        message: format!("agents worker: {}", status.message()),
-                    });
-                }
-            };
-            // Record what has already arrived in one write, keeping order.
-            let mut batch: Vec<agents::RunEvent> = first.into_iter().collect();
-            while batch.len() < MAX_BATCH {
-                match futures::FutureExt::now_or_never(stream.message()) {
-                    Some(Ok(Some(response))) => batch.extend(response.event),
-                    _ => break,
-                }
-            }
-            let end = batch.iter().find_map(|event| match &event.payload {
-                Some(Payload::RunCompleted(done)) => Some(Ok(done.output.clone())),
-                Some(Payload::RunFailed(failed)) => Some(Err(Failure {
-                    class: ErrorClass::from_run(&failed.class),
-                    message: failed.reason.clone(),
-                })),
-                _ => None,
-            });
-            if !batch.is_empty() {
-                self.record(&task.id, attempt, Record::Run(batch)).await?;
-            }
-            if let Some(end) = end {
-                return end;
-            }
+            })),
         }
     }
 
