@@ -133,6 +133,12 @@ pub struct Bert {
     layers: Vec<Layer>,
 }
 
+/// Most tokens one [`Bert::embed`] call takes (its buffers grow with them).
+pub const MAX_BATCH_TOKENS: usize = 1 << 16;
+
+/// Most transformer layers a config may ask for.
+const MAX_LAYERS: usize = 128;
+
 /// Rows handed to one rayon task in the row-wise passes.
 const ROWS_PER_TASK: usize = 16;
 
@@ -213,6 +219,23 @@ impl Bert {
         }
         let hidden = config.hidden_size;
         let heads = config.num_attention_heads;
+        for (key, value) in [
+            ("vocab_size", config.vocab_size),
+            ("intermediate_size", config.intermediate_size),
+            ("max_position_embeddings", config.max_position_embeddings),
+            ("type_vocab_size", config.type_vocab_size),
+            ("num_hidden_layers", config.num_hidden_layers),
+        ] {
+            if value == 0 {
+                return Err(BertError::Config(format!("{key} must be at least 1")));
+            }
+        }
+        if config.num_hidden_layers > MAX_LAYERS {
+            return Err(BertError::Config(format!(
+                "num_hidden_layers {} is more than {MAX_LAYERS}",
+                config.num_hidden_layers
+            )));
+        }
         if hidden == 0 || heads == 0 || !hidden.is_multiple_of(heads) {
             return Err(BertError::Config(format!(
                 "hidden_size {hidden} is not a multiple of num_attention_heads {heads}"
@@ -365,6 +388,11 @@ impl Bert {
             }
             spans.push(start..start + len);
             start += len;
+        }
+        if start > MAX_BATCH_TOKENS {
+            return Err(BertError::Input(format!(
+                "the batch has {start} tokens; at most {MAX_BATCH_TOKENS} go in one call"
+            )));
         }
         Ok(spans)
     }
@@ -542,8 +570,9 @@ fn layer_norm(row: &mut [f32], norm: &Norm, eps: f32) {
     }
 }
 
-/// e^x for x ≤ 88, within a few ulp; no branches or library calls, so
-/// loops over it vectorise.
+/// e^x within a few ulp for x in [-87, 88]; below that it returns about
+/// 1.6e-38 (the smallest normal float, give or take), above it e^88. No
+/// branches or library calls, so loops over it vectorise.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LOG2_E: f32 = std::f32::consts::LOG2_E;
