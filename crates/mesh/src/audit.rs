@@ -8,10 +8,10 @@
 //! for QueryAudit. [`verify_file`] checks a trail and names the first record
 //! that was edited, deleted or reordered.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -50,9 +50,33 @@ pub struct Record {
 #[derive(Default)]
 pub struct AuditLog {
     records: Mutex<VecDeque<Record>>,
+    /// Appends are not kept in memory (nothing here queries them).
+    write_only: bool,
     file: Option<PathBuf>,
-    /// The open trail file, kept between appends.
-    handle: Mutex<Option<OpenTrail>>,
+    /// The open trail file, kept between appends and shared by every
+    /// [`AuditLog`] of this process on the same path.
+    handle: SharedTrail,
+}
+
+type SharedTrail = Arc<Mutex<Option<OpenTrail>>>;
+
+/// The handle of the trail at `path` for this process. Services running in
+/// one process (`amaos up`) append through one handle, so each append finds
+/// its own last record cached instead of re-reading the file's tail.
+fn shared_trail(path: &Path) -> SharedTrail {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Option<OpenTrail>>>>>> =
+        OnceLock::new();
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    open.retain(|_, trail| trail.strong_count() > 0);
+    if let Some(trail) = open.get(path).and_then(Weak::upgrade) {
+        return trail;
+    }
+    let trail = SharedTrail::default();
+    open.insert(path.to_owned(), Arc::downgrade(&trail));
+    trail
 }
 
 /// The audit sink could not record an action; the action must not happen.
@@ -125,8 +149,9 @@ impl AuditLog {
         }
         Ok(Self {
             records: Mutex::new(records),
+            write_only: false,
             file: Some(file.to_owned()),
-            handle: Mutex::new(None),
+            handle: shared_trail(file),
         })
     }
 
@@ -135,8 +160,9 @@ impl AuditLog {
     pub fn append_only(file: &Path) -> Self {
         Self {
             records: Mutex::new(VecDeque::new()),
+            write_only: true,
             file: Some(file.to_owned()),
-            handle: Mutex::new(None),
+            handle: shared_trail(file),
         }
     }
 
@@ -176,10 +202,12 @@ impl AuditLog {
                 record.hash = chain_hash(&record.prev_hash, &record);
             }
         }
-        if records.len() >= MAX_RECORDS {
-            records.pop_front();
+        if !self.write_only {
+            if records.len() >= MAX_RECORDS {
+                records.pop_front();
+            }
+            records.push_back(record.clone());
         }
-        records.push_back(record.clone());
         Ok(record)
     }
 
@@ -223,9 +251,6 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// Numbers, chains and appends `record` to the file at `path`, holding an
-/// exclusive lock so concurrent writers (other services, other processes)
-/// extend one chain.
 /// The trail file as this process holds it open.
 struct OpenTrail {
     file: std::fs::File,
@@ -235,6 +260,8 @@ struct OpenTrail {
     last: Option<(u64, u64, String)>,
 }
 
+/// Numbers, chains and appends `record` to the file at `path`, holding an
+/// exclusive lock so concurrent writers (other processes) extend one chain.
 fn append_to_file(
     path: &Path,
     handle: &mut Option<OpenTrail>,
@@ -269,7 +296,7 @@ fn append_locked(trail: &mut OpenTrail, record: &mut Record) -> Result<(), Strin
     let len = trail.file.metadata().map_err(|e| e.to_string())?.len();
     let (index, prev) = match trail.last.take() {
         Some((at, index, hash)) if at == len => (index + 1, hash),
-        _ => last_record(&mut trail.file)?
+        _ => last_record(&mut trail.file, len)?
             .map(|r| (r.index + 1, r.hash))
             .unwrap_or((0, String::new())),
     };
@@ -286,8 +313,7 @@ fn append_locked(trail: &mut OpenTrail, record: &mut Record) -> Result<(), Strin
 }
 
 /// The last record of a trail file, read from its tail.
-fn last_record(file: &mut std::fs::File) -> Result<Option<Record>, String> {
-    let len = file.metadata().map_err(|e| e.to_string())?.len();
+fn last_record(file: &mut std::fs::File, len: u64) -> Result<Option<Record>, String> {
     // A record is at most a few KiB (its fields are bounded), so the last
     // 8 KiB always hold the last whole line.
     let start = len.saturating_sub(8 * 1024);
@@ -413,6 +439,26 @@ mod tests {
         }
         assert_eq!(reopened.append(entry()).unwrap().index, 8);
         assert_eq!(verify_file(&path).unwrap(), Verdict::Intact(9));
+        // A record another process appended: the next append reads the
+        // file's tail and chains to it.
+        let last = reopened.query(None, None, 0, 7, 1).remove(0);
+        let mut foreign = Record {
+            index: last.index + 1,
+            prev_hash: last.hash.clone(),
+            principal: "another-process".into(),
+            ..last
+        };
+        foreign.hash = chain_hash(&foreign.prev_hash, &foreign);
+        let mut line = serde_json::to_vec(&foreign).unwrap();
+        line.push(b'\n');
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(&line)
+            .unwrap();
+        assert_eq!(other.append(entry()).unwrap().index, 10);
+        assert_eq!(verify_file(&path).unwrap(), Verdict::Intact(11));
         // A sink that cannot be written refuses the action.
         let blocked = AuditLog::open(&dir.path().join("no-such-dir/audit.jsonl")).unwrap();
         assert!(blocked.append(entry()).is_err());
