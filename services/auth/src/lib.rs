@@ -62,6 +62,30 @@ pub struct Opened {
     pub bootstrap_key_file: Option<PathBuf>,
 }
 
+/// Creates a key of the platform tenant with `role`, once across replicas
+/// (`once` is its idempotency key), and writes its secret to `path`
+/// (mode 0600).
+async fn bootstrap_key(
+    keys: &dyn KeyBackend,
+    name: &str,
+    role: &str,
+    once: &str,
+    path: &std::path::Path,
+) -> Result<(), AuthError> {
+    let (_, secret) = keys
+        .create(NewKey {
+            key_id: amaos_mesh::new_id(),
+            name,
+            tenant: PLATFORM_TENANT,
+            roles: vec![role.into()],
+            ttl: None,
+            idempotency_key: Some(once),
+        })
+        .await?;
+    keys::write_secret_file(path, secret.as_deref().unwrap_or_default())
+        .map_err(|e| AuthError::Store(format!("cannot write {}: {e}", path.display())))
+}
+
 /// Opens the key store; when it holds no key, creates an `admin` key for the
 /// `default` tenant and writes its secret to `<data_dir>/admin.key`.
 pub async fn open(config: &Config) -> Result<Opened, AuthError> {
@@ -74,37 +98,22 @@ pub async fn open(config: &Config) -> Result<Opened, AuthError> {
     };
     let mut bootstrap_key_file = None;
     if keys.is_empty().await? {
-        let (_, secret) = keys
-            .create(NewKey {
-                key_id: amaos_mesh::new_id(),
-                name: "bootstrap-admin",
-                tenant: PLATFORM_TENANT,
-                roles: vec!["admin".into()],
-                ttl: None,
-                // Replicas starting on an empty shared store make one admin key.
-                idempotency_key: Some("bootstrap-admin"),
-            })
-            .await?;
+        // Replicas starting on an empty shared store make one key of each
+        // (the idempotency keys).
         let path = config.data_dir.join("admin.key");
-        keys::write_secret_file(&path, secret.as_deref().unwrap_or_default())
-            .map_err(|e| AuthError::Store(format!("cannot write {}: {e}", path.display())))?;
+        bootstrap_key(&*keys, "bootstrap-admin", "admin", "bootstrap-admin", &path).await?;
         tracing::warn!(path = %path.display(), "created the first admin key for tenant `default`");
         bootstrap_key_file = Some(path);
         // The orchestrator's credential for task-scoped tokens.
-        let (_, service) = keys
-            .create(NewKey {
-                key_id: amaos_mesh::new_id(),
-                name: "orchestrator-service",
-                tenant: PLATFORM_TENANT,
-                roles: vec!["service".into()],
-                ttl: None,
-                idempotency_key: Some("bootstrap-service"),
-            })
-            .await?;
-        let service_path = config.service_key_file();
-        keys::write_secret_file(&service_path, service.as_deref().unwrap_or_default()).map_err(
-            |e| AuthError::Store(format!("cannot write {}: {e}", service_path.display())),
-        )?;
+        let path = config.service_key_file();
+        bootstrap_key(
+            &*keys,
+            "orchestrator-service",
+            "service",
+            "bootstrap-service",
+            &path,
+        )
+        .await?;
     }
     let signer = signing::Signer::open(
         &config.signing_key_file(),
