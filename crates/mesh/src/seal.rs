@@ -1,7 +1,7 @@
 //! Encryption at rest: envelope encryption with AES-256-GCM (ring). Each
 //! sealed value gets a fresh data key that encrypts it; the data key is
 //! wrapped by a master key from a local key file. A key context (the tenant
-//! for memories; tenant and task for the task store) is bound into both
+//! for memories; the task for the task store) is bound into both
 //! encryptions as associated data, so a sealed value copied to another
 //! tenant or task does not open.
 //!
@@ -41,6 +41,19 @@ struct KeyFile {
     /// The transit key that wrapped them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     transit_key: Option<String>,
+}
+
+impl KeyFile {
+    /// The version a new master key gets.
+    fn next_version(&self) -> u32 {
+        self.keys
+            .keys()
+            .chain(self.wrapped.keys())
+            .max()
+            .copied()
+            .unwrap_or(0)
+            + 1
+    }
 }
 
 /// Seals and opens values at rest.
@@ -200,7 +213,7 @@ impl Sealer {
         if !file.wrapped.is_empty() {
             return Err(wrapped_without_vault(path, &file));
         }
-        let id = file.keys.keys().max().copied().unwrap_or(0) + 1;
+        let id = file.next_version();
         file.keys.insert(id, hex::encode(fresh_key()?));
         file.current = id;
         write_private(path, &file)?;
@@ -213,14 +226,7 @@ impl Sealer {
         vault: &crate::secrets::VaultSecrets,
     ) -> Result<u32, SealError> {
         let mut file = read_file(path)?;
-        let id = file
-            .keys
-            .keys()
-            .chain(file.wrapped.keys())
-            .max()
-            .copied()
-            .unwrap_or(0)
-            + 1;
+        let id = file.next_version();
         let wrapped = vault
             .transit_encrypt(&fresh_key()?)
             .await
@@ -269,14 +275,10 @@ impl Sealer {
 
     /// `plain` sealed under key context `context`, as text.
     pub fn seal_bytes(&self, context: &str, plain: &[u8]) -> Result<String, SealError> {
-        let tenant = context;
-        let mut dek = [0u8; 32];
-        self.rng
-            .fill(&mut dek)
-            .map_err(|_| SealError("no randomness".into()))?;
+        let dek = fresh_key()?;
         let master = &self.keys[&self.current];
-        let wrapped = self.seal_with(master, format!("amaos-dek:{tenant}").as_bytes(), &dek)?;
-        let body = self.seal_with(&key_of(&dek)?, tenant.as_bytes(), plain)?;
+        let wrapped = self.seal_with(master, format!("amaos-dek:{context}").as_bytes(), &dek)?;
+        let body = self.seal_with(&key_of(&dek)?, context.as_bytes(), plain)?;
         Ok(format!(
             "{PREFIX}{}:{}:{}",
             self.current,
@@ -300,7 +302,6 @@ impl Sealer {
     /// The bytes `stored` holds under `context`: opened when sealed, as they
     /// are otherwise.
     pub fn open_bytes(&self, context: &str, stored: &[u8]) -> Result<Vec<u8>, SealError> {
-        let tenant = context;
         let Some(rest) = stored.strip_prefix(PREFIX.as_bytes()) else {
             return Ok(stored.to_vec());
         };
@@ -324,10 +325,10 @@ impl Sealer {
         };
         let dek = Self::open_with(
             master,
-            format!("amaos-dek:{tenant}").as_bytes(),
+            format!("amaos-dek:{context}").as_bytes(),
             &decode(wrapped)?,
         )?;
-        Self::open_with(&key_of(&dek)?, tenant.as_bytes(), &decode(body)?)
+        Self::open_with(&key_of(&dek)?, context.as_bytes(), &decode(body)?)
     }
 }
 
@@ -348,7 +349,7 @@ fn write_private(path: &Path, file: &KeyFile) -> Result<(), SealError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| SealError(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     }
     let text = serde_json::to_string_pretty(file).map_err(|e| SealError(e.to_string()))?;
     let tmp = path.with_extension(format!("tmp-{}", crate::new_id()));
@@ -358,11 +359,11 @@ fn write_private(path: &Path, file: &KeyFile) -> Result<(), SealError> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| SealError(format!("{}: {e}", tmp.display())))?;
+        .map_err(|e| io(&tmp, e))?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|e| SealError(format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| SealError(format!("{}: {e}", path.display())))
+        .map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
 #[cfg(test)]

@@ -240,10 +240,18 @@ async fn a_bad_login_is_an_error_without_secrets_in_it() {
     let _ = Secret::new("x");
 }
 
-#[tokio::test]
-async fn a_real_vault_serves_kv_v2_when_vault_addr_is_set() {
+/// The address of a real Vault when `VAULT_ADDR` and `VAULT_TOKEN` are set.
+fn real_vault() -> Option<String> {
     let (Ok(addr), Ok(_)) = (std::env::var("VAULT_ADDR"), std::env::var("VAULT_TOKEN")) else {
         eprintln!("VAULT_ADDR and VAULT_TOKEN are not set: no Vault server to test against");
+        return None;
+    };
+    Some(addr)
+}
+
+#[tokio::test]
+async fn a_real_vault_serves_kv_v2_when_vault_addr_is_set() {
+    let Some(addr) = real_vault() else {
         return;
     };
     // The test expects `secret/amaos-test` with a `value` field.
@@ -332,8 +340,7 @@ async fn master_keys_are_wrapped_by_vault_transit_and_unwrapped_only_through_it(
 
 #[tokio::test]
 async fn a_real_vault_wraps_master_keys_with_transit_when_vault_addr_is_set() {
-    let (Ok(addr), Ok(_)) = (std::env::var("VAULT_ADDR"), std::env::var("VAULT_TOKEN")) else {
-        eprintln!("VAULT_ADDR and VAULT_TOKEN are not set: no Vault server to test against");
+    let Some(addr) = real_vault() else {
         return;
     };
     // The test expects the transit engine at `transit` (`vault secrets
