@@ -58,14 +58,14 @@ pub struct AuditLog {
     handle: SharedTrail,
 }
 
-type SharedTrail = Arc<Mutex<Option<OpenTrail>>>;
+type TrailSlot = Mutex<Option<OpenTrail>>;
+type SharedTrail = Arc<TrailSlot>;
 
 /// The handle of the trail at `path` for this process. Services running in
 /// one process (`amaos up`) append through one handle, so each append finds
 /// its own last record cached instead of re-reading the file's tail.
 fn shared_trail(path: &Path) -> SharedTrail {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Option<OpenTrail>>>>>> =
-        OnceLock::new();
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<TrailSlot>>>> = OnceLock::new();
     let mut open = OPEN
         .get_or_init(Default::default)
         .lock()

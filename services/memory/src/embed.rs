@@ -166,7 +166,7 @@ impl MiniLmInner {
         }
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(texts.iter().map(String::as_str).collect(), true)
             .map_err(|e| EmbedError::Inference(e.to_string()))?;
         let sequences: Vec<Sequence<'_>> = encodings
             .iter()
