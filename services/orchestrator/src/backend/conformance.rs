@@ -112,6 +112,7 @@ where
     a_failure_fails_the_dependents(make(limits()).await).await;
     cancellation_stops_queued_and_running_tasks(make(limits()).await).await;
     watchers_wake_on_new_events(make(limits()).await).await;
+    a_quiet_task_keeps_its_watcher(make(limits()).await).await;
     tenants_are_isolated(make(limits()).await).await;
     the_running_cap_defers_claims(make(limits()).await).await;
     the_rate_limiter_allows_a_burst_then_waits(make(limits()).await).await;
@@ -518,6 +519,59 @@ pub async fn watchers_wake_on_new_events(b: Arc<dyn TaskBackend>) {
         "woke on the event, not the timeout"
     );
     assert!(!page.finished);
+    writer.await.unwrap();
+    b.finish(&c, Outcome::Succeeded { output: "x".into() })
+        .await
+        .unwrap();
+}
+
+/// A task silent for longer than the store's response timeout (Redis
+/// clients give up on an answer after 0.5 s) keeps its watcher: a long-poll
+/// with nothing new ends empty, not in an error, and the next one still wakes
+/// on an event recorded seconds later.
+pub async fn a_quiet_task_keeps_its_watcher(b: Arc<dyn TaskBackend>) {
+    let tenant = format!("t{}", amaos_mesh::new_id().replace('-', ""));
+    let task = sample(&tenant);
+    b.create(&tenant, &task.id, vec![task.clone()], None)
+        .await
+        .unwrap();
+    let c = claim(b.as_ref()).await.unwrap();
+    let seen = b
+        .events(&tenant, &task.id, 0, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap()
+        .events
+        .len() as u64;
+    let started = std::time::Instant::now();
+    let quiet = b
+        .events(&tenant, &task.id, seen, Duration::from_millis(1500))
+        .await
+        .expect("a long-poll that finds nothing is not an error")
+        .unwrap();
+    assert!(quiet.events.is_empty() && !quiet.finished);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "the poll waited instead of ending early: {:?}",
+        started.elapsed()
+    );
+    let writer = {
+        let b = b.clone();
+        let id = task.id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            b.record(&id, 1, Record::Run(vec![run_event(&id, 1)]))
+                .await
+                .unwrap();
+        })
+    };
+    let page = b
+        .events(&tenant, &task.id, seen, Duration::from_secs(3))
+        .await
+        .expect("a watcher outlives a quiet spell")
+        .unwrap();
+    assert_eq!(page.events.len(), 1);
+    assert_eq!(page.events[0].sequence, seen + 1);
     writer.await.unwrap();
     b.finish(&c, Outcome::Succeeded { output: "x".into() })
         .await

@@ -25,7 +25,7 @@ use amaos_proto::orchestrator::v1 as pb;
 use prost::Message;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamRangeReply, StreamReadReply};
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, AsyncConnectionConfig, FromRedisValue, Script};
 
 use super::{
     Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, Record,
@@ -40,6 +40,9 @@ const CAP_DEFER_MS: u64 = 50;
 const CLAIM_BLOCK_MS: u64 = 200;
 /// Compare-and-set retries before giving up on a contended task.
 const CAS_RETRIES: usize = 32;
+/// How much longer than its `BLOCK` a blocking read may take to answer before
+/// it is given up (and its connection dropped).
+const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// Blocking connections kept for reuse.
 const MAX_IDLE_BLOCKING: usize = 64;
 /// Blocking reads (watchers waiting for events) at once; more poll instead,
@@ -325,6 +328,10 @@ impl RedisBackend {
         format!("{}:running", self.prefix)
     }
 
+    /// A connection for blocking reads. It has no response timeout: the
+    /// client's default (0.5 s) is shorter than a watcher's `XREAD BLOCK`,
+    /// and a long-poll that found nothing must end empty, not in an error.
+    /// [`Self::blocking`] bounds each read by its block plus [`BLOCK_MARGIN`].
     async fn blocking_conn(&self) -> Result<MultiplexedConnection, BackendError> {
         if let Some(conn) = self
             .blocking
@@ -334,7 +341,33 @@ impl RedisBackend {
         {
             return Ok(conn);
         }
-        Ok(self.client.get_multiplexed_async_connection().await?)
+        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    /// Runs `cmd`, a read that blocks the server for up to `block`, on a
+    /// blocking connection; the connection goes back to the pool only after
+    /// a clean answer.
+    async fn blocking<T: FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        block: Duration,
+    ) -> Result<T, BackendError> {
+        let mut conn = self.blocking_conn().await?;
+        let limit = block + BLOCK_MARGIN;
+        match tokio::time::timeout(limit, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(value)) => {
+                self.return_conn(conn);
+                Ok(value)
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(BackendError::Unavailable(format!(
+                "a blocking read got no answer within {limit:?}"
+            ))),
+        }
     }
 
     fn return_conn(&self, conn: MultiplexedConnection) {
@@ -779,9 +812,8 @@ impl TaskBackend for RedisBackend {
     }
 
     async fn claim(&self, consumer: &str, _lease: Duration) -> Result<Claimed, BackendError> {
-        let mut conn = self.blocking_conn().await?;
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
             .arg(GROUP)
             .arg(consumer)
             .arg("COUNT")
@@ -790,10 +822,10 @@ impl TaskBackend for RedisBackend {
             .arg(CLAIM_BLOCK_MS)
             .arg("STREAMS")
             .arg(self.queue())
-            .arg(">")
-            .query_async(&mut conn)
+            .arg(">");
+        let reply: Option<StreamReadReply> = self
+            .blocking(&read, Duration::from_millis(CLAIM_BLOCK_MS))
             .await?;
-        self.return_conn(conn);
         let Some(entry) = reply
             .and_then(|r| r.keys.into_iter().next())
             .and_then(|k| k.ids.into_iter().next())
@@ -1130,18 +1162,17 @@ impl TaskBackend for RedisBackend {
             .collect();
         if events.is_empty() && !was_terminal && !wait.is_zero() {
             if let Ok(_slot) = self.blocking_reads.try_acquire() {
-                let mut conn = self.blocking_conn().await?;
-                let reply: Option<StreamReadReply> = redis::cmd("XREAD")
-                    .arg("COUNT")
+                // BLOCK 0 would mean forever.
+                let block = wait.max(Duration::from_millis(1));
+                let mut read = redis::cmd("XREAD");
+                read.arg("COUNT")
                     .arg(1000)
                     .arg("BLOCK")
-                    .arg(wait.as_millis() as u64)
+                    .arg(block.as_millis() as u64)
                     .arg("STREAMS")
                     .arg(&stream)
-                    .arg(format!("0-{after}"))
-                    .query_async(&mut conn)
-                    .await?;
-                self.return_conn(conn);
+                    .arg(format!("0-{after}"));
+                let reply: Option<StreamReadReply> = self.blocking(&read, block).await?;
                 if let Some(reply) = reply {
                     for key in reply.keys {
                         events.extend(key.ids.iter().filter_map(|e| self.decode_event(id, e)));
