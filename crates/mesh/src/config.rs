@@ -386,6 +386,27 @@ pub struct ToolsConfig {
     pub max_list_entries: usize,
     /// Recorded results kept for idempotent replay.
     pub max_journal_entries: usize,
+    /// Where the idempotency journal lives: `memory` (this process only) or
+    /// `redis` (shared by every tools replica and kept across restarts, so a
+    /// call with an idempotency key runs once in the whole mesh). Unset
+    /// follows `orchestrator.backend`; the Redis journal uses
+    /// `orchestrator.redis_url` and keys under
+    /// `<orchestrator.redis_prefix>:tools:journal:`.
+    pub journal: Option<StoreBackend>,
+    /// How long a recorded result stays replayable.
+    #[serde(with = "duration_text")]
+    pub journal_ttl: Duration,
+    /// How long a call's reservation of its idempotency key lasts without
+    /// renewal (the running call renews it); a replica that dies mid-call
+    /// loses the key to the next caller after this.
+    #[serde(with = "duration_text")]
+    pub journal_lease: Duration,
+    /// Store recorded results sealed (envelope encryption, AES-256-GCM, the
+    /// tenant as key context) in the Redis journal.
+    pub journal_encrypt: bool,
+    /// The journal's master key file (created 0600 if absent); unset for
+    /// `<data_dir>/tools.keys`. Replicas must share it.
+    pub journal_key_file: Option<PathBuf>,
     /// The `amaos-sandbox` helper; unset to look next to this program.
     pub sandbox_helper: Option<PathBuf>,
     /// A development flag: start even when no sandbox can be made (the
@@ -720,6 +741,11 @@ impl Default for ToolsConfig {
             max_file_bytes: 1024 * 1024,
             max_list_entries: 1000,
             max_journal_entries: 100_000,
+            journal: None,
+            journal_ttl: Duration::from_secs(24 * 60 * 60),
+            journal_lease: Duration::from_secs(10),
+            journal_encrypt: true,
+            journal_key_file: None,
             sandbox_helper: None,
             allow_no_sandbox: false,
             sandbox_uid_base: 200_000,
@@ -979,6 +1005,13 @@ impl Config {
             1,
             100_000_000,
         )?;
+        positive("tools.journal_ttl", t.journal_ttl)?;
+        if t.journal_lease < Duration::from_millis(100) || t.journal_lease > t.journal_ttl {
+            return Err(ConfigError::new(
+                "tools.journal_lease",
+                "must be at least 100ms and at most tools.journal_ttl",
+            ));
+        }
         in_range("tools.max_sandboxes", t.max_sandboxes, 1, 1024)?;
         in_range(
             "tools.web_fetch_max_bytes",

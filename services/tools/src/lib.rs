@@ -7,7 +7,8 @@
 //! - [`workspace`]: per-task directories and path confinement.
 //! - [`builtin`]: `file_read`, `file_write` and `file_list`, with their schemas
 //!   and argument checks.
-//! - [`journal`]: recorded results by idempotency key.
+//! - [`journal`]: reservations and recorded results by idempotency key, in
+//!   this process or in Redis (shared by replicas, kept across restarts).
 //! - [`sandbox`]: commands in the sandbox (the `amaos-sandbox` helper).
 //! - [`shell`]: the `shell` tool's arguments.
 //! - [`web`]: the `web_fetch` tool, with its SSRF checks.
@@ -42,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::journal::{Journal, Lookup};
+use crate::journal::{Begin, Journal, JournalError};
 
 /// What can go wrong in the tools service.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,9 @@ pub enum ToolError {
     /// The audit trail cannot be written: no call runs.
     #[error("{0}")]
     AuditDown(String),
+    /// The idempotency journal cannot be reached: no call runs.
+    #[error("{0}")]
+    JournalDown(String),
 }
 
 impl From<ToolError> for Status {
@@ -100,7 +104,9 @@ impl From<ToolError> for Status {
             ToolError::Unimplemented(_) => Status::unimplemented(message),
             ToolError::Io(_) => Status::internal(message),
             ToolError::Quota(_) => Status::resource_exhausted(message),
-            ToolError::Sandbox(_) | ToolError::AuditDown(_) => Status::unavailable(message),
+            ToolError::Sandbox(_) | ToolError::AuditDown(_) | ToolError::JournalDown(_) => {
+                Status::unavailable(message)
+            }
         }
     }
 }
@@ -123,7 +129,7 @@ struct Quotas {
 pub struct Tools {
     verifier: Arc<TokenVerifier>,
     workspaces: Arc<PathBuf>,
-    journal: Arc<Journal>,
+    journal: Arc<dyn Journal>,
     limits: builtin::FileLimits,
     sandbox: Option<Arc<sandbox::Sandbox>>,
     web: Arc<web::WebFetch>,
@@ -159,7 +165,13 @@ impl Tools {
             audit: Arc::new(amaos_mesh::audit::AuditLog::append_only(
                 &config.audit_file(),
             )),
-            journal: Arc::new(Journal::new(config.tools.max_journal_entries)),
+            journal: Arc::new(journal::memory::MemoryJournal::new(
+                journal::JournalLimits {
+                    max_entries: config.tools.max_journal_entries,
+                    ttl: config.tools.journal_ttl,
+                    lease: config.tools.journal_lease,
+                },
+            )),
             limits: builtin::FileLimits {
                 max_file_bytes: config.tools.max_file_bytes,
                 max_list_entries: config.tools.max_list_entries,
@@ -176,6 +188,13 @@ impl Tools {
             max_sandboxes_per_tenant: config.tools.max_sandboxes_per_tenant,
             calls_per_minute: config.tools.calls_per_minute,
         })
+    }
+
+    /// The service with `journal` (see [`journal::open`]) instead of an
+    /// in-process one.
+    pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
+        self.journal = journal;
+        self
     }
 
     fn allowed(&self, roles: &[String], tool: &str) -> bool {
@@ -397,6 +416,7 @@ impl ToolsService for Tools {
             Err(ToolError::Io(_)) => ("allow", "io_error"),
             Err(ToolError::Sandbox(_)) => ("allow", "sandbox_error"),
             Err(ToolError::AuditDown(_)) => ("deny", "audit_down"),
+            Err(ToolError::JournalDown(_)) => ("deny", "journal_down"),
         };
         tracing::info!(
             target: "audit",
@@ -548,25 +568,70 @@ impl Tools {
             None => DEFAULT_TIMEOUT,
         };
         self.audit_call(caller, &tool, true)?;
-        let idem = Some(idempotency_key).filter(|k| !k.is_empty());
-        if let Some(key) = &idem {
-            match self.journal.lookup(&caller.tenant, key, fingerprint) {
-                Lookup::Recorded(result) => {
-                    return Ok(pb::InvokeToolResponse {
-                        result: Some(json_to_value(&result)),
-                        replayed: true,
-                        duration: Some(proto_duration(started.elapsed())),
-                    });
+        // A keyed call reserves its key (or replays the recorded result,
+        // waiting while another attempt runs it), runs, then records its
+        // result — or releases the key when it failed, so a retry runs again.
+        let reservation = match Some(idempotency_key).filter(|k| !k.is_empty()) {
+            None => None,
+            Some(key) => {
+                let deadline = tokio::time::Instant::from_std(started) + timeout;
+                match journal::begin(
+                    self.journal.clone(),
+                    &caller.tenant,
+                    &key,
+                    *fingerprint,
+                    deadline,
+                )
+                .await
+                {
+                    Ok(Begin::Run(reservation)) => Some(reservation),
+                    Ok(Begin::Replay(result)) => {
+                        return Ok(pb::InvokeToolResponse {
+                            result: Some(json_to_value(&result)),
+                            replayed: true,
+                            duration: Some(proto_duration(started.elapsed())),
+                        });
+                    }
+                    Err(JournalError::Conflict) => {
+                        return Err(ToolError::KeyReused(format!(
+                            "`{key}` was recorded for a different call"
+                        )));
+                    }
+                    Err(JournalError::Busy) => return Err(ToolError::Timeout(timeout)),
+                    Err(e @ JournalError::Store(_)) => {
+                        return Err(ToolError::JournalDown(e.to_string()));
+                    }
                 }
-                Lookup::Conflict => {
-                    return Err(ToolError::KeyReused(format!(
-                        "`{key}` was recorded for a different call"
-                    )));
-                }
-                Lookup::Absent => {}
             }
-        }
-        let result = match call {
+        };
+        let result = self.run_checked(caller, call, task_id, timeout).await;
+        let result = match (result, reservation) {
+            (Ok(result), Some(reservation)) => {
+                reservation.record(&result).await;
+                result
+            }
+            (Err(e), Some(reservation)) => {
+                reservation.release().await;
+                return Err(e);
+            }
+            (result, None) => result?,
+        };
+        Ok(pb::InvokeToolResponse {
+            result: Some(json_to_value(&result)),
+            replayed: false,
+            duration: Some(proto_duration(started.elapsed())),
+        })
+    }
+
+    /// Runs a checked call.
+    async fn run_checked(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        call: Checked,
+        task_id: String,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, ToolError> {
+        Ok(match call {
             Checked::Shell(call) => self.shell(&caller.tenant, &task_id, call).await?,
             Checked::Web(url) => self.web.fetch(&caller.tenant, &url).await?,
             Checked::Mcp(name, args) => self.mcp.call(&name, args, timeout).await?,
@@ -586,15 +651,6 @@ impl Tools {
                     Err(_) => return Err(ToolError::Timeout(timeout)),
                 }
             }
-        };
-        if let Some(key) = &idem {
-            self.journal
-                .record(&caller.tenant, key, *fingerprint, result.clone());
-        }
-        Ok(pb::InvokeToolResponse {
-            result: Some(json_to_value(&result)),
-            replayed: false,
-            duration: Some(proto_duration(started.elapsed())),
         })
     }
 }
@@ -616,7 +672,8 @@ pub async fn serve(
 ) -> Result<(), BoxError> {
     let sandbox = start_sandbox(&config).await?;
     let secrets = amaos_mesh::secrets::open_audited(&config, "tools").await?;
-    let tools = Tools::new(&config, sandbox, Some(secrets))?;
+    let tools =
+        Tools::new(&config, sandbox, Some(secrets))?.with_journal(journal::open(&config).await?);
     tools.register_configured(&config).await?;
     let service = grpc_service(tools, &config.limits);
     amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await?;
