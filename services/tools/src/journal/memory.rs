@@ -44,6 +44,9 @@ struct Inner {
     /// Recorded entries in `entries`.
     done: usize,
     next_seq: u64,
+    /// When abandoned reservations (of calls dropped mid-run) are next
+    /// swept out.
+    next_sweep: Option<Instant>,
 }
 
 impl Inner {
@@ -63,6 +66,20 @@ impl Inner {
         {
             self.done -= 1;
         }
+    }
+
+    /// Drops every expired entry, at most once per `every`.
+    fn sweep(&mut self, now: Instant, every: std::time::Duration) {
+        if self.next_sweep.is_some_and(|t| t > now) {
+            return;
+        }
+        self.next_sweep = Some(now + every);
+        self.entries.retain(|_, e| e.live(now));
+        self.done = self
+            .entries
+            .values()
+            .filter(|e| matches!(e.state, State::Done { .. }))
+            .count();
     }
 
     /// Drops expired results and the oldest beyond `max`.
@@ -126,6 +143,10 @@ impl Journal for MemoryJournal {
         let now = Instant::now();
         let k = key(tenant, idem);
         let mut inner = self.lock();
+        inner.sweep(
+            now,
+            self.limits.lease.max(std::time::Duration::from_secs(1)),
+        );
         let until = now + self.limits.lease;
         match inner.live(&k, now) {
             None => {
