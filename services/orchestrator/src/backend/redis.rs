@@ -4,7 +4,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:task:<id>` | hash | `data` (the task as JSON), `state` (authoritative), `attempt`, `ver`, `seq`, `waiting` (unfinished dependencies), `tenant` |
+//! | `P:task:<id>` | hash | `data` (the task as JSON), `state` (authoritative), `attempt`, `ver`, `seq`, `waiting` (unfinished dependencies), `tenant`, `entry` (the queue entry that last queued it or holds its attempt) |
 //! | `P:events:<id>` | stream | the task's events; entry id `0-<seq>`, field `e` = encoded `TaskEvent` |
 //! | `P:tasks:<tenant>` | sorted set | task ids (all score 0, so lexical order = UUIDv7 = creation order) |
 //! | `P:queue` | stream + group `dispatchers` | ready tasks; a pending entry is a leased attempt |
@@ -49,14 +49,22 @@ const MAX_IDLE_BLOCKING: usize = 64;
 /// so thousands of watchers do not open thousands of connections.
 const MAX_BLOCKING_READS: usize = 256;
 
-/// Compare-and-set of a task, appending events; optionally changes the
-/// tenant's running count (refusing over the cap), acks a queue entry,
-/// queues the task itself or schedules it for later, releases dependents,
-/// and sets expiry — all in one step, so no crash can leave half of it.
+/// Compare-and-set of a task, appending events; optionally takes it out of
+/// the delayed set (only with the score its caller saw, else nothing changes:
+/// -4), changes the tenant's running count (refusing over the cap), acks a
+/// queue entry, queues the task itself or schedules it for later, records
+/// the queue entry that now stands for the task (`entry`), releases
+/// dependents, and sets expiry — all in one step, so no crash can leave half
+/// of it.
 const CAS: &str = r#"
 local t = KEYS[1]
 local cur = redis.call('HGET', t, 'ver')
 if cur ~= ARGV[1] then return -1 end
+if ARGV[14] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[5], ARGV[13])
+  if not score or tonumber(score) ~= tonumber(ARGV[14]) then return -4 end
+  redis.call('ZREM', KEYS[5], ARGV[13])
+end
 local delta = tonumber(ARGV[5])
 if delta > 0 then
   local running = tonumber(redis.call('HGET', KEYS[3], ARGV[7]) or '0')
@@ -64,7 +72,7 @@ if delta > 0 then
 end
 if delta ~= 0 then redis.call('HINCRBY', KEYS[3], ARGV[7], delta) end
 local seq = tonumber(redis.call('HGET', t, 'seq') or '0')
-local i = 14
+local i = 16
 local n = tonumber(ARGV[i])
 for k = 1, n do
   seq = seq + 1
@@ -76,7 +84,11 @@ if ARGV[9] ~= '' then
   redis.call('XACK', KEYS[4], ARGV[8], ARGV[9])
   redis.call('XDEL', KEYS[4], ARGV[9])
 end
-if ARGV[10] ~= '' then redis.call('XADD', KEYS[4], '*', 'id', ARGV[10]) end
+if ARGV[10] ~= '' then
+  redis.call('HSET', t, 'entry', redis.call('XADD', KEYS[4], '*', 'id', ARGV[10]))
+elseif ARGV[15] ~= '' then
+  redis.call('HSET', t, 'entry', ARGV[15])
+end
 if ARGV[12] ~= '0' then redis.call('ZADD', KEYS[5], ARGV[12], ARGV[13]) end
 local nd = tonumber(ARGV[i])
 for k = 1, nd do
@@ -90,7 +102,7 @@ for k = 1, nd do
     redis.call('XADD', de, '0-' .. dseq, 'e', blob)
     redis.call('HSET', dk, 'state', 'Queued', 'seq', dseq)
     redis.call('HINCRBY', dk, 'ver', 1)
-    redis.call('XADD', KEYS[4], '*', 'id', id)
+    redis.call('HSET', dk, 'entry', redis.call('XADD', KEYS[4], '*', 'id', id))
   end
 end
 local ttl = tonumber(ARGV[11])
@@ -133,6 +145,20 @@ redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
 return 1
 "#;
 
+/// Takes task ARGV[1] out of the delayed set if its score is still ARGV[2]
+/// (a newer schedule stays), and queues it when it is QUEUED (deferred by its
+/// tenant's running cap). 1 when queued.
+const UNSCHEDULE: &str = r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('HGET', KEYS[3], 'state') == 'Queued' then
+  redis.call('HSET', KEYS[3], 'entry', redis.call('XADD', KEYS[2], '*', 'id', ARGV[1]))
+  return 1
+end
+return 0
+"#;
+
 /// Stores new tasks under an idempotency key, atomically.
 const CREATE: &str = r#"
 if ARGV[1] == '1' then
@@ -152,7 +178,7 @@ for k = 1, n do
     redis.call('XADD', ek, '0-' .. e, 'e', ARGV[i + 5 + e])
   end
   redis.call('ZADD', KEYS[2], 0, id)
-  if state == 'Queued' then redis.call('XADD', KEYS[3], '*', 'id', id) end
+  if state == 'Queued' then redis.call('HSET', tk, 'entry', redis.call('XADD', KEYS[3], '*', 'id', id)) end
   i = i + 6 + nev
 end
 return ''
@@ -185,6 +211,7 @@ pub struct RedisBackend {
     renew: Script,
     create: Script,
     rate: Script,
+    unschedule: Script,
     /// Seals task data and event payloads at rest, when encryption is on.
     sealer: Option<Arc<Sealer>>,
 }
@@ -243,6 +270,11 @@ struct Change {
     enqueue: bool,
     /// Schedule the task in the delayed set at this time (ms).
     delay_until_ms: Option<u64>,
+    /// Take the task out of the delayed set, only if its score is still this
+    /// one (as read); else change nothing ([`Cas::Moved`]).
+    unschedule: Option<String>,
+    /// The queue entry that now holds the task (a claim's or takeover's).
+    entry: Option<String>,
     release: Vec<(String, Vec<u8>)>,
     expire: bool,
 }
@@ -255,6 +287,8 @@ impl Change {
             ack: None,
             enqueue: false,
             delay_until_ms: None,
+            unschedule: None,
+            entry: None,
             release: Vec::new(),
             expire: false,
         }
@@ -266,6 +300,8 @@ enum Cas {
     Done,
     Conflict,
     OverCap,
+    /// Its delayed-set score is no longer the one read: someone rescheduled it.
+    Moved,
 }
 
 impl RedisBackend {
@@ -294,6 +330,7 @@ impl RedisBackend {
             renew: Script::new(RENEW),
             create: Script::new(CREATE),
             rate: Script::new(RATE),
+            unschedule: Script::new(UNSCHEDULE),
             sealer: None,
         };
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -494,6 +531,8 @@ impl RedisBackend {
             })
             .arg(change.delay_until_ms.unwrap_or(0))
             .arg(&task.id)
+            .arg(change.unschedule.as_deref().unwrap_or(""))
+            .arg(change.entry.as_deref().unwrap_or(""))
             .arg(change.events.len());
         for e in &change.events {
             invocation.arg(e.as_slice());
@@ -506,6 +545,7 @@ impl RedisBackend {
         Ok(match result {
             -1 => Cas::Conflict,
             -2 => Cas::OverCap,
+            -4 => Cas::Moved,
             _ => Cas::Done,
         })
     }
@@ -603,6 +643,7 @@ impl RedisBackend {
                 ),
             )?]);
             change.running_delta = 1;
+            change.entry = Some(entry.to_owned());
             match self.cas(&loaded, &next, change).await? {
                 Cas::Done => {
                     return Ok(Some(Claim {
@@ -619,7 +660,7 @@ impl RedisBackend {
                     self.ack(entry).await?;
                     return Ok(None);
                 }
-                Cas::Conflict => continue,
+                Cas::Conflict | Cas::Moved => continue,
             }
         }
         Err(BackendError::Unavailable(format!(
@@ -903,7 +944,7 @@ impl TaskBackend for RedisBackend {
                     "attempt {stalled} stalled (its lease expired); attempt {} takes over",
                     next.attempt
                 );
-                let change = Change::events(vec![self.blob(
+                let mut change = Change::events(vec![self.blob(
                     &id,
                     state_event(
                         Some(TaskState::Running),
@@ -912,6 +953,7 @@ impl TaskBackend for RedisBackend {
                         next.attempt,
                     ),
                 )?]);
+                change.entry = Some(entry.id.clone());
                 if let Cas::Done = self.cas(&loaded, &next, change).await? {
                     claims.push(Claim {
                         task: next,
@@ -1067,7 +1109,7 @@ impl TaskBackend for RedisBackend {
             }
             match self.cas(&loaded, &next, change).await? {
                 Cas::Done => {}
-                Cas::Conflict | Cas::OverCap => continue,
+                Cas::Conflict | Cas::OverCap | Cas::Moved => continue,
             }
             if let Some(message) = cascade {
                 self.end_dependents(
@@ -1215,53 +1257,62 @@ impl TaskBackend for RedisBackend {
     }
 
     async fn promote(&self) -> Result<usize, BackendError> {
-        let due: Vec<String> = self
-            .conn
-            .clone()
-            .zrangebyscore_limit(self.delayed(), 0, now_ms(), 0, 500)
+        // With the scores seen: a member is taken out of the delayed set only
+        // while its score is still the one read, in the same script that
+        // queues it, so a retry rescheduled meanwhile (the new attempt failed
+        // fast) keeps its new schedule.
+        let due: Vec<(String, String)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.delayed())
+            .arg(0)
+            .arg(now_ms())
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(500)
+            .query_async(&mut self.conn.clone())
             .await?;
         let mut moved = 0;
-        for id in due {
+        for (id, score) in due {
             for _ in 0..CAS_RETRIES {
-                let Some(loaded) = self.load(&id).await? else {
+                let loaded = self.load(&id).await?;
+                let Some(loaded) = loaded.filter(|l| l.task.state == TaskState::Pending) else {
+                    // Deferred by its tenant's running cap (QUEUED): queue it
+                    // again; finished, running or gone: drop the member.
+                    let queued: i64 = self
+                        .unschedule
+                        .key(self.delayed())
+                        .key(self.queue())
+                        .key(self.key("task", &id))
+                        .arg(&id)
+                        .arg(&score)
+                        .invoke_async(&mut self.conn.clone())
+                        .await?;
+                    moved += queued as usize;
                     break;
                 };
-                match loaded.task.state {
-                    TaskState::Pending => {
-                        let mut next = loaded.task.clone();
-                        next.state = TaskState::Queued;
-                        let reason = format!("retrying after attempt {}", next.attempt);
-                        let mut change = Change::events(vec![self.blob(
-                            &id,
-                            state_event(
-                                Some(TaskState::Pending),
-                                TaskState::Queued,
-                                &reason,
-                                next.attempt,
-                            ),
-                        )?]);
-                        change.enqueue = true;
-                        if let Cas::Done = self.cas(&loaded, &next, change).await? {
-                            moved += 1;
-                            break;
-                        }
-                    }
-                    TaskState::Queued => {
-                        // Deferred by its tenant's running cap: queue it again.
-                        let _: () = redis::cmd("XADD")
-                            .arg(self.queue())
-                            .arg("*")
-                            .arg("id")
-                            .arg(&id)
-                            .query_async(&mut self.conn.clone())
-                            .await?;
+                let mut next = loaded.task.clone();
+                next.state = TaskState::Queued;
+                let reason = format!("retrying after attempt {}", next.attempt);
+                let mut change = Change::events(vec![self.blob(
+                    &id,
+                    state_event(
+                        Some(TaskState::Pending),
+                        TaskState::Queued,
+                        &reason,
+                        next.attempt,
+                    ),
+                )?]);
+                change.enqueue = true;
+                change.unschedule = Some(score.clone());
+                match self.cas(&loaded, &next, change).await? {
+                    Cas::Done => {
                         moved += 1;
                         break;
                     }
-                    _ => break,
+                    Cas::Moved => break,
+                    Cas::Conflict | Cas::OverCap => continue,
                 }
             }
-            let _: () = self.conn.clone().zrem(self.delayed(), &id).await?;
         }
         Ok(moved)
     }
