@@ -516,3 +516,48 @@ async fn redis_journal_results_are_sealed_at_rest() {
         Reserve::Reserved
     ));
 }
+
+/// The configured journal follows `orchestrator.backend` unless
+/// `tools.journal` says otherwise; in Redis it shares the orchestrator's
+/// server and prefix and seals with `<data_dir>/tools.keys`.
+#[tokio::test]
+async fn the_configured_journal_follows_the_orchestrator_backend() {
+    use amaos_mesh::config::StoreBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = amaos_mesh::Config {
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    };
+    config.orchestrator.backend = StoreBackend::Redis;
+    config.orchestrator.redis_url = redis_url();
+    config.orchestrator.redis_prefix = format!("amaos-test-{}", amaos_mesh::new_id());
+    config.validate().unwrap();
+    let runs = AtomicUsize::new(0);
+    let args = fp(json!({ "path": "a.txt" }));
+
+    // Two replicas over the configured Redis: the second replays.
+    let first = amaos_tools::journal::open(&config).await.unwrap();
+    call(first, "acme", "k1", args, &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    let second = amaos_tools::journal::open(&config).await.unwrap();
+    let (_, replayed) = call(second, "acme", "k1", args, &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(replayed);
+    assert!(dir.path().join("tools.keys").exists(), "sealed by default");
+
+    // `tools.journal = "memory"` keeps it in the process.
+    config.tools.journal = Some(StoreBackend::Memory);
+    let local = amaos_tools::journal::open(&config).await.unwrap();
+    let (_, replayed) = call(local, "acme", "k1", args, &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!replayed);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    // A lease longer than the TTL is refused.
+    config.tools.journal_lease = config.tools.journal_ttl + Duration::from_secs(1);
+    let err = config.validate().unwrap_err();
+    assert!(err.to_string().contains("tools.journal_lease"), "{err}");
+}
