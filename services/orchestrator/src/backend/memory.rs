@@ -4,7 +4,8 @@
 //! `amaos up` and tests; run the Redis backend to survive restarts.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, Record,
-    TaskBackend, event, state_event,
+    Swept, TaskBackend, event, state_event, takeover_reason,
 };
 use crate::task::{ErrorClass, Task, TaskError, TaskState};
 
@@ -31,6 +32,8 @@ struct Entry {
 struct LeaseEntry {
     attempt: u32,
     expires: Instant,
+    /// Handed back by its holder: expired at once, never renewed.
+    released: bool,
 }
 
 #[derive(Default)]
@@ -43,6 +46,8 @@ struct Inner {
     leases: HashMap<String, LeaseEntry>,
     running: HashMap<String, u32>,
     rates: HashMap<String, f64>,
+    /// The last task id the sweep looked at.
+    sweep_cursor: Option<String>,
 }
 
 /// The in-process backend.
@@ -176,6 +181,24 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Ends a task that never started in time TIMED_OUT, failing its dependents.
+    fn time_out(&mut self, id: &str, max: usize) {
+        let message = "the task did not start before its deadline";
+        if let Some(e) = self.tasks.get_mut(id) {
+            e.task.error = Some(TaskError {
+                class: ErrorClass::Transient,
+                message: message.to_owned(),
+            });
+        }
+        self.set_state(id, TaskState::TimedOut, message, max);
+        self.end_dependents(
+            id,
+            TaskState::Failed,
+            &format!("did not succeed: {message}"),
+            max,
+        );
     }
 
     fn evict_for(&mut self, room: usize, max_tasks: usize) -> Result<(), BackendError> {
@@ -328,6 +351,10 @@ impl TaskBackend for MemoryBackend {
                     if entry.task.state != TaskState::Queued {
                         continue;
                     }
+                    if entry.task.deadline <= SystemTime::now() {
+                        inner.time_out(&id, max);
+                        continue;
+                    }
                     let tenant = entry.task.tenant.clone();
                     let running = inner.running.get(&tenant).copied().unwrap_or(0);
                     if running >= self.limits.max_running_per_tenant {
@@ -350,6 +377,7 @@ impl TaskBackend for MemoryBackend {
                         LeaseEntry {
                             attempt,
                             expires: Instant::now() + lease,
+                            released: false,
                         },
                     );
                     let Some(task) = inner.tasks.get(&id).map(|e| e.task.clone()) else {
@@ -393,6 +421,7 @@ impl TaskBackend for MemoryBackend {
                 inner.release(&id, attempt);
                 continue;
             }
+            let released = inner.leases.get(&id).is_some_and(|l| l.released);
             let Some(entry) = inner.tasks.get_mut(&id) else {
                 continue;
             };
@@ -405,12 +434,10 @@ impl TaskBackend for MemoryBackend {
                 LeaseEntry {
                     attempt: task.attempt,
                     expires: now + lease,
+                    released: false,
                 },
             );
-            let reason = format!(
-                "attempt {stalled} stalled (its lease expired); attempt {} takes over",
-                task.attempt
-            );
+            let reason = takeover_reason(stalled, released);
             inner.set_state(&id, TaskState::Running, &reason, max);
             let task = inner.tasks.get(&id).map(|e| e.task.clone()).unwrap_or(task);
             claims.push(Claim { task, entry: id });
@@ -431,7 +458,7 @@ impl TaskBackend for MemoryBackend {
             return Ok(Lease::Lost);
         }
         match inner.leases.get_mut(id) {
-            Some(l) if l.attempt == claim.attempt() => {
+            Some(l) if l.attempt == claim.attempt() && !l.released => {
                 l.expires = Instant::now() + lease;
                 Ok(Lease::Held)
             }
@@ -625,6 +652,140 @@ impl TaskBackend for MemoryBackend {
             self.ready.notify_one();
         }
         Ok(moved)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<Applied, BackendError> {
+        let mut inner = self.lock();
+        let id = &claim.task.id;
+        let current = inner
+            .tasks
+            .get(id)
+            .is_some_and(|e| !e.task.state.is_terminal() && e.task.attempt == claim.attempt());
+        match inner.leases.get_mut(id) {
+            Some(l) if current && l.attempt == claim.attempt() => {
+                l.expires = Instant::now();
+                l.released = true;
+                Ok(Applied::Recorded)
+            }
+            _ => Ok(Applied::Stale),
+        }
+    }
+
+    async fn sweep(&self, _lease: Duration, limit: usize) -> Result<Swept, BackendError> {
+        let max = self.limits.max_events_per_task;
+        let now = SystemTime::now();
+        let mut swept = Swept::default();
+        let mut inner = self.lock();
+        let start = match inner.sweep_cursor.take() {
+            Some(cursor) => Bound::Excluded(cursor),
+            None => Bound::Unbounded,
+        };
+        let ids: Vec<String> = inner
+            .tasks
+            .range((start, Bound::Unbounded))
+            .take(limit.max(1))
+            .map(|(id, _)| id.clone())
+            .collect();
+        // A short page ends the pass: the next call starts from the top.
+        if ids.len() == limit.max(1) {
+            inner.sweep_cursor = ids.last().cloned();
+        }
+        let queued: HashSet<String> = inner
+            .ready
+            .iter()
+            .cloned()
+            .chain(inner.delayed.iter().map(|Reverse((_, id))| id.clone()))
+            .collect();
+        let mut wake = false;
+        for id in ids {
+            swept.examined += 1;
+            let Some(task) = inner.tasks.get(&id).map(|e| e.task.clone()) else {
+                continue;
+            };
+            if task.state.is_terminal() {
+                continue;
+            }
+            if matches!(task.state, TaskState::Pending | TaskState::Queued) && task.deadline <= now
+            {
+                inner.time_out(&id, max);
+                swept.timed_out += 1;
+                continue;
+            }
+            if task.state == TaskState::Pending && !task.depends_on.is_empty() {
+                let deps: Vec<Option<TaskState>> = task
+                    .depends_on
+                    .iter()
+                    .map(|dep| inner.tasks.get(dep).map(|e| e.task.state))
+                    .collect();
+                if let Some((dep, state)) =
+                    task.depends_on.iter().zip(&deps).find(|(_, s)| {
+                        s.is_none_or(|s| s.is_terminal() && s != TaskState::Succeeded)
+                    })
+                {
+                    // The cascade from `dep` was cut short: finish it.
+                    let (to, why) = match state {
+                        Some(TaskState::Cancelled) => {
+                            (TaskState::Cancelled, "was cancelled".to_owned())
+                        }
+                        _ => (TaskState::Failed, "did not succeed".to_owned()),
+                    };
+                    if inner.tasks.contains_key(dep) {
+                        inner.end_dependents(dep, to, &why, max);
+                    } else {
+                        // The dependency is gone (evicted once finished).
+                        let message = format!("dependency `{dep}` {why}");
+                        if let Some(e) = inner.tasks.get_mut(&id) {
+                            e.task.error = Some(TaskError {
+                                class: ErrorClass::Invalid,
+                                message: message.clone(),
+                            });
+                        }
+                        inner.set_state(&id, to, &message, max);
+                        inner.end_dependents(&id, to, &message, max);
+                    }
+                    swept.ended += 1;
+                    continue;
+                }
+                if deps.iter().any(|s| s != &Some(TaskState::Succeeded)) {
+                    continue; // Waiting for its dependencies.
+                }
+            }
+            let leased = inner
+                .leases
+                .get(&id)
+                .is_some_and(|l| l.attempt == task.attempt);
+            if queued.contains(&id) || (task.state == TaskState::Running && leased) {
+                continue;
+            }
+            match task.state {
+                TaskState::Pending => {
+                    inner.set_state(
+                        &id,
+                        TaskState::Queued,
+                        "it was in no queue: queued again",
+                        max,
+                    );
+                }
+                TaskState::Running => {
+                    // Fence out whoever ran it: the next claim starts attempt + 2.
+                    if let Some(e) = inner.tasks.get_mut(&id) {
+                        e.task.attempt += 1;
+                    }
+                    let reason = format!("attempt {} holds no lease: queued again", task.attempt);
+                    inner.set_state(&id, TaskState::Queued, &reason, max);
+                }
+                _ => {}
+            }
+            inner.ready.push_back(id);
+            swept.requeued += 1;
+            wake = true;
+        }
+        drop(inner);
+        if wake {
+            self.ready.notify_waiters();
+            self.ready.notify_one();
+        }
+        Ok(swept)
     }
 
     async fn rate_limit(

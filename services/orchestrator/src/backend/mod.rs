@@ -10,7 +10,12 @@
 //! [`reclaim`](TaskBackend::reclaim). Every claim and takeover increments the
 //! task's attempt number, the fencing token: writes carrying an older attempt
 //! are dropped ([`Applied::Stale`]), so a stalled dispatcher cannot overwrite a
-//! newer attempt's result.
+//! newer attempt's result. A draining dispatcher hands its leases back with
+//! [`release`](TaskBackend::release) so another replica takes over at once.
+//!
+//! [`sweep`](TaskBackend::sweep) closes the gaps no single write can: tasks
+//! stranded outside every structure, deadlines of tasks that never ran, and
+//! dependents of a cascade interrupted by a crash.
 
 pub mod conformance;
 pub mod memory;
@@ -131,6 +136,30 @@ pub enum Record {
     Run(Vec<RunEvent>),
 }
 
+/// What one [`TaskBackend::sweep`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Tasks looked at.
+    pub examined: usize,
+    /// Unfinished tasks found in no structure (queue, delayed set, a held
+    /// lease) and queued again.
+    pub requeued: usize,
+    /// PENDING or QUEUED tasks past their deadline, ended TIMED_OUT.
+    pub timed_out: usize,
+    /// Dependents left pending by a dependency that did not succeed (the
+    /// cascade was interrupted), ended as the cascade would have.
+    pub ended: usize,
+    /// Dead consumers removed from the queue's consumer group.
+    pub consumers_removed: usize,
+}
+
+impl Swept {
+    /// Tasks changed: requeued, timed out or ended.
+    pub fn repaired(&self) -> usize {
+        self.requeued + self.timed_out + self.ended
+    }
+}
+
 /// Limits that every backend enforces.
 #[derive(Clone, Copy, Debug)]
 pub struct BackendLimits {
@@ -228,6 +257,40 @@ pub trait TaskBackend: Send + Sync + 'static {
     /// Moves delayed retries whose time has come to the ready queue.
     async fn promote(&self) -> Result<usize, BackendError>;
 
+    /// Hands the lease of `claim`'s attempt back at once, so any replica's
+    /// next [`reclaim`](TaskBackend::reclaim) takes the task over (a new
+    /// attempt, which fences this one out) without waiting for the lease to
+    /// expire. From then on [`renew`](TaskBackend::renew) of this claim is
+    /// [`Lease::Lost`]. The caller stops the attempt and does not finish it.
+    /// [`Applied::Stale`] when the claim no longer holds the task (taken
+    /// over, or the task finished).
+    ///
+    /// For a draining dispatcher: release what it cannot finish in time.
+    async fn release(&self, claim: &Claim) -> Result<Applied, BackendError>;
+
+    /// Repairs what a crash between two writes, a lost write or a race can
+    /// leave behind, looking at no more than `limit` tasks per call and
+    /// continuing where the previous call stopped (a full pass over the store
+    /// takes several calls):
+    ///
+    /// - an unfinished task in no structure — not in the queue (waiting or
+    ///   delivered and pending), not in the delayed set, not holding a lease,
+    ///   not waiting for unfinished dependencies — is queued again (a RUNNING
+    ///   one with a new attempt number, fencing out whoever held it);
+    /// - a PENDING or QUEUED task past its deadline ends TIMED_OUT (its
+    ///   dependents fail);
+    /// - a pending dependent of a dependency that failed or was cancelled
+    ///   ends as the interrupted cascade would have ended it;
+    /// - consumers of the queue's group idle for ten leases with nothing
+    ///   pending are removed (at most `limit`).
+    ///
+    /// `lease` is the lease every replica uses. Safe to run on every replica
+    /// at once: every change is a compare-and-set, and a task queued twice
+    /// runs once (the duplicate entry finds it RUNNING and is dropped).
+    ///
+    /// For the dispatcher's maintenance loop, every few leases.
+    async fn sweep(&self, lease: Duration, limit: usize) -> Result<Swept, BackendError>;
+
     /// A GCRA rate limiter shared by every replica: `None` when one more
     /// request under `key` is within `per_second` (with `burst`), else how
     /// long to wait.
@@ -237,6 +300,21 @@ pub trait TaskBackend: Send + Sync + 'static {
         per_second: f64,
         burst: u32,
     ) -> Result<Option<Duration>, BackendError>;
+}
+
+/// Why a takeover starts a new attempt.
+pub(crate) fn takeover_reason(previous: u32, released: bool) -> String {
+    if released {
+        format!(
+            "attempt {previous} handed its lease back; attempt {} takes over",
+            previous + 1
+        )
+    } else {
+        format!(
+            "attempt {previous} stalled (its lease expired); attempt {} takes over",
+            previous + 1
+        )
+    }
 }
 
 /// The event recording a state change.

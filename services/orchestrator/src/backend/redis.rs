@@ -29,7 +29,7 @@ use redis::{AsyncCommands, AsyncConnectionConfig, FromRedisValue, Script};
 
 use super::{
     Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, Record,
-    TaskBackend, event, state_event,
+    Swept, TaskBackend, event, state_event,
 };
 use crate::task::{ErrorClass, Task, TaskError, TaskState};
 
@@ -40,6 +40,10 @@ const CAP_DEFER_MS: u64 = 50;
 const CLAIM_BLOCK_MS: u64 = 200;
 /// Compare-and-set retries before giving up on a contended task.
 const CAS_RETRIES: usize = 32;
+/// The idle time a released lease gets: longer than any lease (ten years).
+const RELEASED_IDLE_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+/// The message of a task that did not start before its deadline.
+const NOT_STARTED: &str = "the task did not start before its deadline";
 /// How much longer than its `BLOCK` a blocking read may take to answer before
 /// it is given up (and its connection dropped).
 const BLOCK_MARGIN: Duration = Duration::from_secs(5);
@@ -135,14 +139,83 @@ redis.call('HSET', KEYS[1], 'seq', seq)
 return seq
 "#;
 
-/// Resets a lease's idle time if the attempt is still the task's current one.
+/// Resets a lease's idle time if the attempt is still the task's current one
+/// and has not handed its lease back.
 const RENEW: &str = r#"
-local st = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'released')
 if not st[1] then return 0 end
 if st[1] == 'Succeeded' or st[1] == 'Failed' or st[1] == 'Cancelled' or st[1] == 'TimedOut' or st[1] == 'NeedsReview' then return 2 end
-if st[2] ~= ARGV[1] then return 0 end
+if st[2] ~= ARGV[1] or st[3] == ARGV[1] then return 0 end
 redis.call('XCLAIM', KEYS[2], ARGV[2], ARGV[3], 0, ARGV[4], 'JUSTID')
 return 1
+"#;
+
+/// Hands a running attempt's lease back: its pending entry moves to the
+/// `released` consumer with an idle time longer than any lease, so the next
+/// XAUTOCLAIM of any replica takes it over; `released` = the attempt, so its
+/// renewals fail from now on.
+const RELEASE: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if st[1] ~= 'Running' or st[2] ~= ARGV[1] then return 0 end
+local moved = redis.call('XCLAIM', KEYS[2], ARGV[2], 'released', 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
+if #moved == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'released', ARGV[1])
+return 1
+"#;
+
+/// Where an unfinished task stands: `held` when it is in the delayed set or
+/// its queue entry waits in the stream or is pending (a lease), `unknown` for
+/// a RUNNING task stored before tasks recorded their entry, else stranded: a
+/// QUEUED one is queued again here (`requeued`), others are left to a
+/// compare-and-set (`stranded`).
+const SWEEP: &str = r#"
+local function after(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not am or not bm then return false end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  return am > bm or (am == bm and as > bs)
+end
+local st = redis.call('HMGET', KEYS[1], 'state', 'entry')
+local state = st[1]
+if not state or state == 'Succeeded' or state == 'Failed' or state == 'Cancelled' or state == 'TimedOut' or state == 'NeedsReview' then return 'held' end
+if redis.call('ZSCORE', KEYS[3], ARGV[1]) then return 'held' end
+local e = st[2]
+if e then
+  if #redis.call('XPENDING', KEYS[2], ARGV[2], e, e, 1) > 0 then return 'held' end
+  if #redis.call('XRANGE', KEYS[2], e, e) > 0 then
+    local last = nil
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+      local f = {}
+      for k = 1, #g, 2 do f[g[k]] = g[k + 1] end
+      if f['name'] == ARGV[2] then last = f['last-delivered-id'] end
+    end
+    if not last or after(e, last) then return 'held' end
+  end
+elseif state == 'Running' then
+  return 'unknown'
+end
+if state == 'Queued' then
+  redis.call('HSET', KEYS[1], 'entry', redis.call('XADD', KEYS[2], '*', 'id', ARGV[1]))
+  return 'requeued'
+end
+return 'stranded'
+"#;
+
+/// Removes up to ARGV[3] consumers of group ARGV[1] idle longer than ARGV[2]
+/// ms with nothing pending (in one step, so none is handed an entry first).
+const DEAD_CONSUMERS: &str = r#"
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  if removed >= tonumber(ARGV[3]) then break end
+  local f = {}
+  for k = 1, #c, 2 do f[c[k]] = c[k + 1] end
+  if tonumber(f['pending']) == 0 and tonumber(f['idle']) > tonumber(ARGV[2]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed = removed + 1
+  end
+end
+return removed
 "#;
 
 /// Takes task ARGV[1] out of the delayed set if its score is still ARGV[2]
@@ -212,6 +285,11 @@ pub struct RedisBackend {
     create: Script,
     rate: Script,
     unschedule: Script,
+    release: Script,
+    sweep: Script,
+    dead_consumers: Script,
+    /// Where the sweep's SCAN of task keys stands.
+    sweep_cursor: Mutex<u64>,
     /// Seals task data and event payloads at rest, when encryption is on.
     sealer: Option<Arc<Sealer>>,
 }
@@ -331,6 +409,10 @@ impl RedisBackend {
             create: Script::new(CREATE),
             rate: Script::new(RATE),
             unschedule: Script::new(UNSCHEDULE),
+            release: Script::new(RELEASE),
+            sweep: Script::new(SWEEP),
+            dead_consumers: Script::new(DEAD_CONSUMERS),
+            sweep_cursor: Mutex::new(0),
             sealer: None,
         };
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -608,6 +690,154 @@ impl RedisBackend {
         Ok(())
     }
 
+    /// Ends a PENDING or QUEUED task TIMED_OUT (acking `ack`), then fails its
+    /// dependents.
+    async fn time_out(&self, loaded: &Loaded, ack: Option<&str>) -> Result<Cas, BackendError> {
+        let mut next = loaded.task.clone();
+        let now = SystemTime::now();
+        next.error = Some(TaskError {
+            class: ErrorClass::Transient,
+            message: NOT_STARTED.to_owned(),
+        });
+        next.state = TaskState::TimedOut;
+        next.finished_at = Some(now);
+        next.updated_at = now;
+        let mut change = Change::events(vec![self.blob(
+            &next.id,
+            state_event(
+                Some(loaded.task.state),
+                TaskState::TimedOut,
+                NOT_STARTED,
+                next.attempt,
+            ),
+        )?]);
+        change.ack = ack.map(str::to_owned);
+        change.expire = true;
+        let done = self.cas(loaded, &next, change).await?;
+        if let Cas::Done = done {
+            self.end_dependents(
+                &next,
+                TaskState::Failed,
+                &format!("did not succeed: {NOT_STARTED}"),
+            )
+            .await?;
+        }
+        Ok(done)
+    }
+
+    /// One task of the sweep.
+    async fn sweep_task(&self, id: &str, swept: &mut Swept) -> Result<(), BackendError> {
+        for _ in 0..CAS_RETRIES {
+            let Some(loaded) = self.load(id).await? else {
+                return Ok(());
+            };
+            let task = &loaded.task;
+            if task.state.is_terminal() {
+                return Ok(());
+            }
+            let waiting = matches!(task.state, TaskState::Pending | TaskState::Queued);
+            if waiting && task.deadline <= SystemTime::now() {
+                match self.time_out(&loaded, None).await? {
+                    Cas::Done => {
+                        swept.timed_out += 1;
+                        return Ok(());
+                    }
+                    _ => continue,
+                }
+            }
+            if task.state == TaskState::Pending && !task.depends_on.is_empty() {
+                let mut unfinished = false;
+                for dep in &task.depends_on {
+                    let failed = match self.load(dep).await? {
+                        // Expired after its retention without releasing us.
+                        None => Some((
+                            Task {
+                                workflow_key: dep.clone(),
+                                dependents: vec![id.to_owned()],
+                                ..task.clone()
+                            },
+                            TaskState::Failed,
+                            "is gone".to_owned(),
+                        )),
+                        Some(d) if d.task.state == TaskState::Cancelled => {
+                            Some((d.task, TaskState::Cancelled, "was cancelled".to_owned()))
+                        }
+                        Some(d)
+                            if d.task.state.is_terminal()
+                                && d.task.state != TaskState::Succeeded =>
+                        {
+                            let message = d
+                                .task
+                                .error
+                                .as_ref()
+                                .map(|e| e.message.clone())
+                                .unwrap_or_default();
+                            Some((
+                                d.task,
+                                TaskState::Failed,
+                                format!("did not succeed: {message}"),
+                            ))
+                        }
+                        Some(d) => {
+                            unfinished |= !d.task.state.is_terminal();
+                            None
+                        }
+                    };
+                    if let Some((dependency, state, why)) = failed {
+                        // The cascade from `dependency` was cut short: finish it.
+                        self.end_dependents(&dependency, state, &why).await?;
+                        swept.ended += 1;
+                        return Ok(());
+                    }
+                }
+                if unfinished {
+                    return Ok(());
+                }
+            }
+            let verdict: String = self
+                .sweep
+                .key(self.key("task", id))
+                .key(self.queue())
+                .key(self.delayed())
+                .arg(id)
+                .arg(GROUP)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            match verdict.as_str() {
+                "requeued" => {
+                    swept.requeued += 1;
+                    return Ok(());
+                }
+                "stranded" => {}
+                _ => return Ok(()),
+            }
+            // PENDING (a lost retry, or released dependents never queued) or
+            // RUNNING without its queue entry: queue it again, with a new
+            // attempt number for a RUNNING one, fencing out its holder.
+            let mut next = loaded.task.clone();
+            let mut change = Change::events(Vec::new());
+            let reason = if next.state == TaskState::Running {
+                change.running_delta = -1;
+                next.attempt += 1;
+                format!("attempt {} holds no lease: queued again", task.attempt)
+            } else {
+                "it was in no queue: queued again".to_owned()
+            };
+            change.events.push(self.blob(
+                id,
+                state_event(Some(next.state), TaskState::Queued, &reason, next.attempt),
+            )?);
+            next.state = TaskState::Queued;
+            next.updated_at = SystemTime::now();
+            change.enqueue = true;
+            if let Cas::Done = self.cas(&loaded, &next, change).await? {
+                swept.requeued += 1;
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
     /// Starts an attempt of a queued task taken from the queue entry `entry`.
     async fn begin(
         &self,
@@ -624,6 +854,12 @@ impl RedisBackend {
                 // A duplicate entry, or a task cancelled while queued.
                 self.ack(entry).await?;
                 return Ok(None);
+            }
+            if loaded.task.deadline <= SystemTime::now() {
+                match self.time_out(&loaded, Some(entry)).await? {
+                    Cas::Done => return Ok(None),
+                    _ => continue,
+                }
             }
             let mut next = loaded.task.clone();
             next.attempt += 1;
@@ -937,13 +1173,15 @@ impl TaskBackend for RedisBackend {
                     continue;
                 }
                 let stalled = next.attempt;
+                let released: Option<u32> = self
+                    .conn
+                    .clone()
+                    .hget(self.key("task", &id), "released")
+                    .await?;
                 next.attempt += 1;
                 next.stage_attempts += 1;
                 next.updated_at = SystemTime::now();
-                let reason = format!(
-                    "attempt {stalled} stalled (its lease expired); attempt {} takes over",
-                    next.attempt
-                );
+                let reason = super::takeover_reason(stalled, released == Some(stalled));
                 let mut change = Change::events(vec![self.blob(
                     &id,
                     state_event(
@@ -1315,6 +1553,67 @@ impl TaskBackend for RedisBackend {
             }
         }
         Ok(moved)
+    }
+
+    async fn release(&self, claim: &Claim) -> Result<Applied, BackendError> {
+        let released: i64 = self
+            .release
+            .key(self.key("task", &claim.task.id))
+            .key(self.queue())
+            .arg(claim.attempt())
+            .arg(GROUP)
+            .arg(&claim.entry)
+            .arg(RELEASED_IDLE_MS)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(if released == 1 {
+            Applied::Recorded
+        } else {
+            Applied::Stale
+        })
+    }
+
+    async fn sweep(&self, lease: Duration, limit: usize) -> Result<Swept, BackendError> {
+        let limit = limit.max(1);
+        let mut swept = Swept::default();
+        let cursor = *self.sweep_cursor.lock().unwrap_or_else(|e| e.into_inner());
+        let pattern: String = self
+            .key("task", "")
+            .chars()
+            .flat_map(|c| {
+                let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                escape.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .chain(std::iter::once('*'))
+            .collect();
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        *self.sweep_cursor.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        let task_prefix = self.key("task", "");
+        for key in keys.iter().take(limit) {
+            let Some(id) = key.strip_prefix(&task_prefix) else {
+                continue;
+            };
+            swept.examined += 1;
+            self.sweep_task(id, &mut swept).await?;
+        }
+        let idle = lease.saturating_mul(10).as_millis() as u64;
+        let removed: i64 = self
+            .dead_consumers
+            .key(self.queue())
+            .arg(GROUP)
+            .arg(idle)
+            .arg(limit)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        swept.consumers_removed = removed as usize;
+        Ok(swept)
     }
 
     async fn rate_limit(
