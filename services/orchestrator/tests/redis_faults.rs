@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amaos_orchestrator::backend::redis::RedisBackend;
-use amaos_orchestrator::backend::{Claim, Claimed, Outcome, TaskBackend, conformance};
+use amaos_orchestrator::backend::{
+    Applied, Claim, Claimed, Outcome, Swept, TaskBackend, conformance,
+};
 use amaos_orchestrator::task::{ErrorClass, TaskError, TaskState};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -157,4 +159,256 @@ async fn a_retry_rescheduled_during_its_promotion_is_not_stranded() {
     let third = claim(fast.as_ref(), "fast").await;
     assert_eq!(third.attempt(), 3);
     assert_eq!(third.task.state, TaskState::Running);
+}
+
+/// Sweeps (`limit` tasks a call) until `done` holds of the running total.
+async fn sweep_until(
+    b: &dyn TaskBackend,
+    lease: Duration,
+    limit: usize,
+    done: impl Fn(&Swept) -> bool,
+) -> Swept {
+    let mut total = Swept::default();
+    for _ in 0..2_000 {
+        let s = b.sweep(lease, limit).await.unwrap();
+        assert!(s.examined <= limit, "{s:?} over the limit {limit}");
+        total.examined += s.examined;
+        total.requeued += s.requeued;
+        total.timed_out += s.timed_out;
+        total.ended += s.ended;
+        total.consumers_removed += s.consumers_removed;
+        if done(&total) {
+            return total;
+        }
+    }
+    panic!("the sweep never got there: {total:?}");
+}
+
+/// A retry whose schedule was lost (the race above, before it was fixed, or
+/// a lost write) is PENDING in no structure: the sweep queues it again.
+#[tokio::test]
+async fn a_retry_lost_from_the_delayed_set_is_queued_again_by_the_sweep() {
+    let url = redis_url();
+    let prefix = prefix();
+    let b = backend(&url, &prefix).await;
+    let task = conformance::sample("acme");
+    b.create("acme", &task.id, vec![task.clone()], None)
+        .await
+        .unwrap();
+    let first = claim(b.as_ref(), "c1").await;
+    b.finish(&first, retry(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZREM")
+        .arg(format!("{prefix}:delayed"))
+        .arg(&task.id)
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    let swept = sweep_until(b.as_ref(), LEASE, 100, |s| s.requeued >= 1).await;
+    assert_eq!(swept.requeued, 1);
+    let again = claim(b.as_ref(), "c1").await;
+    assert_eq!(
+        (again.task.id.as_str(), again.attempt()),
+        (task.id.as_str(), 2)
+    );
+}
+
+/// QUEUED tasks whose entries were trimmed from the queue are queued again,
+/// a few per call: the sweep is bounded and continues where it stopped.
+#[tokio::test]
+async fn queued_tasks_lost_from_the_queue_are_queued_again_a_few_per_sweep() {
+    let url = redis_url();
+    let prefix = prefix();
+    let b = backend(&url, &prefix).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let task = conformance::sample("acme");
+        b.create("acme", &task.id, vec![task.clone()], None)
+            .await
+            .unwrap();
+        ids.push(task.id);
+    }
+    let _: () = redis::cmd("XTRIM")
+        .arg(format!("{prefix}:queue"))
+        .arg("MAXLEN")
+        .arg(0)
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.claim("c1", LEASE).await.unwrap(),
+        Claimed::Empty
+    ));
+    let swept = sweep_until(b.as_ref(), LEASE, 2, |s| s.requeued >= 5).await;
+    assert_eq!(swept.requeued, 5);
+    // Each runs once, with the cap of 2 running per tenant.
+    let mut claimed = Vec::new();
+    while claimed.len() < 5 {
+        let c = claim(b.as_ref(), "c1").await;
+        assert_eq!(c.attempt(), 1);
+        claimed.push(c.task.id.clone());
+        b.finish(
+            &c,
+            Outcome::Succeeded {
+                output: "ok".into(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    claimed.sort();
+    ids.sort();
+    assert_eq!(claimed, ids);
+    assert!(matches!(
+        b.claim("c1", LEASE).await.unwrap(),
+        Claimed::Empty
+    ));
+}
+
+/// A RUNNING task whose queue entry is gone holds no lease anyone can take
+/// over: the sweep queues it again with a new attempt number, so the old
+/// holder's writes are dropped.
+#[tokio::test]
+async fn a_running_task_without_its_entry_is_queued_again_and_its_holder_fenced_out() {
+    let url = redis_url();
+    let prefix = prefix();
+    let b = backend(&url, &prefix).await;
+    let task = conformance::sample("acme");
+    b.create("acme", &task.id, vec![task.clone()], None)
+        .await
+        .unwrap();
+    let lost = claim(b.as_ref(), "c1").await;
+    let _: () = redis::pipe()
+        .cmd("XACK")
+        .arg(format!("{prefix}:queue"))
+        .arg("dispatchers")
+        .arg(&lost.entry)
+        .cmd("XDEL")
+        .arg(format!("{prefix}:queue"))
+        .arg(&lost.entry)
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    let swept = sweep_until(b.as_ref(), LEASE, 100, |s| s.requeued >= 1).await;
+    assert_eq!(swept.requeued, 1);
+    assert_eq!(
+        b.finish(
+            &lost,
+            Outcome::Succeeded {
+                output: "old".into()
+            }
+        )
+        .await
+        .unwrap(),
+        Applied::Stale
+    );
+    let again = claim(b.as_ref(), "c2").await;
+    assert_eq!(again.task.id, task.id);
+    assert!(again.attempt() > lost.attempt() + 1, "{}", again.attempt());
+    assert_eq!(
+        b.finish(
+            &again,
+            Outcome::Succeeded {
+                output: "new".into()
+            }
+        )
+        .await
+        .unwrap(),
+        Applied::Recorded
+    );
+    let got = b.get("acme", &task.id).await.unwrap().unwrap();
+    assert_eq!(got.output.as_deref(), Some("new"));
+}
+
+/// A replica that recorded a failure and died before failing the dependents
+/// (one compare-and-set each, after the fact) left them PENDING forever; the
+/// sweep finishes the cascade.
+#[tokio::test]
+async fn an_interrupted_cascade_is_finished_by_the_sweep() {
+    let url = redis_url();
+    let prefix = prefix();
+    let b = backend(&url, &prefix).await;
+    let tenant = "acme";
+    let mut a = conformance::sample(tenant);
+    let mut dep = conformance::sample(tenant);
+    let mut last = conformance::sample(tenant);
+    let wf = amaos_mesh::new_id();
+    for (t, key) in [(&mut a, "a"), (&mut dep, "b"), (&mut last, "c")] {
+        t.workflow_id = wf.clone();
+        t.workflow_key = key.into();
+    }
+    a.dependents = vec![dep.id.clone()];
+    dep.depends_on = vec![a.id.clone()];
+    dep.dependents = vec![last.id.clone()];
+    last.depends_on = vec![dep.id.clone()];
+    b.create(
+        tenant,
+        &wf,
+        vec![a.clone(), dep.clone(), last.clone()],
+        None,
+    )
+    .await
+    .unwrap();
+    let _running = claim(b.as_ref(), "c1").await;
+    // The failure is recorded; the crash loses the cascade.
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{prefix}:task:{}", a.id))
+        .arg("state")
+        .arg("Failed")
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    let swept = sweep_until(b.as_ref(), LEASE, 100, |s| s.ended >= 1).await;
+    assert_eq!(swept.requeued, 0);
+    for t in [&dep, &last] {
+        let got = b.get(tenant, &t.id).await.unwrap().unwrap();
+        assert_eq!(got.state, TaskState::Failed, "{}", got.workflow_key);
+        assert!(got.error.unwrap().message.contains("did not succeed"));
+    }
+}
+
+/// Consumers of the queue's group that have been idle for ten leases with
+/// nothing pending are removed; one holding an entry stays.
+#[tokio::test]
+async fn dead_consumers_leave_the_group() {
+    let url = redis_url();
+    let prefix = prefix();
+    let b = backend(&url, &prefix).await;
+    // A dispatcher that ran one task and died.
+    let done = conformance::sample("acme");
+    b.create("acme", &done.id, vec![done.clone()], None)
+        .await
+        .unwrap();
+    let ran = claim(b.as_ref(), "ghost").await;
+    b.finish(
+        &ran,
+        Outcome::Succeeded {
+            output: "ok".into(),
+        },
+    )
+    .await
+    .unwrap();
+    // One that holds an attempt (stalled or not: reclaim's business).
+    let task = conformance::sample("acme");
+    b.create("acme", &task.id, vec![task.clone()], None)
+        .await
+        .unwrap();
+    let _held = claim(b.as_ref(), "busy").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lease = Duration::from_millis(20);
+    let swept = sweep_until(b.as_ref(), lease, 100, |s| s.consumers_removed >= 1).await;
+    assert_eq!(swept.consumers_removed, 1);
+    let consumers: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(format!("{prefix}:queue"))
+        .arg("dispatchers")
+        .query_async(&mut raw(&url).await)
+        .await
+        .unwrap();
+    let names: Vec<String> = consumers
+        .iter()
+        .map(|c| redis::from_redis_value_ref(&c[1]).unwrap())
+        .collect();
+    assert_eq!(names, ["busy"]);
 }
