@@ -130,7 +130,7 @@ impl Mesh {
             };
             tasks.push((service, handle));
         }
-        let mesh = Self {
+        let mut mesh = Self {
             config,
             addresses,
             bootstrap_key_file: opened.bootstrap_key_file,
@@ -141,22 +141,33 @@ impl Mesh {
     }
 
     /// Waits until the router lists a live agents worker.
-    async fn wait_for_worker(&self, limit: Duration) -> Result<(), BoxError> {
+    async fn wait_for_worker(&mut self, limit: Duration) -> Result<(), BoxError> {
         let mut router = RouterServiceClient::new(
             client::Dialer::new(&self.config, "cli")?.channel("router", &self.config.router.url)?,
         );
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Some((service, task)) = self.tasks.iter().find(|(_, t)| t.is_finished()) {
-                let _ = task;
-                return Err(format!("{service} stopped while the mesh was starting").into());
+            if let Some(i) = self.tasks.iter().position(|(_, t)| t.is_finished()) {
+                // Say why: the service's own error, not only that it stopped.
+                let (service, task) = self.tasks.swap_remove(i);
+                let reason = match task.await {
+                    Ok(Ok(())) => "it stopped without an error".to_owned(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(error) => format!("it panicked: {error}"),
+                };
+                return Err(
+                    format!("{service} stopped while the mesh was starting: {reason}").into(),
+                );
             }
-            let listed = router
-                .list_workers(router::ListWorkersRequest {
-                    team: String::new(),
-                    include_expired: false,
-                })
-                .await;
+            // Listing workers is for operators: ask with the local admin key.
+            let mut request = tonic::Request::new(router::ListWorkersRequest {
+                team: String::new(),
+                include_expired: false,
+            });
+            if let Ok(key) = std::fs::read_to_string(self.config.data_dir.join("admin.key")) {
+                let _ = amaos_mesh::caller::set_bearer(request.metadata_mut(), key.trim());
+            }
+            let listed = router.list_workers(request).await;
             if listed.is_ok_and(|r| !r.into_inner().workers.is_empty()) {
                 return Ok(());
             }

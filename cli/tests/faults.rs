@@ -246,7 +246,10 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
     // at once, one of them loading the embedding model.
     let deadline = Instant::now() + Duration::from_secs(60);
     while router
-        .list_workers(router::ListWorkersRequest::default())
+        .list_workers(with_key(
+            &admin_key(dir.path()),
+            router::ListWorkersRequest::default(),
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -277,7 +280,10 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
         .task
         .unwrap();
     let workers = router
-        .list_workers(router::ListWorkersRequest::default())
+        .list_workers(with_key(
+            &admin_key(dir.path()),
+            router::ListWorkersRequest::default(),
+        ))
         .await
         .unwrap()
         .into_inner()

@@ -172,6 +172,7 @@ impl TestMesh {
             principal: "test".into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             token: Some(self.token(tenant, roles)),
+            task: None,
         }
         .request(message)
     }

@@ -167,13 +167,19 @@ pub async fn wait_until_serving(env: &HashMap<String, String>) {
         .unwrap()
         .connect_lazy();
     let mut router = RouterServiceClient::new(router);
+    let admin_key = Path::new(&env["AMAOS_DATA_DIR"]).join("admin.key");
     loop {
+        // Listing workers is for operators: ask with the admin key.
+        let mut request =
+            tonic::Request::new(amaos_proto::router::v1::ListWorkersRequest::default());
+        if let Ok(key) = std::fs::read_to_string(&admin_key) {
+            amaos_mesh::caller::set_bearer(request.metadata_mut(), key.trim()).unwrap();
+        }
         let workers = router
-            .list_workers(amaos_proto::router::v1::ListWorkersRequest::default())
+            .list_workers(request)
             .await
-            .unwrap()
-            .into_inner()
-            .workers;
+            .map(|r| r.into_inner().workers)
+            .unwrap_or_default();
         if !workers.is_empty() {
             break;
         }

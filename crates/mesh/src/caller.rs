@@ -18,6 +18,9 @@ pub struct Caller {
     pub roles: Vec<String>,
     /// The token that proved it, forwarded on calls made for this caller.
     pub token: Option<String>,
+    /// The task and attempt a run token is scoped to; `None` for callers
+    /// not bound to one task (users' keys and tokens).
+    pub task: Option<(String, u32)>,
 }
 
 impl Caller {
@@ -29,6 +32,17 @@ impl Caller {
             let _ = set_bearer(request.metadata_mut(), token);
         }
         request
+    }
+
+    /// Refuses a run token used for another task than `task_id`: a token
+    /// captured from one run must not reach another task's files or runs.
+    pub fn check_task(&self, task_id: &str) -> Result<(), tonic::Status> {
+        match &self.task {
+            Some((scoped, _)) if scoped != task_id => Err(tonic::Status::permission_denied(
+                format!("this run token is scoped to task `{scoped}`, not `{task_id}`"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// True when the caller holds the role.

@@ -34,6 +34,8 @@ pub struct MeshChannel {
     next: Arc<AtomicUsize>,
     inner: Channel,
     default_timeout: Duration,
+    /// This service's own identity, sent on every call when set.
+    credential: Option<Arc<crate::identity::ServiceCredential>>,
 }
 
 /// Why a channel could not be built.
@@ -51,6 +53,7 @@ pub struct ChannelError {
 pub struct Dialer {
     limits: Limits,
     tls: Option<Arc<ClientTls>>,
+    credential: Option<Arc<crate::identity::ServiceCredential>>,
 }
 
 impl Dialer {
@@ -60,7 +63,35 @@ impl Dialer {
         Ok(Self {
             limits: config.limits.clone(),
             tls: tls::client(&config.tls, &config.data_dir, me)?.map(Arc::new),
+            credential: None,
         })
+    }
+
+    /// The same dialer, whose channels also prove this service's own
+    /// identity on every call (see [`crate::identity`]).
+    pub fn with_credential(mut self, credential: Arc<crate::identity::ServiceCredential>) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    /// The dialer of a service that proves its identity with the key in
+    /// `key_file`, exchanged for tokens at auth (`auth_url`).
+    pub fn for_service(
+        self,
+        auth_url: &str,
+        key_file: std::path::PathBuf,
+    ) -> Result<Self, ChannelError> {
+        let auth = amaos_proto::auth::v1::auth_service_client::AuthServiceClient::new(
+            self.channel("auth", auth_url)?,
+        );
+        Ok(self.with_credential(Arc::new(crate::identity::ServiceCredential::new(
+            auth, key_file,
+        ))))
+    }
+
+    /// This dialer's service credential, if it has one.
+    pub fn credential(&self) -> Option<&Arc<crate::identity::ServiceCredential>> {
+        self.credential.as_ref()
     }
 
     /// Plaintext channels.
@@ -68,6 +99,7 @@ impl Dialer {
         Self {
             limits: limits.clone(),
             tls: None,
+            credential: None,
         }
     }
 
@@ -104,6 +136,7 @@ impl Dialer {
             connections,
             next: Arc::new(AtomicUsize::new(0)),
             default_timeout: limits.request_timeout,
+            credential: self.credential.clone(),
         })
     }
 }
@@ -147,7 +180,19 @@ impl Service<http::Request<Body>> for MeshChannel {
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let credential = self.credential.clone();
         Box::pin(async move {
+            if let Some(credential) = credential {
+                let token = credential
+                    .token()
+                    .await
+                    .map_err(|s| Box::new(s) as BoxError)?;
+                if let Ok(value) = http::HeaderValue::from_str(&format!("Bearer {token}")) {
+                    request
+                        .headers_mut()
+                        .insert(crate::identity::SERVICE_HEADER, value);
+                }
+            }
             match tokio::time::timeout(timeout, inner.call(request)).await {
                 Ok(response) => response.map_err(Into::into),
                 Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(

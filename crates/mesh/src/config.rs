@@ -344,8 +344,64 @@ pub struct RouterConfig {
     /// How long an open breaker refuses traffic before one probe.
     #[serde(with = "duration_text")]
     pub breaker_cool_down: Duration,
+    /// The networks (CIDRs) a worker's address must fall in; the orchestrator
+    /// sends task input and run tokens there. Loopback by default; a cluster
+    /// names its pod network.
+    pub worker_networks: Vec<String>,
+    /// Most workers one identity may have registered at once.
+    pub max_workers_per_identity: usize,
 }
 service_endpoint!(RouterConfig);
+
+/// An IP network in CIDR form (`10.0.0.0/8`, `::1/128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n` or `x::y/n` (a bare address is a single host).
+    pub fn parse(text: &str) -> Option<Self> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix.parse::<u8>().ok()?)),
+            None => (text.trim(), None),
+        };
+        let network: std::net::IpAddr = addr.parse().ok()?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Self { network, prefix })
+    }
+
+    /// True when `ip` is inside the network (an IPv4-mapped IPv6 address
+    /// counts as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map(std::net::IpAddr::V4)
+                .unwrap_or(ip),
+            v4 => v4,
+        };
+        let bits = |ip: std::net::IpAddr| -> (u128, u32) {
+            match ip {
+                std::net::IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+                std::net::IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (addr, addr_width)) = (bits(self.network), bits(ip));
+        if width != addr_width {
+            return false;
+        }
+        let host_bits = width - u32::from(self.prefix);
+        let mask = if host_bits >= 128 {
+            0
+        } else {
+            (u128::MAX << host_bits) & (u128::MAX >> (128 - width))
+        };
+        net & mask == addr & mask
+    }
+}
 
 /// The agents service.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -365,6 +421,10 @@ pub struct AgentsConfig {
     pub max_steps: u32,
     /// Largest team spec, in bytes.
     pub max_spec_bytes: usize,
+    /// The worker's own key (role `worker`), exchanged at auth for the
+    /// service token it registers with; unset for `<data_dir>/worker.key`,
+    /// which auth writes when it creates the first keys.
+    pub service_key_file: Option<PathBuf>,
 }
 service_endpoint!(AgentsConfig);
 
@@ -713,6 +773,8 @@ impl Default for RouterConfig {
             redis_prefix: "amaos".into(),
             breaker_failures: 5,
             breaker_cool_down: Duration::from_secs(10),
+            worker_networks: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            max_workers_per_identity: 1024,
         }
     }
 }
@@ -727,6 +789,7 @@ impl Default for AgentsConfig {
             capacity: 8,
             max_steps: 32,
             max_spec_bytes: 256 * 1024,
+            service_key_file: None,
         }
     }
 }
@@ -968,6 +1031,24 @@ impl Config {
             ));
         }
         in_range("router.max_workers", r.max_workers, 1, 1_000_000)?;
+        in_range(
+            "router.max_workers_per_identity",
+            r.max_workers_per_identity,
+            1,
+            1_000_000,
+        )?;
+        if r.worker_networks.is_empty() {
+            return Err(ConfigError::new(
+                "router.worker_networks",
+                "name at least one network (CIDR) workers may register in",
+            ));
+        }
+        if let Some(bad) = r.worker_networks.iter().find(|n| Cidr::parse(n).is_none()) {
+            return Err(ConfigError::new(
+                "router.worker_networks",
+                format!("`{bad}` is not a network in CIDR form (e.g. 10.0.0.0/8)"),
+            ));
+        }
         in_range(
             "router.breaker_failures",
             r.breaker_failures as usize,
@@ -1254,6 +1335,14 @@ impl Config {
             .service_key_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("service.key"))
+    }
+
+    /// The key an agents worker proves its `worker` identity with.
+    pub fn worker_key_file(&self) -> PathBuf {
+        self.agents
+            .service_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("worker.key"))
     }
 
     /// The audit trail.

@@ -13,16 +13,21 @@
 //!   trace-context propagation.
 //! - [`caller`]: who is calling, and how the identity travels on.
 //! - [`token`]: EdDSA-signed tokens, verified locally with keys from auth.
+//! - [`identity`]: services' own identities (service tokens) between each other.
+//! - [`authn`]: the caller of a request from an API key (checked by auth,
+//!   cached) or a token (verified locally).
 //! - [`policy`]: which role may do what.
 //! - [`status`]: building `tonic::Status` values with rich error details.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
 
 pub mod audit;
+pub mod authn;
 pub mod caller;
 pub mod client;
 pub mod config;
 mod context;
+pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod process;

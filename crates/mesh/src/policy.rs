@@ -27,6 +27,7 @@ pub const ROLES: &[&str] = &[
     "viewer",
     "agent",
     "service",
+    "worker",
 ];
 
 /// The built-in model: RBAC with domains (tenants); `*` in a policy's domain

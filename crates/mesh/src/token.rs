@@ -54,6 +54,13 @@ pub struct Claims {
     /// The task it is scoped to, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub task: String,
+    /// The attempt of `task` it is scoped to (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,8 +152,9 @@ pub fn claims_for(
         aud: AUDIENCE.into(),
         iat: now,
         nbf: now,
-        exp: now + ttl.as_secs().max(1),
+        exp: now.saturating_add(ttl.as_secs().max(1)),
         task: task.into(),
+        attempt: 0,
     }
 }
 
@@ -187,10 +195,10 @@ pub fn verify_with(
         .and_then(|p| serde_json::from_slice(&p).ok())
         .ok_or(TokenError::Malformed)?;
     let now = now_s();
-    if claims.exp + LEEWAY <= now {
+    if claims.exp.saturating_add(LEEWAY) <= now {
         return Err(TokenError::Expired);
     }
-    if claims.nbf > now + LEEWAY {
+    if claims.nbf > now.saturating_add(LEEWAY) {
         return Err(TokenError::NotYetValid);
     }
     if claims.iss != ISSUER || claims.aud != AUDIENCE {
@@ -301,7 +309,7 @@ impl TokenVerifier {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
-            && claims.exp + LEEWAY > now_s()
+            && claims.exp.saturating_add(LEEWAY) > now_s()
         {
             return Ok(claims.clone());
         }
@@ -333,6 +341,7 @@ impl TokenVerifier {
             principal: claims.sub,
             roles: claims.roles,
             token: Some(token.to_owned()),
+            task: (!claims.task.is_empty()).then_some((claims.task, claims.attempt)),
         })
     }
 }

@@ -27,7 +27,8 @@ use amaos_mesh::client::{self, MeshChannel};
 use amaos_mesh::config::Limits;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
-use amaos_mesh::token::TokenVerifier;
+use amaos_mesh::authn::Authenticator;
+use amaos_mesh::identity;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::agents_service_server::{AgentsService, AgentsServiceServer};
@@ -116,7 +117,7 @@ pub fn parse_spec(
 /// The agents service.
 #[derive(Clone)]
 pub struct Agents {
-    verifier: Arc<TokenVerifier>,
+    authn: Arc<Authenticator>,
     models: Arc<ModelSet>,
     catalog: Catalog,
     services: Services,
@@ -139,7 +140,11 @@ impl Agents {
         let tools = dialer.channel("tools", &config.tools.url)?;
         let memory = dialer.channel("memory", &config.memory.url)?;
         Ok(Self {
-            verifier: Arc::new(TokenVerifier::from_auth(dialer, &config.auth.url)?),
+            authn: Arc::new(Authenticator::from_auth(
+                dialer,
+                &config.auth.url,
+                config.auth.key_cache_ttl,
+            )?),
             models: Arc::new(ModelSet::with_secrets(&config.models, Some(secrets))?),
             catalog,
             services: Services {
@@ -180,7 +185,16 @@ impl AgentsService for Agents {
         &self,
         request: Request<pb::RunTeamRequest>,
     ) -> Result<Response<Self::RunTeamStream>, Status> {
-        let caller = self.verifier.caller(request.metadata()).await?;
+        // Only the orchestrator starts runs (after its submit checks, audit,
+        // rate limits and capacity accounting), and only with the run token
+        // it obtained for this very task and attempt.
+        identity::require_service(
+            self.authn.verifier(),
+            request.metadata(),
+            identity::ORCHESTRATOR,
+        )
+        .await?;
+        let caller = self.authn.caller(request.metadata()).await?;
         let pb::RunTeamRequest {
             run_id,
             attempt,
@@ -197,6 +211,11 @@ impl AgentsService for Agents {
                 message: "must be 1 to 128 characters".into(),
             }
             .into());
+        }
+        if caller.task.as_ref() != Some(&(run_id.clone(), attempt)) || !caller.has_role("agent") {
+            return Err(Status::permission_denied(format!(
+                "RunTeam needs the run token of task `{run_id}` attempt {attempt}"
+            )));
         }
         if !model_alias_override.is_empty() && !self.models.knows(&model_alias_override) {
             return Err(AgentsError::InvalidArgument {
@@ -309,8 +328,9 @@ impl AgentsService for Agents {
 
     async fn list_teams(
         &self,
-        _request: Request<pb::ListTeamsRequest>,
+        request: Request<pb::ListTeamsRequest>,
     ) -> Result<Response<pb::ListTeamsResponse>, Status> {
+        self.authn.caller(request.metadata()).await?;
         Ok(Response::new(pb::ListTeamsResponse {
             teams: self.catalog.all().map(|s| summary(s)).collect(),
         }))
@@ -320,8 +340,14 @@ impl AgentsService for Agents {
         &self,
         request: Request<pb::ValidateTeamRequest>,
     ) -> Result<Response<pb::ValidateTeamResponse>, Status> {
+        self.authn.caller(request.metadata()).await?;
         let pb::ValidateTeamRequest { spec_yaml } = request.into_inner();
-        let spec = parse_spec(&spec_yaml, "spec_yaml", self.max_spec_bytes)?;
+        let max = self.max_spec_bytes;
+        // Parsing is CPU work bounded by the spec's size and nesting: off the
+        // async threads.
+        let spec = tokio::task::spawn_blocking(move || parse_spec(&spec_yaml, "spec_yaml", max))
+            .await
+            .map_err(|_| Status::internal("the spec parser stopped"))??;
         Ok(Response::new(pb::ValidateTeamResponse {
             team: Some(summary(&spec)),
         }))
@@ -350,8 +376,10 @@ pub async fn serve(
 ) -> Result<(), BoxError> {
     let catalog = Catalog::load(&config.agents.teams_dir, config.agents.max_spec_bytes)?;
     let secrets = amaos_mesh::secrets::open_audited(&config, "agents").await?;
-    // Certificates are read once, for every channel this worker opens.
-    let dialer = client::Dialer::new(&config, "agents")?;
+    // Certificates are read once, for every channel this worker opens; every
+    // call proves the worker's own identity too.
+    let dialer = client::Dialer::new(&config, "agents")?
+        .for_service(&config.auth.url, config.worker_key_file())?;
     let agents = Agents::new(&config, &dialer, catalog.clone(), secrets)?;
     let router: RouterServiceClient<MeshChannel> =
         RouterServiceClient::new(dialer.channel("router", &config.router.url)?);

@@ -38,10 +38,17 @@ use amaos_mesh::audit::{AuditLog, Entry};
 use amaos_mesh::config::KeyStoreBackend;
 
 /// The tenant whose admins manage every tenant.
-pub const PLATFORM_TENANT: &str = "default";
+pub const PLATFORM_TENANT: &str = amaos_mesh::identity::PLATFORM_TENANT;
 
 /// Roles a service may put in tokens it obtains for others.
 const DELEGABLE_ROLES: &[&str] = &["agent", "viewer"];
+
+/// The longest life of a token not scoped to a task.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// The longest life of a token scoped to a task: a run token lives until its
+/// task's deadline, and is useless for any other task.
+const MAX_TASK_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 const MAX_CACHE_ENTRIES: usize = 10_000;
 
@@ -109,9 +116,23 @@ pub async fn open(config: &Config) -> Result<Opened, AuthError> {
         bootstrap_key(
             &*keys,
             "orchestrator-service",
-            "service",
+            amaos_mesh::identity::ORCHESTRATOR,
             "bootstrap-service",
             &path,
+        )
+        .await?;
+    }
+    // The agents workers' credential for registering with the router. A
+    // store made before workers had one gets it at the next start.
+    let worker_key = config.worker_key_file();
+    if !worker_key.exists() {
+        let once = format!("bootstrap-worker-{}", amaos_mesh::new_id());
+        bootstrap_key(
+            &*keys,
+            "agents-worker",
+            amaos_mesh::identity::WORKER,
+            &once,
+            &worker_key,
         )
         .await?;
     }
@@ -420,7 +441,22 @@ impl AuthService for Auth {
             audience: _,
             ttl,
             task_id,
+            attempt,
         } = request.into_inner();
+        if attempt != 0 && task_id.is_empty() {
+            return Err(AuthError::InvalidArgument {
+                field: "attempt",
+                message: "an attempt needs a task_id".into(),
+            }
+            .into());
+        }
+        if task_id.len() > 128 {
+            return Err(AuthError::InvalidArgument {
+                field: "task_id",
+                message: "must be at most 128 bytes".into(),
+            }
+            .into());
+        }
         // The platform's service key acts for any tenant; anyone else only for its own.
         let platform_service =
             key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "service");
@@ -453,18 +489,25 @@ impl AuthService for Auth {
             ))
             .into());
         }
-        let ttl = match ttl.as_ref().and_then(duration) {
-            Some(d) if !d.is_zero() && d <= Duration::from_secs(3600) => d,
-            Some(_) => {
-                return Err(AuthError::InvalidArgument {
-                    field: "ttl",
-                    message: "must be positive and at most 1h".into(),
-                }
-                .into());
-            }
-            None => self.state.signer.token_ttl(),
+        let max_ttl = if task_id.is_empty() {
+            MAX_TOKEN_TTL
+        } else {
+            MAX_TASK_TOKEN_TTL
         };
-        let claims = amaos_mesh::token::claims_for(&subject, &tenant, &roles, ttl, &task_id);
+        let ttl = match ttl {
+            None => self.state.signer.token_ttl(),
+            Some(ttl) => duration(&ttl)
+                .filter(|d| !d.is_zero() && *d <= max_ttl)
+                .ok_or_else(|| AuthError::InvalidArgument {
+                    field: "ttl",
+                    message: format!(
+                        "must be positive and at most {}",
+                        humantime::format_duration(max_ttl)
+                    ),
+                })?,
+        };
+        let mut claims = amaos_mesh::token::claims_for(&subject, &tenant, &roles, ttl, &task_id);
+        claims.attempt = attempt;
         Ok(Response::new(pb::IssueTokenResponse {
             token: self.state.signer.sign(&claims),
             expires_at: Some(ms_timestamp(claims.exp * 1000)),

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use amaos_mesh::config::{EmbedderBackend, Limits, LongTermBackend, StoreBackend};
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
-use amaos_mesh::token::TokenVerifier;
+use amaos_mesh::authn::Authenticator;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::memory::v1 as pb;
 use amaos_proto::memory::v1::memory_service_server::{MemoryService, MemoryServiceServer};
@@ -107,7 +107,8 @@ const MAX_METADATA: usize = 32;
 /// The memory service.
 #[derive(Clone)]
 pub struct Memory {
-    verifier: Arc<TokenVerifier>,
+    /// Callers: a token (verified locally) or an API key (checked by auth, cached).
+    verifier: Arc<Authenticator>,
     tiers: Arc<Tiers>,
     max_text_bytes: usize,
 }
@@ -177,9 +178,10 @@ impl Memory {
     /// from auth.
     pub fn new(config: &Config, tiers: Arc<Tiers>) -> Result<Self, BoxError> {
         Ok(Self {
-            verifier: Arc::new(TokenVerifier::from_auth(
+            verifier: Arc::new(Authenticator::from_auth(
                 &amaos_mesh::client::Dialer::new(config, "memory")?,
                 &config.auth.url,
+                config.auth.key_cache_ttl,
             )?),
             tiers,
             max_text_bytes: config.memory.max_text_bytes,

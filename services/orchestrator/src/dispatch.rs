@@ -26,6 +26,8 @@ use crate::task::{ErrorClass, Task, TaskError, TaskState, TeamSource};
 const MAX_CACHED_CHANNELS: usize = 1024;
 /// Most run events recorded in one write.
 const MAX_BATCH: usize = 64;
+/// Longest pause between asks for a worker while none can take a run.
+const MAX_ROUTE_WAIT: Duration = Duration::from_secs(1);
 
 /// Channels to agents workers, by address.
 pub struct WorkerChannels {
@@ -76,12 +78,43 @@ pub struct DispatchConfig {
 struct Failure {
     class: ErrorClass,
     message: String,
+    /// Whose failure it was, for the circuit breakers.
+    blame: Blame,
+}
+
+/// Whose failure ended an attempt, as the router's breakers count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Blame {
+    /// Nobody's: the router, the store, the task's own input, a refusal.
+    None,
+    /// The worker's own (a broken stream, a crash mid-run).
+    Worker,
+    /// The team's, on a live worker (its provider, an internal error).
+    Team,
+}
+
+impl Failure {
+    fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            message: message.into(),
+            blame: Blame::None,
+        }
+    }
+
+    fn blaming(mut self, blame: Blame) -> Self {
+        self.blame = blame;
+        self
+    }
 }
 
 /// Why a run did not start on the worker the router chose.
 enum Refusal {
     /// The worker is at capacity: try another, or wait; no attempt is spent.
     Busy,
+    /// The worker could not be reached: the run never started, so no attempt
+    /// is spent either; its breaker opens at once and another is tried.
+    Unreachable(String),
     /// Anything else ends the attempt.
     Failed(Failure),
 }
@@ -298,10 +331,10 @@ impl Dispatcher {
         let task = &claim.task;
         if task.stage_attempts > task.retry.max_attempts {
             // Reclaimed once too often: its workers or dispatchers keep dying.
-            let failure = Failure {
-                class: ErrorClass::Transient,
-                message: format!("{} attempts stalled", task.stage_attempts - 1),
-            };
+            let failure = Failure::new(
+                ErrorClass::Transient,
+                format!("{} attempts stalled", task.stage_attempts - 1),
+            );
             return Some(decide(task, failure, false));
         }
         let remaining = task
@@ -322,33 +355,44 @@ impl Dispatcher {
             Ok(Ok(output)) => Outcome::Succeeded { output },
             Ok(Err(failure)) => {
                 if let Some(worker) = worker.take() {
-                    // Failures of the worker or its dependencies feed the breakers.
-                    let healthy = !matches!(
-                        failure.class,
-                        ErrorClass::Transient | ErrorClass::Provider | ErrorClass::Internal
-                    );
-                    self.report(worker, task.current_target().0, healthy, &failure.message);
+                    // Only the worker's or the team's own failures feed the
+                    // breakers; a run that ended for a reason of its own
+                    // input shows a healthy worker.
+                    let scope = match failure.blame {
+                        Blame::Worker => Some(router::FailureScope::Worker),
+                        Blame::Team => Some(router::FailureScope::Team),
+                        Blame::None => None,
+                    };
+                    self.report(worker, task.current_target().0, scope, &failure.message);
                 }
                 let retryable = task.retry.retry_on.contains(&failure.class);
                 return Some(decide(task, failure, retryable));
             }
         };
         if let Some(worker) = worker {
-            self.report(worker, task.current_target().0, true, "");
+            self.report(worker, task.current_target().0, None, "");
         }
         Some(outcome)
     }
 
-    /// Tells the router how a run on a worker went, without waiting.
-    fn report(&self, worker_id: String, team: String, success: bool, error: &str) {
+    /// Tells the router how a run on a worker went (`scope` of the failure,
+    /// `None` for a success), without waiting.
+    fn report(
+        &self,
+        worker_id: String,
+        team: String,
+        scope: Option<router::FailureScope>,
+        error: &str,
+    ) {
         let mut router = self.router.clone();
         let error = error.chars().take(512).collect();
         tokio::spawn(async move {
             let request = router::ReportOutcomeRequest {
                 worker_id,
                 team,
-                success,
+                success: scope.is_none(),
                 error,
+                scope: scope.unwrap_or(router::FailureScope::Unspecified) as i32,
             };
             if let Err(status) = router.report_outcome(request).await {
                 tracing::debug!(code = ?status.code(), "reporting an outcome to the router failed");
@@ -367,18 +411,22 @@ impl Dispatcher {
         // means the run never started, so it costs no attempt: the next
         // worker is tried, and when every live one is busy the attempt waits
         // (with backoff, within the task's deadline and lease) for capacity.
+        // The same holds for a worker that cannot be reached (it is reported
+        // at once, so the router stops choosing it), and for a moment when
+        // no worker is routable (none live, or the team's breaker open): the
+        // attempt waits for one instead of spending itself.
         let mut busy: Vec<String> = Vec::new();
         let mut waits = 0u32;
         let mut stream = loop {
             let worker = match self.route(task, &busy).await {
                 Ok(worker) => worker,
-                Err(_) if !busy.is_empty() => {
-                    waits += 1;
+                Err(failure) if !busy.is_empty() || failure.class == ErrorClass::Transient => {
+                    waits = waits.saturating_add(1);
                     let pause = task
                         .retry
-                        .backoff(waits + 1, rand::random::<f64>())
-                        .max(Duration::from_millis(50));
-                    tracing::debug!(task_id = %task.id, busy = busy.len(), ?pause, "every worker is at capacity; waiting");
+                        .backoff(waits.min(16) + 1, rand::random::<f64>())
+                        .clamp(Duration::from_millis(50), MAX_ROUTE_WAIT);
+                    tracing::debug!(task_id = %task.id, busy = busy.len(), ?pause, reason = %failure.message, "no worker can take the run now; waiting");
                     tokio::time::sleep(pause).await;
                     busy.clear();
                     continue;
@@ -389,6 +437,17 @@ impl Dispatcher {
             match self.start_run(task, attempt, &worker).await {
                 Ok(stream) => break stream,
                 Err(Refusal::Busy) => busy.push(worker.worker_id),
+                Err(Refusal::Unreachable(message)) => {
+                    tracing::warn!(task_id = %task.id, worker_id = %worker.worker_id, %message, "agents worker unreachable; trying another");
+                    self.report(
+                        worker.worker_id.clone(),
+                        task.current_target().0,
+                        Some(router::FailureScope::Unreachable),
+                        &message,
+                    );
+                    *chosen = None;
+                    busy.push(worker.worker_id);
+                }
                 Err(Refusal::Failed(failure)) => return Err(failure),
             }
         };
@@ -396,16 +455,18 @@ impl Dispatcher {
             let first = match stream.message().await {
                 Ok(Some(response)) => response.event,
                 Ok(None) => {
-                    return Err(Failure {
-                        class: ErrorClass::Transient,
-                        message: "the agents worker ended the run without a result".into(),
-                    });
+                    return Err(Failure::new(
+                        ErrorClass::Transient,
+                        "the agents worker ended the run without a result",
+                    )
+                    .blaming(Blame::Worker));
                 }
                 Err(status) => {
-                    return Err(Failure {
-                        class: ErrorClass::Transient,
-                        message: format!("agents worker: {}", status.message()),
-                    });
+                    return Err(Failure::new(
+                        ErrorClass::Transient,
+                        format!("agents worker: {}", status.message()),
+                    )
+                    .blaming(Blame::Worker));
                 }
             };
             // Record what has already arrived in one write, keeping order.
@@ -418,10 +479,19 @@ impl Dispatcher {
             }
             let end = batch.iter().find_map(|event| match &event.payload {
                 Some(Payload::RunCompleted(done)) => Some(Ok(done.output.clone())),
-                Some(Payload::RunFailed(failed)) => Some(Err(Failure {
-                    class: ErrorClass::from_run(&failed.class),
-                    message: failed.reason.clone(),
-                })),
+                Some(Payload::RunFailed(failed)) => {
+                    let class = ErrorClass::from_run(&failed.class);
+                    // A live worker reported the failure: the team's, if anyone's.
+                    let blame = match class {
+                        ErrorClass::Transient | ErrorClass::Provider | ErrorClass::Internal => {
+                            Blame::Team
+                        }
+                        _ => Blame::None,
+                    };
+                    Some(Err(
+                        Failure::new(class, failed.reason.clone()).blaming(blame)
+                    ))
+                }
                 _ => None,
             });
             if !batch.is_empty() {
@@ -448,17 +518,26 @@ impl Dispatcher {
                 exclude_worker_ids: exclude.to_vec(),
             })
             .await
-            .map_err(|status| Failure {
-                class: match status.code() {
-                    tonic::Code::NotFound => ErrorClass::Invalid,
-                    _ => ErrorClass::Transient,
-                },
-                message: format!("router: {}", status.message()),
+            .map_err(|status| {
+                Failure::new(
+                    match status.code() {
+                        tonic::Code::NotFound => ErrorClass::Invalid,
+                        // The orchestrator's own identity refused: waiting
+                        // will not help.
+                        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                            ErrorClass::Internal
+                        }
+                        _ => ErrorClass::Transient,
+                    },
+                    format!("router: {}", status.message()),
+                )
             })?
             .into_inner();
-        route.worker.ok_or_else(|| Failure {
-            class: ErrorClass::Transient,
-            message: "the router answered without a worker".into(),
+        route.worker.ok_or_else(|| {
+            Failure::new(
+                ErrorClass::Transient,
+                "the router answered without a worker",
+            )
         })
     }
 
@@ -470,10 +549,10 @@ impl Dispatcher {
         worker: &router::Worker,
     ) -> Result<tonic::Streaming<agents::RunTeamResponse>, Refusal> {
         let (team, model_override, _) = task.current_target();
-        let channel = self.workers.get(&worker.address).map_err(|e| Failure {
-            class: ErrorClass::Transient,
-            message: e.to_string(),
-        })?;
+        let channel = self
+            .workers
+            .get(&worker.address)
+            .map_err(|e| Refusal::Unreachable(e.to_string()))?;
         self.record(&task.id, attempt, Record::Worker(worker.worker_id.clone()))
             .await?;
 
@@ -484,21 +563,15 @@ impl Dispatcher {
             .unwrap_or_default();
         let token = self
             .tokens
-            .issue(
-                &task.tenant,
-                &task.submitted_by,
-                left + Duration::from_secs(60),
-            )
+            .issue(&task.tenant, &task.submitted_by, &task.id, attempt, left)
             .await
-            .map_err(|message| Failure {
-                class: ErrorClass::Transient,
-                message,
-            })?;
+            .map_err(|message| Failure::new(ErrorClass::Transient, message))?;
         let caller = Caller {
             tenant: task.tenant.clone(),
             principal: task.submitted_by.clone(),
             roles: vec!["agent".into()],
             token: Some(token),
+            task: Some((task.id.clone(), attempt)),
         };
         let team_ref = match (&task.source, task.stage) {
             (TeamSource::Inline(yaml), 0) => {
@@ -530,14 +603,19 @@ impl Dispatcher {
             Ok(response) => Ok(response.into_inner()),
             // At capacity (or shedding load): the run did not start.
             Err(s) if s.code() == tonic::Code::ResourceExhausted => Err(Refusal::Busy),
-            Err(s) => Err(Refusal::Failed(Failure {
+            // Not reached (connection refused, reset before any answer): the
+            // run did not start either.
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                Err(Refusal::Unreachable(s.message().to_owned()))
+            }
+            Err(s) => Err(Refusal::Failed(Failure::new(
                 // A spec the worker cannot run fails the same way on any worker.
-                class: match s.code() {
+                match s.code() {
                     tonic::Code::InvalidArgument | tonic::Code::NotFound => ErrorClass::Invalid,
                     _ => ErrorClass::Transient,
                 },
-                message: format!("agents worker refused the run: {}", s.message()),
-            })),
+                format!("agents worker refused the run: {}", s.message()),
+            ))),
         }
     }
 
@@ -545,18 +623,15 @@ impl Dispatcher {
         match self.backend.record(id, attempt, record).await {
             Ok(Applied::Recorded) => Ok(()),
             // A newer attempt or a cancellation owns the task now.
-            Ok(Applied::Stale) => Err(Failure {
-                class: ErrorClass::Cancelled,
-                message: "the attempt was superseded".into(),
-            }),
-            Ok(Applied::LogFull) => Err(Failure {
-                class: ErrorClass::Internal,
-                message: "the run emitted more events than a task may keep".into(),
-            }),
-            Err(error) => Err(Failure {
-                class: ErrorClass::Transient,
-                message: error.to_string(),
-            }),
+            Ok(Applied::Stale) => Err(Failure::new(
+                ErrorClass::Cancelled,
+                "the attempt was superseded",
+            )),
+            Ok(Applied::LogFull) => Err(Failure::new(
+                ErrorClass::Internal,
+                "the run emitted more events than a task may keep",
+            )),
+            Err(error) => Err(Failure::new(ErrorClass::Transient, error.to_string())),
         }
     }
 

@@ -118,6 +118,8 @@ impl Orchestrator {
     pub fn new(config: &Config, backend: Arc<dyn TaskBackend>) -> Result<Self, BoxError> {
         let dialer = client::Dialer::new(config, "orchestrator")?;
         let auth = AuthServiceClient::new(dialer.channel("auth", &config.auth.url)?);
+        // Calls to the router and to workers prove the orchestrator's identity.
+        let dialer = dialer.for_service(&config.auth.url, config.service_key_file())?;
         let router = RouterServiceClient::new(dialer.channel("router", &config.router.url)?);
         let o = &config.orchestrator;
         let dispatcher = Dispatcher::new(

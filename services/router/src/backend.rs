@@ -7,21 +7,26 @@ use std::time::SystemTime;
 
 use crate::breaker::State;
 use crate::error::RouterError;
-use crate::registry::{Registration, Registry, RouteQuery, WorkerView};
+use crate::registry::{Outcome, Registration, Registry, RouteQuery, WorkerView};
 
 /// Where workers, their load and the circuit breakers live.
 #[tonic::async_trait]
 pub trait WorkerRegistry: Send + Sync + 'static {
-    /// Registers a worker (or refreshes a known id) and returns its id.
+    /// Registers a worker (or refreshes a known id) and returns its id. A
+    /// known id registered by another owner is refused; other workers of the
+    /// same owner at the same address (a restarted worker's dead self) are
+    /// dropped.
     async fn register(
         &self,
         worker_id: Option<String>,
         registration: Registration,
     ) -> Result<String, RouterError>;
-    /// Records a heartbeat; returns when the worker expires without another.
+    /// Records a heartbeat from `owner`; returns when the worker expires
+    /// without another.
     async fn heartbeat(
         &self,
         worker_id: &str,
+        owner: &str,
         in_flight: u32,
         draining: bool,
     ) -> Result<SystemTime, RouterError>;
@@ -38,7 +43,7 @@ pub trait WorkerRegistry: Send + Sync + 'static {
         &self,
         worker_id: &str,
         team: &str,
-        success: bool,
+        outcome: Outcome,
     ) -> Result<(State, State), RouterError>;
     /// The breaker states of these workers.
     async fn worker_breakers(&self, worker_ids: &[String]) -> Result<Vec<State>, RouterError>;
@@ -59,10 +64,11 @@ impl WorkerRegistry for Registry {
     async fn heartbeat(
         &self,
         worker_id: &str,
+        owner: &str,
         in_flight: u32,
         draining: bool,
     ) -> Result<SystemTime, RouterError> {
-        Registry::heartbeat(self, worker_id, in_flight, draining)
+        Registry::heartbeat(self, worker_id, owner, in_flight, draining)
     }
 
     async fn route(&self, query: &RouteQuery<'_>) -> Result<WorkerView, RouterError> {
@@ -81,9 +87,9 @@ impl WorkerRegistry for Registry {
         &self,
         worker_id: &str,
         team: &str,
-        success: bool,
+        outcome: Outcome,
     ) -> Result<(State, State), RouterError> {
-        Ok(Registry::report(self, worker_id, team, success))
+        Ok(Registry::report(self, worker_id, team, outcome))
     }
 
     async fn worker_breakers(&self, worker_ids: &[String]) -> Result<Vec<State>, RouterError> {

@@ -1,7 +1,9 @@
 //! Circuit breakers: after `failure_threshold` consecutive failures a breaker
 //! opens and refuses traffic for `cool_down`; then it lets one probe through
 //! (half-open); the probe's success closes it, its failure opens it again.
-//! Time is `tokio::time`, so tests control it.
+//! A probe whose outcome is never reported does not wedge the breaker: the
+//! next probe passes one cool-down after it. Time is `tokio::time`, so tests
+//! control it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,7 +25,8 @@ pub enum State {
 struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
-    probing: bool,
+    /// When the last probe was let through, while half-open.
+    probing: Option<Instant>,
 }
 
 /// Breakers by key, bounded.
@@ -63,13 +66,16 @@ impl Breakers {
         match self.state(key) {
             State::Closed => true,
             State::Open => false,
-            State::HalfOpen => match self.breakers.get_mut(key) {
-                Some(b) if !b.probing => {
-                    b.probing = true;
-                    true
+            State::HalfOpen => {
+                let cool_down = self.cool_down;
+                match self.breakers.get_mut(key) {
+                    Some(b) if b.probing.is_none_or(|at| at.elapsed() >= cool_down) => {
+                        b.probing = Some(Instant::now());
+                        true
+                    }
+                    _ => false,
                 }
-                _ => false,
-            },
+            }
         }
     }
 
@@ -97,13 +103,22 @@ impl Breakers {
         let b = self.breakers.entry(key.to_owned()).or_insert(Breaker {
             failures: 0,
             open_until: None,
-            probing: false,
+            probing: None,
         });
-        b.failures += 1;
+        b.failures = b.failures.saturating_add(1);
         if b.open_until.is_some() || b.failures >= threshold {
             // A failed probe, or the threshold reached: (re)open.
             b.open_until = Some(Instant::now() + cool_down);
-            b.probing = false;
+            b.probing = None;
+        }
+        self.state(key)
+    }
+
+    /// Opens `key`'s breaker at once (a worker found unreachable need not
+    /// fail `threshold` runs first).
+    pub fn trip(&mut self, key: &str) -> State {
+        for _ in 0..self.threshold {
+            self.record(key, false);
         }
         self.state(key)
     }
@@ -135,6 +150,27 @@ mod tests {
         assert!(!b.admit("w"), "only one");
         assert_eq!(b.record("w", true), State::Closed);
         assert!(b.admit("w"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_never_reported_lets_another_through_a_cool_down_later() {
+        let mut b = Breakers::new(1, Duration::from_secs(10), 100);
+        assert_eq!(b.record("w", false), State::Open);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(b.admit("w"), "the probe passes");
+        assert!(!b.admit("w"));
+        // Its outcome is lost (the orchestrator that routed it died).
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!b.admit("w"));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(b.admit("w"), "a second probe, not a breaker stuck half-open");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trip_opens_at_once() {
+        let mut b = Breakers::new(5, Duration::from_secs(10), 100);
+        assert_eq!(b.trip("w"), State::Open);
+        assert!(!b.admit("w"));
     }
 
     #[tokio::test(start_paused = true)]

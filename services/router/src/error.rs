@@ -32,6 +32,15 @@ pub enum RouterError {
     /// The registry is full.
     #[error("the registry holds its maximum of {0} workers")]
     RegistryFull(usize),
+    /// The worker id belongs to another identity.
+    #[error("worker `{0}` was registered by another identity")]
+    NotOwner(String),
+    /// The identity has as many workers registered as it may.
+    #[error("this identity has its maximum of {0} workers registered")]
+    IdentityFull(usize),
+    /// The worker's address is outside the networks workers may use.
+    #[error("address: {0}")]
+    AddressNotAllowed(String),
 }
 
 impl From<RouterError> for tonic::Status {
@@ -45,7 +54,12 @@ impl From<RouterError> for tonic::Status {
                 tonic::Status::not_found(message)
             }
             RouterError::NoLiveWorker(_) => tonic::Status::unavailable(message),
-            RouterError::RegistryFull(_) => tonic::Status::resource_exhausted(message),
+            RouterError::RegistryFull(_) | RouterError::IdentityFull(_) => {
+                tonic::Status::resource_exhausted(message)
+            }
+            RouterError::NotOwner(_) | RouterError::AddressNotAllowed(_) => {
+                tonic::Status::permission_denied(message)
+            }
             RouterError::Store(_) => tonic::Status::unavailable(message),
             RouterError::TeamBreakerOpen(_, retry_after) => tonic::Status::with_error_details(
                 tonic::Code::Unavailable,

@@ -21,7 +21,9 @@ pub mod registry;
 
 use std::sync::Arc;
 
-use amaos_mesh::config::Limits;
+use amaos_mesh::authn::Authenticator;
+use amaos_mesh::config::{Cidr, Limits};
+use amaos_mesh::{identity, policy};
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages};
@@ -35,15 +37,22 @@ use tonic::{Request, Response, Status};
 use crate::backend::WorkerRegistry;
 use crate::breaker::State;
 use crate::error::RouterError;
-use crate::registry::{BreakerPolicy, Registration, Registry, RouteQuery, WorkerView};
+use crate::registry::{BreakerPolicy, Outcome, Registration, Registry, RouteQuery, WorkerView};
 use amaos_mesh::config::StoreBackend;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
-/// The router's gRPC service.
+/// The router's gRPC service. Every call is authenticated: workers register
+/// and heartbeat with the `worker` service identity (only for worker ids
+/// they registered), the orchestrator alone routes and reports outcomes, and
+/// listing workers takes the orchestrator or a caller allowed to read
+/// `workers` (operators and admins).
 #[derive(Clone)]
 pub struct Router {
     registry: Arc<dyn WorkerRegistry>,
+    authn: Arc<Authenticator>,
+    networks: Arc<[Cidr]>,
+    max_per_identity: usize,
     heartbeat_interval: std::time::Duration,
     ttl: std::time::Duration,
     open_breakers: Family<ScopeLabel, Gauge>,
@@ -56,8 +65,14 @@ struct ScopeLabel {
 }
 
 impl Router {
-    /// A router over `registry`, reporting breakers in `metrics`.
-    pub fn new(config: &Config, metrics: &Metrics, registry: Arc<dyn WorkerRegistry>) -> Self {
+    /// A router over `registry`, authenticating callers with `authn`,
+    /// reporting breakers in `metrics`.
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        registry: Arc<dyn WorkerRegistry>,
+        authn: Arc<Authenticator>,
+    ) -> Self {
         let open_breakers = Family::<ScopeLabel, Gauge>::default();
         metrics.register(
             "router_breakers_tripped",
@@ -66,6 +81,15 @@ impl Router {
         );
         Self {
             registry,
+            authn,
+            // Validated with the config.
+            networks: config
+                .router
+                .worker_networks
+                .iter()
+                .filter_map(|n| Cidr::parse(n))
+                .collect(),
+            max_per_identity: config.router.max_workers_per_identity,
             heartbeat_interval: config.router.heartbeat_interval,
             ttl: config.router.worker_ttl,
             open_breakers,
@@ -119,6 +143,7 @@ fn to_proto(w: WorkerView, breaker: State) -> pb::Worker {
         capabilities,
         capacity,
         labels,
+        owner: _,
     } = w.registration;
     pb::Worker {
         worker_id: w.worker_id,
@@ -135,17 +160,55 @@ fn to_proto(w: WorkerView, breaker: State) -> pb::Worker {
     }
 }
 
-fn check_address(address: &str) -> Result<(), RouterError> {
+/// Checks that `address` is an http(s) URL whose host resolves only to
+/// addresses inside `networks`: the orchestrator sends task input and run
+/// tokens there.
+async fn check_address(address: &str, networks: &[Cidr]) -> Result<(), RouterError> {
+    if address.len() > 2048 {
+        return Err(RouterError::InvalidArgument {
+            field: "address",
+            message: "must be at most 2048 bytes".into(),
+        });
+    }
     let uri: http::Uri = address.parse().map_err(|e| RouterError::InvalidArgument {
         field: "address",
         message: format!("not a URL: {e}"),
     })?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(_)) => Ok(()),
-        _ => Err(RouterError::InvalidArgument {
+    let (Some(scheme @ ("http" | "https")), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return Err(RouterError::InvalidArgument {
             field: "address",
             message: "must be an http:// or https:// URL".into(),
-        }),
+        });
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ips: Vec<std::net::IpAddr> = match host.parse() {
+        Ok(ip) => vec![ip],
+        Err(_) => tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default(),
+    };
+    if ips.is_empty() {
+        return Err(RouterError::AddressNotAllowed(format!(
+            "`{host}` does not resolve"
+        )));
+    }
+    match ips
+        .iter()
+        .find(|ip| !networks.iter().any(|n| n.contains(**ip)))
+    {
+        Some(outside) => Err(RouterError::AddressNotAllowed(format!(
+            "{outside} is outside the networks workers may register in (router.worker_networks)"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -155,6 +218,8 @@ impl RouterService for Router {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
+        identity::require_service(self.authn.verifier(), request.metadata(), identity::ORCHESTRATOR)
+            .await?;
         let pb::RouteRequest {
             team,
             inline_spec,
@@ -200,6 +265,9 @@ impl RouterService for Router {
         &self,
         request: Request<pb::RegisterWorkerRequest>,
     ) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let me =
+            identity::require_service(self.authn.verifier(), request.metadata(), identity::WORKER)
+                .await?;
         let pb::RegisterWorkerRequest {
             worker_id,
             address,
@@ -209,7 +277,14 @@ impl RouterService for Router {
             labels,
             idempotency_key: _,
         } = request.into_inner();
-        check_address(&address)?;
+        check_address(&address, &self.networks).await?;
+        if worker_id.len() > 128 {
+            return Err(RouterError::InvalidArgument {
+                field: "worker_id",
+                message: "must be at most 128 bytes".into(),
+            }
+            .into());
+        }
         if teams.is_empty() || teams.len() > 10_000 {
             return Err(RouterError::InvalidArgument {
                 field: "teams",
@@ -224,6 +299,20 @@ impl RouterService for Router {
             }
             .into());
         }
+        let owned = self
+            .registry
+            .list(None, true)
+            .await?
+            .into_iter()
+            .filter(|w| {
+                w.registration.owner == me.principal
+                    && w.worker_id != worker_id
+                    && w.registration.address != address
+            })
+            .count();
+        if owned >= self.max_per_identity {
+            return Err(RouterError::IdentityFull(self.max_per_identity).into());
+        }
         let worker_id = self
             .registry
             .register(
@@ -234,10 +323,11 @@ impl RouterService for Router {
                     capabilities,
                     capacity,
                     labels,
+                    owner: me.principal.clone(),
                 },
             )
             .await?;
-        tracing::info!(%worker_id, "worker registered");
+        tracing::info!(%worker_id, owner = %me.principal, "worker registered");
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id,
             heartbeat_interval: Some(proto_duration(self.heartbeat_interval)),
@@ -249,6 +339,9 @@ impl RouterService for Router {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let me =
+            identity::require_service(self.authn.verifier(), request.metadata(), identity::WORKER)
+                .await?;
         let pb::HeartbeatRequest {
             worker_id,
             in_flight,
@@ -256,7 +349,7 @@ impl RouterService for Router {
         } = request.into_inner();
         let expires_at = self
             .registry
-            .heartbeat(&worker_id, in_flight, draining)
+            .heartbeat(&worker_id, &me.principal, in_flight, draining)
             .await?;
         Ok(Response::new(pb::HeartbeatResponse {
             expires_at: Some(timestamp(expires_at)),
@@ -267,12 +360,23 @@ impl RouterService for Router {
         &self,
         request: Request<pb::ReportOutcomeRequest>,
     ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
+        identity::require_service(self.authn.verifier(), request.metadata(), identity::ORCHESTRATOR)
+            .await?;
         let pb::ReportOutcomeRequest {
             worker_id,
             team,
             success,
             error,
+            scope,
         } = request.into_inner();
+        let outcome = match (success, pb::FailureScope::try_from(scope)) {
+            (true, _) => Outcome::Success,
+            (false, Ok(pb::FailureScope::Team)) => Outcome::TeamFailure,
+            (false, Ok(pb::FailureScope::Unreachable)) => Outcome::Unreachable,
+            (false, Ok(pb::FailureScope::Worker | pb::FailureScope::Unspecified) | Err(_)) => {
+                Outcome::WorkerFailure
+            }
+        };
         if worker_id.is_empty() || team.is_empty() {
             return Err(RouterError::InvalidArgument {
                 field: "worker_id",
@@ -280,7 +384,7 @@ impl RouterService for Router {
             }
             .into());
         }
-        let (worker, team_state) = self.registry.report(&worker_id, &team, success).await?;
+        let (worker, team_state) = self.registry.report(&worker_id, &team, outcome).await?;
         if worker == State::Open || team_state == State::Open {
             tracing::warn!(%worker_id, %team, %error, ?worker, team_breaker = ?team_state, "circuit breaker open");
         }
@@ -301,6 +405,7 @@ impl RouterService for Router {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        self.may_list(request.metadata()).await?;
         let pb::ListWorkersRequest {
             team,
             include_expired,
@@ -316,6 +421,31 @@ impl RouterService for Router {
                 .map(|(w, b)| to_proto(w, b))
                 .collect(),
         }))
+    }
+}
+
+impl Router {
+    /// Workers' addresses and load are for the orchestrator and operators.
+    async fn may_list(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        if metadata.contains_key(identity::SERVICE_HEADER) {
+            identity::require_service(self.authn.verifier(), metadata, identity::ORCHESTRATOR)
+                .await?;
+            return Ok(());
+        }
+        let caller = self.authn.caller(metadata).await?;
+        match policy::allows(
+            &caller.principal,
+            &caller.roles,
+            &caller.tenant,
+            "workers",
+            "read",
+        ) {
+            Some(_) => Ok(()),
+            None => Err(Status::permission_denied(format!(
+                "roles [{}] may not list workers; operators and admins may",
+                caller.roles.join(", ")
+            ))),
+        }
     }
 }
 
@@ -335,7 +465,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let registry = open_registry(&config).await?;
-    let service = grpc_service(Router::new(&config, &metrics, registry), &config.limits);
+    let dialer = amaos_mesh::client::Dialer::new(&config, "router")?;
+    let authn = Arc::new(Authenticator::from_auth(
+        &dialer,
+        &config.auth.url,
+        config.auth.key_cache_ttl,
+    )?);
+    let service = grpc_service(
+        Router::new(&config, &metrics, registry, authn),
+        &config.limits,
+    );
     amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await?;
     Ok(())
 }

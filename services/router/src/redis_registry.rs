@@ -22,9 +22,12 @@ use serde::{Deserialize, Serialize};
 use crate::backend::WorkerRegistry;
 use crate::breaker::State;
 use crate::error::RouterError;
-use crate::registry::{ANY_INLINE, BreakerPolicy, Registration, RouteQuery, WorkerView, pick};
+use crate::registry::{
+    ANY_INLINE, BreakerPolicy, Outcome, Registration, RouteQuery, WorkerView, pick,
+};
 
-/// Records an outcome; returns 0 closed, 1 open, 2 half-open.
+/// Records an outcome (ARGV[2]: `1` success, `0` failure, `t` trip: open
+/// at once); returns 0 closed, 1 open.
 const RECORD: &str = r#"
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
@@ -35,6 +38,7 @@ end
 local cur = redis.call('HGET', KEYS[1], ARGV[1]) or '0:0:0'
 local failures, open_until = string.match(cur, '^(%d+):(%d+)')
 failures = tonumber(failures) + 1
+if ARGV[2] == 't' then failures = math.max(failures, tonumber(ARGV[3])) end
 open_until = tonumber(open_until)
 if open_until > 0 or failures >= tonumber(ARGV[3]) then
   open_until = now + tonumber(ARGV[4])
@@ -54,8 +58,9 @@ local failures, open_until, probing = string.match(cur, '^(%d+):(%d+):(%d+)')
 open_until = tonumber(open_until)
 if open_until == 0 then return -1 end
 if now < open_until then return open_until - now end
-if probing == '1' then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], failures .. ':' .. open_until .. ':1')
+-- Half-open: one probe, and the next only a cool-down later, so a probe
+-- whose outcome is never reported does not wedge the breaker.
+redis.call('HSET', KEYS[1], ARGV[1], failures .. ':' .. (now + tonumber(ARGV[2])) .. ':1')
 return -1
 "#;
 
@@ -67,6 +72,8 @@ struct Stored {
     capacity: u32,
     labels: HashMap<String, String>,
     registered_at_ms: u64,
+    #[serde(default)]
+    owner: String,
 }
 
 /// The Redis registry.
@@ -201,6 +208,7 @@ impl RedisRegistry {
                 capabilities: stored.capabilities.clone(),
                 capacity: stored.capacity,
                 labels: stored.labels.clone(),
+                owner: stored.owner.clone(),
             },
             in_flight: snapshot.loads.get(id).copied().unwrap_or(0),
             draining: snapshot.draining.contains(id),
@@ -237,6 +245,7 @@ impl RedisRegistry {
             .admit
             .key(self.key(&format!("breakers:{scope}")))
             .arg(key)
+            .arg(self.policy.cool_down.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -264,10 +273,39 @@ impl WorkerRegistry for RedisRegistry {
     ) -> Result<String, RouterError> {
         let mut conn = self.conn.clone();
         let worker_id = worker_id.unwrap_or_else(amaos_mesh::new_id);
-        let previous: Option<String> = conn
-            .hget(self.key("workers"), &worker_id)
+        let all: HashMap<String, String> = conn
+            .hgetall(self.key("workers"))
             .await
             .map_err(store_error)?;
+        let previous = all.get(&worker_id).cloned();
+        if let Some(stored) = previous
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Stored>(p).ok())
+            && stored.owner != registration.owner
+        {
+            return Err(RouterError::NotOwner(worker_id));
+        }
+        // A worker restarted at the same address replaces its dead self.
+        let replaced: Vec<&String> = all
+            .iter()
+            .filter(|(id, json)| {
+                **id != worker_id
+                    && serde_json::from_str::<Stored>(json).is_ok_and(|s| {
+                        s.address == registration.address && s.owner == registration.owner
+                    })
+            })
+            .map(|(id, _)| id)
+            .collect();
+        if !replaced.is_empty() {
+            let _: () = redis::pipe()
+                .hdel(self.key("workers"), &replaced)
+                .zrem(self.key("beats"), &replaced)
+                .hdel(self.key("load"), &replaced)
+                .srem(self.key("draining"), &replaced)
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
+        }
         if previous.is_none() {
             let count: usize = conn.hlen(self.key("workers")).await.map_err(store_error)?;
             if count >= self.max_workers {
@@ -285,6 +323,7 @@ impl WorkerRegistry for RedisRegistry {
             capabilities,
             capacity,
             labels,
+            owner,
         } = registration;
         let stored = Stored {
             address,
@@ -293,6 +332,7 @@ impl WorkerRegistry for RedisRegistry {
             capacity,
             labels,
             registered_at_ms,
+            owner,
         };
         let json = serde_json::to_string(&stored).map_err(|e| RouterError::Store(e.to_string()))?;
         let _: () = redis::pipe()
@@ -309,16 +349,20 @@ impl WorkerRegistry for RedisRegistry {
     async fn heartbeat(
         &self,
         worker_id: &str,
+        owner: &str,
         in_flight: u32,
         draining: bool,
     ) -> Result<SystemTime, RouterError> {
         let mut conn = self.conn.clone();
-        let known: bool = conn
-            .hexists(self.key("workers"), worker_id)
+        let known: Option<String> = conn
+            .hget(self.key("workers"), worker_id)
             .await
             .map_err(store_error)?;
-        if !known {
+        let Some(known) = known else {
             return Err(RouterError::WorkerNotFound(worker_id.to_owned()));
+        };
+        if serde_json::from_str::<Stored>(&known).map(|s| s.owner).unwrap_or_default() != owner {
+            return Err(RouterError::NotOwner(worker_id.to_owned()));
         }
         let now = now_ms();
         let mut pipe = redis::pipe();
@@ -413,18 +457,33 @@ impl WorkerRegistry for RedisRegistry {
         &self,
         worker_id: &str,
         team: &str,
-        success: bool,
+        outcome: Outcome,
     ) -> Result<(State, State), RouterError> {
+        // What each breaker records: `None` leaves it as it is.
+        let (worker, team_change) = match outcome {
+            Outcome::Success => (Some("1"), Some("1")),
+            Outcome::WorkerFailure => (Some("0"), None),
+            Outcome::Unreachable => (Some("t"), None),
+            Outcome::TeamFailure => (None, Some("0")),
+        };
         let mut states = [State::Closed; 2];
-        for (i, (scope, key)) in [("worker", worker_id), ("team", team)]
+        for (i, (scope, key, change)) in [("worker", worker_id, worker), ("team", team, team_change)]
             .into_iter()
             .enumerate()
         {
+            let Some(change) = change else {
+                states[i] = self
+                    .breakers(scope, &[key.to_owned()])
+                    .await?
+                    .pop()
+                    .unwrap_or(State::Closed);
+                continue;
+            };
             let code: i64 = self
                 .record
                 .key(self.key(&format!("breakers:{scope}")))
                 .arg(key)
-                .arg(if success { "1" } else { "0" })
+                .arg(change)
                 .arg(self.policy.failures)
                 .arg(self.policy.cool_down.as_millis() as u64)
                 .invoke_async(&mut self.conn.clone())

@@ -12,6 +12,23 @@ use tokio::time::Instant;
 use crate::breaker::{Breakers, State};
 use crate::error::RouterError;
 
+/// How a run on a worker went, as the circuit breakers count it. A refusal
+/// (the worker at capacity, the team's breaker open) is none of these: it is
+/// not reported at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The run finished (succeeded, or failed for a reason of its own input).
+    Success,
+    /// The worker failed the run: it crashed mid-run, timed out, or broke
+    /// the stream. Counts against the worker only.
+    WorkerFailure,
+    /// The worker could not be reached at all: its breaker opens at once.
+    Unreachable,
+    /// The run failed on a live worker for a reason of the team (its model
+    /// provider, an internal error). Counts against the team only.
+    TeamFailure,
+}
+
 /// The team name that means "any team sent inline as a spec".
 pub const ANY_INLINE: &str = "*";
 
@@ -28,6 +45,9 @@ pub struct Registration {
     pub capacity: u32,
     /// Free-form labels.
     pub labels: HashMap<String, String>,
+    /// The identity that registered it (the principal of its service
+    /// token); only that identity may refresh or heartbeat it.
+    pub owner: String,
 }
 
 /// A worker as the registry sees it.
@@ -141,11 +161,15 @@ impl Registry {
 
     /// Records how a run of `team` on `worker_id` ended; returns the worker's
     /// and the team's breaker states after it.
-    pub fn report(&self, worker_id: &str, team: &str, success: bool) -> (State, State) {
+    pub fn report(&self, worker_id: &str, team: &str, outcome: Outcome) -> (State, State) {
         let mut breakers = self.lock_breakers();
-        let worker = breakers.0.record(worker_id, success);
-        let team = breakers.1.record(team, success);
-        (worker, team)
+        let (workers, teams) = &mut *breakers;
+        match outcome {
+            Outcome::Success => (workers.record(worker_id, true), teams.record(team, true)),
+            Outcome::WorkerFailure => (workers.record(worker_id, false), teams.state(team)),
+            Outcome::Unreachable => (workers.trip(worker_id), teams.state(team)),
+            Outcome::TeamFailure => (workers.state(worker_id), teams.record(team, false)),
+        }
     }
 
     /// The state of a worker's breaker.
@@ -178,6 +202,17 @@ impl Registry {
         let mut workers = self.lock();
         Self::purge(&mut workers, now, self.ttl);
         let worker_id = worker_id.unwrap_or_else(amaos_mesh::new_id);
+        if let Some(existing) = workers.get(&worker_id)
+            && existing.registration.owner != registration.owner
+        {
+            return Err(RouterError::NotOwner(worker_id));
+        }
+        // A worker restarted at the same address replaces its dead self.
+        workers.retain(|id, e| {
+            *id == worker_id
+                || e.registration.address != registration.address
+                || e.registration.owner != registration.owner
+        });
         if !workers.contains_key(&worker_id) && workers.len() >= self.max_workers {
             return Err(RouterError::RegistryFull(self.max_workers));
         }
@@ -205,6 +240,7 @@ impl Registry {
     pub fn heartbeat(
         &self,
         worker_id: &str,
+        owner: &str,
         in_flight: u32,
         draining: bool,
     ) -> Result<SystemTime, RouterError> {
@@ -212,6 +248,9 @@ impl Registry {
         let entry = workers
             .get_mut(worker_id)
             .ok_or_else(|| RouterError::WorkerNotFound(worker_id.to_owned()))?;
+        if entry.registration.owner != owner {
+            return Err(RouterError::NotOwner(worker_id.to_owned()));
+        }
         entry.reported_in_flight = in_flight;
         entry.routed_since_heartbeat = 0;
         entry.draining = draining;
@@ -335,8 +374,11 @@ mod tests {
     use super::*;
 
     fn reg(teams: &[&str], capacity: u32) -> Registration {
+        static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+        let port = PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Registration {
-            address: "http://127.0.0.1:1".into(),
+            owner: String::new(),
+            address: format!("http://127.0.0.1:{port}"),
             teams: teams.iter().map(|t| t.to_string()).collect(),
             capabilities: vec![],
             capacity,
@@ -362,8 +404,8 @@ mod tests {
             .unwrap();
         let mut to_b = 0;
         for _ in 0..200 {
-            registry.heartbeat(&a, 1, false).unwrap();
-            registry.heartbeat(&b, 1, false).unwrap();
+            registry.heartbeat(&a, "", 1, false).unwrap();
+            registry.heartbeat(&b, "", 1, false).unwrap();
             if registry.route(&query("crew")).unwrap().worker_id == b {
                 to_b += 1;
             }
@@ -385,22 +427,18 @@ mod tests {
         registry
             .register(Some("b".into()), reg(&["crew"], 8))
             .unwrap();
-        registry.report("a", "crew", false);
-        let (worker, team) = registry.report("a", "crew", false);
+        registry.report("a", "crew", Outcome::WorkerFailure);
+        let (worker, team) = registry.report("a", "crew", Outcome::WorkerFailure);
         assert_eq!(worker, State::Open);
-        assert_eq!(team, State::Open);
-        // The team's breaker is open too: nothing is routed for the team.
-        assert!(matches!(
-            registry.route(&query("crew")),
-            Err(RouterError::TeamBreakerOpen(_, _))
-        ));
-        registry.report("b", "crew", true);
+        // One worker's failures are not the team's: the team stays routable.
+        assert_eq!(team, State::Closed);
+        registry.report("b", "crew", Outcome::Success);
         for _ in 0..20 {
             assert_eq!(registry.route(&query("crew")).unwrap().worker_id, "b");
         }
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(registry.worker_breaker("a"), State::HalfOpen);
-        registry.report("a", "crew", true);
+        registry.report("a", "crew", Outcome::Success);
         assert_eq!(registry.worker_breaker("a"), State::Closed);
     }
 
@@ -415,7 +453,7 @@ mod tests {
             registry.route(&query("crew")),
             Err(RouterError::NoLiveWorker(_))
         ));
-        assert!(registry.heartbeat("a", 0, false).is_ok());
+        assert!(registry.heartbeat("a", "", 0, false).is_ok());
         assert!(registry.route(&query("crew")).is_ok());
     }
 

@@ -10,7 +10,7 @@ use amaos_router::backend::WorkerRegistry;
 use amaos_router::breaker::State;
 use amaos_router::error::RouterError;
 use amaos_router::redis_registry::RedisRegistry;
-use amaos_router::registry::{BreakerPolicy, Registration, Registry, RouteQuery};
+use amaos_router::registry::{BreakerPolicy, Outcome, Registration, Registry, RouteQuery};
 
 const TTL: Duration = Duration::from_millis(400);
 const POLICY: BreakerPolicy = BreakerPolicy {
@@ -18,13 +18,20 @@ const POLICY: BreakerPolicy = BreakerPolicy {
     cool_down: Duration::from_millis(400),
 };
 
+/// The owner every worker of the suite registers as, unless it says otherwise.
+const OWNER: &str = "worker-key";
+
+/// A registration at an address of its own (two workers never share one).
 fn reg(teams: &[&str]) -> Registration {
+    static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    let port = PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Registration {
-        address: "http://127.0.0.1:1".into(),
+        address: format!("http://127.0.0.1:{port}"),
         teams: teams.iter().map(|t| t.to_string()).collect(),
         capabilities: vec!["tools".into()],
         capacity: 4,
         labels: HashMap::new(),
+        owner: OWNER.into(),
     }
 }
 
@@ -74,17 +81,17 @@ where
         Err(RouterError::NoLiveWorker(_))
     ));
     assert!(matches!(
-        r.heartbeat("ghost", 0, false).await,
+        r.heartbeat("ghost", OWNER, 0, false).await,
         Err(RouterError::WorkerNotFound(_))
     ));
 
     // Draining and expiry take a worker out of routing; a heartbeat brings it back.
-    r.heartbeat("a", 0, true).await.unwrap();
+    r.heartbeat("a", OWNER, 0, true).await.unwrap();
     assert!(matches!(
         r.route(&query("crew")).await,
         Err(RouterError::NoLiveWorker(_))
     ));
-    r.heartbeat("a", 0, false).await.unwrap();
+    r.heartbeat("a", OWNER, 0, false).await.unwrap();
     assert!(r.route(&query("crew")).await.is_ok());
     tokio::time::sleep(TTL + Duration::from_millis(150)).await;
     assert!(matches!(
@@ -93,7 +100,7 @@ where
     ));
     assert!(r.list(None, false).await.unwrap().is_empty());
     assert_eq!(r.list(None, true).await.unwrap().len(), 1);
-    r.heartbeat("a", 0, false).await.unwrap();
+    r.heartbeat("a", OWNER, 0, false).await.unwrap();
     assert!(r.route(&query("crew")).await.is_ok());
 
     // Breakers: a worker's opens and traffic goes elsewhere; a team's opens and
@@ -101,30 +108,67 @@ where
     let r = make(10).await;
     r.register(Some("a".into()), reg(&["crew"])).await.unwrap();
     r.register(Some("b".into()), reg(&["crew"])).await.unwrap();
-    r.report("a", "other-team", false).await.unwrap();
-    let (worker, _) = r.report("a", "other-team", false).await.unwrap();
+    r.report("a", "other-team", Outcome::WorkerFailure)
+        .await
+        .unwrap();
+    let (worker, team) = r
+        .report("a", "other-team", Outcome::WorkerFailure)
+        .await
+        .unwrap();
     assert_eq!(worker, State::Open);
+    // A worker's own failures are not its team's.
+    assert_eq!(team, State::Closed);
     for _ in 0..10 {
         assert_eq!(r.route(&query("crew")).await.unwrap().worker_id, "b");
     }
     let states = r.worker_breakers(&["a".into(), "b".into()]).await.unwrap();
     assert_eq!(states, [State::Open, State::Closed]);
-    assert_eq!(r.tripped().await.unwrap(), (1, 1));
-    r.report("b", "crew", false).await.unwrap();
-    r.report("b", "crew", false).await.unwrap();
+    assert_eq!(r.tripped().await.unwrap(), (1, 0));
+    r.report("b", "crew", Outcome::TeamFailure).await.unwrap();
+    let (worker, team) = r.report("b", "crew", Outcome::TeamFailure).await.unwrap();
+    assert_eq!((worker, team), (State::Closed, State::Open));
     assert!(matches!(
         r.route(&query("crew")).await,
         Err(RouterError::TeamBreakerOpen(_, _))
     ));
     tokio::time::sleep(POLICY.cool_down + Duration::from_millis(100)).await;
-    r.heartbeat("a", 0, false).await.unwrap();
-    r.heartbeat("b", 0, false).await.unwrap();
+    r.heartbeat("a", OWNER, 0, false).await.unwrap();
+    r.heartbeat("b", OWNER, 0, false).await.unwrap();
     let probe = r.route(&query("crew")).await;
     assert!(probe.is_ok(), "one probe passes: {probe:?}");
-    r.report(&probe.unwrap().worker_id, "crew", true)
+    r.report(&probe.unwrap().worker_id, "crew", Outcome::Success)
         .await
         .unwrap();
     assert!(r.route(&query("crew")).await.is_ok());
+
+    // An unreachable worker's breaker opens at once; a half-open breaker
+    // whose probe is never reported lets another probe through a cool-down
+    // later instead of refusing for good.
+    let r = make(10).await;
+    r.register(Some("a".into()), reg(&["crew"])).await.unwrap();
+    r.register(Some("b".into()), reg(&["crew"])).await.unwrap();
+    let (worker, _) = r.report("a", "crew", Outcome::Unreachable).await.unwrap();
+    assert_eq!(worker, State::Open);
+    for _ in 0..10 {
+        assert_eq!(r.route(&query("crew")).await.unwrap().worker_id, "b");
+    }
+    r.report("b", "crew", Outcome::TeamFailure).await.unwrap();
+    r.report("b", "crew", Outcome::TeamFailure).await.unwrap();
+    tokio::time::sleep(POLICY.cool_down + Duration::from_millis(100)).await;
+    r.heartbeat("a", OWNER, 0, false).await.unwrap();
+    r.heartbeat("b", OWNER, 0, false).await.unwrap();
+    assert!(r.route(&query("crew")).await.is_ok(), "the probe");
+    assert!(matches!(
+        r.route(&query("crew")).await,
+        Err(RouterError::TeamBreakerOpen(_, _))
+    ));
+    tokio::time::sleep(POLICY.cool_down + Duration::from_millis(100)).await;
+    r.heartbeat("a", OWNER, 0, false).await.unwrap();
+    r.heartbeat("b", OWNER, 0, false).await.unwrap();
+    assert!(
+        r.route(&query("crew")).await.is_ok(),
+        "another probe once the first went unreported"
+    );
 
     // Session affinity sticks; the registry is bounded.
     let r = make(3).await;
@@ -143,6 +187,42 @@ where
     assert!(matches!(
         r.register(Some("d".into()), reg(&["crew"])).await,
         Err(RouterError::RegistryFull(3))
+    ));
+
+    // A worker id belongs to the identity that registered it: another
+    // identity can neither take it over (and its traffic) nor heartbeat it.
+    let r = make(10).await;
+    let mine = reg(&["crew"]);
+    r.register(Some("a".into()), mine.clone()).await.unwrap();
+    let thief = Registration {
+        address: "http://127.0.0.1:9".into(),
+        owner: "someone-else".into(),
+        ..mine.clone()
+    };
+    assert!(matches!(
+        r.register(Some("a".into()), thief).await,
+        Err(RouterError::NotOwner(_))
+    ));
+    assert!(matches!(
+        r.heartbeat("a", "someone-else", 0, true).await,
+        Err(RouterError::NotOwner(_))
+    ));
+    let listed = r.list(None, true).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].registration.address, mine.address);
+    assert!(!listed[0].draining);
+
+    // A worker restarted at the same address registers as itself and
+    // replaces its dead self: nothing is routed to the old id any more.
+    r.register(Some("a-restarted".into()), mine.clone())
+        .await
+        .unwrap();
+    let listed = r.list(None, true).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].worker_id, "a-restarted");
+    assert!(matches!(
+        r.heartbeat("a", OWNER, 0, false).await,
+        Err(RouterError::WorkerNotFound(_))
     ));
 }
 

@@ -30,10 +30,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use amaos_mesh::authn::Authenticator;
 use amaos_mesh::config::Limits;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
-use amaos_mesh::token::TokenVerifier;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::json::{json_to_value, map_to_struct, struct_to_map};
 use amaos_proto::time::{duration, proto_duration};
@@ -127,7 +127,8 @@ struct Quotas {
 /// The tools service.
 #[derive(Clone)]
 pub struct Tools {
-    verifier: Arc<TokenVerifier>,
+    /// Callers: a token (verified locally) or an API key (checked by auth, cached).
+    verifier: Arc<Authenticator>,
     workspaces: Arc<PathBuf>,
     journal: Arc<dyn Journal>,
     limits: builtin::FileLimits,
@@ -157,9 +158,10 @@ impl Tools {
                 config.data_dir.join("mcp"),
                 secrets,
             )),
-            verifier: Arc::new(TokenVerifier::from_auth(
+            verifier: Arc::new(Authenticator::from_auth(
                 &amaos_mesh::client::Dialer::new(config, "tools")?,
                 &config.auth.url,
+                config.auth.key_cache_ttl,
             )?),
             workspaces: Arc::new(config.workspace_dir()),
             audit: Arc::new(amaos_mesh::audit::AuditLog::append_only(
@@ -385,6 +387,8 @@ impl ToolsService for Tools {
             idempotency_key,
             timeout,
         } = request.into_inner();
+        // A run token reaches only its own task's workspace and journal.
+        caller.check_task(&task_id)?;
         let args = arguments.as_ref().map(struct_to_map).unwrap_or_default();
         let started = Instant::now();
         let fingerprint = journal::fingerprint(&tool, &args);

@@ -1,0 +1,468 @@
+//! Trust between services, probed as an attacker with network access to the
+//! mesh or a tenant's low-privilege key would: the router serves each call
+//! only to the identity it is for, runs start only from the orchestrator
+//! with the run token of that very task and attempt, and a run token reaches
+//! no other task.
+
+mod common;
+
+use amaos_proto::agents::v1 as agents;
+use amaos_proto::agents::v1::agents_service_client::AgentsServiceClient;
+use amaos_proto::auth::v1 as auth;
+use amaos_proto::orchestrator::v1 as pb;
+use amaos_proto::router::v1 as router;
+use amaos_proto::router::v1::router_service_client::RouterServiceClient;
+use amaos_proto::tools::v1 as tools;
+use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
+use common::TestMesh;
+use tonic::Code;
+
+/// A request carrying `service_token` as the calling service's identity and,
+/// when given, `bearer` as the credential it acts with.
+fn as_service<T>(service_token: &str, bearer: Option<&str>, message: T) -> tonic::Request<T> {
+    let mut request = match bearer {
+        Some(key) => TestMesh::with_key(key, message),
+        None => tonic::Request::new(message),
+    };
+    request.metadata_mut().insert(
+        amaos_mesh::identity::SERVICE_HEADER,
+        format!("Bearer {service_token}").parse().unwrap(),
+    );
+    request
+}
+
+/// The token auth gives for `key`.
+async fn token_of(mesh: &TestMesh, key: &str) -> String {
+    mesh.auth()
+        .authenticate(auth::AuthenticateRequest {
+            api_key: key.into(),
+            audience: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+fn registration(worker_id: &str, address: &str) -> router::RegisterWorkerRequest {
+    router::RegisterWorkerRequest {
+        worker_id: worker_id.into(),
+        address: address.into(),
+        teams: vec!["research-crew".into(), "*".into()],
+        capacity: 100,
+        ..Default::default()
+    }
+}
+
+async fn workers(mesh: &TestMesh) -> Vec<router::Worker> {
+    RouterServiceClient::new(mesh.channel(&mesh.config.router.url))
+        .list_workers(TestMesh::with_key(
+            &mesh.admin_key,
+            router::ListWorkersRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+}
+
+#[tokio::test]
+async fn the_router_serves_each_call_only_to_the_identity_it_is_for() {
+    let mesh = TestMesh::start_with(|c| c.router.max_workers_per_identity = 3).await;
+    let mut router = RouterServiceClient::new(mesh.channel(&mesh.config.router.url));
+    let live = workers(&mesh).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    let live = &live[0];
+
+    // No credentials, or a user's key without a service identity.
+    let status = router
+        .register_worker(registration("", "http://127.0.0.1:1"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = router
+        .register_worker(TestMesh::with_key(
+            &mesh.admin_key,
+            registration("", "http://127.0.0.1:1"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // A service identity that is not a worker's: the platform admin's own
+    // token, and a `worker` key made by a tenant's admin in that tenant.
+    let admin_token = token_of(&mesh, &mesh.admin_key).await;
+    let acme_admin = mesh.create_key("acme", "admin").await;
+    let acme_worker = mesh
+        .auth()
+        .create_api_key(TestMesh::with_key(
+            &acme_admin,
+            auth::CreateApiKeyRequest {
+                name: "rogue".into(),
+                roles: vec!["worker".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let acme_worker_token = token_of(&mesh, &acme_worker).await;
+    for token in [&admin_token, &acme_worker_token] {
+        let status = router
+            .register_worker(as_service(
+                token,
+                None,
+                registration("", "http://127.0.0.1:1"),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+
+    // The workers' own key may register, but only at addresses inside
+    // router.worker_networks (loopback here): not a private or a metadata
+    // address, nor a name that resolves outside.
+    let worker_key = std::fs::read_to_string(mesh.config.worker_key_file()).unwrap();
+    let worker_token = token_of(&mesh, worker_key.trim()).await;
+    for address in [
+        "http://10.1.2.3:50053",
+        "http://169.254.169.254",
+        "http://[fd00::1]:80",
+        "http://example.invalid:80",
+    ] {
+        let status = router
+            .register_worker(as_service(&worker_token, None, registration("", address)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{address}: {status:?}");
+    }
+
+    // Another worker identity (a platform admin made it) can neither take
+    // over the live worker's id — and with it the traffic — nor drain it.
+    let other_worker = mesh
+        .auth()
+        .create_api_key(TestMesh::with_key(
+            &mesh.admin_key,
+            auth::CreateApiKeyRequest {
+                name: "second-worker-identity".into(),
+                roles: vec!["worker".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let other_token = token_of(&mesh, &other_worker).await;
+    let status = router
+        .register_worker(as_service(
+            &other_token,
+            None,
+            registration(&live.worker_id, "http://127.0.0.2:1"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = router
+        .heartbeat(as_service(
+            &other_token,
+            None,
+            router::HeartbeatRequest {
+                worker_id: live.worker_id.clone(),
+                in_flight: 0,
+                draining: true,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let now = workers(&mesh).await;
+    let still = now.iter().find(|w| w.worker_id == live.worker_id).unwrap();
+    assert_eq!(still.address, live.address);
+    assert_eq!(still.state, router::WorkerState::Live as i32);
+
+    // Registrations are bounded per identity.
+    for n in 0..3 {
+        router
+            .register_worker(as_service(
+                &other_token,
+                None,
+                registration("", &format!("http://127.0.0.3:{}", 1000 + n)),
+            ))
+            .await
+            .unwrap();
+    }
+    let status = router
+        .register_worker(as_service(
+            &other_token,
+            None,
+            registration("", "http://127.0.0.3:2000"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    // Routing and outcomes are the orchestrator's alone.
+    let route = || router::RouteRequest {
+        team: "research-crew".into(),
+        ..Default::default()
+    };
+    let outcome = || router::ReportOutcomeRequest {
+        worker_id: live.worker_id.clone(),
+        team: "research-crew".into(),
+        success: false,
+        error: "forged".into(),
+        scope: router::FailureScope::Unreachable as i32,
+    };
+    assert_eq!(
+        router.route(route()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        router.report_outcome(outcome()).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        router
+            .route(as_service(&worker_token, None, route()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        router
+            .report_outcome(as_service(&worker_token, None, outcome()))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    let breakers = workers(&mesh).await;
+    let still = breakers
+        .iter()
+        .find(|w| w.worker_id == live.worker_id)
+        .unwrap();
+    assert_eq!(still.breaker, router::BreakerState::Closed as i32);
+
+    // Workers' addresses are for operators and admins.
+    assert_eq!(
+        router
+            .list_workers(router::ListWorkersRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    for role in ["viewer", "developer"] {
+        let key = mesh.create_key("acme", role).await;
+        assert_eq!(
+            router
+                .list_workers(TestMesh::with_key(
+                    &key,
+                    router::ListWorkersRequest::default()
+                ))
+                .await
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied,
+            "{role}"
+        );
+    }
+    let operator = mesh.create_key("acme", "operator").await;
+    router
+        .list_workers(TestMesh::with_key(
+            &operator,
+            router::ListWorkersRequest::default(),
+        ))
+        .await
+        .unwrap();
+
+    // The mesh still runs its work through the real worker.
+    let id = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &mesh.admin_key,
+            pb::SubmitTaskRequest {
+                team: Some(pb::TeamRef {
+                    team: Some(pb::team_ref::Team::Name("research-crew".into())),
+                }),
+                input: "trust".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+    let events = mesh.events(&mesh.admin_key, &id).await;
+    let task = mesh
+        .orchestrator()
+        .get_task(TestMesh::with_key(
+            &mesh.admin_key,
+            pb::GetTaskRequest { task_id: id },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{events:?}");
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn runs_start_only_from_the_orchestrator_with_their_own_run_token() {
+    let mesh = TestMesh::start().await;
+    let mut agents = AgentsServiceClient::new(mesh.channel(&mesh.config.agents.url));
+    let service_key = std::fs::read_to_string(mesh.config.service_key_file()).unwrap();
+    let service_key = service_key.trim();
+    let orchestrator = token_of(&mesh, service_key).await;
+    let run_token = |task: &'static str, attempt: u32| {
+        let mut auth = mesh.auth();
+        async move {
+            auth.issue_token(TestMesh::with_key(
+                service_key,
+                auth::IssueTokenRequest {
+                    tenant: "acme".into(),
+                    subject: "someone".into(),
+                    roles: vec!["agent".into()],
+                    task_id: task.into(),
+                    attempt,
+                    ttl: Some(prost_types::Duration {
+                        seconds: 600,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .token
+        }
+    };
+    let run = |run_id: &str, attempt: u32| agents::RunTeamRequest {
+        run_id: run_id.into(),
+        attempt,
+        team: Some(agents::run_team_request::Team::TeamName(
+            "research-crew".into(),
+        )),
+        input: "direct".into(),
+        ..Default::default()
+    };
+
+    // A viewer's key or token runs nothing directly: not without the
+    // orchestrator's identity, and not with it either.
+    let viewer = mesh.create_key("acme", "viewer").await;
+    let viewer_token = token_of(&mesh, &viewer).await;
+    for bearer in [&viewer, &viewer_token] {
+        let status = agents
+            .run_team(TestMesh::with_key(bearer, run("t-1", 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let status = agents
+            .run_team(as_service(&orchestrator, Some(bearer), run("t-1", 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    // A run token of another task, or another attempt, does not start this one.
+    let other_task = run_token("t-2", 1).await;
+    let other_attempt = run_token("t-1", 2).await;
+    for bearer in [&other_task, &other_attempt] {
+        let status = agents
+            .run_team(as_service(&orchestrator, Some(bearer), run("t-1", 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    // The right run token without the orchestrator's identity: refused.
+    let mine = run_token("t-1", 1).await;
+    let status = agents
+        .run_team(TestMesh::with_key(&mine, run("t-1", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    // A worker's identity is not the orchestrator's.
+    let worker_key = std::fs::read_to_string(mesh.config.worker_key_file()).unwrap();
+    let worker = token_of(&mesh, worker_key.trim()).await;
+    let status = agents
+        .run_team(as_service(&worker, Some(&mine), run("t-1", 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Validating or listing teams needs a credential too.
+    assert_eq!(
+        agents
+            .validate_team(agents::ValidateTeamRequest {
+                spec_yaml: common::research_crew(),
+            })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    agents
+        .validate_team(TestMesh::with_key(
+            &viewer,
+            agents::ValidateTeamRequest {
+                spec_yaml: common::research_crew(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    // A run token reaches its own task's workspace, and no other task's.
+    let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
+    let write = |task: &str| tools::InvokeToolRequest {
+        tool: "file_write".into(),
+        arguments: Some(amaos_proto::json::map_to_struct(
+            serde_json::json!({ "path": "note.txt", "content": "hello" })
+                .as_object()
+                .unwrap(),
+        )),
+        task_id: task.into(),
+        ..Default::default()
+    };
+    tools
+        .invoke_tool(TestMesh::with_key(&mine, write("t-1")))
+        .await
+        .unwrap();
+    let status = tools
+        .invoke_tool(TestMesh::with_key(&mine, write("t-2")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Run tokens carry their task and attempt, and live at most a day.
+    let claims = amaos_mesh::token::verify_with(&mine, |_| {
+        Some(mesh.signing_key().1.verifying_key())
+    })
+    .unwrap();
+    assert_eq!((claims.task.as_str(), claims.attempt), ("t-1", 1));
+    let status = mesh
+        .auth()
+        .issue_token(TestMesh::with_key(
+            service_key,
+            auth::IssueTokenRequest {
+                tenant: "acme".into(),
+                subject: "someone".into(),
+                roles: vec!["agent".into()],
+                task_id: "t-3".into(),
+                attempt: 1,
+                ttl: Some(prost_types::Duration {
+                    seconds: 2 * 24 * 3600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    mesh.stop().await;
+}
