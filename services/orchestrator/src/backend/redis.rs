@@ -4,10 +4,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:task:<id>` | hash | `data` (the task as JSON), `state` (authoritative), `attempt`, `ver`, `seq`, `waiting` (unfinished dependencies), `tenant`, `entry` (the queue entry that last queued it or holds its attempt) |
+//! | `P:task:<id>` | hash | `data` (the task as JSON), `state` (authoritative), `attempt`, `ver`, `seq`, `waiting` (unfinished dependencies), `tenant`, `entry` (the queue entry that last queued it or holds its attempt), `released` (an attempt that handed its lease back) |
 //! | `P:events:<id>` | stream | the task's events; entry id `0-<seq>`, field `e` = encoded `TaskEvent` |
 //! | `P:tasks:<tenant>` | sorted set | task ids (all score 0, so lexical order = UUIDv7 = creation order) |
-//! | `P:queue` | stream + group `dispatchers` | ready tasks; a pending entry is a leased attempt |
+//! | `P:queue` | stream + group `dispatchers` | ready tasks; a pending entry is a leased attempt (renewed ones belong to consumer `renewer`, released ones to `released`, idle for years so any XAUTOCLAIM takes them) |
 //! | `P:delayed` | sorted set | retries and deferred claims by due time (ms) |
 //! | `P:running` | hash | attempts running per tenant |
 //! | `P:idem:<tenant>:<key>` | string, 24 h TTL | the task or workflow id of an idempotency key |
@@ -16,6 +16,10 @@
 //!
 //! Every multi-key change is one Lua script; a task's JSON changes only by
 //! compare-and-set on `ver`, so concurrent replicas never lose an update.
+//! Blocking reads (`XREAD`/`XREADGROUP ... BLOCK`) run on their own pooled
+//! connections without the client's 0.5 s response timeout, bounded by
+//! their block plus a margin instead. A delayed-set member is removed only
+//! with the score its remover read, so a newer schedule always survives.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
