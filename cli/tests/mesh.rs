@@ -310,9 +310,12 @@ async fn a_malformed_spec_is_invalid_argument_naming_the_line() {
     let broken = "name: x\nagents: [\n";
     let mut agents = AgentsServiceClient::new(mesh.channel(&mesh.config.agents.url));
     let status = agents
-        .validate_team(agents::ValidateTeamRequest {
-            spec_yaml: broken.into(),
-        })
+        .validate_team(TestMesh::with_key(
+            &key,
+            agents::ValidateTeamRequest {
+                spec_yaml: broken.into(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -135,7 +135,11 @@ async fn the_router_serves_each_call_only_to_the_identity_it_is_for() {
             .register_worker(as_service(&worker_token, None, registration("", address)))
             .await
             .unwrap_err();
-        assert_eq!(status.code(), Code::PermissionDenied, "{address}: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{address}: {status:?}"
+        );
     }
 
     // Another worker identity (a platform admin made it) can neither take
@@ -439,10 +443,9 @@ async fn runs_start_only_from_the_orchestrator_with_their_own_run_token() {
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     // Run tokens carry their task and attempt, and live at most a day.
-    let claims = amaos_mesh::token::verify_with(&mine, |_| {
-        Some(mesh.signing_key().1.verifying_key())
-    })
-    .unwrap();
+    let claims =
+        amaos_mesh::token::verify_with(&mine, |_| Some(mesh.signing_key().1.verifying_key()))
+            .unwrap();
     assert_eq!((claims.task.as_str(), claims.attempt), ("t-1", 1));
     let status = mesh
         .auth()

@@ -84,9 +84,11 @@ impl Dialer {
         let auth = amaos_proto::auth::v1::auth_service_client::AuthServiceClient::new(
             self.channel("auth", auth_url)?,
         );
-        Ok(self.with_credential(Arc::new(crate::identity::ServiceCredential::new(
-            auth, key_file,
-        ))))
+        Ok(
+            self.with_credential(Arc::new(crate::identity::ServiceCredential::new(
+                auth, key_file,
+            ))),
+        )
     }
 
     /// This dialer's service credential, if it has one.

@@ -186,6 +186,50 @@ pub async fn serve(
     Ok(())
 }
 
+/// Every RPC path AMAOS serves: the contracts' methods, health and reflection.
+fn known_rpcs() -> &'static std::collections::HashSet<String> {
+    static KNOWN: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    KNOWN.get_or_init(|| {
+        use prost::Message;
+        let mut known: std::collections::HashSet<String> = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        // The descriptor set is built into the binary by crates/proto.
+        if let Ok(set) = prost_types::FileDescriptorSet::decode(amaos_proto::FILE_DESCRIPTOR_SET) {
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        known.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+        }
+        known
+    })
+}
+
+/// The metrics label of a request path: the path itself when it names an
+/// RPC AMAOS serves, else `unknown`.
+pub fn rpc_label(path: &str) -> &str {
+    if known_rpcs().contains(path) {
+        path
+    } else {
+        "unknown"
+    }
+}
+
 /// The middleware every server shares: load shedding, metrics, tracing context
 /// and the inbound deadline.
 #[derive(Clone)]
@@ -267,7 +311,8 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let rpc = request.uri().path().to_owned();
+        // Junk paths share one label, so callers cannot mint metric series.
+        let rpc = rpc_label(request.uri().path()).to_owned();
         let metrics = self.layer.metrics.clone();
         if !self.layer.admits(&request) {
             let service = self.layer.service;
@@ -432,6 +477,24 @@ impl http_body::Body for MeteredBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod rpc_label_tests {
+    #[test]
+    fn known_paths_keep_their_label_and_junk_shares_one() {
+        assert_eq!(
+            super::rpc_label("/amaos.router.v1.RouterService/Route"),
+            "/amaos.router.v1.RouterService/Route"
+        );
+        assert_eq!(
+            super::rpc_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        for junk in ["/x/y", "/amaos.router.v1.RouterService/Nope", "/", ""] {
+            assert_eq!(super::rpc_label(junk), "unknown");
+        }
     }
 }
 

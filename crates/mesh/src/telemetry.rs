@@ -72,6 +72,13 @@ pub fn init(config: &Config, service: &'static str) -> Result<TelemetryGuard, Te
 
     // The level was validated with the config.
     let filter = EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // qdrant-edge reads feature flags it never lets an embedder set, and warns
+    // "Feature flags not initialized!" on every read (about once a second);
+    // the defaults it falls back to are the ones we want.
+    let filter = match "qdrant_edge::common::flags=error".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let fmt = match config.log.format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_target(false)

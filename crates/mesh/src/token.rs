@@ -443,4 +443,61 @@ mod tests {
         assert_eq!(v.verify(&tampered).await, Err(TokenError::Signature));
         assert_eq!(v.verify("a.b").await, Err(TokenError::Malformed));
     }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever arrives in `authorization`, verification answers
+            /// without panicking: random text, and three base64url parts of
+            /// random JSON-ish bytes.
+            #[test]
+            fn any_presented_token_is_verified_or_refused(
+                text in ".{0,300}",
+                header in proptest::collection::vec(any::<u8>(), 0..200),
+                payload in proptest::collection::vec(any::<u8>(), 0..400),
+                signature in proptest::collection::vec(any::<u8>(), 0..80),
+            ) {
+                let key = key(1).verifying_key();
+                let _ = verify_with(&text, |_| Some(key));
+                let parts = format!(
+                    "{}.{}.{}",
+                    URL_SAFE_NO_PAD.encode(&header),
+                    URL_SAFE_NO_PAD.encode(&payload),
+                    URL_SAFE_NO_PAD.encode(&signature)
+                );
+                let _ = verify_with(&parts, |_| Some(key));
+                // A well-formed header and a signed payload of any bytes.
+                let signed_input = format!(
+                    "{}.{}",
+                    URL_SAFE_NO_PAD.encode(br#"{"alg":"EdDSA","kid":"k1"}"#),
+                    URL_SAFE_NO_PAD.encode(&payload)
+                );
+                let signature = key_signature(&signed_input);
+                let _ = verify_with(&format!("{signed_input}.{signature}"), |_| Some(key));
+            }
+        }
+
+        fn key_signature(input: &str) -> String {
+            URL_SAFE_NO_PAD.encode(key(1).sign(input.as_bytes()).to_bytes())
+        }
+
+        #[test]
+        fn absurd_times_in_a_signed_token_do_not_overflow() {
+            let mut claims = good();
+            claims.exp = u64::MAX;
+            claims.nbf = u64::MAX;
+            let token = sign(&claims, "k1", &key(1));
+            let verifying = key(1).verifying_key();
+            assert_eq!(
+                verify_with(&token, |_| Some(verifying)),
+                Err(TokenError::NotYetValid)
+            );
+            let mut claims = good();
+            claims.exp = u64::MAX;
+            let token = sign(&claims, "k1", &key(1));
+            assert!(verify_with(&token, |_| Some(verifying)).is_ok());
+        }
+    }
 }

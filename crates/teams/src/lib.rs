@@ -65,8 +65,68 @@ impl fmt::Display for SpecErrors {
 
 impl std::error::Error for SpecErrors {}
 
-/// Parses and validates a team spec.
+/// Deepest flow nesting (`[`, `{`) a spec may use.
+pub const MAX_FLOW_DEPTH: usize = 32;
+/// Deepest block nesting a spec may use, in columns of indentation (each
+/// leading `- ` counts two).
+pub const MAX_INDENT: usize = 160;
+
+/// Refuses nesting deeper than any team needs before the YAML parser sees
+/// it: the parser's cost grows with the square of the depth, so a spec of a
+/// few hundred KiB of brackets would take minutes of CPU. Brackets inside
+/// quoted text count too (a spec with that many unclosed brackets in text is
+/// refused as well), which keeps the check one pass with no parser state.
+fn check_nesting(yaml: &str) -> Result<(), SpecErrors> {
+    let refuse = |line: usize, message: String| {
+        Err(SpecErrors(vec![SpecError {
+            line: Some(line),
+            field: String::new(),
+            message,
+        }]))
+    };
+    let mut flow = 0usize;
+    for (n, text) in yaml.lines().enumerate() {
+        let indent = text.len() - text.trim_start_matches(' ').len();
+        let mut rest = &text[indent..];
+        let mut dashes = 0;
+        while let Some(after) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+            dashes += 1;
+            rest = after.trim_start_matches(' ');
+        }
+        if indent + 2 * dashes > MAX_INDENT {
+            return refuse(
+                n + 1,
+                format!(
+                    "nested deeper than a team spec may be ({MAX_INDENT} columns of indentation)"
+                ),
+            );
+        }
+        for c in text.bytes() {
+            match c {
+                b'[' | b'{' => {
+                    flow += 1;
+                    if flow > MAX_FLOW_DEPTH {
+                        return refuse(
+                            n + 1,
+                            format!(
+                                "nested deeper than a team spec may be ({MAX_FLOW_DEPTH} levels of `[` and `{{`)"
+                            ),
+                        );
+                    }
+                }
+                b']' | b'}' => flow = flow.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses and validates a team spec. The cost is bounded by the spec's size
+/// and nesting ([`MAX_FLOW_DEPTH`], [`MAX_INDENT`]); callers on async threads
+/// run it with `spawn_blocking`.
 pub fn parse(yaml: &str) -> Result<TeamSpec, SpecErrors> {
+    check_nesting(yaml)?;
     let spec: TeamSpec = serde_yaml::from_str(yaml).map_err(|error| {
         let line = error.location().map(|l| l.line());
         let message = error.to_string();

@@ -301,15 +301,22 @@ fn humantime_parse(text: &str) -> Result<Duration, String> {
         .ok_or("missing a unit")?;
     let (n, unit) = text.split_at(split);
     let n: u64 = n.parse().map_err(|_| "missing a number".to_owned())?;
-    let seconds = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
+    let duration = match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
         other => return Err(format!("unknown unit `{other}` (use ms, s, m or h)")),
     };
-    Ok(Duration::from_secs(seconds))
+    // Nothing in a team outlives the longest task (24 h); far beyond that a
+    // number is a mistake or an attack on the arithmetic that follows.
+    duration
+        .filter(|d| *d <= MAX_SPEC_DURATION)
+        .ok_or_else(|| "longer than 24h".to_owned())
 }
+
+/// The longest duration a spec may name.
+const MAX_SPEC_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()

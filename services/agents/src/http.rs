@@ -151,7 +151,7 @@ impl ProviderHttp {
         mut on: impl FnMut(&str) -> Result<(), ModelError>,
     ) -> Result<(), ModelError> {
         let mut stream = response.bytes_stream();
-        let mut buffer = String::new();
+        let mut lines = SseLines::default();
         let mut read = 0usize;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.error(format!("the stream broke: {e}")))?;
@@ -159,15 +159,37 @@ impl ProviderHttp {
             if read > MAX_BODY {
                 return Err(self.error("the answer is too large"));
             }
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find('\n') {
-                let line = buffer[..end].trim().to_owned();
-                buffer.drain(..=end);
-                if let Some(data) = line.strip_prefix("data:") {
-                    on(data.trim())?;
-                }
+            lines.feed(&chunk, &mut on)?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits a server-sent event stream into the payloads of its `data:`
+/// lines. Bytes are buffered and split on line ends before they are decoded,
+/// so a character split across network chunks arrives whole.
+#[derive(Default)]
+pub(crate) struct SseLines {
+    buffer: Vec<u8>,
+}
+
+impl SseLines {
+    /// Adds `chunk` and hands every complete `data:` payload to `on`.
+    pub(crate) fn feed<E>(
+        &mut self,
+        chunk: &[u8],
+        mut on: impl FnMut(&str) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.buffer.extend_from_slice(chunk);
+        let mut start = 0;
+        while let Some(end) = self.buffer[start..].iter().position(|b| *b == b'\n') {
+            let line = String::from_utf8_lossy(&self.buffer[start..start + end]);
+            start += end + 1;
+            if let Some(data) = line.trim().strip_prefix("data:") {
+                on(data.trim())?;
             }
         }
+        self.buffer.drain(..start);
         Ok(())
     }
 }
@@ -195,4 +217,36 @@ pub(crate) fn tool_call(id: &str, name: &str, arguments: &str) -> Result<ToolCal
         name: name.to_owned(),
         args,
     })
+}
+
+#[cfg(test)]
+mod sse_tests {
+    use super::SseLines;
+
+    fn payloads(chunks: &[&[u8]]) -> Vec<String> {
+        let mut lines = SseLines::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            lines
+                .feed(chunk, |data| {
+                    out.push(data.to_owned());
+                    Ok::<(), ()>(())
+                })
+                .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_character_split_across_chunks_arrives_whole_at_every_split() {
+        let stream = "data: {\"t\":\"héllo — 世界 🎉\"}\r\n\nevent: x\ndata: [DONE]\n".as_bytes();
+        let whole = payloads(&[stream]);
+        assert_eq!(whole, ["{\"t\":\"héllo — 世界 🎉\"}", "[DONE]"]);
+        for i in 0..=stream.len() {
+            for j in i..=stream.len() {
+                let split = payloads(&[&stream[..i], &stream[i..j], &stream[j..]]);
+                assert_eq!(split, whole, "split at {i} and {j}");
+            }
+        }
+    }
 }

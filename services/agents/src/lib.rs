@@ -23,12 +23,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use amaos_mesh::authn::Authenticator;
 use amaos_mesh::client::{self, MeshChannel};
 use amaos_mesh::config::Limits;
+use amaos_mesh::identity;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
-use amaos_mesh::authn::Authenticator;
-use amaos_mesh::identity;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::agents_service_server::{AgentsService, AgentsServiceServer};
@@ -230,7 +230,12 @@ impl AgentsService for Agents {
                 .get(&name)
                 .ok_or(AgentsError::UnknownTeam(name))?,
             Some(pb::run_team_request::Team::TeamSpecYaml(yaml)) => {
-                Arc::new(parse_spec(&yaml, "team_spec_yaml", self.max_spec_bytes)?)
+                let max = self.max_spec_bytes;
+                let spec =
+                    tokio::task::spawn_blocking(move || parse_spec(&yaml, "team_spec_yaml", max))
+                        .await
+                        .map_err(|_| Status::internal("the spec parser stopped"))??;
+                Arc::new(spec)
             }
             None => {
                 return Err(AgentsError::InvalidArgument {

@@ -162,7 +162,9 @@ pub(crate) fn mint(new: NewKey<'_>) -> Result<(StoredKey, String), AuthError> {
         created_at_ms: now,
         last_used_at_ms: None,
         revoked_at_ms: None,
-        expires_at_ms: new.ttl.map(|ttl| now + ttl.as_millis() as u64),
+        expires_at_ms: new
+            .ttl
+            .map(|ttl| now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))),
         idempotency_key: new.idempotency_key.map(str::to_owned),
     };
     Ok((key, format!("amaos_{prefix}_{secret}")))

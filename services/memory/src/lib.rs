@@ -26,10 +26,10 @@ pub mod tiers;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use amaos_mesh::authn::Authenticator;
 use amaos_mesh::config::{EmbedderBackend, Limits, LongTermBackend, StoreBackend};
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
-use amaos_mesh::authn::Authenticator;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::memory::v1 as pb;
 use amaos_proto::memory::v1::memory_service_server::{MemoryService, MemoryServiceServer};
@@ -208,9 +208,19 @@ fn authorize(caller: &amaos_mesh::caller::Caller, action: &str) -> Result<(), Me
     })
 }
 
-fn ms(t: Option<prost_types::Timestamp>) -> Option<u64> {
-    t.as_ref().and_then(system_time).map(to_ms)
+/// A time filter in milliseconds; a timestamp out of range is
+/// INVALID_ARGUMENT naming the field, not a silently dropped filter.
+fn ms(field: &'static str, t: Option<prost_types::Timestamp>) -> Result<Option<u64>, MemoryError> {
+    t.map(|t| {
+        system_time(&t)
+            .map(to_ms)
+            .ok_or_else(|| invalid(field, "must be a time between 1970 and 9999"))
+    })
+    .transpose()
 }
+
+/// The longest a memory may be kept with a TTL.
+const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
 
 fn kind_from(value: i32) -> Kind {
     match pb::MemoryKind::try_from(value).unwrap_or(pb::MemoryKind::Unspecified) {
@@ -230,7 +240,7 @@ fn kind_to(kind: Kind) -> pb::MemoryKind {
     }
 }
 
-fn filter_from(filter: Option<pb::MemoryFilter>) -> Filter {
+fn filter_from(filter: Option<pb::MemoryFilter>) -> Result<Filter, MemoryError> {
     let Some(pb::MemoryFilter {
         team,
         agent,
@@ -240,16 +250,16 @@ fn filter_from(filter: Option<pb::MemoryFilter>) -> Filter {
         before,
     }) = filter
     else {
-        return Filter::default();
+        return Ok(Filter::default());
     };
-    Filter {
+    Ok(Filter {
         team,
         agent,
         session_id,
         kinds: kinds.into_iter().map(kind_from).collect(),
-        after_ms: ms(after),
-        before_ms: ms(before),
-    }
+        after_ms: ms("filter.after", after)?,
+        before_ms: ms("filter.before", before)?,
+    })
 }
 
 fn item_to(item: Item, tier: pb::MemoryTier) -> pb::MemoryItem {
@@ -307,8 +317,8 @@ impl MemoryService for Memory {
         let ttl = match ttl {
             Some(ttl) => Some(
                 duration(&ttl)
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| invalid("ttl", "must be positive"))?,
+                    .filter(|d| !d.is_zero() && *d <= MAX_TTL)
+                    .ok_or_else(|| invalid("ttl", "must be positive and at most 100 years"))?,
             ),
             None => None,
         };
@@ -366,7 +376,7 @@ impl MemoryService for Memory {
             .recall(
                 &caller.tenant,
                 &query,
-                &filter_from(filter),
+                &filter_from(filter)?,
                 top_k,
                 min_score,
             )
@@ -397,7 +407,7 @@ impl MemoryService for Memory {
         };
         let items = self
             .tiers
-            .recent(&caller.tenant, &filter_from(filter), limit)
+            .recent(&caller.tenant, &filter_from(filter)?, limit)
             .await
             .map_err(MemoryError::from)?;
         Ok(Response::new(pb::RecentResponse {
@@ -435,7 +445,7 @@ impl MemoryService for Memory {
             // An empty scope forgets everything of the caller's tenant.
             Some(pb::forget_request::Target::Scope(scope)) => self
                 .tiers
-                .forget_scope(&caller.tenant, &filter_from(Some(scope)))
+                .forget_scope(&caller.tenant, &filter_from(Some(scope))?)
                 .await
                 .map_err(MemoryError::from)?,
             None => return Err(invalid("target", "name a memory_id or a scope").into()),

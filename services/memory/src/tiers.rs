@@ -204,7 +204,9 @@ impl Tiers {
             text,
             metadata: new.metadata,
             created_ms: now,
-            expires_ms: new.ttl.map(|t| now + t.as_millis() as u64),
+            expires_ms: new
+                .ttl
+                .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         };
         let pushed_out = self.hot.put(tenant, Stored { item, vector }).await?;
         if !pushed_out.is_empty() {

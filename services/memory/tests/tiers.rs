@@ -302,11 +302,10 @@ async fn the_qdrant_edge_long_term_tier_conforms_and_persists() {
 }
 
 #[tokio::test]
+#[ignore = "needs a Qdrant server: set AMAOS_QDRANT_URL and run with --ignored"]
 async fn a_qdrant_server_conforms_when_amaos_qdrant_url_is_set() {
-    let Ok(url) = std::env::var("AMAOS_QDRANT_URL") else {
-        eprintln!("AMAOS_QDRANT_URL is not set: no Qdrant server to test against");
-        return;
-    };
+    let url = std::env::var("AMAOS_QDRANT_URL")
+        .expect("AMAOS_QDRANT_URL names the Qdrant server this test runs against");
     let collection = format!("amaos_test_{}", &amaos_mesh::new_id()[24..]);
     let long = QdrantLongTerm::connect(&url, &collection, None, 8)
         .await

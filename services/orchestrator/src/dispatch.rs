@@ -26,6 +26,8 @@ use crate::task::{ErrorClass, Task, TaskError, TaskState, TeamSource};
 const MAX_CACHED_CHANNELS: usize = 1024;
 /// Most run events recorded in one write.
 const MAX_BATCH: usize = 64;
+/// Tasks one sweep looks at.
+const SWEEP_LIMIT: usize = 500;
 /// Longest pause between asks for a worker while none can take a run.
 const MAX_ROUTE_WAIT: Duration = Duration::from_secs(1);
 
@@ -132,7 +134,9 @@ pub struct Dispatcher {
     router: RouterServiceClient<MeshChannel>,
     workers: WorkerChannels,
     config: DispatchConfig,
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Attempts running here: their claims (to hand back on drain) and the
+    /// tokens that stop them.
+    running: Mutex<HashMap<String, (Claim, CancellationToken)>>,
     slots: Arc<Semaphore>,
 }
 
@@ -160,7 +164,7 @@ impl Dispatcher {
     /// Stops a locally running attempt of `task_id` at once (other replicas
     /// notice a cancellation when they next renew their lease).
     pub fn stop_local(&self, task_id: &str) {
-        if let Some(token) = self
+        if let Some((_, token)) = self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -176,8 +180,9 @@ impl Dispatcher {
     }
 
     /// Claims and runs attempts until `shutdown`; then stops claiming and
-    /// waits up to `drain` for the attempts under way. Those still running are
-    /// left to be reclaimed by another replica when their leases expire.
+    /// waits up to `drain` for the attempts under way. Those still running
+    /// then are handed back (their leases released), so another replica takes
+    /// them over at once instead of after a lease.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, drain: Duration) {
         let mut loops = Vec::new();
         for _ in 0..self.config.claimers.max(1) {
@@ -194,10 +199,33 @@ impl Dispatcher {
             .await
             .is_err()
         {
-            tracing::warn!(
-                in_flight = self.in_flight(),
-                "drain deadline passed; unfinished attempts will be reclaimed by another replica"
-            );
+            self.hand_back().await;
+        }
+    }
+
+    /// Releases the lease of every attempt still running here, then stops
+    /// them: another replica takes each over at once, and what this one would
+    /// still write is fenced off.
+    async fn hand_back(&self) {
+        let held: Vec<(Claim, CancellationToken)> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        tracing::warn!(
+            in_flight = held.len(),
+            "drain deadline passed; handing unfinished attempts back"
+        );
+        for (claim, stop) in held {
+            match self.backend.release(&claim).await {
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(task_id = %claim.task.id, %error, "could not hand an attempt back; another replica takes it over when its lease expires")
+                }
+            }
+            stop.cancel();
         }
     }
 
@@ -238,6 +266,8 @@ impl Dispatcher {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let reclaim_every = (self.config.lease / 2).max(Duration::from_millis(100));
         let mut last_reclaim = tokio::time::Instant::now();
+        let sweep_every = (self.config.lease * 2).max(Duration::from_secs(1));
+        let mut last_sweep = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -245,6 +275,18 @@ impl Dispatcher {
             }
             if let Err(error) = self.backend.promote().await {
                 tracing::warn!(%error, "promoting delayed retries failed");
+            }
+            if last_sweep.elapsed() >= sweep_every {
+                last_sweep = tokio::time::Instant::now();
+                // Tasks a crash or a lost write left outside every structure,
+                // and deadlines of tasks that never ran.
+                match self.backend.sweep(self.config.lease, SWEEP_LIMIT).await {
+                    Ok(swept) if swept.repaired() > 0 || swept.consumers_removed > 0 => {
+                        tracing::warn!(?swept, "the sweep repaired stranded tasks");
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "sweeping for stranded tasks failed"),
+                }
             }
             if last_reclaim.elapsed() < reclaim_every {
                 continue;
@@ -284,7 +326,7 @@ impl Dispatcher {
         self.running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.clone(), stop.clone());
+            .insert(id.clone(), (claim.clone(), stop.clone()));
         let renewals = tokio::spawn(self.clone().keep_lease(claim.clone(), stop.clone()));
         let outcome = self.attempt(&claim, &stop).await;
         renewals.abort();

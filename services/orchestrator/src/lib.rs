@@ -212,7 +212,8 @@ impl Inner {
         }
         if let Some(d) = initial_backoff {
             policy.initial_backoff = duration(&d)
-                .ok_or_else(|| invalid("retry.initial_backoff", "must not be negative"))?;
+                .filter(|d| *d <= Duration::from_secs(3600))
+                .ok_or_else(|| invalid("retry.initial_backoff", "must be between 0 and 1h"))?;
         }
         if let Some(d) = max_backoff {
             policy.max_backoff = duration(&d)
@@ -241,7 +242,7 @@ impl Inner {
     }
 
     /// Checks one task's fields and builds it (not yet stored).
-    fn build_task(
+    async fn build_task(
         &self,
         caller: &Caller,
         spec: TaskSpec,
@@ -276,7 +277,13 @@ impl Inner {
                         ),
                     ));
                 }
-                let spec = amaos_teams::parse(&yaml).map_err(OrchestratorError::InvalidSpec)?;
+                // Parsing is CPU work bounded by the spec's size and
+                // nesting: off the async threads.
+                let text = yaml.clone();
+                let spec = tokio::task::spawn_blocking(move || amaos_teams::parse(&text))
+                    .await
+                    .map_err(|_| invalid("team.spec_yaml", "the spec could not be parsed"))?
+                    .map_err(OrchestratorError::InvalidSpec)?;
                 (spec.name, TeamSource::Inline(yaml))
             }
             None => return Err(invalid("team", "name a team or send a spec")),
@@ -498,18 +505,20 @@ impl OrchestratorService for Orchestrator {
             labels,
         } = request.into_inner();
         Inner::check_common(&session_id, &idempotency_key, &labels)?;
-        let task = inner.build_task(
-            &caller,
-            TaskSpec {
-                team,
-                input,
-                timeout,
-                retry,
-                fallbacks,
-            },
-            &session_id,
-            labels,
-        )?;
+        let task = inner
+            .build_task(
+                &caller,
+                TaskSpec {
+                    team,
+                    input,
+                    timeout,
+                    retry,
+                    fallbacks,
+                },
+                &session_id,
+                labels,
+            )
+            .await?;
         if task.source == TeamSource::Named {
             inner.check_team_served(&task.team).await?;
         }
@@ -585,18 +594,20 @@ impl OrchestratorService for Orchestrator {
             if !name.is_empty() {
                 labels.insert("workflow".to_owned(), name.clone());
             }
-            let mut task = inner.build_task(
-                &caller,
-                TaskSpec {
-                    team,
-                    input,
-                    timeout,
-                    retry,
-                    fallbacks,
-                },
-                &session_id,
-                labels,
-            )?;
+            let mut task = inner
+                .build_task(
+                    &caller,
+                    TaskSpec {
+                        team,
+                        input,
+                        timeout,
+                        retry,
+                        fallbacks,
+                    },
+                    &session_id,
+                    labels,
+                )
+                .await?;
             task.workflow_id = workflow_id.clone();
             task.workflow_key = key;
             task.depends_on = depends_on;

@@ -163,7 +163,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(!b.admit("w"));
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert!(b.admit("w"), "a second probe, not a breaker stuck half-open");
+        assert!(
+            b.admit("w"),
+            "a second probe, not a breaker stuck half-open"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,10 +23,10 @@ use std::sync::Arc;
 
 use amaos_mesh::authn::Authenticator;
 use amaos_mesh::config::{Cidr, Limits};
-use amaos_mesh::{identity, policy};
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages};
+use amaos_mesh::{identity, policy};
 use amaos_proto::router::v1 as pb;
 use amaos_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
 use amaos_proto::time::{proto_duration, timestamp};
@@ -218,8 +218,12 @@ impl RouterService for Router {
         &self,
         request: Request<pb::RouteRequest>,
     ) -> Result<Response<pb::RouteResponse>, Status> {
-        identity::require_service(self.authn.verifier(), request.metadata(), identity::ORCHESTRATOR)
-            .await?;
+        identity::require_service(
+            self.authn.verifier(),
+            request.metadata(),
+            identity::ORCHESTRATOR,
+        )
+        .await?;
         let pb::RouteRequest {
             team,
             inline_spec,
@@ -360,8 +364,12 @@ impl RouterService for Router {
         &self,
         request: Request<pb::ReportOutcomeRequest>,
     ) -> Result<Response<pb::ReportOutcomeResponse>, Status> {
-        identity::require_service(self.authn.verifier(), request.metadata(), identity::ORCHESTRATOR)
-            .await?;
+        identity::require_service(
+            self.authn.verifier(),
+            request.metadata(),
+            identity::ORCHESTRATOR,
+        )
+        .await?;
         let pb::ReportOutcomeRequest {
             worker_id,
             team,

@@ -361,7 +361,11 @@ impl WorkerRegistry for RedisRegistry {
         let Some(known) = known else {
             return Err(RouterError::WorkerNotFound(worker_id.to_owned()));
         };
-        if serde_json::from_str::<Stored>(&known).map(|s| s.owner).unwrap_or_default() != owner {
+        if serde_json::from_str::<Stored>(&known)
+            .map(|s| s.owner)
+            .unwrap_or_default()
+            != owner
+        {
             return Err(RouterError::NotOwner(worker_id.to_owned()));
         }
         let now = now_ms();
@@ -467,9 +471,10 @@ impl WorkerRegistry for RedisRegistry {
             Outcome::TeamFailure => (None, Some("0")),
         };
         let mut states = [State::Closed; 2];
-        for (i, (scope, key, change)) in [("worker", worker_id, worker), ("team", team, team_change)]
-            .into_iter()
-            .enumerate()
+        for (i, (scope, key, change)) in
+            [("worker", worker_id, worker), ("team", team, team_change)]
+                .into_iter()
+                .enumerate()
         {
             let Some(change) = change else {
                 states[i] = self
