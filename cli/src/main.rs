@@ -166,7 +166,7 @@ enum CertsCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Verify the hash chain of an audit file.
+    /// Verify the audit trail: its keyed hash chain, and its ends against the checkpoint.
     Verify {
         /// The audit file; defaults to the configured `auth.audit_file`.
         #[arg(long)]
@@ -231,6 +231,55 @@ impl From<StateArg> for TaskState {
             StateArg::Cancelled => TaskState::Cancelled,
             StateArg::TimedOut => TaskState::TimedOut,
         }
+    }
+}
+
+/// `amaos audit verify`: exit 0 when every record is keyed, chains and
+/// agrees with the checkpoint; 1 when a record was edited, deleted, moved or
+/// cut, or the checkpoint is missing or altered; 3 when the chain holds but
+/// its first records are legacy (unkeyed, so not protected from rewriting);
+/// 2 when it cannot be verified.
+async fn audit_verify(config: &Config, path: &std::path::Path) -> Result<(), Failure> {
+    use amaos_mesh::audit::Verdict;
+    let report = amaos_mesh::audit::verify_configured(config, path)
+        .await
+        .map_err(|message| Failure { message, code: 2 })?;
+    let with = format!(
+        "key: {}; checkpoint: {}",
+        report.key.as_deref().unwrap_or("none"),
+        report.checkpoint
+    );
+    let note = if report.detail.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", report.detail)
+    };
+    let path = path.display();
+    match report.verdict {
+        Verdict::Intact(n) => {
+            println!("{path}: intact, {n} records, keyed and anchored ({with}){note}");
+            Ok(())
+        }
+        Verdict::Legacy { records, legacy } => Err(Failure {
+            message: format!(
+                "{path}: the chain holds ({records} records), but the first {legacy} are legacy \
+                 records (unkeyed SHA-256, written before the trail was keyed): anyone who could \
+                 write the file could have rewritten them; the {} after them are keyed ({with}){note}",
+                records - legacy
+            ),
+            code: 3,
+        }),
+        Verdict::BrokenAt(index) => Err(Failure {
+            message: format!(
+                "{path}: broken at record {index}: {} ({with})",
+                report.detail
+            ),
+            code: 1,
+        }),
+        Verdict::Unanchored(n) => Err(Failure {
+            message: format!("{path}: {n} records chain, but {} ({with})", report.detail),
+            code: 1,
+        }),
     }
 }
 
@@ -366,20 +415,7 @@ async fn dispatch(
             command: AuditCommand::Verify { file },
         } => {
             let path = file.unwrap_or_else(|| config.audit_file());
-            match amaos_mesh::audit::verify_file(&path) {
-                Ok(amaos_mesh::audit::Verdict::Intact(n)) => {
-                    println!("{}: intact, {n} records", path.display());
-                    Ok(())
-                }
-                Ok(amaos_mesh::audit::Verdict::BrokenAt(index)) => Err(Failure {
-                    message: format!(
-                        "{}: broken at record {index}: it was edited, deleted or moved",
-                        path.display()
-                    ),
-                    code: 1,
-                }),
-                Err(message) => Err(Failure { message, code: 2 }),
-            }
+            audit_verify(&config, &path).await
         }
         Command::Keys { command } => match command {
             KeysCommand::Create {

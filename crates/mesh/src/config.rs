@@ -656,6 +656,10 @@ pub struct AuthConfig {
     pub key_file: Option<PathBuf>,
     /// The audit trail (JSON lines, hash-chained); unset for `<data_dir>/audit.jsonl`.
     pub audit_file: Option<PathBuf>,
+    /// When an audit record must be on disk: `always` (fsync before the
+    /// append returns; the default) or an interval like `1s` (fsync at most
+    /// that often, 1ms to 1m; a crash may lose that much of the trail).
+    pub audit_durability: crate::audit::Durability,
     /// The token signing keys; unset for `<data_dir>/signing-keys.json`.
     pub signing_key_file: Option<PathBuf>,
     /// How long a token lives.
@@ -875,6 +879,7 @@ impl Default for AuthConfig {
             redis_prefix: "amaos".into(),
             key_file: None,
             audit_file: None,
+            audit_durability: crate::audit::Durability::Always,
             signing_key_file: None,
             token_ttl: Duration::from_secs(15 * 60),
             key_rotation: Duration::from_secs(24 * 3600),
@@ -1307,6 +1312,15 @@ impl Config {
             ));
         }
         positive("auth.key_rotation", self.auth.key_rotation)?;
+        if let crate::audit::Durability::Every(interval) = self.auth.audit_durability
+            && !(crate::audit::Durability::MIN_INTERVAL..=crate::audit::Durability::MAX_INTERVAL)
+                .contains(&interval)
+        {
+            return Err(ConfigError::new(
+                "auth.audit_durability",
+                "must be `always` or an interval between 1ms and 1m",
+            ));
+        }
         if self.auth.key_store == KeyStoreBackend::Redis {
             redis_url("auth.redis_url", &self.auth.redis_url)?;
         }

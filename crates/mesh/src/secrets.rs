@@ -175,17 +175,36 @@ pub async fn open(
 }
 
 /// The store `config` names, every read of it appended to the audit trail
-/// first (as `secret.read` by `principal`); a read fails when the trail
-/// cannot be written.
+/// first (as `secret.read`); a read fails when the trail cannot be written.
+/// The record names the principal on whose behalf the read is made (see
+/// [`on_behalf_of`]), else the reading service, `principal`.
 pub async fn open_audited(
     config: &crate::Config,
     principal: &'static str,
 ) -> Result<Arc<dyn SecretStore>, SecretError> {
     Ok(Arc::new(Audited {
         inner: open(&config.secrets, &config.data_dir).await?,
-        audit: crate::audit::AuditLog::append_only(&config.audit_file()),
+        audit: crate::audit::AuditLog::append_only_configured(config),
         principal,
     }))
+}
+
+tokio::task_local! {
+    /// The principal and tenant a secret is read for.
+    static ON_BEHALF: (String, String);
+}
+
+/// Runs `f` with secret reads recorded as made for `principal` in `tenant`
+/// (the caller a service reads a secret for: a model key for a run, an MCP
+/// credential for a registration).
+pub async fn on_behalf_of<F: std::future::Future>(
+    principal: &str,
+    tenant: &str,
+    f: F,
+) -> F::Output {
+    ON_BEHALF
+        .scope((principal.to_owned(), tenant.to_owned()), f)
+        .await
 }
 
 struct Audited {
@@ -201,14 +220,20 @@ impl SecretStore for Audited {
 
     fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, Result<Secret, SecretError>> {
         Box::pin(async move {
+            // Who it is read for: the scoped principal, else the service
+            // itself (looked up when the read runs, inside the scope).
+            let (principal, tenant) = ON_BEHALF
+                .try_with(|(p, t)| (p.clone(), t.clone()))
+                .unwrap_or_else(|_| (self.principal.to_owned(), String::new()));
             self.audit
-                .append(crate::audit::Entry {
-                    principal: self.principal,
-                    tenant: "",
+                .append_async(crate::audit::Entry {
+                    principal: &principal,
+                    tenant: &tenant,
                     action: "secret.read",
                     object: path,
                     allowed: true,
                 })
+                .await
                 .map_err(|e| SecretError::Store {
                     store: "audit",
                     message: e.to_string(),

@@ -1,20 +1,54 @@
-//! The audit trail of privileged actions, each record hash-chained to the one
-//! before (SHA-256 over the previous hash and the record's fields). Records
-//! are appended to a JSON-lines file before the action takes effect: when the
-//! file cannot be written the action fails (fail closed). Every service of a
-//! process (and every process sharing the file) appends to one chain: an
-//! append holds an exclusive lock on the file and chains to its last record.
-//! The newest records this process wrote are also kept in memory, bounded,
-//! for QueryAudit. [`verify_file`] checks a trail and names the first record
-//! that was edited, deleted or reordered.
+//! The audit trail of privileged actions: JSON lines, each record chained to
+//! the one before and keyed, its ends anchored by a checkpoint.
+//!
+//! - **Keyed chain** ([`chain`]): a record's hash is HMAC-SHA256, with the
+//!   trail key, over the previous hash and the record's fields; the record
+//!   names its key by id. Whoever can write the file but has no key cannot
+//!   edit a record and recompute the chain. Records written before trails
+//!   were keyed (unkeyed SHA-256) still verify, and are reported as legacy.
+//! - **Key** ([`key`]): the secret `audit/hmac-key` of the configured secret
+//!   store (Vault, or the embedded store), else — embedded store only — the
+//!   file `<data_dir>/audit-hmac.key`, created 0600 when absent.
+//! - **Checkpoint** ([`anchor`]): the first record and the last anchored one
+//!   (index and hash), MACed, kept in Redis when `auth.key_store = "redis"`
+//!   (under `auth.redis_prefix`), else in `<key dir>/<trail name>.checkpoint`
+//!   beside the key file (weaker: whoever can write that directory can put
+//!   back an older checkpoint). It catches a cut head and a cut tail.
+//! - **Writer** ([`writer`]): one thread per trail file and process, fed by a
+//!   bounded channel; appends wait for their answer, so the caller learns
+//!   when its record could not be written and refuses its action (fail
+//!   closed). Appends of every process sharing the file extend one chain
+//!   (an exclusive lock on the file, the chain continued from its last
+//!   record). Durability is `auth.audit_durability`: `always` (fsync before
+//!   an append is answered; the default) or an interval (fsync at most that
+//!   often; the checkpoint moves at each fsync).
+//!
+//! The newest records this process wrote (or, with [`AuditLog::open`],
+//! found) are also kept in memory, bounded, for QueryAudit. [`verify_file`]
+//! and [`verify_trail`] check a trail and name the first record that was
+//! edited, deleted, reordered or cut.
+
+pub mod anchor;
+pub mod chain;
+pub mod key;
+mod resp;
+mod verify;
+mod writer;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+
+pub use anchor::Checkpoint;
+pub use chain::{TrailKey, legacy_hash};
+pub use key::{KEY_FILE, KEY_SECRET};
+pub use verify::{Report, Verdict, verify_chain, verify_configured, verify_file, verify_trail};
+
+use writer::Writer;
 
 /// Most records kept; the oldest are dropped first (indexes keep counting).
 pub const MAX_RECORDS: usize = 100_000;
@@ -40,10 +74,190 @@ pub struct Record {
     /// there is none.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub trace_id: String,
+    /// The id of the key that hashed it; empty for a legacy (unkeyed)
+    /// record.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key_id: String,
     /// Hash of the record before (hex); empty for the first.
     pub prev_hash: String,
     /// This record's hash (hex).
     pub hash: String,
+}
+
+/// When an appended record must be on disk (`auth.audit_durability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync before the append is answered (batched with appends waiting
+    /// at the same time).
+    #[default]
+    Always,
+    /// fsync at most this often; a crash loses at most this much of the
+    /// trail (and the checkpoint moves at each fsync).
+    Every(Duration),
+}
+
+impl Durability {
+    /// Shortest interval accepted.
+    pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+    /// Longest interval accepted.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "always" {
+            return Ok(Self::Always);
+        }
+        let interval = humantime::parse_duration(text)
+            .map_err(|e| format!("`{text}` is neither `always` nor an interval like `1s` ({e})"))?;
+        if !(Self::MIN_INTERVAL..=Self::MAX_INTERVAL).contains(&interval) {
+            return Err(format!("the interval `{text}` must be between 1ms and 1m"));
+        }
+        Ok(Self::Every(interval))
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Always => f.write_str("always"),
+            Self::Every(interval) => write!(f, "{}", humantime::format_duration(*interval)),
+        }
+    }
+}
+
+impl Serialize for Durability {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Durability {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where a trail's checkpoint is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// A file beside the key file (the embedded default).
+    File,
+    /// Redis (chosen by `auth.key_store = "redis"`).
+    Redis {
+        /// `auth.redis_url`.
+        url: String,
+        /// `auth.redis_prefix`.
+        prefix: String,
+    },
+}
+
+/// How a trail is keyed, anchored and synced.
+#[derive(Clone, Debug)]
+pub struct TrailSettings {
+    /// Where the embedded key file (and file checkpoint) live.
+    pub data_dir: PathBuf,
+    /// The secret store holding `audit/hmac-key`.
+    pub secrets: crate::secrets::SecretsConfig,
+    /// Where the checkpoint is kept.
+    pub anchor: Anchor,
+    /// When appends reach the disk.
+    pub durability: Durability,
+}
+
+impl TrailSettings {
+    /// The settings `config` gives its trail (`auth.audit_file`).
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            data_dir: config.data_dir.clone(),
+            secrets: config.secrets.clone(),
+            anchor: match config.auth.key_store {
+                crate::config::KeyStoreBackend::Redis => Anchor::Redis {
+                    url: config.auth.redis_url.clone(),
+                    prefix: config.auth.redis_prefix.clone(),
+                },
+                crate::config::KeyStoreBackend::File => Anchor::File,
+            },
+            durability: config.auth.audit_durability,
+        }
+    }
+
+    /// The embedded defaults for a trail nobody configured: key and
+    /// checkpoint files in the trail's own directory, synced always.
+    pub fn for_path(path: &Path) -> Self {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        Self {
+            data_dir: dir,
+            secrets: crate::secrets::SecretsConfig::default(),
+            anchor: Anchor::File,
+            durability: Durability::Always,
+        }
+    }
+
+    /// Equal for equal settings (no secret is in them: the secret store's
+    /// settings only name where secrets are).
+    fn fingerprint(&self) -> String {
+        format!("{self:?}")
+    }
+
+    /// The checkpoint store of the trail at `path`; a file checkpoint lives
+    /// in `key_dir` (where the key file is), else in the data directory.
+    pub(crate) fn anchor_store(
+        &self,
+        path: &Path,
+        key_dir: Option<&Path>,
+        trail: &str,
+    ) -> anchor::AnchorStore {
+        match &self.anchor {
+            Anchor::File => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "audit".into());
+                anchor::AnchorStore::File(
+                    key_dir
+                        .unwrap_or(&self.data_dir)
+                        .join(format!("{name}.checkpoint")),
+                )
+            }
+            Anchor::Redis { url, prefix } => {
+                anchor::AnchorStore::Redis(anchor::RedisAnchor::new(url, prefix, trail))
+            }
+        }
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<PathBuf, TrailSettings>> {
+    static SETTINGS: OnceLock<Mutex<HashMap<PathBuf, TrailSettings>>> = OnceLock::new();
+    SETTINGS.get_or_init(Default::default)
+}
+
+/// Makes every writer of `config`'s trail in this process (whoever opened
+/// it, and by whatever constructor) key, anchor and sync it as `config`
+/// says. [`AuditLog::open_configured`] and
+/// [`AuditLog::append_only_configured`] call it; a process whose only
+/// writers open the trail by path should call it once at start.
+pub fn configure(config: &crate::Config) {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(config.audit_file(), TrailSettings::from_config(config));
+}
+
+/// The settings registered for `path`, else the embedded defaults.
+pub fn settings_for(path: &Path) -> TrailSettings {
+    registry()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(path)
+        .cloned()
+        .unwrap_or_else(|| TrailSettings::for_path(path))
 }
 
 /// The trail.
@@ -52,31 +266,9 @@ pub struct AuditLog {
     records: Mutex<VecDeque<Record>>,
     /// Appends are not kept in memory (nothing here queries them).
     write_only: bool,
-    file: Option<PathBuf>,
-    /// The open trail file, kept between appends and shared by every
-    /// [`AuditLog`] of this process on the same path.
-    handle: SharedTrail,
-}
-
-type TrailSlot = Mutex<Option<OpenTrail>>;
-type SharedTrail = Arc<TrailSlot>;
-
-/// The handle of the trail at `path` for this process. Services running in
-/// one process (`amaos up`) append through one handle, so each append finds
-/// its own last record cached instead of re-reading the file's tail.
-fn shared_trail(path: &Path) -> SharedTrail {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<TrailSlot>>>> = OnceLock::new();
-    let mut open = OPEN
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    open.retain(|_, trail| trail.strong_count() > 0);
-    if let Some(trail) = open.get(path).and_then(Weak::upgrade) {
-        return trail;
-    }
-    let trail = SharedTrail::default();
-    open.insert(path.to_owned(), Arc::downgrade(&trail));
-    trail
+    /// The writer of the trail file (shared by every [`AuditLog`] of this
+    /// process on the same path); `None` keeps the trail in memory only.
+    writer: Option<Arc<Writer>>,
 }
 
 /// The audit sink could not record an action; the action must not happen.
@@ -98,31 +290,23 @@ pub struct Entry<'a> {
     pub allowed: bool,
 }
 
-fn chain_hash(prev: &str, r: &Record) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        prev,
-        &r.index.to_string(),
-        &r.at_ms.to_string(),
-        &r.principal,
-        &r.tenant,
-        &r.action,
-        &r.object,
-        &r.decision,
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
+/// Runs `f` to completion on this thread. Inside a multi-threaded Tokio
+/// runtime the worker first hands its other tasks to the rest of the pool
+/// (`block_in_place`), so a synchronous append does not stall them.
+fn wait<F: std::future::Future>(f: F) -> F::Output {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| futures::executor::block_on(f))
+        }
+        _ => futures::executor::block_on(f),
     }
-    // Records from before trace ids hash as they always did.
-    if !r.trace_id.is_empty() {
-        h.update((r.trace_id.len() as u64).to_be_bytes());
-        h.update(r.trace_id.as_bytes());
-    }
-    hex::encode(h.finalize())
 }
 
 impl AuditLog {
-    /// A trail appended to `file`, continuing the chain already in it.
+    /// A trail appended to `file`, continuing the chain already in it (its
+    /// records are read back for [`AuditLog::query`]). Keyed, anchored and
+    /// synced as [`configure`] registered for `file`, else by the embedded
+    /// defaults of [`TrailSettings::for_path`].
     pub fn open(file: &Path) -> Result<Self, SinkDown> {
         let mut records = VecDeque::new();
         match std::fs::File::open(file) {
@@ -150,9 +334,15 @@ impl AuditLog {
         Ok(Self {
             records: Mutex::new(records),
             write_only: false,
-            file: Some(file.to_owned()),
-            handle: shared_trail(file),
+            writer: Some(Writer::shared(file)),
         })
+    }
+
+    /// [`AuditLog::open`] on `config`'s trail, keyed, anchored and synced as
+    /// `config` says.
+    pub fn open_configured(config: &crate::Config) -> Result<Self, SinkDown> {
+        configure(config);
+        Self::open(&config.audit_file())
     }
 
     /// A trail appended to `file` by a service that only writes (nothing is
@@ -161,16 +351,21 @@ impl AuditLog {
         Self {
             records: Mutex::new(VecDeque::new()),
             write_only: true,
-            file: Some(file.to_owned()),
-            handle: shared_trail(file),
+            writer: Some(Writer::shared(file)),
         }
     }
 
-    /// Appends an entry: written to the file first (chained to the file's
-    /// last record, under an exclusive lock), then kept in memory.
-    pub fn append(&self, entry: Entry<'_>) -> Result<Record, SinkDown> {
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        let mut record = Record {
+    /// [`AuditLog::append_only`] on `config`'s trail, keyed, anchored and
+    /// synced as `config` says.
+    pub fn append_only_configured(config: &crate::Config) -> Self {
+        configure(config);
+        Self::append_only(&config.audit_file())
+    }
+
+    /// The record `entry` becomes, before the writer numbers, chains and
+    /// keys it. The trace id is the caller's (the current span's).
+    fn draft(entry: Entry<'_>) -> Record {
+        Record {
             index: 0,
             at_ms: now_ms(),
             principal: bounded(entry.principal),
@@ -179,36 +374,75 @@ impl AuditLog {
             object: bounded(entry.object),
             decision: if entry.allowed { "allow" } else { "deny" }.to_owned(),
             trace_id: crate::telemetry::current_trace_id().unwrap_or_default(),
+            key_id: String::new(),
             prev_hash: String::new(),
             hash: String::new(),
-        };
-        match &self.file {
-            Some(path) => {
-                let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
-                let appended = append_to_file(path, &mut handle, &mut record);
-                if appended.is_err() {
-                    // Open the file afresh next time (it may have been replaced).
-                    *handle = None;
-                }
-                appended?;
-            }
-            None => {
-                let (index, prev) = records
-                    .back()
-                    .map(|r| (r.index + 1, r.hash.clone()))
-                    .unwrap_or((0, String::new()));
-                record.index = index;
-                record.prev_hash = prev;
-                record.hash = chain_hash(&record.prev_hash, &record);
-            }
         }
-        if !self.write_only {
-            if records.len() >= MAX_RECORDS {
-                records.pop_front();
+    }
+
+    /// Appends an entry and answers once it is written (on disk, under
+    /// `always`): `Err` means it was not, and the action must not happen.
+    /// The blocking work runs on the trail's writer thread; this waits for
+    /// it without blocking other tasks of the async runtime.
+    pub async fn append_async(&self, entry: Entry<'_>) -> Result<Record, SinkDown> {
+        let draft = Self::draft(entry);
+        match &self.writer {
+            Some(writer) => {
+                let record = writer.submit(draft).await?;
+                self.remember(record.clone());
+                Ok(record)
             }
-            records.push_back(record.clone());
+            None => Ok(self.append_in_memory(draft)),
         }
-        Ok(record)
+    }
+
+    /// [`AuditLog::append_async`] for synchronous callers: waits for the
+    /// writer thread on this thread (inside a multi-threaded runtime, after
+    /// handing this worker's other tasks to the pool).
+    pub fn append(&self, entry: Entry<'_>) -> Result<Record, SinkDown> {
+        let draft = Self::draft(entry);
+        match &self.writer {
+            Some(writer) => {
+                let record = wait(writer.submit(draft))?;
+                self.remember(record.clone());
+                Ok(record)
+            }
+            None => Ok(self.append_in_memory(draft)),
+        }
+    }
+
+    /// The index of the last record this process's writer knows is on disk.
+    pub fn synced_through(&self) -> Option<u64> {
+        self.writer.as_ref().and_then(|w| w.synced_through())
+    }
+
+    fn append_in_memory(&self, mut record: Record) -> Record {
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let (index, prev) = records
+            .back()
+            .map(|r| (r.index + 1, r.hash.clone()))
+            .unwrap_or((0, String::new()));
+        record.index = index;
+        record.prev_hash = prev;
+        record.hash = legacy_hash(&record.prev_hash, &record);
+        if records.len() >= MAX_RECORDS {
+            records.pop_front();
+        }
+        records.push_back(record.clone());
+        record
+    }
+
+    /// Keeps a written record for [`AuditLog::query`], in index order.
+    fn remember(&self, record: Record) {
+        if self.write_only {
+            return;
+        }
+        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        if records.len() >= MAX_RECORDS {
+            records.pop_front();
+        }
+        let at = records.partition_point(|r| r.index < record.index);
+        records.insert(at, record);
     }
 
     /// Records after `after_index` matching the filters, oldest first.
@@ -244,144 +478,17 @@ fn bounded(text: &str) -> String {
     text[..end].to_owned()
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64
 }
 
-/// The trail file as this process holds it open.
-struct OpenTrail {
-    file: std::fs::File,
-    /// The file's length after this process's last append, with that
-    /// record's index and hash: while the length is unchanged nobody else
-    /// appended, and the tail need not be read again.
-    last: Option<(u64, u64, String)>,
-}
-
-/// Numbers, chains and appends `record` to the file at `path`, holding an
-/// exclusive lock so concurrent writers (other processes) extend one chain.
-fn append_to_file(
-    path: &Path,
-    handle: &mut Option<OpenTrail>,
-    record: &mut Record,
-) -> Result<(), SinkDown> {
-    let fail = |e: std::io::Error| SinkDown(format!("{}: {e}", path.display()));
-    if handle.is_none() {
-        *handle = Some(OpenTrail {
-            file: std::fs::OpenOptions::new()
-                .create(true)
-                .read(true)
-                .append(true)
-                .open(path)
-                .map_err(fail)?,
-            last: None,
-        });
-    }
-    let Some(trail) = handle.as_mut() else {
-        return Err(SinkDown(format!("{}: not open", path.display())));
-    };
-    // A trail deleted or moved under us is a sink that is down.
-    if !path.exists() {
-        return Err(SinkDown(format!("{}: the file is gone", path.display())));
-    }
-    trail.file.lock().map_err(fail)?;
-    let written = append_locked(trail, record);
-    let _ = trail.file.unlock();
-    written.map_err(|e| SinkDown(format!("{}: {e}", path.display())))
-}
-
-fn append_locked(trail: &mut OpenTrail, record: &mut Record) -> Result<(), String> {
-    let len = trail.file.metadata().map_err(|e| e.to_string())?.len();
-    let (index, prev) = match trail.last.take() {
-        Some((at, index, hash)) if at == len => (index + 1, hash),
-        _ => last_record(&mut trail.file, len)?
-            .map(|r| (r.index + 1, r.hash))
-            .unwrap_or((0, String::new())),
-    };
-    let file = &mut trail.file;
-    record.index = index;
-    record.prev_hash = prev;
-    record.hash = chain_hash(&record.prev_hash, record);
-    let mut line = serde_json::to_vec(&*record).map_err(|e| e.to_string())?;
-    line.push(b'\n');
-    file.write_all(&line).map_err(|e| e.to_string())?;
-    file.flush().map_err(|e| e.to_string())?;
-    trail.last = Some((len + line.len() as u64, record.index, record.hash.clone()));
-    Ok(())
-}
-
-/// The last record of a trail file, read from its tail.
-fn last_record(file: &mut std::fs::File, len: u64) -> Result<Option<Record>, String> {
-    // A record is at most a few KiB (its fields are bounded), so the last
-    // 8 KiB always hold the last whole line.
-    let start = len.saturating_sub(8 * 1024);
-    file.seek(SeekFrom::Start(start))
-        .map_err(|e| e.to_string())?;
-    let mut tail = String::new();
-    file.read_to_string(&mut tail).map_err(|e| e.to_string())?;
-    match tail.lines().rev().find(|l| !l.trim().is_empty()) {
-        None => Ok(None),
-        Some(line) => serde_json::from_str(line)
-            .map(Some)
-            .map_err(|e| format!("the last record is not valid JSON ({e}); the trail was damaged")),
-    }
-}
-
-/// The position of the first record that does not chain (edited, missing,
-/// or out of order), if any.
-pub fn verify_chain(records: &[Record]) -> Option<u64> {
-    let mut prev: Option<&Record> = None;
-    for (position, r) in records.iter().enumerate() {
-        let expected_index = prev.map(|p| p.index + 1).unwrap_or(r.index);
-        let expected_prev = prev.map(|p| p.hash.as_str());
-        if r.index != expected_index
-            || expected_prev.is_some_and(|p| p != r.prev_hash)
-            || chain_hash(&r.prev_hash, r) != r.hash
-        {
-            return Some(prev.map(|p| p.index + 1).unwrap_or(position as u64));
-        }
-        prev = Some(r);
-    }
-    None
-}
-
-/// What [`verify_file`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Every record chains: this many.
-    Intact(u64),
-    /// The record expected at this index is edited, missing or out of order.
-    BrokenAt(u64),
-}
-
-/// Verifies an audit file.
-pub fn verify_file(path: &Path) -> Result<Verdict, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut records = Vec::new();
-    for (n, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let record: Record = serde_json::from_str(line).map_err(|e| {
-            format!(
-                "{}: line {}: not an audit record: {e}",
-                path.display(),
-                n + 1
-            )
-        })?;
-        records.push(record);
-    }
-    Ok(match verify_chain(&records) {
-        None => Verdict::Intact(records.len() as u64),
-        Some(index) => Verdict::BrokenAt(index),
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     fn trail(n: usize) -> Vec<Record> {
@@ -415,6 +522,19 @@ mod tests {
     }
 
     #[test]
+    fn durability_parses() {
+        assert_eq!("always".parse::<Durability>(), Ok(Durability::Always));
+        assert_eq!(
+            "250ms".parse::<Durability>(),
+            Ok(Durability::Every(Duration::from_millis(250)))
+        );
+        assert!("0s".parse::<Durability>().is_err());
+        assert!("2m".parse::<Durability>().is_err());
+        assert!("sometimes".parse::<Durability>().is_err());
+        assert_eq!(Durability::Every(Duration::from_secs(1)).to_string(), "1s");
+    }
+
+    #[test]
     fn a_file_trail_continues_across_restarts_and_fails_closed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
@@ -439,8 +559,15 @@ mod tests {
         }
         assert_eq!(reopened.append(entry()).unwrap().index, 8);
         assert_eq!(verify_file(&path).unwrap(), Verdict::Intact(9));
-        // A record another process appended: the next append reads the
-        // file's tail and chains to it.
+        // A record another process appended (with the key): the next append
+        // reads the file's tail and chains to it.
+        let key = TrailKey::new(
+            std::fs::read_to_string(dir.path().join(KEY_FILE))
+                .unwrap()
+                .trim()
+                .as_bytes(),
+        )
+        .unwrap();
         let last = reopened.query(None, None, 0, 7, 1).remove(0);
         let mut foreign = Record {
             index: last.index + 1,
@@ -448,7 +575,7 @@ mod tests {
             principal: "another-process".into(),
             ..last
         };
-        foreign.hash = chain_hash(&foreign.prev_hash, &foreign);
+        foreign.hash = key.record_hash(&foreign.prev_hash, &foreign);
         let mut line = serde_json::to_vec(&foreign).unwrap();
         line.push(b'\n');
         std::fs::OpenOptions::new()
