@@ -504,8 +504,24 @@ pub struct ToolsConfig {
     /// included); tenants not listed may reach any public address.
     pub web_allow: BTreeMap<String, Vec<String>>,
     /// MCP servers registered at start, by name (their tools appear as
-    /// `name.tool`).
+    /// `name.tool`); they are platform-wide.
     pub mcp_servers: BTreeMap<String, McpServerConfig>,
+    /// Networks (CIDRs, or single addresses) that platform-wide MCP servers'
+    /// URLs may reach although `web_fetch` refuses them (loopback, private,
+    /// …), e.g. the cluster's service network. Tenants' servers never get
+    /// this exemption (only `web_fetch_exempt`, as `web_fetch` does).
+    pub mcp_exempt: Vec<String>,
+    /// Most bytes one task workspace holds (disk use: the larger of a file's
+    /// size and its allocated blocks, directories included).
+    pub workspace_max_bytes: u64,
+    /// Most files and directories one task workspace holds.
+    pub workspace_max_files: u64,
+    /// Most task workspaces a tenant has at once.
+    pub max_workspaces_per_tenant: usize,
+    /// A workspace untouched by any tool call for this long is removed (its
+    /// task has finished or stalled).
+    #[serde(with = "duration_text")]
+    pub workspace_retention: Duration,
 }
 
 /// An MCP server registered at start: a stdio `command` (run in the
@@ -828,6 +844,11 @@ impl Default for ToolsConfig {
             web_fetch_exempt: Vec::new(),
             web_allow: BTreeMap::new(),
             mcp_servers: BTreeMap::new(),
+            mcp_exempt: Vec::new(),
+            workspace_max_bytes: 256 * 1024 * 1024,
+            workspace_max_files: 10_000,
+            max_workspaces_per_tenant: 128,
+            workspace_retention: Duration::from_secs(60 * 60),
             role_tools: BTreeMap::from([
                 ("admin".to_owned(), vec!["*".to_owned()]),
                 ("agent".to_owned(), vec!["*".to_owned()]),
@@ -1124,6 +1145,36 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(bad) = t.mcp_exempt.iter().find(|n| Cidr::parse(n).is_none()) {
+            return Err(ConfigError::new(
+                "tools.mcp_exempt",
+                format!("`{bad}` is not an address or a CIDR network"),
+            ));
+        }
+        in_range(
+            "tools.workspace_max_bytes",
+            t.workspace_max_bytes as usize,
+            64 * 1024,
+            1024 * 1024 * 1024 * 1024,
+        )?;
+        in_range(
+            "tools.workspace_max_files",
+            t.workspace_max_files as usize,
+            16,
+            10_000_000,
+        )?;
+        in_range(
+            "tools.max_workspaces_per_tenant",
+            t.max_workspaces_per_tenant,
+            1,
+            1_000_000,
+        )?;
+        if t.workspace_retention < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "tools.workspace_retention",
+                "must be at least 1s",
+            ));
         }
         in_range(
             "tools.max_sandboxes_per_tenant",

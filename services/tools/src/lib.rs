@@ -12,6 +12,8 @@
 //! - [`sandbox`]: commands in the sandbox (the `amaos-sandbox` helper).
 //! - [`shell`]: the `shell` tool's arguments.
 //! - [`web`]: the `web_fetch` tool, with its SSRF checks.
+//! - [`mcp`]: tools of MCP servers, platform-wide or a tenant's.
+//! - [`tree`]: safe walks of a workspace (usage, ownership, roll-back, removal).
 //! - this file: the errors and their mapping, the gRPC service with its
 //!   per-call checks (role allowlist, quotas, audit event), [`serve`].
 
@@ -20,6 +22,7 @@ pub mod journal;
 pub mod mcp;
 pub mod sandbox;
 pub mod shell;
+pub mod tree;
 pub mod web;
 pub mod workspace;
 
@@ -130,6 +133,8 @@ pub struct Tools {
     /// Callers: a token (verified locally) or an API key (checked by auth, cached).
     verifier: Arc<Authenticator>,
     workspaces: Arc<PathBuf>,
+    /// Each workspace's bounds.
+    bounds: workspace::Bounds,
     journal: Arc<dyn Journal>,
     limits: builtin::FileLimits,
     sandbox: Option<Arc<sandbox::Sandbox>>,
@@ -153,17 +158,30 @@ impl Tools {
         secrets: Option<Arc<dyn amaos_mesh::secrets::SecretStore>>,
     ) -> Result<Self, BoxError> {
         Ok(Self {
-            mcp: Arc::new(mcp::Mcp::new(
-                sandbox.clone(),
-                config.data_dir.join("mcp"),
-                secrets,
-            )),
+            mcp: Arc::new(
+                mcp::Mcp::new(sandbox.clone(), config.data_dir.join("mcp"), secrets).with_policy(
+                    mcp::AddressPolicy {
+                        exempt: config.tools.web_fetch_exempt.clone(),
+                        platform_exempt: config
+                            .tools
+                            .mcp_exempt
+                            .iter()
+                            .filter_map(|n| amaos_mesh::config::Cidr::parse(n))
+                            .collect(),
+                    },
+                ),
+            ),
             verifier: Arc::new(Authenticator::from_auth(
                 &amaos_mesh::client::Dialer::new(config, "tools")?,
                 &config.auth.url,
                 config.auth.key_cache_ttl,
             )?),
             workspaces: Arc::new(config.workspace_dir()),
+            bounds: workspace::Bounds {
+                max_bytes: config.tools.workspace_max_bytes,
+                max_files: config.tools.workspace_max_files,
+                max_workspaces: config.tools.max_workspaces_per_tenant,
+            },
             audit: Arc::new(amaos_mesh::audit::AuditLog::append_only(
                 &config.audit_file(),
             )),
@@ -210,7 +228,7 @@ impl Tools {
         })
     }
 
-    /// Registers the MCP servers of `config` (`tools.mcp_servers`).
+    /// Registers the MCP servers of `config` (`tools.mcp_servers`), platform-wide.
     pub async fn register_configured(&self, config: &Config) -> Result<(), BoxError> {
         for (name, server) in &config.tools.mcp_servers {
             let transport = if server.url.is_empty() {
@@ -227,7 +245,7 @@ impl Tools {
             };
             let tools = self
                 .mcp
-                .register(name, transport)
+                .register(&mcp::Scope::Platform, name, transport)
                 .await
                 .map_err(|e| format!("config key `tools.mcp_servers.{name}`: {e}"))?;
             tracing::info!(server = %name, tools = tools.len(), "MCP server registered");
@@ -283,20 +301,63 @@ impl Tools {
             tenant: tenant.to_owned(),
         };
         let base = self.workspaces.clone();
-        let (t, task) = (tenant.to_owned(), task_id.to_owned());
-        let ws = tokio::task::spawn_blocking(move || workspace::Workspace::open(&base, &t, &task))
-            .await
-            .map_err(|e| ToolError::Io(e.to_string()))??;
+        let (t, task, bounds) = (tenant.to_owned(), task_id.to_owned(), self.bounds);
+        // The workspace is measured before the command (it must be within
+        // its bounds), while it runs (stopped when it goes past them) and
+        // after; a command that went past them fails, and what it wrote or
+        // changed is removed, so the workspace is back within its bounds.
+        let ws = Arc::new(
+            blocking(move || {
+                let ws = workspace::Workspace::open_bounded(&base, &t, &task, bounds)?;
+                ws.check_bounds()?;
+                Ok(ws)
+            })
+            .await?,
+        );
+        let watch: sandbox::Watch = {
+            let ws = ws.clone();
+            Arc::new(move || {
+                ws.usage()
+                    .ok()
+                    .and_then(|usage| ws.bounds().exceeded(&usage))
+            })
+        };
         let outcome = sandbox
-            .run(ws.root(), &call.argv(), call.timeout)
+            .run_watched(ws.root(), &call.argv(), call.timeout, Some(watch))
             .await
             .map_err(|e| match e {
                 sandbox::SandboxError::Busy(_) => ToolError::Quota(e.to_string()),
                 other => ToolError::Sandbox(other.to_string()),
             })?;
         drop(release);
+        let after = {
+            let ws = ws.clone();
+            blocking(move || ws.usage()).await?
+        };
+        if let Some(why) = outcome.stopped.clone().or_else(|| bounds.exceeded(&after)) {
+            let since = outcome.since;
+            let removed = {
+                let ws = ws.clone();
+                blocking(move || ws.roll_back(since)).await?
+            };
+            tracing::warn!(%tenant, task = %task_id, %why, removed, "a command went past its workspace's bounds");
+            return Err(ToolError::Quota(format!(
+                "the command was stopped: the task's workspace {why} (limits: {} bytes, {} files); \
+                 the {removed} files and directories it wrote or changed were removed",
+                bounds.max_bytes, bounds.max_files
+            )));
+        }
         serde_json::to_value(outcome).map_err(|e| ToolError::Io(e.to_string()))
     }
+}
+
+/// Runs blocking filesystem work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ToolError> + Send + 'static,
+) -> Result<T, ToolError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ToolError::Io(format!("the tool panicked: {e}")))?
 }
 
 /// A tenant's running sandbox, counted until dropped.
@@ -328,7 +389,35 @@ impl ToolsService for Tools {
         &self,
         request: Request<pb::ListToolsRequest>,
     ) -> Result<Response<pb::ListToolsResponse>, Status> {
-        self.verifier.caller(request.metadata()).await?;
+        let caller = self.verifier.caller(request.metadata()).await?;
+        Ok(Response::new(self.list(&caller).await))
+    }
+
+    async fn invoke_tool(
+        &self,
+        request: Request<pb::InvokeToolRequest>,
+    ) -> Result<Response<pb::InvokeToolResponse>, Status> {
+        let caller = self.verifier.caller(request.metadata()).await?;
+        Ok(Response::new(
+            self.invoke(&caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn register_tool_server(
+        &self,
+        request: Request<pb::RegisterToolServerRequest>,
+    ) -> Result<Response<pb::RegisterToolServerResponse>, Status> {
+        let caller = self.verifier.caller(request.metadata()).await?;
+        Ok(Response::new(
+            self.register_server(&caller, request.into_inner()).await?,
+        ))
+    }
+}
+
+impl Tools {
+    /// The tools `caller` sees: the built-in ones, its tenant's MCP servers'
+    /// and the platform-wide servers'.
+    pub async fn list(&self, caller: &amaos_mesh::caller::Caller) -> pb::ListToolsResponse {
         let descriptor =
             |name: &str, description: &str, schema: serde_json::Value, side_effects| {
                 pb::ToolDescriptor {
@@ -359,7 +448,7 @@ impl ToolsService for Tools {
             web::schema(),
             false,
         ));
-        for (name, description, schema) in self.mcp.tools().await {
+        for (name, description, schema) in self.mcp.tools(&caller.tenant).await {
             let mut d = descriptor(&name, &description, serde_json::Value::Object(schema), true);
             d.source = format!("mcp:{}", name.split('.').next().unwrap_or_default());
             tools.push(d);
@@ -372,29 +461,33 @@ impl ToolsService for Tools {
                 true,
             ));
         }
-        Ok(Response::new(pb::ListToolsResponse { tools }))
+        pb::ListToolsResponse { tools }
     }
 
-    async fn invoke_tool(
+    /// Runs a call of `caller`, with every check, its audit record and its
+    /// audit log line.
+    pub async fn invoke(
         &self,
-        request: Request<pb::InvokeToolRequest>,
-    ) -> Result<Response<pb::InvokeToolResponse>, Status> {
-        let caller = self.verifier.caller(request.metadata()).await?;
+        caller: &amaos_mesh::caller::Caller,
+        request: pb::InvokeToolRequest,
+    ) -> Result<pb::InvokeToolResponse, ToolError> {
         let pb::InvokeToolRequest {
             tool,
             arguments,
             task_id,
             idempotency_key,
             timeout,
-        } = request.into_inner();
+        } = request;
         // A run token reaches only its own task's workspace and journal.
-        caller.check_task(&task_id)?;
+        caller
+            .check_task(&task_id)
+            .map_err(|s| ToolError::PermissionDenied(s.message().to_owned()))?;
         let args = arguments.as_ref().map(struct_to_map).unwrap_or_default();
         let started = Instant::now();
         let fingerprint = journal::fingerprint(&tool, &args);
         let result = self
             .invoke_checked(
-                &caller,
+                caller,
                 tool.clone(),
                 args,
                 task_id,
@@ -433,26 +526,53 @@ impl ToolsService for Tools {
             outcome,
             "tool call"
         );
-        Ok(Response::new(result?))
+        result
     }
 
-    async fn register_tool_server(
+    /// Registers an MCP server for `caller`: platform-wide when the caller
+    /// is a platform admin (tenant `default`, role `admin`), else its
+    /// tenant's (operators and admins of a tenant). Every decision is
+    /// appended to the audit trail (`tool_server.register`, object
+    /// `mcp/<tenant or *>/<name>`); an allowed registration only once that
+    /// record is written.
+    pub async fn register_server(
         &self,
-        request: Request<pb::RegisterToolServerRequest>,
-    ) -> Result<Response<pb::RegisterToolServerResponse>, Status> {
-        let caller = self.verifier.caller(request.metadata()).await?;
-        if !caller.has_role("admin") && !caller.has_role("operator") {
-            return Err(ToolError::PermissionDenied(format!(
-                "roles [{}] may not register tool servers (admin or operator may)",
-                caller.roles.join(", ")
-            ))
-            .into());
-        }
+        caller: &amaos_mesh::caller::Caller,
+        request: pb::RegisterToolServerRequest,
+    ) -> Result<pb::RegisterToolServerResponse, ToolError> {
         let pb::RegisterToolServerRequest {
             name,
             transport,
             idempotency_key: _,
-        } = request.into_inner();
+        } = request;
+        let scope =
+            if caller.tenant == amaos_mesh::identity::PLATFORM_TENANT && caller.has_role("admin") {
+                mcp::Scope::Platform
+            } else {
+                mcp::Scope::Tenant(caller.tenant.clone())
+            };
+        let object = scope.object(&name);
+        let refuse = |error: ToolError| {
+            // Best effort: the registration is refused whether or not this is written.
+            let _ = self.audit_action(caller, "tool_server.register", &object, false);
+            tracing::info!(
+                target: "audit",
+                principal = %caller.principal,
+                tenant = %caller.tenant,
+                action = "register_tool_server",
+                server = %object,
+                decision = "deny",
+                outcome = %error,
+                "tool server registration"
+            );
+            error
+        };
+        if !caller.has_role("admin") && !caller.has_role("operator") {
+            return Err(refuse(ToolError::PermissionDenied(format!(
+                "roles [{}] may not register tool servers (admin or operator may)",
+                caller.roles.join(", ")
+            ))));
+        }
         let transport = match transport {
             Some(pb::register_tool_server_request::Transport::Stdio(stdio)) => {
                 let mut argv = vec![stdio.command];
@@ -469,20 +589,25 @@ impl ToolsService for Tools {
                 bearer_secret: Some(http.bearer_secret).filter(|s| !s.is_empty()),
             },
             None => {
-                return Err(ToolError::InvalidArgument {
+                return Err(refuse(ToolError::InvalidArgument {
                     field: "transport".into(),
                     message: "name a stdio command or an http url".into(),
-                }
-                .into());
+                }));
             }
         };
-        let result = self.mcp.register(&name, transport).await;
+        let checked = self
+            .mcp
+            .check(&scope, &name, transport)
+            .await
+            .map_err(refuse)?;
+        self.audit_action(caller, "tool_server.register", &object, true)?;
+        let result = self.mcp.connect(checked).await;
         tracing::info!(
             target: "audit",
             principal = %caller.principal,
             tenant = %caller.tenant,
             action = "register_tool_server",
-            server = %name,
+            server = %object,
             decision = "allow",
             outcome = if result.is_ok() { "ok" } else { "error" },
             "tool server registration"
@@ -497,11 +622,9 @@ impl ToolsService for Tools {
                 side_effects: true,
             })
             .collect();
-        Ok(Response::new(pb::RegisterToolServerResponse { tools }))
+        Ok(pb::RegisterToolServerResponse { tools })
     }
-}
 
-impl Tools {
     /// Appends a call's decision to the audit trail.
     fn audit_call(
         &self,
@@ -509,12 +632,23 @@ impl Tools {
         tool: &str,
         allowed: bool,
     ) -> Result<(), ToolError> {
+        self.audit_action(caller, "tool.invoke", tool, allowed)
+    }
+
+    /// Appends a decision of `caller` to the audit trail.
+    fn audit_action(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        action: &str,
+        object: &str,
+        allowed: bool,
+    ) -> Result<(), ToolError> {
         self.audit
             .append(amaos_mesh::audit::Entry {
                 principal: &caller.principal,
                 tenant: &caller.tenant,
-                action: "tool.invoke",
-                object: tool,
+                action,
+                object,
                 allowed,
             })
             .map(|_| ())
@@ -554,7 +688,7 @@ impl Tools {
             Checked::Shell(shell::ShellCall::parse(&args)?)
         } else if tool == web::NAME {
             Checked::Web(web::parse_args(&args)?)
-        } else if self.mcp.has(&tool).await {
+        } else if self.mcp.has(&caller.tenant, &tool).await {
             Checked::Mcp(tool.clone(), args)
         } else {
             let builtin = builtin::Builtin::named(&tool)
@@ -638,13 +772,13 @@ impl Tools {
         Ok(match call {
             Checked::Shell(call) => self.shell(&caller.tenant, &task_id, call).await?,
             Checked::Web(url) => self.web.fetch(&caller.tenant, &url).await?,
-            Checked::Mcp(name, args) => self.mcp.call(&name, args, timeout).await?,
+            Checked::Mcp(name, args) => self.mcp.call(&caller.tenant, &name, args, timeout).await?,
             Checked::Builtin(call) => {
                 let base = self.workspaces.clone();
                 let tenant = caller.tenant.clone();
-                let limits = self.limits;
+                let (limits, bounds) = (self.limits, self.bounds);
                 let work = tokio::task::spawn_blocking(move || {
-                    let ws = workspace::Workspace::open(&base, &tenant, &task_id)?;
+                    let ws = workspace::Workspace::open_bounded(&base, &tenant, &task_id, bounds)?;
                     call.run(&ws, limits)
                 });
                 match tokio::time::timeout(timeout, work).await {
@@ -679,9 +813,36 @@ pub async fn serve(
     let tools =
         Tools::new(&config, sandbox, Some(secrets))?.with_journal(journal::open(&config).await?);
     tools.register_configured(&config).await?;
+    let sweeper = tokio::spawn(sweep_workspaces(
+        config.workspace_dir(),
+        config.tools.workspace_retention,
+        shutdown.clone(),
+    ));
     let service = grpc_service(tools, &config.limits);
-    amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await?;
+    let served = amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await;
+    sweeper.abort();
+    served?;
     Ok(())
+}
+
+/// Removes workspaces untouched for longer than `retention` (see
+/// [`workspace::sweep`]), every quarter of it (at least every 5 minutes,
+/// at most every second), until `shutdown`.
+pub async fn sweep_workspaces(base: PathBuf, retention: Duration, shutdown: CancellationToken) {
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    loop {
+        let (base_, retention_) = (base.clone(), retention);
+        match tokio::task::spawn_blocking(move || workspace::sweep(&base_, retention_)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "workspaces past their retention removed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the workspace sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "the workspace sweep panicked"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// The sandbox of `config`, checked by running `true` in it. Without a
@@ -719,6 +880,10 @@ pub async fn start_sandbox(config: &Config) -> Result<Option<Arc<sandbox::Sandbo
             memory_bytes: t.sandbox_memory_bytes,
             processes: t.sandbox_processes,
             output_bytes: t.sandbox_output_bytes,
+            // No single file larger than the workspace may hold.
+            file_bytes: sandbox::Limits::default()
+                .file_bytes
+                .min(t.workspace_max_bytes),
             ..sandbox::Limits::default()
         },
     );

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::tree::{self, Stamp};
+
 /// Why a sandbox could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -74,7 +76,21 @@ pub struct Outcome {
     pub timed_out: bool,
     /// How long it ran, in milliseconds.
     pub duration_ms: u64,
+    /// Why the watch stopped it, when it did (not part of the tool's result).
+    #[serde(skip)]
+    pub stopped: Option<String>,
+    /// A stamp no later than any change the command made to its workspace
+    /// and later than the sandbox's own preparation of it.
+    #[serde(skip)]
+    pub since: Stamp,
 }
+
+/// Checked every [`WATCH_INTERVAL`] while a command runs: a reason to stop
+/// it (killing the sandbox), or `None` to let it go on.
+pub type Watch = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// How often a [`Watch`] is checked.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs commands in sandboxes.
 pub struct Sandbox {
@@ -240,7 +256,9 @@ impl Sandbox {
     /// Starts `argv` in a sandbox that lives until the returned process is
     /// dropped (killed): `workdir` at /workspace, `read_only` host paths visible
     /// at their own place, `extra_env` added to its environment (secrets for
-    /// it), `cpu_seconds` of CPU in all. Its stderr is discarded.
+    /// it), `cpu_seconds` of CPU in all. Its stderr is discarded. Unless
+    /// `writable`, `workdir` stays owned by this process: the sandbox can
+    /// read it but not write to it.
     pub fn spawn(
         &self,
         workdir: &Path,
@@ -248,6 +266,7 @@ impl Sandbox {
         read_only: &[PathBuf],
         extra_env: &BTreeMap<String, String>,
         cpu_seconds: u64,
+        writable: bool,
     ) -> Result<SandboxProcess, SandboxError> {
         let slot = self.take_slot()?;
         let host_id = self.uid_base + 2 * slot.index as u32;
@@ -255,8 +274,10 @@ impl Sandbox {
         std::fs::create_dir_all(&root)
             .and_then(|()| std::fs::create_dir_all(workdir))
             .map_err(|e| SandboxError::Io(format!("{}: {e}", root.display())))?;
-        give_to(workdir, host_id + 1)
-            .map_err(|e| SandboxError::Io(format!("{}: {e}", workdir.display())))?;
+        if writable {
+            give_to(workdir, host_id + 1)
+                .map_err(|e| SandboxError::Io(format!("{}: {e}", workdir.display())))?;
+        }
         let spec = self.spec(
             &root,
             workdir,
@@ -287,6 +308,21 @@ impl Sandbox {
         argv: &[String],
         wall: Duration,
     ) -> Result<Outcome, SandboxError> {
+        self.run_watched(workspace, argv, wall, None).await
+    }
+
+    /// [`Sandbox::run`], also checking `watch` every [`WATCH_INTERVAL`] and
+    /// killing the sandbox when it names a reason (then in
+    /// [`Outcome::stopped`]). A killed sandbox's processes are waited for
+    /// (up to two seconds) before this returns, so nothing of it still
+    /// writes.
+    pub async fn run_watched(
+        &self,
+        workspace: &Path,
+        argv: &[String],
+        wall: Duration,
+        watch: Option<Watch>,
+    ) -> Result<Outcome, SandboxError> {
         let slot = self.take_slot()?;
         // Two host ids per slot: the sandbox's root, and the user running the command.
         let host_id = self.uid_base + 2 * slot.index as u32;
@@ -304,6 +340,8 @@ impl Sandbox {
             &BTreeMap::new(),
             self.limits.cpu_seconds,
         );
+        // After the hand-over (which changes the entries' change times).
+        let since = Stamp::next_tick().await;
         let started = Instant::now();
         let mut child = tokio::process::Command::new(&self.helper)
             .arg(spec.to_string())
@@ -327,19 +365,37 @@ impl Sandbox {
         let cap = self.limits.output_bytes;
         let out = tokio::spawn(read_capped(stdout, cap));
         let err = tokio::spawn(read_capped(stderr, cap));
-        let (status, timed_out) = match tokio::time::timeout(wall, child.wait()).await {
-            Ok(status) => (status.map_err(|e| SandboxError::Io(e.to_string()))?, false),
-            Err(_) => {
-                if let Some(pgid) = pgid {
-                    // The helper's group; its children die with it (parent-death signal).
-                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                }
-                let status = child
-                    .wait()
-                    .await
-                    .map_err(|e| SandboxError::Io(e.to_string()))?;
-                (status, true)
+        let deadline = tokio::time::Instant::now() + wall;
+        let mut stopped = None;
+        let (status, timed_out) = loop {
+            let until = match &watch {
+                Some(_) => deadline.min(tokio::time::Instant::now() + WATCH_INTERVAL),
+                None => deadline,
+            };
+            if let Ok(status) = tokio::time::timeout_at(until, child.wait()).await {
+                break (status.map_err(|e| SandboxError::Io(e.to_string()))?, false);
             }
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            if !timed_out {
+                let Some(watch) = watch.clone() else { continue };
+                match tokio::task::spawn_blocking(move || watch()).await {
+                    Ok(Some(reason)) => stopped = Some(reason),
+                    Ok(None) => continue,
+                    Err(e) => stopped = Some(format!("the watch failed: {e}")),
+                }
+            }
+            if let Some(pgid) = pgid {
+                // The helper's group; its children die with it (parent-death signal).
+                let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+            }
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| SandboxError::Io(e.to_string()))?;
+            // The sandbox's pid 1 and its children die after the helper:
+            // wait for them, so nothing writes to the workspace any more.
+            wait_gone(&[host_id, host_id + 1], Duration::from_secs(2)).await;
+            break (status, timed_out);
         };
         let join = |r: Result<std::io::Result<(Vec<u8>, u64)>, tokio::task::JoinError>| {
             r.map_err(|e| SandboxError::Io(e.to_string()))?
@@ -363,32 +419,46 @@ impl Sandbox {
             truncated: out_dropped + err_dropped > 0,
             timed_out,
             duration_ms: started.elapsed().as_millis() as u64,
+            stopped,
+            since,
         })
     }
 }
 
-/// Makes `dir` and everything in it owned by `id`, so the sandbox's user can
-/// write there; symlinks are changed themselves, never followed.
-fn give_to(dir: &Path, id: u32) -> std::io::Result<()> {
-    let owner = Some(id);
-    std::os::unix::fs::lchown(dir, owner, owner)?;
-    let mut stack = vec![dir.to_path_buf()];
-    let mut seen = 0usize;
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d)? {
-            let entry = entry?;
-            seen += 1;
-            if seen > 100_000 {
-                return Err(std::io::Error::other(
-                    "more than 100000 files in the workspace",
-                ));
-            }
-            std::os::unix::fs::lchown(entry.path(), owner, owner)?;
-            if entry.file_type()?.is_dir() {
-                stack.push(entry.path());
-            }
-        }
+/// Waits (at most `limit`) until no process runs as one of `uids`.
+async fn wait_gone(uids: &[u32], limit: Duration) {
+    let running = |uids: &[u32]| -> bool {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        procs.flatten().any(|p| {
+            std::fs::read_to_string(p.path().join("status")).is_ok_and(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|u| u.parse::<u32>().ok())
+                    .is_some_and(|u| uids.contains(&u))
+            })
+        })
+    };
+    let until = Instant::now() + limit;
+    while running(uids) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Makes `dir` and everything in it owned by `id`, so the sandbox's user can
+/// write there (0700 stays 0700: only that user, and this process); the
+/// walk is relative to open directories and never follows a link, even one
+/// swapped in by another sandbox meanwhile.
+fn give_to(dir: &Path, id: u32) -> std::io::Result<()> {
+    let root = tree::open_root(dir)?;
+    nix::unistd::fchown(
+        &root,
+        Some(nix::unistd::Uid::from_raw(id)),
+        Some(nix::unistd::Gid::from_raw(id)),
+    )?;
+    tree::chown_tree(&root, id)?;
     Ok(())
 }
 

@@ -145,23 +145,7 @@ impl WebFetch {
 
     /// Checks `url` for `tenant` and returns the address to connect to.
     async fn check(&self, tenant: &str, url: &Url) -> Result<SocketAddr, ToolError> {
-        match url.scheme() {
-            "http" | "https" => {}
-            other => {
-                return Err(denied(format!(
-                    "scheme `{other}` is not allowed; use http or https"
-                )));
-            }
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(denied(
-                "URLs with credentials (user@host) are not allowed".into(),
-            ));
-        }
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| invalid("has no port"))?;
-        let host = url.host().ok_or_else(|| invalid("has no host"))?;
+        let (host, port) = check_form(url)?;
         if let Some(domains) = self.allow.get(tenant) {
             let name = match &host {
                 url::Host::Domain(d) => d.to_ascii_lowercase(),
@@ -176,31 +160,7 @@ impl WebFetch {
                 )));
             }
         }
-        let addresses: Vec<SocketAddr> = match host {
-            url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
-            url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-            url::Host::Domain(name) => tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio::net::lookup_host((name, port)),
-            )
-            .await
-            .map_err(|_| ToolError::Io(format!("resolving `{name}` timed out")))?
-            .map_err(|e| ToolError::Io(format!("resolving `{name}`: {e}")))?
-            .collect(),
-        };
-        if addresses.is_empty() {
-            return Err(ToolError::Io(format!("`{host}` has no address")));
-        }
-        // Every address must pass: a name that resolves to one public and one
-        // private address is refused, not raced.
-        for a in &addresses {
-            if let Some(why) = blocked(a.ip())
-                && !self.exempt.contains(&a.ip())
-            {
-                return Err(denied(format!("`{host}` resolves to {}, {why}", a.ip())));
-            }
-        }
-        Ok(addresses[0])
+        resolve_checked(&host, port, &|ip| self.exempt.contains(&ip)).await
     }
 
     /// Fetches `url` for `tenant`.
@@ -285,6 +245,75 @@ impl WebFetch {
         }
         Ok((body, false))
     }
+}
+
+/// The host and port of `url` when its form is allowed: http or https,
+/// no credentials, a host and a port.
+fn check_form(url: &Url) -> Result<(url::Host<String>, u16), ToolError> {
+    match url.scheme() {
+        "http" | "https" => {}
+        other => {
+            return Err(denied(format!(
+                "scheme `{other}` is not allowed; use http or https"
+            )));
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(denied(
+            "URLs with credentials (user@host) are not allowed".into(),
+        ));
+    }
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| invalid("has no port"))?;
+    let host = url.host().ok_or_else(|| invalid("has no host"))?.to_owned();
+    Ok((host, port))
+}
+
+/// Resolves `host` once and checks every address against [`blocked`]
+/// (unless `exempt` says otherwise); the address to connect to.
+async fn resolve_checked(
+    host: &url::Host<String>,
+    port: u16,
+    exempt: &(dyn Fn(IpAddr) -> bool + Sync),
+) -> Result<SocketAddr, ToolError> {
+    let addresses: Vec<SocketAddr> = match host {
+        url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
+        url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
+        url::Host::Domain(name) => tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::lookup_host((name.as_str(), port)),
+        )
+        .await
+        .map_err(|_| ToolError::Io(format!("resolving `{name}` timed out")))?
+        .map_err(|e| ToolError::Io(format!("resolving `{name}`: {e}")))?
+        .collect(),
+    };
+    if addresses.is_empty() {
+        return Err(ToolError::Io(format!("`{host}` has no address")));
+    }
+    // Every address must pass: a name that resolves to one public and one
+    // private address is refused, not raced.
+    for a in &addresses {
+        if let Some(why) = blocked(a.ip())
+            && !exempt(a.ip())
+        {
+            return Err(denied(format!("`{host}` resolves to {}, {why}", a.ip())));
+        }
+    }
+    Ok(addresses[0])
+}
+
+/// Checks `url` with `web_fetch`'s address policy (form, then every
+/// address the host resolves to, unless `exempt` allows it) and returns
+/// the checked address: for other outgoing requests made for tenants,
+/// such as MCP servers' URLs. The caller must connect to that address.
+pub async fn check_url(
+    url: &Url,
+    exempt: &(dyn Fn(IpAddr) -> bool + Sync),
+) -> Result<SocketAddr, ToolError> {
+    let (host, port) = check_form(url)?;
+    resolve_checked(&host, port, exempt).await
 }
 
 /// Readable text of an HTML page: scripts, styles and tags removed, common

@@ -7,6 +7,15 @@
 //! kernel refuses, atomically, any path that would leave the workspace or
 //! pass through a symlink — including one swapped in between a check and
 //! the open, which a check-then-open design cannot rule out.
+//!
+//! A workspace is bounded ([`Bounds`]: bytes, entries, workspaces per
+//! tenant): `file_write` refuses to go past them, and the shell tool measures
+//! the workspace before, during and after each command (see
+//! `Tools::shell`). Directories are made 0700 and files 0600 (the tenant's
+//! and task directories 0711 and 0700: a sandbox's uid must pass through
+//! them to mount its workspace). Opening a workspace stamps its directory's
+//! change time; [`sweep`] removes workspaces not opened for longer than the
+//! retention.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -19,6 +28,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
 use nix::sys::stat::{Mode, SFlag};
 
 use crate::ToolError;
+use crate::tree::{self, Stamp, Usage};
 
 /// A search hit: file path (relative to the workspace), 1-based line, the line.
 pub type Hit = (String, usize, String);
@@ -32,6 +42,54 @@ pub type Entry = (String, bool, u64);
 /// A task's workspace directory.
 pub struct Workspace {
     root: PathBuf,
+    bounds: Bounds,
+}
+
+/// How much a workspace may hold, and how many a tenant may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Bytes (disk use, see [`tree::disk_bytes`]).
+    pub max_bytes: u64,
+    /// Files, directories and links.
+    pub max_files: u64,
+    /// Workspaces of one tenant at once.
+    pub max_workspaces: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            max_files: 10_000,
+            max_workspaces: 128,
+        }
+    }
+}
+
+impl Bounds {
+    /// Why `usage` is over these bounds, if it is.
+    pub fn exceeded(&self, usage: &Usage) -> Option<String> {
+        if usage.bytes > self.max_bytes {
+            Some(format!(
+                "holds more than its limit of {} bytes",
+                self.max_bytes
+            ))
+        } else if usage.files > self.max_files {
+            Some(format!(
+                "holds more than its limit of {} files",
+                self.max_files
+            ))
+        } else if usage.too_deep {
+            Some(format!("nests directories deeper than {}", tree::MAX_DEPTH))
+        } else {
+            None
+        }
+    }
+}
+
+/// A quota error naming the workspace's bounds.
+fn over(why: String) -> ToolError {
+    ToolError::Quota(format!("the task's workspace {why}"))
 }
 
 /// Whether a task id or tenant can name a directory: `[A-Za-z0-9_-]{1,128}`.
@@ -43,8 +101,21 @@ fn safe_segment(s: &str) -> bool {
 }
 
 impl Workspace {
-    /// The workspace of `task_id` in `tenant` under `base`, created if absent.
+    /// The workspace of `task_id` in `tenant` under `base`, created if
+    /// absent, with the default bounds.
     pub fn open(base: &Path, tenant: &str, task_id: &str) -> Result<Self, ToolError> {
+        Self::open_bounded(base, tenant, task_id, Bounds::default())
+    }
+
+    /// The workspace of `task_id` in `tenant` under `base`, created if
+    /// absent (unless the tenant has `bounds.max_workspaces` already), and
+    /// stamped as used now.
+    pub fn open_bounded(
+        base: &Path,
+        tenant: &str,
+        task_id: &str,
+        bounds: Bounds,
+    ) -> Result<Self, ToolError> {
         if !safe_segment(task_id) {
             return Err(ToolError::InvalidArgument {
                 field: "task_id".into(),
@@ -56,13 +127,80 @@ impl Workspace {
                 "the caller's tenant cannot name a workspace".into(),
             ));
         }
-        let root = base.join(tenant).join(task_id);
-        std::fs::create_dir_all(&root)
-            .map_err(|e| ToolError::Io(format!("cannot create the workspace: {e}")))?;
+        use std::os::unix::fs::DirBuilderExt;
+        let io = |e: std::io::Error| ToolError::Io(format!("cannot create the workspace: {e}"));
+        // Base and tenant directories: passable (a sandbox's uid mounts the
+        // workspace through them), not listable by others.
+        let tenant_dir = base.join(tenant);
+        if !tenant_dir.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&tenant_dir)
+                .map_err(io)?;
+        }
+        let root = tenant_dir.join(task_id);
+        if std::fs::symlink_metadata(&root).is_err() {
+            let existing = std::fs::read_dir(&tenant_dir)
+                .map_err(io)?
+                .flatten()
+                .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+                .take(bounds.max_workspaces)
+                .count();
+            if existing >= bounds.max_workspaces {
+                return Err(ToolError::Quota(format!(
+                    "tenant `{tenant}` has {} task workspaces, its limit (a workspace is \
+                     removed once no tool has used it for the retention period)",
+                    bounds.max_workspaces
+                )));
+            }
+            match std::fs::DirBuilder::new().mode(0o700).create(&root) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+        let fd = tree::open_root(&root)
+            .map_err(|e| ToolError::Io(format!("cannot open the workspace: {e}")))?;
+        // 0700 (workspaces made before this rule included); the stamp of use
+        // the sweeper reads is the directory's change time, set here.
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(0o700))
+            .map_err(|e| ToolError::Io(format!("cannot stamp the workspace: {e}")))?;
         let root = root
             .canonicalize()
             .map_err(|e| ToolError::Io(format!("cannot resolve the workspace: {e}")))?;
-        Ok(Self { root })
+        Ok(Self { root, bounds })
+    }
+
+    /// Its bounds.
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
+    /// What it holds (the count stops early once past its bounds).
+    pub fn usage(&self) -> Result<Usage, ToolError> {
+        let fd = tree::open_root(&self.root)
+            .map_err(|e| ToolError::Io(format!("cannot open the workspace: {e}")))?;
+        tree::usage(&fd, self.bounds.max_bytes, self.bounds.max_files)
+            .map_err(|e| ToolError::Io(format!("cannot measure the workspace: {e}")))
+    }
+
+    /// A quota error when it holds more than its bounds.
+    pub fn check_bounds(&self) -> Result<Usage, ToolError> {
+        let usage = self.usage()?;
+        match self.bounds.exceeded(&usage) {
+            Some(why) => Err(over(why)),
+            None => Ok(usage),
+        }
+    }
+
+    /// Removes what changed in it at or after `since` (see
+    /// [`tree::roll_back`]); returns the entries removed.
+    pub fn roll_back(&self, since: Stamp) -> Result<u64, ToolError> {
+        let fd = tree::open_root(&self.root)
+            .map_err(|e| ToolError::Io(format!("cannot open the workspace: {e}")))?;
+        tree::roll_back(&fd, since)
+            .map_err(|e| ToolError::Io(format!("cannot roll the workspace back: {e}")))
     }
 
     /// The workspace's directory.
@@ -112,7 +250,7 @@ impl Workspace {
         };
         // openat2 wants no mode unless it creates.
         let mode = if flags.contains(OFlag::O_CREAT) {
-            0o644
+            0o600
         } else {
             0
         };
@@ -192,13 +330,28 @@ impl Workspace {
                 message: "names no file".into(),
             });
         };
+        // The workspace's bounds: what it holds now, plus what this adds.
+        let usage = self.check_bounds()?;
+        let mut created = 0u64;
+        let room_for_one = |created: &mut u64| {
+            *created += 1;
+            if usage.files + *created > self.bounds.max_files {
+                Err(over(format!(
+                    "would hold more than its limit of {} files",
+                    self.bounds.max_files
+                )))
+            } else {
+                Ok(())
+            }
+        };
         let mut dir = self.root_fd()?;
         for part in rel.parent().into_iter().flat_map(Path::components) {
             let part = Path::new(part.as_os_str());
             dir = match Self::open_at(&dir, part, OFlag::O_RDONLY | OFlag::O_DIRECTORY, path) {
                 Ok(fd) => fd,
                 Err(ToolError::NotFound(_)) => {
-                    match nix::sys::stat::mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
+                    room_for_one(&mut created)?;
+                    match nix::sys::stat::mkdirat(&dir, part, Mode::from_bits_truncate(0o700)) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(ToolError::Io(format!("`{path}`: {e}"))),
                     }
@@ -210,24 +363,55 @@ impl Workspace {
         let mode = if append {
             OFlag::O_APPEND
         } else {
-            OFlag::O_TRUNC
+            OFlag::empty()
         };
-        let fd = Self::open_at(
-            &dir,
-            Path::new(name),
-            OFlag::O_WRONLY | OFlag::O_CREAT | mode,
-            path,
-        )?;
+        let fd = match Self::open_at(&dir, Path::new(name), OFlag::O_WRONLY | mode, path) {
+            Ok(fd) => fd,
+            Err(ToolError::NotFound(_)) => {
+                room_for_one(&mut created)?;
+                self.room_for_bytes(&usage, 0, content.len(), path)?;
+                Self::open_at(
+                    &dir,
+                    Path::new(name),
+                    OFlag::O_WRONLY | OFlag::O_CREAT | mode,
+                    path,
+                )?
+            }
+            Err(e) => return Err(e),
+        };
         let stat = nix::sys::stat::fstat(&fd).map_err(|e| ToolError::Io(e.to_string()))?;
         if append && stat.st_size as u64 + content.len() as u64 > max as u64 {
             return Err(ToolError::TooLarge(format!(
                 "`{path}` would grow past the limit of {max} bytes"
             )));
         }
+        // Replacing a file frees what it held; appending keeps it.
+        let freed = if append { 0 } else { tree::disk_bytes(&stat) };
+        self.room_for_bytes(&usage, freed, content.len(), path)?;
+        if !append {
+            nix::unistd::ftruncate(&fd, 0).map_err(|e| ToolError::Io(e.to_string()))?;
+        }
         std::fs::File::from(fd)
             .write_all(content.as_bytes())
             .map_err(|e| ToolError::Io(e.to_string()))?;
         Ok(content.len() as u64)
+    }
+
+    /// A quota error unless `adding` bytes (after `freed`) fit its bounds.
+    fn room_for_bytes(
+        &self,
+        usage: &Usage,
+        freed: u64,
+        adding: usize,
+        path: &str,
+    ) -> Result<(), ToolError> {
+        if usage.bytes.saturating_sub(freed) + adding as u64 > self.bounds.max_bytes {
+            return Err(over(format!(
+                "would hold more than its limit of {} bytes ({} now; `{path}` adds {adding})",
+                self.bounds.max_bytes, usage.bytes
+            )));
+        }
+        Ok(())
     }
 
     /// Lists a directory: `(name, is_dir, size)`, sorted, at most `max` entries.
@@ -346,6 +530,62 @@ impl Workspace {
         }
         Ok((hits, false))
     }
+}
+
+/// Removes the workspaces under `base` not opened for longer than
+/// `retention` (their directory's change time, stamped at every open, is
+/// older), and what an earlier sweep left half-removed; returns how many
+/// workspaces went. A workspace is renamed to a hidden name first (task ids
+/// cannot start with `.`), so a call arriving meanwhile gets a fresh one.
+pub fn sweep(base: &Path, retention: std::time::Duration) -> std::io::Result<usize> {
+    let cutoff = Stamp::now().minus(retention);
+    let mut swept = 0;
+    let tenants = match std::fs::read_dir(base) {
+        Ok(tenants) => tenants,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for tenant in tenants.flatten() {
+        if !tenant.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let dir = tree::open_root(&tenant.path()).map_err(std::io::Error::from)?;
+        for task in std::fs::read_dir(tenant.path())?.flatten() {
+            let name = task.file_name();
+            let Ok(cname) = std::ffi::CString::new(name.as_bytes()) else {
+                continue;
+            };
+            if name.as_bytes().starts_with(b".") {
+                // Left by an interrupted sweep.
+                tree::remove_entry(&dir, &cname).map_err(std::io::Error::from)?;
+                continue;
+            }
+            let Ok(stat) = nix::sys::stat::fstatat(
+                &dir,
+                cname.as_c_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            if Stamp::ctime(&stat) >= cutoff {
+                continue;
+            }
+            let hidden = std::ffi::CString::new(format!(
+                ".swept-{}-{}",
+                name.to_string_lossy(),
+                uuid::Uuid::new_v4()
+            ))
+            .map_err(std::io::Error::other)?;
+            match nix::fcntl::renameat(&dir, cname.as_c_str(), &dir, hidden.as_c_str()) {
+                Ok(()) => {}
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            tree::remove_entry(&dir, &hidden).map_err(std::io::Error::from)?;
+            swept += 1;
+        }
+    }
+    Ok(swept)
 }
 
 #[cfg(test)]
@@ -484,5 +724,113 @@ mod tests {
         let (entries, _) = ws.list(".", 10).unwrap();
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(names, ["-", "--help", "-rf"]);
+    }
+
+    fn bounded(max_bytes: u64, max_files: u64) -> (tempfile::TempDir, Workspace) {
+        let dir = tempfile::tempdir().unwrap();
+        let bounds = Bounds {
+            max_bytes,
+            max_files,
+            max_workspaces: 2,
+        };
+        let ws = Workspace::open_bounded(dir.path(), "acme", "task-1", bounds).unwrap();
+        (dir, ws)
+    }
+
+    #[test]
+    fn file_write_past_the_workspace_bounds_fails() {
+        let (_dir, ws) = bounded(64 * 1024, 1000);
+        let chunk = "x".repeat(20 * 1024);
+        for name in ["a", "b", "c"] {
+            ws.write(name, &chunk, false, 1 << 20).unwrap();
+        }
+        match ws.write("d", &chunk, false, 1 << 20) {
+            Err(ToolError::Quota(m)) => assert!(m.contains("65536 bytes"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ws.write("a", &chunk, true, 1 << 20),
+            Err(ToolError::Quota(_))
+        ));
+        // Refused before anything changed; replacing a file frees its bytes.
+        assert!(!ws.root().join("d").exists());
+        assert_eq!(ws.read("a", 1 << 20).unwrap().len(), chunk.len());
+        ws.write("a", &chunk, false, 1 << 20).unwrap();
+        assert!(ws.usage().unwrap().bytes <= 64 * 1024);
+    }
+
+    #[test]
+    fn file_write_past_the_workspace_file_count_fails() {
+        let (_dir, ws) = bounded(1 << 20, 16);
+        for i in 0..16 {
+            ws.write(&format!("f{i}"), "x", false, 100).unwrap();
+        }
+        assert!(matches!(
+            ws.write("one-more", "x", false, 100),
+            Err(ToolError::Quota(_))
+        ));
+        assert!(matches!(
+            ws.write("new/dir/file", "x", false, 100),
+            Err(ToolError::Quota(_))
+        ));
+        // An existing file can still be rewritten.
+        ws.write("f0", "y", false, 100).unwrap();
+        assert_eq!(ws.usage().unwrap().files, 16);
+    }
+
+    #[test]
+    fn created_files_are_0600_and_directories_0700() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, ws) = bounded(1 << 20, 100);
+        ws.write("notes/deep/a.md", "secret", false, 100).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&ws.root().join("notes/deep/a.md")), 0o600);
+        assert_eq!(mode(&ws.root().join("notes")), 0o700);
+        assert_eq!(mode(&ws.root().join("notes/deep")), 0o700);
+        assert_eq!(mode(ws.root()), 0o700);
+        // The tenant's directory can be passed through, not listed.
+        assert_eq!(mode(&dir.path().join("acme")), 0o711);
+    }
+
+    #[test]
+    fn a_tenant_has_at_most_its_workspaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let bounds = Bounds {
+            max_workspaces: 2,
+            ..Bounds::default()
+        };
+        Workspace::open_bounded(dir.path(), "acme", "t1", bounds).unwrap();
+        Workspace::open_bounded(dir.path(), "acme", "t2", bounds).unwrap();
+        assert!(matches!(
+            Workspace::open_bounded(dir.path(), "acme", "t3", bounds),
+            Err(ToolError::Quota(_))
+        ));
+        // Its own are opened again; other tenants are not affected.
+        Workspace::open_bounded(dir.path(), "acme", "t1", bounds).unwrap();
+        Workspace::open_bounded(dir.path(), "globex", "t1", bounds).unwrap();
+    }
+
+    #[test]
+    fn the_sweeper_removes_workspaces_untouched_past_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Workspace::open(dir.path(), "acme", "old").unwrap();
+        old.write("a/b/c.txt", "done", false, 100).unwrap();
+        let kept = Workspace::open(dir.path(), "acme", "kept").unwrap();
+        kept.write("x.txt", "busy", false, 100).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // `kept` is used again (any tool call opens it); `old` is not.
+        Workspace::open(dir.path(), "acme", "kept").unwrap();
+        let retention = std::time::Duration::from_millis(200);
+        assert_eq!(sweep(dir.path(), retention).unwrap(), 1);
+        assert!(!dir.path().join("acme/old").exists());
+        assert!(dir.path().join("acme/kept/x.txt").exists());
+        // Nothing hidden is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("acme"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, ["kept"]);
+        assert_eq!(sweep(dir.path(), retention).unwrap(), 0);
     }
 }

@@ -84,10 +84,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let sessions: std::sync::Arc<
             rmcp::transport::streamable_http_server::session::local::LocalSessionManager,
         > = Default::default();
+        // The Host names it answers: its own address's too (tests listen on
+        // 127.0.0.2, say), besides the loopback names.
+        let ip = listener.local_addr()?.ip().to_string();
+        let config = rmcp::transport::streamable_http_server::StreamableHttpServerConfig::default()
+            .with_allowed_hosts(["localhost".to_owned(), "127.0.0.1".into(), "::1".into(), ip]);
         let service = rmcp::transport::streamable_http_server::StreamableHttpService::new(
             || Ok(Demo::new()),
             sessions,
-            Default::default(),
+            config,
         );
         let token = std::env::var("AMAOS_MCP_DEMO_TOKEN").ok();
         let app =

@@ -13,8 +13,10 @@
 //!    (tmpfs with /usr, /bin, /lib… bound read-only, /dev/null and friends,
 //!    a private /tmp and /proc, the task workspace at /workspace, read-write),
 //!    pivots into it, sets rlimits, becomes uid 1000 (dropping every
-//!    capability), sets no_new_privs and the parent-death signal, installs
-//!    the seccomp filter, and execs the command with the given environment;
+//!    capability), sets no_new_privs, the parent-death signal and a 077
+//!    umask, installs the seccomp filters (`fallocate` answers EOPNOTSUPP,
+//!    see [`preallocation_filter`]), and execs the command with the given
+//!    environment;
 //! 3. the exit status is passed through (128 + signal when killed). A setup
 //!    failure exits 125 with one line `amaos-sandbox: …` on stderr.
 //!
@@ -91,8 +93,9 @@ fn main() {
     if spec.argv.is_empty() {
         fail("spec", "argv is empty");
     }
-    // Build the filter before any namespace exists, so a bad one fails early.
+    // Build the filters before any namespace exists, so a bad one fails early.
     let filter = seccomp_filter().unwrap_or_else(|e| fail("seccomp filter", e));
+    let no_preallocation = preallocation_filter().unwrap_or_else(|e| fail("seccomp filter", e));
     let (unshared_r, unshared_w) = pipe().unwrap_or_else(|e| fail("pipe", e));
     let (mapped_r, mapped_w) = pipe().unwrap_or_else(|e| fail("pipe", e));
     // SAFETY: this program has one thread.
@@ -132,7 +135,7 @@ fn main() {
                 ForkResult::Parent { child } => std::process::exit(exit_code(child)),
                 ForkResult::Child => {
                     die_with_parent();
-                    enter(&spec, &filter)
+                    enter(&spec, &[&no_preallocation, &filter])
                 }
             }
         }
@@ -215,7 +218,7 @@ fn bind(source: &Path, target: &Path, read_only: bool) {
 /// Builds the root, pivots into it and execs the command. Runs as pid 1
 /// of the new pid namespace, with every capability in the new user
 /// namespace until it drops them.
-fn enter(spec: &Spec, filter: &BpfProgram) -> ! {
+fn enter(spec: &Spec, filters: &[&BpfProgram]) -> ! {
     let root = &spec.root;
     mount(
         None::<&str>,
@@ -352,6 +355,8 @@ fn enter(spec: &Spec, filter: &BpfProgram) -> ! {
     die_with_parent();
     nix::sys::prctl::set_no_new_privs().unwrap_or_else(|e| fail("no_new_privs", e));
     nix::unistd::chdir("/workspace").unwrap_or_else(|e| fail("chdir /workspace", e));
+    // What the command creates is its own alone (0600 files, 0700 directories).
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let argv: Vec<CString> = spec
         .argv
         .iter()
@@ -362,10 +367,28 @@ fn enter(spec: &Spec, filter: &BpfProgram) -> ! {
         .iter()
         .map(|(k, v)| CString::new(format!("{k}={v}")).unwrap_or_else(|e| fail("env", e)))
         .collect();
-    seccompiler::apply_filter(filter).unwrap_or_else(|e| fail("seccomp", e));
+    for filter in filters {
+        seccompiler::apply_filter(filter).unwrap_or_else(|e| fail("seccomp", e));
+    }
     let error = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
     eprintln!("amaos-sandbox: exec {}: {error}", spec.argv[0]);
     std::process::exit(127)
+}
+
+/// `fallocate` fails with EOPNOTSUPP (C libraries then write the bytes
+/// instead): preallocation claims disk space at no cost in time, faster
+/// than the tools service can measure a workspace, whereas written bytes
+/// cost CPU time, bounded by RLIMIT_CPU and seen by the workspace watch.
+fn preallocation_filter() -> Result<BpfProgram, seccompiler::BackendError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        BTreeMap::from([(libc::SYS_fallocate, Vec::new())]);
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EOPNOTSUPP as u32),
+        TargetArch::x86_64,
+    )?;
+    filter.try_into()
 }
 
 /// Denied with EPERM: tracing, mounts and namespaces, kernel modules and
