@@ -145,7 +145,7 @@ pub async fn open(config: &Config) -> Result<Opened, AuthError> {
         state: Arc::new(AuthState {
             keys,
             signer,
-            audit: AuditLog::open(&config.audit_file())
+            audit: AuditLog::open_configured(config)
                 .map_err(|e| AuthError::Store(e.to_string()))?,
             cache: Mutex::new(HashMap::new()),
             cache_ttl: config.auth.key_cache_ttl,
@@ -181,29 +181,42 @@ impl AuthState {
         self.verify(presented).await
     }
 
+    /// Records that `key` was refused `action` on `object`. The action is
+    /// refused either way; a trail that cannot be written is logged.
+    async fn refused(&self, key: &StoredKey, action: &str, object: &str) {
+        let entry = Entry {
+            principal: &key.key_id,
+            tenant: &key.tenant,
+            action,
+            object,
+            allowed: false,
+        };
+        if let Err(error) = self.audit.append_async(entry).await {
+            tracing::error!(%error, "could not audit a refusal");
+        }
+    }
+
     /// Checks that `key` may do `action` on `object`, auditing a refusal.
-    fn check(&self, key: &StoredKey, object: &str, action: &str) -> Result<(), AuthError> {
+    async fn check(&self, key: &StoredKey, object: &str, action: &str) -> Result<(), AuthError> {
         if policy::allows(&key.key_id, &key.roles, &key.tenant, object, action).is_some() {
             return Ok(());
         }
-        // The action is refused either way; a trail that cannot be written is logged.
-        if let Err(error) = self.audit.append(Entry {
-            principal: &key.key_id,
-            tenant: &key.tenant,
-            action: &format!("{object}.{action}"),
-            object,
-            allowed: false,
-        }) {
-            tracing::error!(%error, "could not audit a refusal");
-        }
+        self.refused(key, &format!("{object}.{action}"), object)
+            .await;
         Err(AuthError::Forbidden(format!(
             "roles [{}] may not `{action}` on `{object}`",
             key.roles.join(", ")
         )))
     }
 
-    /// The tenant a request acts on: its own, or (for platform admins) another.
-    fn scope(&self, key: &StoredKey, requested: &str) -> Result<String, AuthError> {
+    /// The tenant a request acts on: its own, or (for platform admins)
+    /// another; a refusal is audited as `action` on `tenant:<requested>`.
+    async fn scope(
+        &self,
+        key: &StoredKey,
+        requested: &str,
+        action: &str,
+    ) -> Result<String, AuthError> {
         if requested.is_empty() || requested == key.tenant {
             return Ok(key.tenant.clone());
         }
@@ -216,6 +229,8 @@ impl AuthState {
         if key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "admin") {
             Ok(requested.to_owned())
         } else {
+            self.refused(key, action, &format!("tenant:{requested}"))
+                .await;
             Err(AuthError::Forbidden(format!(
                 "a key of tenant `{}` cannot act on tenant `{requested}`",
                 key.tenant
@@ -275,7 +290,7 @@ impl AuthService for Auth {
         request: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let key = self.state.caller(&request).await?;
-        self.state.check(&key, "keys", "write")?;
+        self.state.check(&key, "keys", "write").await?;
         let pb::CreateApiKeyRequest {
             name,
             tenant,
@@ -283,7 +298,7 @@ impl AuthService for Auth {
             ttl,
             idempotency_key,
         } = request.into_inner();
-        let tenant = self.state.scope(&key, &tenant)?;
+        let tenant = self.state.scope(&key, &tenant, "keys.create").await?;
         if name.trim().is_empty() || name.chars().count() > 128 {
             return Err(AuthError::InvalidArgument {
                 field: "name",
@@ -320,13 +335,14 @@ impl AuthService for Auth {
         let key_id = amaos_mesh::new_id();
         self.state
             .audit
-            .append(Entry {
+            .append_async(Entry {
                 principal: &key.key_id,
                 tenant: &tenant,
                 action: "keys.create",
                 object: &key_id,
                 allowed: true,
             })
+            .await
             .map_err(|e| AuthError::AuditDown(e.to_string()))?;
         let (created, secret) = self
             .state
@@ -351,12 +367,12 @@ impl AuthService for Auth {
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let key = self.state.caller(&request).await?;
-        self.state.check(&key, "keys", "read")?;
+        self.state.check(&key, "keys", "read").await?;
         let pb::ListApiKeysRequest {
             include_revoked,
             tenant,
         } = request.into_inner();
-        let tenant = self.state.scope(&key, &tenant)?;
+        let tenant = self.state.scope(&key, &tenant, "keys.read").await?;
         let keys = self.state.keys.list(Some(&tenant), include_revoked).await?;
         Ok(Response::new(pb::ListApiKeysResponse {
             keys: keys.iter().map(to_proto).collect(),
@@ -368,7 +384,7 @@ impl AuthService for Auth {
         request: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let key = self.state.caller(&request).await?;
-        self.state.check(&key, "keys", "write")?;
+        self.state.check(&key, "keys", "write").await?;
         let pb::RevokeApiKeyRequest {
             key_id,
             idempotency_key: _,
@@ -382,17 +398,22 @@ impl AuthService for Auth {
             .list(scope, true)
             .await?
             .into_iter()
-            .find(|k| k.key_id == key_id)
-            .ok_or_else(|| AuthError::KeyNotFound(key_id.clone()))?;
+            .find(|k| k.key_id == key_id);
+        let Some(target) = target else {
+            // Not found (or another tenant's: the same answer) is refused.
+            self.state.refused(&key, "keys.revoke", &key_id).await;
+            return Err(AuthError::KeyNotFound(key_id).into());
+        };
         self.state
             .audit
-            .append(Entry {
+            .append_async(Entry {
                 principal: &key.key_id,
                 tenant: &target.tenant,
                 action: "keys.revoke",
                 object: &target.key_id,
                 allowed: true,
             })
+            .await
             .map_err(|e| AuthError::AuditDown(e.to_string()))?;
         let revoked = self.state.keys.revoke(&key_id, scope).await?;
         self.state.forget_cached();
@@ -433,7 +454,7 @@ impl AuthService for Auth {
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         let key = self.state.caller(&request).await?;
-        self.state.check(&key, "tokens", "issue")?;
+        self.state.check(&key, "tokens", "issue").await?;
         let pb::IssueTokenRequest {
             tenant,
             subject,
@@ -470,7 +491,7 @@ impl AuthService for Auth {
             }
             tenant
         } else {
-            self.state.scope(&key, &tenant)?
+            self.state.scope(&key, &tenant, "tokens.issue").await?
         };
         if subject.is_empty() || subject.len() > 256 {
             return Err(AuthError::InvalidArgument {
@@ -483,6 +504,9 @@ impl AuthService for Auth {
             .iter()
             .find(|r| !DELEGABLE_ROLES.contains(&r.as_str()))
         {
+            self.state
+                .refused(&key, "tokens.issue", &format!("role:{role}"))
+                .await;
             return Err(AuthError::Forbidden(format!(
                 "role `{role}` cannot be delegated; only {} can",
                 DELEGABLE_ROLES.join(", ")
@@ -545,7 +569,7 @@ impl AuthService for Auth {
             object,
             action,
         } = request.into_inner();
-        let tenant = self.state.scope(&key, &tenant)?;
+        let tenant = self.state.scope(&key, &tenant, "authorize").await?;
         // The subject is a role name or a key id of that tenant.
         let roles = if policy::ROLES.contains(&subject.as_str()) {
             vec![subject.clone()]
@@ -571,7 +595,7 @@ impl AuthService for Auth {
         request: Request<pb::QueryAuditRequest>,
     ) -> Result<Response<pb::QueryAuditResponse>, Status> {
         let key = self.state.caller(&request).await?;
-        self.state.check(&key, "audit", "read")?;
+        self.state.check(&key, "audit", "read").await?;
         let pb::QueryAuditRequest {
             after,
             action,
@@ -606,7 +630,7 @@ impl AuthService for Auth {
                     action: r.action,
                     object: r.object,
                     decision: r.decision,
-                    trace_id: String::new(),
+                    trace_id: r.trace_id,
                     prev_hash: r.prev_hash,
                     hash: r.hash,
                 })
@@ -667,4 +691,94 @@ pub async fn serve_state(
     rotation.abort();
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key<T>(key: &str, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        caller::set_bearer(request.metadata_mut(), key).unwrap();
+        request
+    }
+
+    fn trail(config: &Config) -> Vec<amaos_mesh::audit::Record> {
+        std::fs::read_to_string(config.audit_file())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn refused_actions_are_recorded_as_deny() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        };
+        let opened = open(&config).await.unwrap();
+        let auth = Auth::new(opened.state);
+        let platform = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
+        let create = |tenant: &str, roles: &[&str]| pb::CreateApiKeyRequest {
+            name: "k".into(),
+            tenant: tenant.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            ttl: None,
+            idempotency_key: String::new(),
+        };
+        let acme = auth
+            .create_api_key(with_key(platform.trim(), create("acme", &["admin"])))
+            .await
+            .unwrap()
+            .into_inner();
+        let acme_id = acme.api_key.unwrap().key_id;
+
+        // An admin of acme acting on globex, revoking a key it cannot see,
+        // delegating a role that cannot be delegated: each refused, each
+        // recorded as deny (never allow) before the refusal is answered.
+        let status = auth
+            .create_api_key(with_key(&acme.secret, create("globex", &["developer"])))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let status = auth
+            .revoke_api_key(with_key(
+                &acme.secret,
+                pb::RevokeApiKeyRequest {
+                    key_id: "no-such-key".into(),
+                    idempotency_key: String::new(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound);
+        let status = auth
+            .issue_token(with_key(
+                &acme.secret,
+                pb::IssueTokenRequest {
+                    tenant: "acme".into(),
+                    subject: "someone".into(),
+                    roles: vec!["admin".into()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+        let refusals: Vec<(String, String, String)> = trail(&config)
+            .into_iter()
+            .filter(|r| r.principal == acme_id)
+            .map(|r| (r.action, r.object, r.decision))
+            .collect();
+        let expected = [
+            ("keys.create", "tenant:globex"),
+            ("keys.revoke", "no-such-key"),
+            ("tokens.issue", "role:admin"),
+        ]
+        .map(|(a, o)| (a.to_owned(), o.to_owned(), "deny".to_owned()));
+        assert_eq!(refusals, expected);
+    }
 }
