@@ -377,10 +377,7 @@ impl Cidr {
     /// counts as its IPv4 address).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
         let ip = match ip {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map(std::net::IpAddr::V4)
-                .unwrap_or(ip),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
             v4 => v4,
         };
         let bits = |ip: std::net::IpAddr| -> (u128, u32) {
@@ -519,7 +516,7 @@ pub struct ToolsConfig {
     /// Most task workspaces a tenant has at once.
     pub max_workspaces_per_tenant: usize,
     /// A workspace untouched by any tool call for this long is removed (its
-    /// task has finished or stalled).
+    /// task has finished or stalled); at least 5 minutes.
     #[serde(with = "duration_text")]
     pub workspace_retention: Duration,
 }
@@ -688,6 +685,10 @@ pub struct AuthConfig {
     /// How long a verified key is trusted by callers before being checked again.
     #[serde(with = "duration_text")]
     pub key_cache_ttl: Duration,
+    /// The longest life an API key may be created with (keys without a TTL
+    /// live until revoked).
+    #[serde(with = "duration_text")]
+    pub max_key_ttl: Duration,
     /// The Casbin model file (RBAC with domains); unset for the built-in one.
     /// Every service reads it and reloads it when it changes.
     pub rbac_model: Option<PathBuf>,
@@ -905,6 +906,7 @@ impl Default for AuthConfig {
             token_ttl: Duration::from_secs(15 * 60),
             key_rotation: Duration::from_secs(24 * 3600),
             key_cache_ttl: Duration::from_secs(30),
+            max_key_ttl: Duration::from_secs(5 * 365 * 24 * 3600),
             rbac_model: None,
             rbac_policy: None,
         }
@@ -1170,10 +1172,10 @@ impl Config {
             1,
             1_000_000,
         )?;
-        if t.workspace_retention < Duration::from_secs(1) {
+        if t.workspace_retention < Duration::from_secs(300) {
             return Err(ConfigError::new(
                 "tools.workspace_retention",
-                "must be at least 1s",
+                "must be at least 5m (longer than the longest tool call)",
             ));
         }
         in_range(
@@ -1251,6 +1253,13 @@ impl Config {
             }
         }
         positive("auth.key_cache_ttl", self.auth.key_cache_ttl)?;
+        positive("auth.max_key_ttl", self.auth.max_key_ttl)?;
+        if self.auth.max_key_ttl > Duration::from_secs(100 * 365 * 24 * 3600) {
+            return Err(ConfigError::new(
+                "auth.max_key_ttl",
+                "must be at most 100 years",
+            ));
+        }
         for (alias, m) in &self.models {
             let key = |field: &str| format!("models.{alias}.{field}");
             let valid_alias = !alias.is_empty()

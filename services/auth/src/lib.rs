@@ -59,6 +59,7 @@ pub struct AuthState {
     audit: AuditLog,
     cache: Mutex<HashMap<[u8; 32], (StoredKey, Instant)>>,
     cache_ttl: Duration,
+    max_key_ttl: Duration,
 }
 
 /// What [`open`] found or made.
@@ -149,6 +150,7 @@ pub async fn open(config: &Config) -> Result<Opened, AuthError> {
                 .map_err(|e| AuthError::Store(e.to_string()))?,
             cache: Mutex::new(HashMap::new()),
             cache_ttl: config.auth.key_cache_ttl,
+            max_key_ttl: config.auth.max_key_ttl,
         }),
         bootstrap_key_file,
     })
@@ -321,13 +323,20 @@ impl AuthService for Auth {
             }
             .into());
         }
+        // Checked before anything is written (the audit record included).
+        let max_ttl = self.state.max_key_ttl;
         let ttl = match ttl {
-            Some(ttl) => Some(duration(&ttl).filter(|d| !d.is_zero()).ok_or(
-                AuthError::InvalidArgument {
-                    field: "ttl",
-                    message: "must be positive".into(),
-                },
-            )?),
+            Some(ttl) => Some(
+                duration(&ttl)
+                    .filter(|d| !d.is_zero() && *d <= max_ttl)
+                    .ok_or_else(|| AuthError::InvalidArgument {
+                        field: "ttl",
+                        message: format!(
+                            "must be positive and at most {} (auth.max_key_ttl)",
+                            humantime::format_duration(max_ttl)
+                        ),
+                    })?,
+            ),
             None => None,
         };
         let idempotency_key = Some(idempotency_key).filter(|k| !k.is_empty());
