@@ -182,9 +182,7 @@ impl Tools {
                 max_files: config.tools.workspace_max_files,
                 max_workspaces: config.tools.max_workspaces_per_tenant,
             },
-            audit: Arc::new(amaos_mesh::audit::AuditLog::append_only(
-                &config.audit_file(),
-            )),
+            audit: Arc::new(amaos_mesh::audit::AuditLog::append_only_configured(config)),
             journal: Arc::new(journal::memory::MemoryJournal::new(
                 journal::JournalLimits {
                     max_entries: config.tools.max_journal_entries,
@@ -552,26 +550,48 @@ impl Tools {
                 mcp::Scope::Tenant(caller.tenant.clone())
             };
         let object = scope.object(&name);
-        let refuse = |error: ToolError| {
-            // Best effort: the registration is refused whether or not this is written.
-            let _ = self.audit_action(caller, "tool_server.register", &object, false);
-            tracing::info!(
-                target: "audit",
-                principal = %caller.principal,
-                tenant = %caller.tenant,
-                action = "register_tool_server",
-                server = %object,
-                decision = "deny",
-                outcome = %error,
-                "tool server registration"
-            );
-            error
-        };
+        match self
+            .check_registration(caller, &scope, &name, transport)
+            .await
+        {
+            Ok(checked) => {
+                self.audit_action(caller, "tool_server.register", &object, true)
+                    .await?;
+                self.connect_server(caller, &object, &name, checked).await
+            }
+            Err(error) => {
+                // Best effort: the registration is refused whether or not this is written.
+                let _ = self
+                    .audit_action(caller, "tool_server.register", &object, false)
+                    .await;
+                tracing::info!(
+                    target: "audit",
+                    principal = %caller.principal,
+                    tenant = %caller.tenant,
+                    action = "register_tool_server",
+                    server = %object,
+                    decision = "deny",
+                    outcome = %error,
+                    "tool server registration"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// The checks of a registration, before anything connects.
+    async fn check_registration(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        scope: &mcp::Scope,
+        name: &str,
+        transport: Option<pb::register_tool_server_request::Transport>,
+    ) -> Result<mcp::Checked, ToolError> {
         if !caller.has_role("admin") && !caller.has_role("operator") {
-            return Err(refuse(ToolError::PermissionDenied(format!(
+            return Err(ToolError::PermissionDenied(format!(
                 "roles [{}] may not register tool servers (admin or operator may)",
                 caller.roles.join(", ")
-            ))));
+            )));
         }
         let transport = match transport {
             Some(pb::register_tool_server_request::Transport::Stdio(stdio)) => {
@@ -589,19 +609,30 @@ impl Tools {
                 bearer_secret: Some(http.bearer_secret).filter(|s| !s.is_empty()),
             },
             None => {
-                return Err(refuse(ToolError::InvalidArgument {
+                return Err(ToolError::InvalidArgument {
                     field: "transport".into(),
                     message: "name a stdio command or an http url".into(),
-                }));
+                });
             }
         };
-        let checked = self
-            .mcp
-            .check(&scope, &name, transport)
-            .await
-            .map_err(refuse)?;
-        self.audit_action(caller, "tool_server.register", &object, true)?;
-        let result = self.mcp.connect(checked).await;
+        self.mcp.check(scope, name, transport).await
+    }
+
+    /// Connects a checked registration; the secrets it reads are recorded
+    /// as read for `caller`.
+    async fn connect_server(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        object: &str,
+        name: &str,
+        checked: mcp::Checked,
+    ) -> Result<pb::RegisterToolServerResponse, ToolError> {
+        let result = amaos_mesh::secrets::on_behalf_of(
+            &caller.principal,
+            &caller.tenant,
+            self.mcp.connect(checked),
+        )
+        .await;
         tracing::info!(
             target: "audit",
             principal = %caller.principal,
@@ -626,17 +657,18 @@ impl Tools {
     }
 
     /// Appends a call's decision to the audit trail.
-    fn audit_call(
+    async fn audit_call(
         &self,
         caller: &amaos_mesh::caller::Caller,
         tool: &str,
         allowed: bool,
     ) -> Result<(), ToolError> {
         self.audit_action(caller, "tool.invoke", tool, allowed)
+            .await
     }
 
     /// Appends a decision of `caller` to the audit trail.
-    fn audit_action(
+    async fn audit_action(
         &self,
         caller: &amaos_mesh::caller::Caller,
         action: &str,
@@ -644,13 +676,14 @@ impl Tools {
         allowed: bool,
     ) -> Result<(), ToolError> {
         self.audit
-            .append(amaos_mesh::audit::Entry {
+            .append_async(amaos_mesh::audit::Entry {
                 principal: &caller.principal,
                 tenant: &caller.tenant,
                 action,
                 object,
                 allowed,
             })
+            .await
             .map(|_| ())
             .map_err(|e| ToolError::AuditDown(e.to_string()))
     }
@@ -678,7 +711,7 @@ impl Tools {
             .is_none()
         {
             // Best effort: the call is refused whether or not this is written.
-            let _ = self.audit_call(caller, &tool, false);
+            let _ = self.audit_call(caller, &tool, false).await;
             return Err(ToolError::PermissionDenied(format!(
                 "roles [{}] may not call `{tool}`",
                 caller.roles.join(", ")
@@ -705,7 +738,7 @@ impl Tools {
                 })?,
             None => DEFAULT_TIMEOUT,
         };
-        self.audit_call(caller, &tool, true)?;
+        self.audit_call(caller, &tool, true).await?;
         // A keyed call reserves its key (or replays the recorded result,
         // waiting while another attempt runs it), runs, then records its
         // result — or releases the key when it failed, so a retry runs again.

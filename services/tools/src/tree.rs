@@ -390,6 +390,18 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
         let root = open_root(dir.path()).unwrap();
         assert_eq!(usage(&root, u64::MAX, u64::MAX).unwrap().files, 1);
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(outside.path().join("keep"))
+            .unwrap()
+            .uid();
+        chown_tree(&root, 4_000_001).unwrap();
+        assert_eq!(
+            std::fs::metadata(outside.path().join("keep"))
+                .unwrap()
+                .uid(),
+            owner,
+            "changed the owner through a link"
+        );
         roll_back(&root, Stamp::default()).unwrap();
         assert!(outside.path().join("keep").exists());
         assert!(!dir.path().join("link").exists());

@@ -537,30 +537,46 @@ fn caller(tenant: &str, roles: &[&str]) -> amaos_mesh::caller::Caller {
 }
 
 fn register_request(name: &str, url: String) -> amaos_proto::tools::v1::RegisterToolServerRequest {
+    register_with_secret(name, url, "")
+}
+
+fn register_with_secret(
+    name: &str,
+    url: String,
+    bearer_secret: &str,
+) -> amaos_proto::tools::v1::RegisterToolServerRequest {
     use amaos_proto::tools::v1 as pb;
     pb::RegisterToolServerRequest {
         name: name.into(),
         transport: Some(pb::register_tool_server_request::Transport::Http(
             pb::HttpServer {
                 url,
-                bearer_secret: String::new(),
+                bearer_secret: bearer_secret.into(),
             },
         )),
         idempotency_key: String::new(),
     }
 }
 
-/// The audit records of tool server registrations: (tenant, object, decision).
-fn registrations(config: &amaos_mesh::Config) -> Vec<(String, String, String)> {
+/// The audit records of `action`: (tenant, object, decision, principal).
+fn audited(config: &amaos_mesh::Config, action: &str) -> Vec<(String, String, String, String)> {
     std::fs::read_to_string(config.audit_file())
         .unwrap_or_default()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|r| r["action"] == "tool_server.register")
+        .filter(|r| r["action"] == action)
         .map(|r| {
             let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
-            (s("tenant"), s("object"), s("decision"))
+            (s("tenant"), s("object"), s("decision"), s("principal"))
         })
+        .collect()
+}
+
+/// The audit records of tool server registrations: (tenant, object, decision).
+fn registrations(config: &amaos_mesh::Config) -> Vec<(String, String, String)> {
+    audited(config, "tool_server.register")
+        .into_iter()
+        .map(|(t, o, d, _)| (t, o, d))
         .collect()
 }
 
@@ -571,7 +587,7 @@ async fn registration_is_per_tenant_audited_and_platform_wide_only_for_platform_
     // servers only); a tenant-reachable one on 127.0.0.2 (exempted as for
     // web_fetch).
     let platform = HttpDemo::start("127.0.0.1", &[]);
-    let public = HttpDemo::start("127.0.0.2", &[]);
+    let public = HttpDemo::start("127.0.0.2", &[("AMAOS_MCP_DEMO_TOKEN", "tok-123")]);
     let dir = tempfile::tempdir().unwrap();
     let mut config = amaos_mesh::Config {
         data_dir: dir.path().to_owned(),
@@ -580,7 +596,15 @@ async fn registration_is_per_tenant_audited_and_platform_wide_only_for_platform_
     config.tools.mcp_exempt = vec!["127.0.0.1/32".into()];
     config.tools.web_fetch_exempt = vec!["127.0.0.2".parse().unwrap()];
     config.validate().unwrap();
-    let tools = amaos_tools::Tools::new(&config, None, None).unwrap();
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        r#"{"tenants/acme/mcp": "tok-123"}"#,
+    )
+    .unwrap();
+    let store = amaos_mesh::secrets::open_audited(&config, "tools")
+        .await
+        .unwrap();
+    let tools = amaos_tools::Tools::new(&config, None, Some(store)).unwrap();
 
     // Tenants' operators and admins, and the platform tenant's operator,
     // register only for their tenant: the platform's exemption is not theirs.
@@ -613,15 +637,26 @@ async fn registration_is_per_tenant_audited_and_platform_wide_only_for_platform_
         .register_server(&admin, register_request("search", platform.url()))
         .await
         .unwrap();
-    // Acme's operator registers its own.
+    // Acme's operator registers its own, with its tenant's secret (read
+    // for that operator, as the audit trail records).
     let registered = tools
         .register_server(
             &caller("acme", &["operator"]),
-            register_request("mine", public.url()),
+            register_with_secret("mine", public.url(), "tenants/acme/mcp"),
         )
         .await
         .unwrap();
     assert!(registered.tools.iter().any(|t| t.name == "mine.echo"));
+    assert!(
+        audited(&config, "secret.read").contains(&(
+            "acme".into(),
+            "tenants/acme/mcp".into(),
+            "allow".into(),
+            "acme-operator".into()
+        )),
+        "{:?}",
+        audited(&config, "secret.read")
+    );
 
     let listed = |t: &'static str| {
         let tools = &tools;
