@@ -18,6 +18,7 @@
 //!   cached) or a token (verified locally).
 //! - [`policy`]: which role may do what.
 //! - [`status`]: building `tonic::Status` values with rich error details.
+//! - [`redis_conn`]: the one way a backend connects to Redis.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
 
@@ -31,6 +32,7 @@ pub mod identity;
 pub mod metrics;
 pub mod policy;
 pub mod process;
+pub mod redis_conn;
 pub mod seal;
 pub mod secrets;
 pub mod server;

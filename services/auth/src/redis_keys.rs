@@ -48,14 +48,9 @@ fn store_error(e: impl std::fmt::Display) -> AuthError {
 impl RedisKeys {
     /// Connects to the Redis at `url`, keeping keys under `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, AuthError> {
-        let client = redis::Client::open(url).map_err(store_error)?;
-        let conn = tokio::time::timeout(
-            std::time::Duration::from_secs(10),
-            ConnectionManager::new(client),
-        )
-        .await
-        .map_err(|_| store_error(format!("no answer from {url} within 10s")))?
-        .map_err(store_error)?;
+        let (_, conn) = amaos_mesh::redis_conn::connect(url)
+            .await
+            .map_err(store_error)?;
         Ok(Self {
             conn,
             prefix: format!("{prefix}:{{apikeys}}"),

@@ -311,10 +311,8 @@ impl RedisHotTier {
         capacity: usize,
         ttl: Duration,
     ) -> Result<Self, TierError> {
-        let client = redis::Client::open(url).map_err(redis_error)?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
+        let (_, conn) = amaos_mesh::redis_conn::connect(url)
             .await
-            .map_err(|_| redis_error(format!("no answer from {url} within 10s")))?
             .map_err(redis_error)?;
         Ok(Self {
             conn,

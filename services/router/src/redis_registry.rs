@@ -139,11 +139,9 @@ impl RedisRegistry {
         max_workers: usize,
         policy: BreakerPolicy,
     ) -> Result<Self, RouterError> {
-        let client = redis::Client::open(url).map_err(store_error)?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
+        let (_, conn) = amaos_mesh::redis_conn::connect(url)
             .await
-            .map_err(|_| RouterError::Store(format!("no answer from {url} within 10s")))?
-            .map_err(store_error)?;
+            .map_err(RouterError::Store)?;
         Ok(Self {
             conn,
             prefix: prefix.to_owned(),

@@ -393,13 +393,9 @@ impl RedisBackend {
         prefix: &str,
         limits: BackendLimits,
     ) -> Result<Self, BackendError> {
-        let client = redis::Client::open(url)?;
-        let conn = tokio::time::timeout(
-            Duration::from_secs(10),
-            ConnectionManager::new(client.clone()),
-        )
-        .await
-        .map_err(|_| BackendError::Unavailable(format!("no answer from {url} within 10s")))??;
+        let (client, conn) = amaos_mesh::redis_conn::connect(url)
+            .await
+            .map_err(BackendError::Unavailable)?;
         let backend = Self {
             client,
             conn,

@@ -102,11 +102,7 @@ impl RedisJournal {
         prefix: &str,
         limits: JournalLimits,
     ) -> Result<Self, JournalError> {
-        let client = redis::Client::open(url).map_err(store)?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), ConnectionManager::new(client))
-            .await
-            .map_err(|_| store(format!("no answer from {url} within 10s")))?
-            .map_err(store)?;
+        let (_, conn) = amaos_mesh::redis_conn::connect(url).await.map_err(store)?;
         Ok(Self {
             conn,
             prefix: format!("{prefix}:tools:journal"),
