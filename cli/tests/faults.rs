@@ -514,3 +514,197 @@ async fn a_draining_replica_finishes_its_attempts_before_it_exits() {
     assert_eq!(task.attempt, 1, "the draining replica finished it itself");
     assert_attempts_never_overlap(&events);
 }
+
+/// One agent, one side-effecting tool call (a line appended to a file in the
+/// task's workspace, through the sandboxed shell), then an answer; each model
+/// call takes a second.
+const EFFECT_CREW: &str = r#"name: effect-crew
+agents:
+  - name: a
+    role: r
+    goal: g
+    tools: [shell]
+    replay_latency: 1s
+    replay:
+      - tool:
+          name: shell
+          args: { command: "echo {input} >> effects.txt" }
+      - say: "done with {input}"
+crew:
+  tasks:
+    - { name: one, description: "one {input}", agent: a }
+"#;
+
+/// Tasks in a chaos batch.
+const BATCH: usize = 200;
+
+/// Submits `BATCH` tasks of the effect crew; returns the acknowledged ids.
+async fn submit_batch(url: &str, key: &str) -> Vec<String> {
+    let mut ids = Vec::with_capacity(BATCH);
+    let mut orchestrator = client(url);
+    for n in 0..BATCH {
+        let id = orchestrator
+            .submit_task(with_key(
+                key,
+                pb::SubmitTaskRequest {
+                    team: Some(pb::TeamRef {
+                        team: Some(pb::team_ref::Team::SpecYaml(EFFECT_CREW.into())),
+                    }),
+                    input: format!("effect-{n}"),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .task_id;
+        ids.push(id);
+    }
+    ids
+}
+
+/// Every acknowledged task ends SUCCEEDED, none is left unfinished, and each
+/// task's side effect is on disk exactly once. Returns how many tasks took
+/// more than one attempt.
+async fn assert_batch_exactly_once(
+    url: &str,
+    key: &str,
+    ids: &[String],
+    workspaces: &std::path::Path,
+) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut retried = 0;
+    let mut pending: Vec<&String> = ids.iter().collect();
+    let mut orchestrator = client(url);
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} tasks are still unfinished, e.g. {}",
+            pending.len(),
+            ids.len(),
+            pending[0]
+        );
+        let mut still = Vec::new();
+        for id in pending {
+            let Ok(response) = orchestrator
+                .get_task(with_key(
+                    key,
+                    pb::GetTaskRequest {
+                        task_id: id.clone(),
+                    },
+                ))
+                .await
+            else {
+                still.push(id);
+                continue;
+            };
+            let task = response.into_inner().task.unwrap();
+            match pb::TaskState::try_from(task.state).unwrap() {
+                pb::TaskState::Succeeded => {
+                    assert_eq!(task.output, format!("done with {}", task.input));
+                    if task.attempt > 1 {
+                        retried += 1;
+                    }
+                }
+                pb::TaskState::Pending
+                | pb::TaskState::Queued
+                | pb::TaskState::Running
+                | pb::TaskState::Unspecified => still.push(id),
+                other => panic!("task {id} ended {other:?}: {task:?}"),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    for id in ids {
+        let file = workspaces.join("default").join(id).join("effects.txt");
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            let (_, events) = wait_finished(url, key, id).await;
+            panic!(
+                "{} is missing; the task's events: {events:?}",
+                file.display()
+            );
+        };
+        assert_eq!(text.lines().count(), 1, "task {id}'s side effect: {text:?}");
+    }
+    retried
+}
+
+#[tokio::test]
+async fn a_batch_survives_the_kill_of_one_agents_worker_with_each_effect_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = fault_env(dir.path(), &redis_url());
+    env.insert("AMAOS_AGENTS__CAPACITY".into(), "64".into());
+    env.insert("AMAOS_ORCHESTRATOR__MAX_IN_FLIGHT".into(), "256".into());
+    env.insert("AMAOS_TOOLS__MAX_SANDBOXES".into(), "160".into());
+    env.insert("AMAOS_TOOLS__MAX_SANDBOXES_PER_TENANT".into(), "160".into());
+    env.insert(
+        "AMAOS_TOOLS__MAX_WORKSPACES_PER_TENANT".into(),
+        "512".into(),
+    );
+    let mut processes = Processes(Vec::new());
+    for service in [
+        "auth",
+        "router",
+        "memory",
+        "tools",
+        "orchestrator",
+        "agents",
+    ] {
+        processes.0.push((service, spawn(service, &env)));
+    }
+    let mut second = env.clone();
+    let port = free_port();
+    second.insert("AMAOS_AGENTS__LISTEN".into(), format!("127.0.0.1:{port}"));
+    second.insert(
+        "AMAOS_AGENTS__URL".into(),
+        format!("http://127.0.0.1:{port}"),
+    );
+    second.insert(
+        "AMAOS_AGENTS__ADMIN_LISTEN".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    processes.0.push(("agents-2", spawn("agents", &second)));
+    wait_until_serving(&env).await;
+    let key = admin_key(dir.path());
+    let mut router = RouterServiceClient::new(
+        Endpoint::from_shared(env["AMAOS_ROUTER__URL"].clone())
+            .unwrap()
+            .connect_lazy(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while router
+        .list_workers(with_key(&key, router::ListWorkersRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .workers
+        .len()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "two workers did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
+    let ids = submit_batch(&url, &key).await;
+    // Mid-batch: runs are under way on both workers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, child) = processes
+        .0
+        .iter_mut()
+        .find(|(name, _)| *name == "agents-2")
+        .unwrap();
+    kill9(child);
+
+    let workspaces = dir.path().join("workspaces");
+    let retried = assert_batch_exactly_once(&url, &key, &ids, &workspaces).await;
+    eprintln!(
+        "{BATCH} acknowledged, {BATCH} succeeded, {retried} retried after the kill, 0 stranded, 0 repeated effects"
+    );
+    assert!(
+        retried > 0,
+        "the kill interrupted no run: the test proved nothing"
+    );
+}

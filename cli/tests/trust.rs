@@ -9,6 +9,8 @@ mod common;
 use amaos_proto::agents::v1 as agents;
 use amaos_proto::agents::v1::agents_service_client::AgentsServiceClient;
 use amaos_proto::auth::v1 as auth;
+use amaos_proto::memory::v1 as memory;
+use amaos_proto::memory::v1::memory_service_client::MemoryServiceClient;
 use amaos_proto::orchestrator::v1 as pb;
 use amaos_proto::router::v1 as router;
 use amaos_proto::router::v1::router_service_client::RouterServiceClient;
@@ -419,6 +421,62 @@ async fn runs_start_only_from_the_orchestrator_with_their_own_run_token() {
         ))
         .await
         .unwrap();
+
+    // Memory and tools take the API key a user holds, as the orchestrator
+    // does (they used to answer it with "malformed token").
+    let developer = mesh.create_key("acme", "developer").await;
+    MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url))
+        .recent(TestMesh::with_key(
+            &developer,
+            memory::RecentRequest {
+                filter: None,
+                limit: 5,
+            },
+        ))
+        .await
+        .unwrap();
+    ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url))
+        .list_tools(TestMesh::with_key(&developer, tools::ListToolsRequest {}))
+        .await
+        .unwrap();
+
+    // Absurd times are INVALID_ARGUMENT naming the field, not a panic (a
+    // key's TTL of i64::MAX seconds used to panic after its audit record).
+    let status = mesh
+        .auth()
+        .create_api_key(TestMesh::with_key(
+            &mesh.admin_key,
+            auth::CreateApiKeyRequest {
+                name: "forever".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: i64::MAX,
+                    nanos: 999_999_999,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("ttl"), "{status:?}");
+    let status = MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url))
+        .recent(TestMesh::with_key(
+            &developer,
+            memory::RecentRequest {
+                filter: Some(memory::MemoryFilter {
+                    after: Some(prost_types::Timestamp {
+                        seconds: i64::MAX,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                limit: 5,
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("filter.after"), "{status:?}");
 
     // A run token reaches its own task's workspace, and no other task's.
     let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
