@@ -60,6 +60,8 @@ impl Mesh {
     /// waits until an agents worker is registered with the router.
     pub async fn start(mut config: Config, shutdown: CancellationToken) -> Result<Self, BoxError> {
         amaos_mesh::install_crypto_provider();
+        // Every trail writer of the mesh keys and anchors as configured.
+        amaos_mesh::audit::configure(&config);
         amaos_mesh::policy::init(
             config.auth.rbac_model.clone(),
             config.auth.rbac_policy.clone(),

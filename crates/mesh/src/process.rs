@@ -86,6 +86,8 @@ where
             }
         };
         let shutdown = shutdown::on_signal();
+        // Every trail writer of this process keys and anchors as configured.
+        crate::audit::configure(&config);
         if let Err(error) = crate::policy::init(
             config.auth.rbac_model.clone(),
             config.auth.rbac_policy.clone(),

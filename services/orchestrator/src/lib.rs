@@ -138,7 +138,7 @@ impl Orchestrator {
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
-                audit: amaos_mesh::audit::AuditLog::append_only(&config.audit_file()),
+                audit: amaos_mesh::audit::AuditLog::append_only_configured(config),
                 router,
                 known_teams: Default::default(),
                 authn: Authenticator::new(auth, config.auth.key_cache_ttl),
