@@ -208,10 +208,17 @@ fn admin_key(dir: &std::path::Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
 
-#[tokio::test]
-async fn a_task_survives_the_kill_of_its_agents_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let env = fault_env(dir.path(), &redis_url());
+/// The six services as processes on `env`, plus a second agents worker on
+/// its own port; returns them, the second worker's environment and a router
+/// client, once both workers are registered.
+async fn start_with_two_workers(
+    dir: &std::path::Path,
+    env: &HashMap<String, String>,
+) -> (
+    Processes,
+    HashMap<String, String>,
+    RouterServiceClient<Channel>,
+) {
     let mut processes = Processes(Vec::new());
     for service in [
         "auth",
@@ -221,9 +228,8 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
         "orchestrator",
         "agents",
     ] {
-        processes.0.push((service, spawn(service, &env)));
+        processes.0.push((service, spawn(service, env)));
     }
-    // A second worker on its own port.
     let mut second = env.clone();
     let port = free_port();
     second.insert("AMAOS_AGENTS__LISTEN".into(), format!("127.0.0.1:{port}"));
@@ -236,7 +242,7 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
         format!("127.0.0.1:{}", free_port()),
     );
     processes.0.push(("agents-2", spawn("agents", &second)));
-    wait_until_serving(&env).await;
+    wait_until_serving(env).await;
     let mut router = RouterServiceClient::new(
         Endpoint::from_shared(env["AMAOS_ROUTER__URL"].clone())
             .unwrap()
@@ -245,11 +251,9 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
     // Generous: on a loaded two-core CI machine seven debug binaries start
     // at once, one of them loading the embedding model.
     let deadline = Instant::now() + Duration::from_secs(60);
+    let key = admin_key(dir);
     while router
-        .list_workers(with_key(
-            &admin_key(dir.path()),
-            router::ListWorkersRequest::default(),
-        ))
+        .list_workers(with_key(&key, router::ListWorkersRequest::default()))
         .await
         .unwrap()
         .into_inner()
@@ -260,6 +264,14 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
         assert!(Instant::now() < deadline, "two workers did not register");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    (processes, second, router)
+}
+
+#[tokio::test]
+async fn a_task_survives_the_kill_of_its_agents_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = fault_env(dir.path(), &redis_url());
+    let (mut processes, second, mut router) = start_with_two_workers(dir.path(), &env).await;
     let key = admin_key(dir.path());
     let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
     let mut orchestrator = client(&url);
@@ -644,49 +656,8 @@ async fn a_batch_survives_the_kill_of_one_agents_worker_with_each_effect_once() 
         "AMAOS_TOOLS__MAX_WORKSPACES_PER_TENANT".into(),
         "512".into(),
     );
-    let mut processes = Processes(Vec::new());
-    for service in [
-        "auth",
-        "router",
-        "memory",
-        "tools",
-        "orchestrator",
-        "agents",
-    ] {
-        processes.0.push((service, spawn(service, &env)));
-    }
-    let mut second = env.clone();
-    let port = free_port();
-    second.insert("AMAOS_AGENTS__LISTEN".into(), format!("127.0.0.1:{port}"));
-    second.insert(
-        "AMAOS_AGENTS__URL".into(),
-        format!("http://127.0.0.1:{port}"),
-    );
-    second.insert(
-        "AMAOS_AGENTS__ADMIN_LISTEN".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    processes.0.push(("agents-2", spawn("agents", &second)));
-    wait_until_serving(&env).await;
+    let (mut processes, _, _) = start_with_two_workers(dir.path(), &env).await;
     let key = admin_key(dir.path());
-    let mut router = RouterServiceClient::new(
-        Endpoint::from_shared(env["AMAOS_ROUTER__URL"].clone())
-            .unwrap()
-            .connect_lazy(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while router
-        .list_workers(with_key(&key, router::ListWorkersRequest::default()))
-        .await
-        .unwrap()
-        .into_inner()
-        .workers
-        .len()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "two workers did not register");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
     let ids = submit_batch(&url, &key).await;
     // Mid-batch: runs are under way on both workers.
