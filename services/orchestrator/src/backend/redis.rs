@@ -275,6 +275,14 @@ redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil((tat + inte
 return ''
 "#;
 
+/// Where the sweep's walk over task keys stands between calls.
+#[derive(Default)]
+struct SweepCursor {
+    cursor: u64,
+    /// Keys the last SCAN returned past the sweep's limit.
+    pending: std::collections::VecDeque<String>,
+}
+
 /// The Redis backend.
 pub struct RedisBackend {
     client: redis::Client,
@@ -292,8 +300,9 @@ pub struct RedisBackend {
     release: Script,
     sweep: Script,
     dead_consumers: Script,
-    /// Where the sweep's SCAN of task keys stands.
-    sweep_cursor: Mutex<u64>,
+    /// Where the sweep's SCAN of task keys stands, and the keys it returned
+    /// that a bounded sweep has not examined yet.
+    sweep_cursor: Mutex<SweepCursor>,
     /// Seals task data and event payloads at rest, when encryption is on.
     sealer: Option<Arc<Sealer>>,
 }
@@ -412,7 +421,7 @@ impl RedisBackend {
             release: Script::new(RELEASE),
             sweep: Script::new(SWEEP),
             dead_consumers: Script::new(DEAD_CONSUMERS),
-            sweep_cursor: Mutex::new(0),
+            sweep_cursor: Mutex::new(SweepCursor::default()),
             sealer: None,
         };
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -1576,27 +1585,41 @@ impl TaskBackend for RedisBackend {
     async fn sweep(&self, lease: Duration, limit: usize) -> Result<Swept, BackendError> {
         let limit = limit.max(1);
         let mut swept = Swept::default();
-        let cursor = *self.sweep_cursor.lock().unwrap_or_else(|e| e.into_inner());
-        let pattern: String = self
-            .key("task", "")
-            .chars()
-            .flat_map(|c| {
-                let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
-                escape.then_some('\\').into_iter().chain(std::iter::once(c))
-            })
-            .chain(std::iter::once('*'))
-            .collect();
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        *self.sweep_cursor.lock().unwrap_or_else(|e| e.into_inner()) = next;
+        let (cursor, mut due) = {
+            let mut state = self.sweep_cursor.lock().unwrap_or_else(|e| e.into_inner());
+            let take = state.pending.len().min(limit);
+            (state.cursor, state.pending.drain(..take).collect::<Vec<_>>())
+        };
+        if due.len() < limit {
+            let pattern: String = self
+                .key("task", "")
+                .chars()
+                .flat_map(|c| {
+                    let escape = matches!(c, '*' | '?' | '[' | ']' | '\\');
+                    escape.then_some('\\').into_iter().chain(std::iter::once(c))
+                })
+                .chain(std::iter::once('*'))
+                .collect();
+            // COUNT is how many slots SCAN walks, not how many keys match: a
+            // keyspace shared with other data is walked quickly, and what
+            // matches past `limit` waits for the next call, never skipped.
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(limit.saturating_mul(10).clamp(100, 10_000))
+                .query_async(&mut self.conn.clone())
+                .await?;
+            let mut state = self.sweep_cursor.lock().unwrap_or_else(|e| e.into_inner());
+            state.cursor = next;
+            let mut keys = keys.into_iter();
+            due.extend(keys.by_ref().take(limit - due.len()));
+            // Bounded: one SCAN reply at most, replaced before it could grow.
+            state.pending.extend(keys);
+        }
         let task_prefix = self.key("task", "");
-        for key in keys.iter().take(limit) {
+        for key in &due {
             let Some(id) = key.strip_prefix(&task_prefix) else {
                 continue;
             };
