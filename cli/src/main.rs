@@ -133,6 +133,12 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         model_latency_ms: u64,
     },
+    /// Check the configuration (the --config file and the AMAOS_* variables)
+    /// as every service would, without starting anything.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Check the audit trail: names the first edited, deleted or reordered record.
     Audit {
         #[command(subcommand)]
@@ -162,6 +168,13 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration; exit 64 with one line naming the
+    /// key when it is wrong, 0 and a summary when it is right.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -410,6 +423,19 @@ async fn dispatch(
                 embed_model_dir: config.memory.model_dir(&config.data_dir),
             };
             print_report(amaos_cli::bench::run(options).await, |r| r.text(), json)
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            // `main` loaded and validated it before dispatching: a wrong
+            // config never gets here.
+            println!(
+                "config ok: orchestrator backend {:?}, tls {:?}, data dir {}",
+                config.orchestrator.backend,
+                config.tls.mode,
+                config.data_dir.display()
+            );
+            Ok(())
         }
         Command::Audit {
             command: AuditCommand::Verify { file },
