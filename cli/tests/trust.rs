@@ -478,7 +478,9 @@ async fn runs_start_only_from_the_orchestrator_with_their_own_run_token() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("filter.after"), "{status:?}");
 
-    // A run token reaches its own task's workspace, and no other task's.
+    // A run token reaches no other task's workspace, and its own only while
+    // its attempt runs (task `t-1` never ran: see the test below for one
+    // that does).
     let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
     let write = |task: &str| tools::InvokeToolRequest {
         tool: "file_write".into(),
@@ -490,15 +492,18 @@ async fn runs_start_only_from_the_orchestrator_with_their_own_run_token() {
         task_id: task.into(),
         ..Default::default()
     };
-    tools
+    let status = tools
         .invoke_tool(TestMesh::with_key(&mine, write("t-1")))
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("no longer runs"), "{status:?}");
     let status = tools
         .invoke_tool(TestMesh::with_key(&mine, write("t-2")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("scoped to task"), "{status:?}");
 
     // Run tokens carry their task and attempt, and live at most a day.
     let claims =
@@ -525,5 +530,256 @@ async fn runs_start_only_from_the_orchestrator_with_their_own_run_token() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    mesh.stop().await;
+}
+
+/// A run token reaches only its run's memory — the team its attempt runs, in
+/// its task's session — labels what it writes with its task, and is refused
+/// by tools and memory once its attempt no longer runs (before, a token
+/// captured from one run read every memory of the tenant for an hour).
+#[tokio::test]
+async fn a_run_token_reaches_only_its_runs_memory_and_only_while_its_attempt_runs() {
+    let mesh = TestMesh::start().await;
+    let developer = mesh.create_key("acme", "developer").await;
+    // Every model call takes ten seconds: the task is caught running.
+    let slow = common::research_crew().replace(
+        "    memory: true\n",
+        "    memory: true\n    replay_latency: 10s\n",
+    );
+    let id = mesh.submit(&developer, &slow, "scoped").await;
+    let running = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let task = mesh.task(&developer, &id).await;
+            if task.state == pb::TaskState::Running as i32 {
+                return task;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the task started");
+    let service_key = std::fs::read_to_string(mesh.config.service_key_file()).unwrap();
+    let issue = |attempt: u32| {
+        let mut auth = mesh.auth();
+        let request = TestMesh::with_key(
+            service_key.trim(),
+            auth::IssueTokenRequest {
+                tenant: "acme".into(),
+                subject: "someone".into(),
+                roles: vec!["agent".into()],
+                task_id: id.clone(),
+                attempt,
+                team: "research-crew".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        );
+        async move { auth.issue_token(request).await.unwrap().into_inner().token }
+    };
+    let token = issue(running.attempt).await;
+    let mut memory = MemoryServiceClient::new(mesh.channel(&mesh.config.memory.url));
+    let mut tools = ToolsServiceClient::new(mesh.channel(&mesh.config.tools.url));
+    let recent = |team: &str, session: &str| memory::RecentRequest {
+        filter: Some(memory::MemoryFilter {
+            team: team.into(),
+            session_id: session.into(),
+            ..Default::default()
+        }),
+        limit: 10,
+    };
+
+    // Its own team's memory, yes; another team's or session's, no.
+    memory
+        .recent(TestMesh::with_key(&token, recent("research-crew", "")))
+        .await
+        .unwrap();
+    for (team, session) in [("other-crew", ""), ("", "someone-elses-session")] {
+        let status = memory
+            .recent(TestMesh::with_key(&token, recent(team, session)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let status = memory
+        .remember(TestMesh::with_key(
+            &token,
+            memory::RememberRequest {
+                team: "other-crew".into(),
+                text: "planted".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // A write with no team lands in its run's team, labelled with its task.
+    memory
+        .remember(TestMesh::with_key(
+            &token,
+            memory::RememberRequest {
+                text: "what the run learned".into(),
+                metadata: [("task_id".to_owned(), "forged".to_owned())].into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let items = memory
+        .recent(TestMesh::with_key(&developer, recent("research-crew", "")))
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    let written = items
+        .iter()
+        .find(|i| i.text == "what the run learned")
+        .expect("the write is in the run's team");
+    assert_eq!(written.metadata["task_id"], id);
+
+    // Its task's workspace while the attempt runs.
+    let write = tools::InvokeToolRequest {
+        tool: "file_write".into(),
+        arguments: Some(amaos_proto::json::map_to_struct(
+            serde_json::json!({ "path": "note.txt", "content": "hello" })
+                .as_object()
+                .unwrap(),
+        )),
+        task_id: id.clone(),
+        ..Default::default()
+    };
+    tools
+        .invoke_tool(TestMesh::with_key(&token, write.clone()))
+        .await
+        .unwrap();
+    // A token for another attempt of the same task is refused at once.
+    let other = issue(running.attempt + 1).await;
+    let status = tools
+        .invoke_tool(TestMesh::with_key(&other, write.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+
+    // Once the task is over, the token is refused everywhere.
+    mesh.orchestrator()
+        .cancel_task(TestMesh::with_key(
+            &developer,
+            pb::CancelTaskRequest {
+                task_id: id.clone(),
+                reason: "done with it".into(),
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(amaos_mesh::live::LIVE_FOR + std::time::Duration::from_millis(200)).await;
+    let status = tools
+        .invoke_tool(TestMesh::with_key(&token, write))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("no longer runs"), "{status:?}");
+    let status = memory
+        .recent(TestMesh::with_key(&token, recent("research-crew", "")))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // It may read its own task, and no other.
+    mesh.orchestrator()
+        .get_task(TestMesh::with_key(
+            &token,
+            pb::GetTaskRequest {
+                task_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    let status = mesh
+        .orchestrator()
+        .list_tasks(TestMesh::with_key(&token, pb::ListTasksRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    mesh.stop().await;
+}
+
+/// A request refused after its permission check — bad input, another
+/// tenant's task, a cyclic workflow — is recorded as denied, never as
+/// allowed (the orchestrator used to record `allow` first and refuse after).
+#[tokio::test]
+async fn refusals_after_the_permission_check_are_recorded_as_denials() {
+    let mesh = TestMesh::start().await;
+    let theirs = mesh.create_key("acme", "developer").await;
+    let their_task = mesh
+        .submit(&theirs, &common::research_crew(), "theirs")
+        .await;
+    let mine = mesh.create_key("hooli", "developer").await;
+    let mut orchestrator = mesh.orchestrator();
+    let status = orchestrator
+        .submit_task(TestMesh::with_key(
+            &mine,
+            pb::SubmitTaskRequest {
+                team: Some(pb::TeamRef {
+                    team: Some(pb::team_ref::Team::SpecYaml("name: [unclosed".into())),
+                }),
+                input: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let status = orchestrator
+        .cancel_task(TestMesh::with_key(
+            &mine,
+            pb::CancelTaskRequest {
+                task_id: their_task.clone(),
+                reason: String::new(),
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    let step = |key: &str, after: &str| pb::WorkflowTask {
+        key: key.into(),
+        team: Some(pb::TeamRef {
+            team: Some(pb::team_ref::Team::Name("research-crew".into())),
+        }),
+        input: "x".into(),
+        depends_on: vec![after.into()],
+        ..Default::default()
+    };
+    let status = orchestrator
+        .submit_workflow(TestMesh::with_key(
+            &mine,
+            pb::SubmitWorkflowRequest {
+                name: "loop".into(),
+                tasks: vec![step("a", "b"), step("b", "a")],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    let decisions: Vec<String> = std::fs::read_to_string(mesh.config.audit_file())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["tenant"] == "hooli" && r["action"] != "keys.create")
+        .map(|r| format!("{} {} {}", r["action"], r["object"], r["decision"]))
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            r#""task.submit" "tasks" "deny""#.to_owned(),
+            format!(r#""task.cancel" "{their_task}" "deny""#),
+            r#""workflow.submit" "workflows" "deny""#.to_owned(),
+        ],
+        "{decisions:?}"
+    );
     mesh.stop().await;
 }

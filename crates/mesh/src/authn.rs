@@ -92,11 +92,11 @@ impl Authenticator {
                 other => AuthnError::Invalid(other.to_string()),
             })?;
             return Ok(Caller {
+                task: claims.run_scope(),
                 tenant: claims.tenant,
                 principal: claims.sub,
                 roles: claims.roles,
                 token: Some(key.to_owned()),
-                task: (!claims.task.is_empty()).then_some((claims.task, claims.attempt)),
             });
         }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();

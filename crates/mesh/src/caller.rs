@@ -18,9 +18,24 @@ pub struct Caller {
     pub roles: Vec<String>,
     /// The token that proved it, forwarded on calls made for this caller.
     pub token: Option<String>,
-    /// The task and attempt a run token is scoped to; `None` for callers
-    /// not bound to one task (users' keys and tokens).
-    pub task: Option<(String, u32)>,
+    /// The run a run token is scoped to; `None` for callers not bound to
+    /// one task (users' keys and tokens).
+    pub task: Option<RunScope>,
+}
+
+/// What a run token is good for: one attempt of one task, the team that
+/// attempt runs and the session its memory belongs to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunScope {
+    /// The task.
+    pub task: String,
+    /// The attempt of the task.
+    pub attempt: u32,
+    /// The team the attempt runs: its memory is the only memory the token
+    /// reaches (empty in tokens minted before the claim existed: no memory).
+    pub team: String,
+    /// The session the task belongs to (empty: none).
+    pub session: String,
 }
 
 impl Caller {
@@ -38,9 +53,10 @@ impl Caller {
     /// captured from one run must not reach another task's files or runs.
     pub fn check_task(&self, task_id: &str) -> Result<(), tonic::Status> {
         match &self.task {
-            Some((scoped, _)) if scoped != task_id => Err(tonic::Status::permission_denied(
-                format!("this run token is scoped to task `{scoped}`, not `{task_id}`"),
-            )),
+            Some(scope) if scope.task != task_id => Err(tonic::Status::permission_denied(format!(
+                "this run token is scoped to task `{}`, not `{task_id}`",
+                scope.task
+            ))),
             _ => Ok(()),
         }
     }

@@ -29,6 +29,7 @@ pub mod client;
 pub mod config;
 mod context;
 pub mod identity;
+pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod process;

@@ -57,6 +57,24 @@ pub struct Claims {
     /// The attempt of `task` it is scoped to (0: none).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempt: u32,
+    /// The team a run token's attempt runs (its memory scope).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub team: String,
+    /// The session a run token's task belongs to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub session: String,
+}
+
+impl Claims {
+    /// The run these claims are scoped to, if any.
+    pub fn run_scope(&self) -> Option<crate::caller::RunScope> {
+        (!self.task.is_empty()).then(|| crate::caller::RunScope {
+            task: self.task.clone(),
+            attempt: self.attempt,
+            team: self.team.clone(),
+            session: self.session.clone(),
+        })
+    }
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -155,6 +173,8 @@ pub fn claims_for(
         exp: now.saturating_add(ttl.as_secs().max(1)),
         task: task.into(),
         attempt: 0,
+        team: String::new(),
+        session: String::new(),
     }
 }
 
@@ -337,11 +357,11 @@ impl TokenVerifier {
         })?;
         let claims = self.verify(token).await?;
         Ok(Caller {
+            task: claims.run_scope(),
             tenant: claims.tenant,
             principal: claims.sub,
             roles: claims.roles,
             token: Some(token.to_owned()),
-            task: (!claims.task.is_empty()).then_some((claims.task, claims.attempt)),
         })
     }
 }

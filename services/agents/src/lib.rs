@@ -212,7 +212,11 @@ impl AgentsService for Agents {
             }
             .into());
         }
-        if caller.task.as_ref() != Some(&(run_id.clone(), attempt)) || !caller.has_role("agent") {
+        let scoped = caller
+            .task
+            .as_ref()
+            .is_some_and(|run| run.task == run_id && run.attempt == attempt);
+        if !scoped || !caller.has_role("agent") {
             return Err(Status::permission_denied(format!(
                 "RunTeam needs the run token of task `{run_id}` attempt {attempt}"
             )));

@@ -472,7 +472,29 @@ impl AuthService for Auth {
             ttl,
             task_id,
             attempt,
+            team,
+            session_id,
         } = request.into_inner();
+        if task_id.is_empty() && !(team.is_empty() && session_id.is_empty()) {
+            return Err(AuthError::InvalidArgument {
+                field: if team.is_empty() {
+                    "session_id"
+                } else {
+                    "team"
+                },
+                message: "only a token scoped to a task carries a team or session".into(),
+            }
+            .into());
+        }
+        for (field, value) in [("team", &team), ("session_id", &session_id)] {
+            if value.len() > 128 {
+                return Err(AuthError::InvalidArgument {
+                    field,
+                    message: "must be at most 128 bytes".into(),
+                }
+                .into());
+            }
+        }
         if attempt != 0 && task_id.is_empty() {
             return Err(AuthError::InvalidArgument {
                 field: "attempt",
@@ -541,6 +563,8 @@ impl AuthService for Auth {
         };
         let mut claims = amaos_mesh::token::claims_for(&subject, &tenant, &roles, ttl, &task_id);
         claims.attempt = attempt;
+        claims.team = team;
+        claims.session = session_id;
         Ok(Response::new(pb::IssueTokenResponse {
             token: self.state.signer.sign(&claims),
             expires_at: Some(ms_timestamp(claims.exp * 1000)),

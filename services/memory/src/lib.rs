@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use amaos_mesh::authn::Authenticator;
+use amaos_mesh::caller::Caller;
 use amaos_mesh::config::{EmbedderBackend, Limits, LongTermBackend, StoreBackend};
+use amaos_mesh::live::LiveRuns;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
@@ -109,6 +111,8 @@ const MAX_METADATA: usize = 32;
 pub struct Memory {
     /// Callers: a token (verified locally) or an API key (checked by auth, cached).
     verifier: Arc<Authenticator>,
+    /// Refuses run tokens whose attempt no longer runs.
+    live: Arc<LiveRuns>,
     tiers: Arc<Tiers>,
     max_text_bytes: usize,
 }
@@ -177,12 +181,16 @@ impl Memory {
     /// A memory service over `tiers`, verifying callers' tokens with keys
     /// from auth.
     pub fn new(config: &Config, tiers: Arc<Tiers>) -> Result<Self, BoxError> {
+        let dialer = amaos_mesh::client::Dialer::new(config, "memory")?;
         Ok(Self {
             verifier: Arc::new(Authenticator::from_auth(
-                &amaos_mesh::client::Dialer::new(config, "memory")?,
+                &dialer,
                 &config.auth.url,
                 config.auth.key_cache_ttl,
             )?),
+            live: Arc::new(LiveRuns::new(
+                dialer.channel("orchestrator", &config.orchestrator.url)?,
+            )),
             tiers,
             max_text_bytes: config.memory.max_text_bytes,
         })
@@ -206,6 +214,45 @@ fn authorize(caller: &amaos_mesh::caller::Caller, action: &str) -> Result<(), Me
             caller.roles.join(", ")
         ))
     })
+}
+
+/// Confines a run token to its run's memory: the team its attempt runs and
+/// its task's session. A field naming another team or session is refused;
+/// an empty one is filled in. Users' keys and tokens are not confined.
+fn confine(caller: &Caller, team: &mut String, session_id: &mut String) -> Result<(), MemoryError> {
+    let Some(run) = &caller.task else {
+        return Ok(());
+    };
+    if run.team.is_empty() {
+        return Err(MemoryError::Forbidden(
+            "this run token names no team, so it reaches no memory".into(),
+        ));
+    }
+    for (field, asked, own) in [
+        ("team", &mut *team, &run.team),
+        ("session_id", &mut *session_id, &run.session),
+    ] {
+        if !asked.is_empty() && asked != own {
+            return Err(MemoryError::Forbidden(format!(
+                "this run token reaches the memory of {field} `{own}` only, not `{asked}`"
+            )));
+        }
+        asked.clone_from(own);
+    }
+    Ok(())
+}
+
+/// [`confine`] for a filter (a missing one becomes the run's scope).
+fn confine_filter(
+    caller: &Caller,
+    filter: Option<pb::MemoryFilter>,
+) -> Result<Option<pb::MemoryFilter>, MemoryError> {
+    if caller.task.is_none() {
+        return Ok(filter);
+    }
+    let mut filter = filter.unwrap_or_default();
+    confine(caller, &mut filter.team, &mut filter.session_id)?;
+    Ok(Some(filter))
 }
 
 /// A time filter in milliseconds; a timestamp out of range is
@@ -287,16 +334,22 @@ impl MemoryService for Memory {
     ) -> Result<Response<pb::RememberResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
         authorize(&caller, "write")?;
+        self.live.check(&caller).await?;
         let pb::RememberRequest {
-            team,
+            mut team,
             agent,
-            session_id,
+            mut session_id,
             kind,
             text,
-            metadata,
+            mut metadata,
             ttl,
             idempotency_key,
         } = request.into_inner();
+        confine(&caller, &mut team, &mut session_id)?;
+        if let Some(run) = &caller.task {
+            // Labelled with the task that wrote it, whatever the caller says.
+            metadata.insert("task_id".to_owned(), run.task.clone());
+        }
         if text.trim().is_empty() {
             return Err(invalid("text", "must not be empty").into());
         }
@@ -348,6 +401,7 @@ impl MemoryService for Memory {
     ) -> Result<Response<pb::RecallResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
         authorize(&caller, "read")?;
+        self.live.check(&caller).await?;
         let pb::RecallRequest {
             query,
             filter,
@@ -376,7 +430,7 @@ impl MemoryService for Memory {
             .recall(
                 &caller.tenant,
                 &query,
-                &filter_from(filter)?,
+                &filter_from(confine_filter(&caller, filter)?)?,
                 top_k,
                 min_score,
             )
@@ -400,7 +454,9 @@ impl MemoryService for Memory {
     ) -> Result<Response<pb::RecentResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
         authorize(&caller, "read")?;
+        self.live.check(&caller).await?;
         let pb::RecentRequest { filter, limit } = request.into_inner();
+        let filter = confine_filter(&caller, filter)?;
         let limit = match limit {
             0 => 20,
             n => n.min(1000) as usize,
@@ -424,10 +480,18 @@ impl MemoryService for Memory {
     ) -> Result<Response<pb::ForgetResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
         authorize(&caller, "write")?;
+        self.live.check(&caller).await?;
         let pb::ForgetRequest {
             target,
             idempotency_key: _,
         } = request.into_inner();
+        if caller.task.is_some() && matches!(target, Some(pb::forget_request::Target::MemoryId(_)))
+        {
+            return Err(MemoryError::Forbidden(
+                "a run token forgets by its run's scope, not by memory id".into(),
+            )
+            .into());
+        }
         let forgotten = match target {
             Some(pb::forget_request::Target::MemoryId(id)) => {
                 // Forgetting is idempotent: a memory already gone is not an error
@@ -445,7 +509,10 @@ impl MemoryService for Memory {
             // An empty scope forgets everything of the caller's tenant.
             Some(pb::forget_request::Target::Scope(scope)) => self
                 .tiers
-                .forget_scope(&caller.tenant, &filter_from(Some(scope))?)
+                .forget_scope(
+                    &caller.tenant,
+                    &filter_from(confine_filter(&caller, Some(scope))?)?,
+                )
                 .await
                 .map_err(MemoryError::from)?,
             None => return Err(invalid("target", "name a memory_id or a scope").into()),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use amaos_mesh::authn::AuthnError;
-use amaos_mesh::caller::{self, Caller};
+use amaos_mesh::caller::{self, Caller, RunScope};
 use amaos_mesh::client::MeshChannel;
 use amaos_proto::auth::v1 as pb;
 use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -77,15 +77,15 @@ impl RunTokens {
         }
     }
 
-    /// A token for attempt `attempt` of task `task_id` of `tenant`, on behalf
-    /// of `subject`, with the `agent` role, valid for `left` (the time left
-    /// before the task's deadline) plus [`RUN_TOKEN_MARGIN`].
+    /// A token for `run` (an attempt of a task of `tenant`, the team it runs
+    /// and its session), on behalf of `subject`, with the `agent` role, valid
+    /// for `left` (the time left before the task's deadline) plus
+    /// [`RUN_TOKEN_MARGIN`].
     pub async fn issue(
         &self,
         tenant: &str,
         subject: &str,
-        task_id: &str,
-        attempt: u32,
+        run: &RunScope,
         left: Duration,
     ) -> Result<String, String> {
         let key = {
@@ -109,8 +109,10 @@ impl RunTokens {
             ttl: Some(amaos_proto::time::proto_duration(
                 left.saturating_add(RUN_TOKEN_MARGIN),
             )),
-            task_id: task_id.to_owned(),
-            attempt,
+            task_id: run.task.clone(),
+            attempt: run.attempt,
+            team: run.team.clone(),
+            session_id: run.session.clone(),
         });
         caller::set_bearer(request.metadata_mut(), &key).map_err(|s| s.message().to_owned())?;
         self.auth

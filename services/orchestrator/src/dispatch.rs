@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use amaos_mesh::caller::Caller;
+use amaos_mesh::caller::{Caller, RunScope};
 use amaos_mesh::client::{self, MeshChannel};
 use amaos_mesh::config::Limits;
 use amaos_proto::agents::v1 as agents;
@@ -603,9 +603,15 @@ impl Dispatcher {
             .deadline
             .duration_since(SystemTime::now())
             .unwrap_or_default();
+        let run = RunScope {
+            task: task.id.clone(),
+            attempt,
+            team: team.clone(),
+            session: task.session_id.clone(),
+        };
         let token = self
             .tokens
-            .issue(&task.tenant, &task.submitted_by, &task.id, attempt, left)
+            .issue(&task.tenant, &task.submitted_by, &run, left)
             .await
             .map_err(|message| Failure::new(ErrorClass::Transient, message))?;
         let caller = Caller {
@@ -613,7 +619,7 @@ impl Dispatcher {
             principal: task.submitted_by.clone(),
             roles: vec!["agent".into()],
             token: Some(token),
-            task: Some((task.id.clone(), attempt)),
+            task: Some(run),
         };
         let team_ref = match (&task.source, task.stage) {
             (TeamSource::Inline(yaml), 0) => {

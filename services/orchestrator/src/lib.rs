@@ -357,9 +357,33 @@ impl Inner {
         })
     }
 
-    /// Checks `caller` may do `action` and appends the decision to the audit
-    /// trail first: when the trail cannot be written, nothing happens.
-    fn audited(
+    /// Appends one decision to the audit trail: when the trail cannot be
+    /// written, nothing happens.
+    fn record(
+        &self,
+        caller: &Caller,
+        audit_action: &str,
+        object: &str,
+        allowed: bool,
+    ) -> Result<(), OrchestratorError> {
+        self.audit
+            .append(amaos_mesh::audit::Entry {
+                principal: &caller.principal,
+                tenant: &caller.tenant,
+                action: audit_action,
+                object,
+                allowed,
+            })
+            .map(|_| ())
+            .map_err(|e| OrchestratorError::AuditDown(e.to_string()))
+    }
+
+    /// Checks `caller` may do `action`; a refusal is recorded at once. An
+    /// allowed caller's decision is recorded by [`Inner::settle`] once the
+    /// request has passed every other check, so a request refused later
+    /// (bad input, another tenant's task, admission) is recorded as denied,
+    /// never as allowed.
+    fn permitted(
         &self,
         caller: &Caller,
         action: &str,
@@ -367,16 +391,24 @@ impl Inner {
         object: &str,
     ) -> Result<(), OrchestratorError> {
         let decision = require(caller, action);
-        self.audit
-            .append(amaos_mesh::audit::Entry {
-                principal: &caller.principal,
-                tenant: &caller.tenant,
-                action: audit_action,
-                object,
-                allowed: decision.is_ok(),
-            })
-            .map_err(|e| OrchestratorError::AuditDown(e.to_string()))?;
+        if decision.is_err() {
+            self.record(caller, audit_action, object, false)?;
+        }
         decision
+    }
+
+    /// Records the outcome of the checks a permitted request went through:
+    /// denied when `checked` is an error (which is returned), allowed
+    /// otherwise — before the action takes effect.
+    fn settle<T>(
+        &self,
+        caller: &Caller,
+        audit_action: &str,
+        object: &str,
+        checked: Result<T, OrchestratorError>,
+    ) -> Result<T, OrchestratorError> {
+        self.record(caller, audit_action, object, checked.is_ok())?;
+        checked
     }
 
     fn check_common(
@@ -493,7 +525,7 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         let inner = &self.inner;
         let caller = inner.authn.caller(request.metadata()).await?;
-        inner.audited(&caller, "submit", "task.submit", "tasks")?;
+        inner.permitted(&caller, "submit", "task.submit", "tasks")?;
         let pb::SubmitTaskRequest {
             team,
             input,
@@ -504,25 +536,30 @@ impl OrchestratorService for Orchestrator {
             fallbacks,
             labels,
         } = request.into_inner();
-        Inner::check_common(&session_id, &idempotency_key, &labels)?;
-        let task = inner
-            .build_task(
-                &caller,
-                TaskSpec {
-                    team,
-                    input,
-                    timeout,
-                    retry,
-                    fallbacks,
-                },
-                &session_id,
-                labels,
-            )
-            .await?;
-        if task.source == TeamSource::Named {
-            inner.check_team_served(&task.team).await?;
+        let checked = async {
+            Inner::check_common(&session_id, &idempotency_key, &labels)?;
+            let task = inner
+                .build_task(
+                    &caller,
+                    TaskSpec {
+                        team,
+                        input,
+                        timeout,
+                        retry,
+                        fallbacks,
+                    },
+                    &session_id,
+                    labels,
+                )
+                .await?;
+            if task.source == TeamSource::Named {
+                inner.check_team_served(&task.team).await?;
+            }
+            inner.admit(&caller, &[task.team.as_str()]).await?;
+            Ok::<_, OrchestratorError>(task)
         }
-        inner.admit(&caller, &[task.team.as_str()]).await?;
+        .await;
+        let task = inner.settle(&caller, "task.submit", "tasks", checked)?;
         let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
         let id = task.id.clone();
         let existing = inner
@@ -562,80 +599,85 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
         let inner = &self.inner;
         let caller = inner.authn.caller(request.metadata()).await?;
-        require(&caller, "submit")?;
+        inner.permitted(&caller, "submit", "workflow.submit", "workflows")?;
         let pb::SubmitWorkflowRequest {
             name,
             tasks,
             session_id,
             idempotency_key,
         } = request.into_inner();
-        Inner::check_common(&session_id, &idempotency_key, &Default::default())?;
-        if name.len() > 128 {
-            return Err(invalid("name", "at most 128 bytes").into());
-        }
-        let shape: Vec<(String, Vec<String>)> = tasks
-            .iter()
-            .map(|t| (t.key.clone(), t.depends_on.clone()))
-            .collect();
-        workflow::check(&shape).map_err(|e| invalid("tasks", e.to_string()))?;
         let workflow_id = amaos_mesh::new_id();
-        let mut built = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            let pb::WorkflowTask {
-                key,
-                team,
-                input,
-                depends_on,
-                retry,
-                fallbacks,
-                timeout,
-            } = t;
-            let mut labels = std::collections::HashMap::new();
-            if !name.is_empty() {
-                labels.insert("workflow".to_owned(), name.clone());
+        let checked = async {
+            Inner::check_common(&session_id, &idempotency_key, &Default::default())?;
+            if name.len() > 128 {
+                return Err(invalid("name", "at most 128 bytes"));
             }
-            let mut task = inner
-                .build_task(
-                    &caller,
-                    TaskSpec {
-                        team,
-                        input,
-                        timeout,
-                        retry,
-                        fallbacks,
-                    },
-                    &session_id,
-                    labels,
-                )
-                .await?;
-            task.workflow_id = workflow_id.clone();
-            task.workflow_key = key;
-            task.depends_on = depends_on;
-            built.push(task);
-        }
-        // Keys to ids, then both directions of every edge.
-        let ids: std::collections::HashMap<String, String> = built
-            .iter()
-            .map(|t| (t.workflow_key.clone(), t.id.clone()))
-            .collect();
-        let mut dependents: std::collections::HashMap<String, Vec<String>> = Default::default();
-        for task in &mut built {
-            task.depends_on = task.depends_on.iter().map(|k| ids[k].clone()).collect();
-            for dep in &task.depends_on {
-                dependents
-                    .entry(dep.clone())
-                    .or_default()
-                    .push(task.id.clone());
+            let shape: Vec<(String, Vec<String>)> = tasks
+                .iter()
+                .map(|t| (t.key.clone(), t.depends_on.clone()))
+                .collect();
+            workflow::check(&shape).map_err(|e| invalid("tasks", e.to_string()))?;
+            let mut built = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                let pb::WorkflowTask {
+                    key,
+                    team,
+                    input,
+                    depends_on,
+                    retry,
+                    fallbacks,
+                    timeout,
+                } = t;
+                let mut labels = std::collections::HashMap::new();
+                if !name.is_empty() {
+                    labels.insert("workflow".to_owned(), name.clone());
+                }
+                let mut task = inner
+                    .build_task(
+                        &caller,
+                        TaskSpec {
+                            team,
+                            input,
+                            timeout,
+                            retry,
+                            fallbacks,
+                        },
+                        &session_id,
+                        labels,
+                    )
+                    .await?;
+                task.workflow_id = workflow_id.clone();
+                task.workflow_key = key;
+                task.depends_on = depends_on;
+                built.push(task);
             }
+            // Keys to ids, then both directions of every edge.
+            let ids: std::collections::HashMap<String, String> = built
+                .iter()
+                .map(|t| (t.workflow_key.clone(), t.id.clone()))
+                .collect();
+            let mut dependents: std::collections::HashMap<String, Vec<String>> = Default::default();
+            for task in &mut built {
+                task.depends_on = task.depends_on.iter().map(|k| ids[k].clone()).collect();
+                for dep in &task.depends_on {
+                    dependents
+                        .entry(dep.clone())
+                        .or_default()
+                        .push(task.id.clone());
+                }
+            }
+            for task in &mut built {
+                task.dependents = dependents.remove(&task.id).unwrap_or_default();
+            }
+            for task in built.iter().filter(|t| t.source == TeamSource::Named) {
+                inner.check_team_served(&task.team).await?;
+            }
+            let teams: Vec<&str> = built.iter().map(|t| t.team.as_str()).collect();
+            inner.admit(&caller, &teams).await?;
+            Ok::<_, OrchestratorError>(built)
         }
-        for task in &mut built {
-            task.dependents = dependents.remove(&task.id).unwrap_or_default();
-        }
-        for task in built.iter().filter(|t| t.source == TeamSource::Named) {
-            inner.check_team_served(&task.team).await?;
-        }
-        let teams: Vec<&str> = built.iter().map(|t| t.team.as_str()).collect();
-        inner.admit(&caller, &teams).await?;
+        .await;
+        let built = inner.settle(&caller, "workflow.submit", "workflows", checked)?;
         let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
         let members: Vec<(String, String)> = built
             .iter()
@@ -670,8 +712,13 @@ impl OrchestratorService for Orchestrator {
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
-        require(&caller, "read")?;
         let pb::GetTaskRequest { task_id } = request.into_inner();
+        // A run token may read its own task (tools and memory ask whether
+        // its attempt still runs), and nothing else.
+        let own = caller.task.as_ref().is_some_and(|run| run.task == task_id);
+        if !own {
+            require(&caller, "read")?;
+        }
         let task = self
             .inner
             .backend
@@ -737,7 +784,16 @@ impl OrchestratorService for Orchestrator {
             idempotency_key: _,
         } = request.into_inner();
         self.inner
-            .audited(&caller, "cancel", "task.cancel", &task_id)?;
+            .permitted(&caller, "cancel", "task.cancel", &task_id)?;
+        // Another tenant's task (or none) is refused and recorded as such.
+        let found = self
+            .inner
+            .backend
+            .get(&caller.tenant, &task_id)
+            .await
+            .map_err(OrchestratorError::from)
+            .and_then(|t| t.ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone())));
+        self.inner.settle(&caller, "task.cancel", &task_id, found)?;
         let reason = if reason.is_empty() {
             format!("cancelled by {}", caller.principal)
         } else {

@@ -92,6 +92,9 @@ pub enum ToolError {
     /// The idempotency journal cannot be reached: no call runs.
     #[error("{0}")]
     JournalDown(String),
+    /// Whether a run token's attempt still runs cannot be checked.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<ToolError> for Status {
@@ -107,9 +110,10 @@ impl From<ToolError> for Status {
             ToolError::Unimplemented(_) => Status::unimplemented(message),
             ToolError::Io(_) => Status::internal(message),
             ToolError::Quota(_) => Status::resource_exhausted(message),
-            ToolError::Sandbox(_) | ToolError::AuditDown(_) | ToolError::JournalDown(_) => {
-                Status::unavailable(message)
-            }
+            ToolError::Sandbox(_)
+            | ToolError::AuditDown(_)
+            | ToolError::JournalDown(_)
+            | ToolError::Unavailable(_) => Status::unavailable(message),
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct Tools {
     calls_per_minute: u32,
     /// The hash-chained trail: every call's decision, before it runs.
     audit: Arc<amaos_mesh::audit::AuditLog>,
+    /// Refuses run tokens whose attempt no longer runs.
+    live: Arc<amaos_mesh::live::LiveRuns>,
 }
 
 impl Tools {
@@ -176,6 +182,10 @@ impl Tools {
                 &config.auth.url,
                 config.auth.key_cache_ttl,
             )?),
+            live: Arc::new(amaos_mesh::live::LiveRuns::new(
+                amaos_mesh::client::Dialer::new(config, "tools")?
+                    .channel("orchestrator", &config.orchestrator.url)?,
+            )),
             workspaces: Arc::new(config.workspace_dir()),
             bounds: workspace::Bounds {
                 max_bytes: config.tools.workspace_max_bytes,
@@ -476,10 +486,28 @@ impl Tools {
             idempotency_key,
             timeout,
         } = request;
-        // A run token reaches only its own task's workspace and journal.
-        caller
-            .check_task(&task_id)
-            .map_err(|s| ToolError::PermissionDenied(s.message().to_owned()))?;
+        // A run token reaches only its own task's workspace and journal ...
+        let scoped = match caller.check_task(&task_id) {
+            Ok(()) => None,
+            Err(s) => Some(ToolError::PermissionDenied(s.message().to_owned())),
+        };
+        // ... and only while its attempt runs: a token captured from a
+        // finished or superseded attempt is refused.
+        let scoped = match scoped {
+            Some(refused) => Some(refused),
+            None => match self.live.check(caller).await {
+                Ok(()) => None,
+                Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                    Some(ToolError::PermissionDenied(s.message().to_owned()))
+                }
+                Err(s) => Some(ToolError::Unavailable(s.message().to_owned())),
+            },
+        };
+        if let Some(refused) = scoped {
+            // Best effort: the call is refused whether or not this is written.
+            let _ = self.audit_call(caller, &tool, false).await;
+            return Err(refused);
+        }
         let args = arguments.as_ref().map(struct_to_map).unwrap_or_default();
         let started = Instant::now();
         let fingerprint = journal::fingerprint(&tool, &args);
@@ -512,6 +540,7 @@ impl Tools {
             Err(ToolError::Sandbox(_)) => ("allow", "sandbox_error"),
             Err(ToolError::AuditDown(_)) => ("deny", "audit_down"),
             Err(ToolError::JournalDown(_)) => ("deny", "journal_down"),
+            Err(ToolError::Unavailable(_)) => ("deny", "unavailable"),
         };
         tracing::info!(
             target: "audit",
@@ -717,26 +746,39 @@ impl Tools {
                 caller.roles.join(", ")
             )));
         }
-        let call = if tool == shell::NAME && self.sandbox.is_some() {
-            Checked::Shell(shell::ShellCall::parse(&args)?)
-        } else if tool == web::NAME {
-            Checked::Web(web::parse_args(&args)?)
-        } else if self.mcp.has(&caller.tenant, &tool).await {
-            Checked::Mcp(tool.clone(), args)
-        } else {
-            let builtin = builtin::Builtin::named(&tool)
-                .ok_or_else(|| ToolError::NotFound(format!("no tool is named `{tool}`")))?;
-            Checked::Builtin(builtin.parse(&args)?)
-        };
-        self.count_call(&caller.tenant)?;
-        let timeout = match timeout {
-            Some(t) => duration(&t)
-                .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
-                .ok_or_else(|| ToolError::InvalidArgument {
-                    field: "timeout".into(),
-                    message: format!("must be positive and at most {MAX_TIMEOUT:?}"),
-                })?,
-            None => DEFAULT_TIMEOUT,
+        // Bad arguments and an exhausted quota are refusals too: recorded as
+        // denied, never as allowed.
+        let checked = async {
+            let call = if tool == shell::NAME && self.sandbox.is_some() {
+                Checked::Shell(shell::ShellCall::parse(&args)?)
+            } else if tool == web::NAME {
+                Checked::Web(web::parse_args(&args)?)
+            } else if self.mcp.has(&caller.tenant, &tool).await {
+                Checked::Mcp(tool.clone(), args)
+            } else {
+                let builtin = builtin::Builtin::named(&tool)
+                    .ok_or_else(|| ToolError::NotFound(format!("no tool is named `{tool}`")))?;
+                Checked::Builtin(builtin.parse(&args)?)
+            };
+            let timeout = match timeout {
+                Some(t) => duration(&t)
+                    .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
+                    .ok_or_else(|| ToolError::InvalidArgument {
+                        field: "timeout".into(),
+                        message: format!("must be positive and at most {MAX_TIMEOUT:?}"),
+                    })?,
+                None => DEFAULT_TIMEOUT,
+            };
+            self.count_call(&caller.tenant)?;
+            Ok::<_, ToolError>((call, timeout))
+        }
+        .await;
+        let (call, timeout) = match checked {
+            Ok(checked) => checked,
+            Err(error) => {
+                let _ = self.audit_call(caller, &tool, false).await;
+                return Err(error);
+            }
         };
         self.audit_call(caller, &tool, true).await?;
         // A keyed call reserves its key (or replays the recorded result,

@@ -1588,7 +1588,10 @@ impl TaskBackend for RedisBackend {
         let (cursor, mut due) = {
             let mut state = self.sweep_cursor.lock().unwrap_or_else(|e| e.into_inner());
             let take = state.pending.len().min(limit);
-            (state.cursor, state.pending.drain(..take).collect::<Vec<_>>())
+            (
+                state.cursor,
+                state.pending.drain(..take).collect::<Vec<_>>(),
+            )
         };
         if due.len() < limit {
             let pattern: String = self
