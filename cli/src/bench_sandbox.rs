@@ -74,13 +74,7 @@ pub async fn run(
     let dir = tempfile::tempdir()?;
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work)?;
-    let sandbox = Sandbox::new(
-        helper,
-        dir.path().join("roots"),
-        config.tools.sandbox_uid_base,
-        1,
-        Limits::default(),
-    );
+    let sandbox = Sandbox::new(helper, config.tools.sandbox_uid_base, 1, Limits::default());
     let argv = ["/bin/true".to_owned()];
     sandbox.run(&work, &argv, Duration::from_secs(10)).await?;
     let mut sandboxed = Vec::with_capacity(runs);

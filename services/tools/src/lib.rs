@@ -947,7 +947,6 @@ pub async fn start_sandbox(config: &Config) -> Result<Option<Arc<sandbox::Sandbo
     };
     let sandbox = sandbox::Sandbox::new(
         helper,
-        config.data_dir.join("sandbox"),
         t.sandbox_uid_base,
         t.max_sandboxes,
         sandbox::Limits {

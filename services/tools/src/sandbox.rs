@@ -95,7 +95,6 @@ pub const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 /// Runs commands in sandboxes.
 pub struct Sandbox {
     helper: PathBuf,
-    roots: PathBuf,
     uid_base: u32,
     slots: Arc<Mutex<Vec<bool>>>,
     limits: Limits,
@@ -163,18 +162,12 @@ fn text(bytes: Vec<u8>, dropped: u64) -> String {
 }
 
 impl Sandbox {
-    /// Sandboxes run by `helper`, building roots under `roots`, with host
+    /// Sandboxes run by `helper` (which builds each root on a tmpfs of its
+    /// own mount namespace), with host
     /// uids `uid_base .. uid_base + 2 * slots` (two per sandbox).
-    pub fn new(
-        helper: PathBuf,
-        roots: PathBuf,
-        uid_base: u32,
-        slots: usize,
-        limits: Limits,
-    ) -> Self {
+    pub fn new(helper: PathBuf, uid_base: u32, slots: usize, limits: Limits) -> Self {
         Self {
             helper,
-            roots,
             uid_base,
             slots: Arc::new(Mutex::new(vec![false; slots.max(1)])),
             limits,
@@ -227,7 +220,6 @@ impl Sandbox {
     #[allow(clippy::too_many_arguments)]
     fn spec(
         &self,
-        root: &Path,
         workspace: &Path,
         host_id: u32,
         argv: &[String],
@@ -239,7 +231,6 @@ impl Sandbox {
         let mut env = environment();
         env.extend(extra_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         serde_json::json!({
-            "root": root,
             "workspace": workspace,
             "host_id": host_id,
             "argv": argv,
@@ -270,23 +261,13 @@ impl Sandbox {
     ) -> Result<SandboxProcess, SandboxError> {
         let slot = self.take_slot()?;
         let host_id = self.uid_base + 2 * slot.index as u32;
-        let root = self.roots.join(format!("slot-{}", slot.index));
-        std::fs::create_dir_all(&root)
-            .and_then(|()| std::fs::create_dir_all(workdir))
-            .map_err(|e| SandboxError::Io(format!("{}: {e}", root.display())))?;
+        std::fs::create_dir_all(workdir)
+            .map_err(|e| SandboxError::Io(format!("{}: {e}", workdir.display())))?;
         if writable {
             give_to(workdir, host_id + 1)
                 .map_err(|e| SandboxError::Io(format!("{}: {e}", workdir.display())))?;
         }
-        let spec = self.spec(
-            &root,
-            workdir,
-            host_id,
-            argv,
-            read_only,
-            extra_env,
-            cpu_seconds,
-        );
+        let spec = self.spec(workdir, host_id, argv, read_only, extra_env, cpu_seconds);
         let child = tokio::process::Command::new(&self.helper)
             .arg(spec.to_string())
             .env_clear()
@@ -326,13 +307,9 @@ impl Sandbox {
         let slot = self.take_slot()?;
         // Two host ids per slot: the sandbox's root, and the user running the command.
         let host_id = self.uid_base + 2 * slot.index as u32;
-        let root = self.roots.join(format!("slot-{}", slot.index));
-        std::fs::create_dir_all(&root)
-            .map_err(|e| SandboxError::Io(format!("{}: {e}", root.display())))?;
         give_to(workspace, host_id + 1)
             .map_err(|e| SandboxError::Io(format!("{}: {e}", workspace.display())))?;
         let spec = self.spec(
-            &root,
             workspace,
             host_id,
             argv,

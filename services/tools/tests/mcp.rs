@@ -33,7 +33,6 @@ async fn a_stdio_server_runs_in_the_sandbox_and_its_tools_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Arc::new(Sandbox::new(
         env!("CARGO_BIN_EXE_amaos-sandbox").into(),
-        dir.path().join("roots"),
         320_000,
         2,
         Limits::default(),

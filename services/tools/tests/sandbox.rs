@@ -17,7 +17,6 @@ fn sandbox(uid_base: u32, limits: Limits) -> (Sandbox, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(
         env!("CARGO_BIN_EXE_amaos-sandbox").into(),
-        dir.path().join("roots"),
         uid_base,
         2,
         limits,
@@ -226,7 +225,6 @@ async fn a_helper_that_cannot_set_up_is_a_setup_error() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(
         env!("CARGO_BIN_EXE_amaos-sandbox").into(),
-        dir.path().join("roots"),
         318_000,
         1,
         small(),
@@ -243,5 +241,45 @@ async fn a_helper_that_cannot_set_up_is_a_setup_error() {
     assert!(
         error.to_string().contains("could not be set up") || error.to_string().contains("missing"),
         "{error}"
+    );
+}
+
+/// A workspace under a directory of mode 0700 (what `mktemp -d` gives a
+/// data directory) works: the sandbox's ids cannot traverse it, so the
+/// helper reaches the workspace through a descriptor it opened first.
+/// Before, setting up failed with "root tmpfs: EACCES" and `amaos up`
+/// stopped.
+#[tokio::test]
+async fn a_workspace_under_a_private_directory_works() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let work = private.join("data/workspaces/acme/t-1");
+    std::fs::create_dir_all(&work).unwrap();
+    let sandbox = Sandbox::new(
+        env!("CARGO_BIN_EXE_amaos-sandbox").into(),
+        319_000,
+        1,
+        small(),
+    );
+    let outcome = sandbox
+        .run(
+            &work,
+            &[
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo hello > note.txt && cat /workspace/note.txt".into(),
+            ],
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.exit_code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout.trim(), "hello");
+    assert_eq!(
+        std::fs::read_to_string(work.join("note.txt")).unwrap(),
+        "hello\n"
     );
 }

@@ -35,7 +35,6 @@ fn service(uid_base: u32) -> Service {
     config.validate().unwrap();
     let sandbox = Arc::new(Sandbox::new(
         env!("CARGO_BIN_EXE_amaos-sandbox").into(),
-        dir.path().join("roots"),
         uid_base,
         2,
         Limits::default(),

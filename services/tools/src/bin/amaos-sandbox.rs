@@ -53,8 +53,6 @@ const SETUP_FAILED: i32 = 125;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Spec {
-    /// An empty directory to build the sandbox's root on.
-    root: PathBuf,
     /// The task workspace, mounted read-write at /workspace.
     workspace: PathBuf,
     /// The unprivileged host uid and gid the sandbox's root maps to; its
@@ -119,6 +117,19 @@ fn main() {
                 | CloneFlags::CLONE_NEWUTS
                 | CloneFlags::CLONE_NEWNET;
             unshare(flags).unwrap_or_else(|e| fail("unshare (needs user namespaces)", e));
+            // What the sandbox binds is opened now: in the new mount
+            // namespace (a bind source must be one of its mounts) but still
+            // with the caller's own ids. A data directory of mode 0700 (what
+            // `mktemp -d` gives) cannot be traversed by the sandbox's ids;
+            // a descriptor opened here reaches it through /proc/self/fd.
+            let opened = Opened {
+                workspace: open_path(&spec.workspace),
+                read_only: spec
+                    .read_only
+                    .iter()
+                    .map(|p| (p.clone(), open_path(p)))
+                    .collect(),
+            };
             signal(&unshared_w);
             wait_byte(&mapped_r, "the id mapping");
             // Become the namespace's root (a mapped id), so files can be made.
@@ -135,7 +146,7 @@ fn main() {
                 ForkResult::Parent { child } => std::process::exit(exit_code(child)),
                 ForkResult::Child => {
                     die_with_parent();
-                    enter(&spec, &[&no_preallocation, &filter])
+                    enter(&spec, &opened, &[&no_preallocation, &filter])
                 }
             }
         }
@@ -193,6 +204,35 @@ const READ_ONLY: [&str; 8] = [
 /// Device files bound into /dev.
 const DEVICES: [&str; 4] = ["null", "zero", "random", "urandom"];
 
+/// Paths opened before any namespace exists (`O_PATH`, closed on exec).
+struct Opened {
+    workspace: std::fs::File,
+    read_only: Vec<(PathBuf, std::fs::File)>,
+}
+
+fn open_path(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !path.is_absolute() {
+        fail("spec", format!("{} is not absolute", path.display()));
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .unwrap_or_else(|e| fail(&path.display().to_string(), e))
+}
+
+/// The path that reaches `file` whatever the permissions of its ancestors.
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Where the new root is built: a fresh tmpfs mounted over `/tmp` of the
+/// sandbox's private mount namespace (the host's /tmp is untouched), which
+/// every id can reach.
+const NEW_ROOT: &str = "/tmp";
+
 fn mkdirs(path: &Path) {
     std::fs::create_dir_all(path).unwrap_or_else(|e| fail(&format!("mkdir {}", path.display()), e));
 }
@@ -218,8 +258,8 @@ fn bind(source: &Path, target: &Path, read_only: bool) {
 /// Builds the root, pivots into it and execs the command. Runs as pid 1
 /// of the new pid namespace, with every capability in the new user
 /// namespace until it drops them.
-fn enter(spec: &Spec, filters: &[&BpfProgram]) -> ! {
-    let root = &spec.root;
+fn enter(spec: &Spec, opened: &Opened, filters: &[&BpfProgram]) -> ! {
+    let root = Path::new(NEW_ROOT);
     mount(
         None::<&str>,
         "/",
@@ -256,10 +296,7 @@ fn enter(spec: &Spec, filters: &[&BpfProgram]) -> ! {
             bind(source, &target, true);
         }
     }
-    for path in &spec.read_only {
-        if !path.is_absolute() {
-            fail("read_only", format!("{} is not absolute", path.display()));
-        }
+    for (path, file) in &opened.read_only {
         // The sandbox's own mount points cannot be covered or reached into.
         if ["/", "/workspace", "/proc", "/dev", "/tmp", "/old"]
             .iter()
@@ -276,7 +313,9 @@ fn enter(spec: &Spec, filters: &[&BpfProgram]) -> ! {
             );
         }
         let target = root.join(path.strip_prefix("/").unwrap_or(path));
-        let meta = std::fs::metadata(path).unwrap_or_else(|e| fail(&path.display().to_string(), e));
+        let meta = file
+            .metadata()
+            .unwrap_or_else(|e| fail(&path.display().to_string(), e));
         if meta.is_dir() {
             mkdirs(&target);
         } else {
@@ -285,7 +324,7 @@ fn enter(spec: &Spec, filters: &[&BpfProgram]) -> ! {
             }
             std::fs::write(&target, b"").unwrap_or_else(|e| fail(&path.display().to_string(), e));
         }
-        bind(path, &target, true);
+        bind(&fd_path(file), &target, true);
     }
     let dev = root.join("dev");
     mkdirs(&dev);
@@ -312,7 +351,7 @@ fn enter(spec: &Spec, filters: &[&BpfProgram]) -> ! {
         Some("size=64m,mode=1777"),
     )
     .unwrap_or_else(|e| fail("/tmp", e));
-    bind(&spec.workspace, &root.join("workspace"), false);
+    bind(&fd_path(&opened.workspace), &root.join("workspace"), false);
     // Mounting proc in a user namespace needs the host's /proc still
     // visible, so it happens before the old root goes away.
     mount(
