@@ -251,7 +251,7 @@ async fn the_example_crew_runs_with_mtls_between_every_service() {
     assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
 
     // Plaintext is refused, and so is a mesh identity that may not call
-    // the orchestrator (only the CLI may).
+    // the orchestrator (the router may not).
     let plain =
         amaos_mesh::client::channel(&mesh.config.orchestrator.url, &mesh.config.limits).unwrap();
     assert!(
@@ -262,13 +262,13 @@ async fn the_example_crew_runs_with_mtls_between_every_service() {
         .await
         .is_err()
     );
-    let as_memory = amaos_mesh::client::Dialer::new(&mesh.config, "memory")
+    let as_router = amaos_mesh::client::Dialer::new(&mesh.config, "router")
         .unwrap()
         .channel("orchestrator", &mesh.config.orchestrator.url)
         .unwrap();
     let status =
         amaos_proto::orchestrator::v1::orchestrator_service_client::OrchestratorServiceClient::new(
-            as_memory,
+            as_router,
         )
         .list_tasks(TestMesh::with_key(&key, pb::ListTasksRequest::default()))
         .await

@@ -109,7 +109,8 @@ impl TlsConfig {
 /// (operators with the CLI's certificate).
 pub fn default_callers(service: &str) -> &'static [&'static str] {
     match service {
-        "orchestrator" => &["cli"],
+        // Tools and memory ask whether a run token's attempt still runs.
+        "orchestrator" => &["tools", "memory", "cli"],
         "router" => &["orchestrator", "agents", "cli"],
         "agents" => &["orchestrator", "cli"],
         "tools" => &["agents", "cli"],
