@@ -1,10 +1,12 @@
 //! Compiles the contracts under `proto/` with protox (no protoc needed) and
 //! writes the encoded descriptor set next to the generated code, for gRPC
 //! reflection and the REST gateway.
+//!
+//! The set is encoded by protox itself, not through `prost_types`: those
+//! types have no room for extension options, so re-encoding them dropped
+//! every `google.api.http` rule (and any other custom option).
 
 use std::path::PathBuf;
-
-use prost::Message;
 
 const FILES: &[&str] = &[
     "amaos/orchestrator/v1/orchestrator.proto",
@@ -20,10 +22,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", root.display());
 
     let files: Vec<PathBuf> = FILES.iter().map(|f| root.join(f)).collect();
-    let fds = protox::compile(&files, [&root])?;
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler
+        .include_imports(true)
+        .include_source_info(true)
+        .open_files(&files)?;
+    let fds = compiler.file_descriptor_set();
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("amaos_descriptor.bin"), fds.encode_to_vec())?;
+    std::fs::write(
+        out.join("amaos_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -76,9 +76,46 @@ impl GrpcService {
     }
 }
 
+/// Where a service serves: a listener bound already (`amaos up` and tests
+/// bind every port first, so port 0 is known before anything starts), or an
+/// address bound only once the service's start-up checks have passed (the
+/// `amaos-<svc>` processes: nothing answers on the port of a service that
+/// will not start).
+pub enum Listener {
+    /// Bound by the caller.
+    Bound(TcpListener),
+    /// Bound by [`serve`], after start-up.
+    Address(std::net::SocketAddr),
+}
+
+impl From<TcpListener> for Listener {
+    fn from(listener: TcpListener) -> Self {
+        Self::Bound(listener)
+    }
+}
+
+impl Listener {
+    async fn bind(self) -> Result<TcpListener, ServeError> {
+        match self {
+            Self::Bound(listener) => Ok(listener),
+            Self::Address(address) => TcpListener::bind(address)
+                .await
+                .map_err(|source| ServeError::Bind { address, source }),
+        }
+    }
+}
+
 /// Why a server stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The gRPC listener could not be bound.
+    #[error("cannot bind the gRPC listener on {address}: {source}")]
+    Bind {
+        /// The configured address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The transport failed.
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -97,6 +134,9 @@ fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Build
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(amaos_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // google.rpc.Status and the error details every service sends
+        // (BadRequest, …), so clients such as grpcurl can decode them.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .with_service_name("grpc.health.v1.Health");
     for name in names {
         builder = builder.with_service_name(*name);
@@ -111,11 +151,12 @@ fn reflection_builder(names: &[&'static str]) -> tonic_reflection::server::Build
 /// allowed to call this service (others get PERMISSION_DENIED).
 pub async fn serve(
     service: GrpcService,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     config: &Config,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let listener = listener.into().bind().await?;
     let limits = &config.limits;
     let GrpcService {
         name,
