@@ -154,3 +154,47 @@ fn an_invalid_config_value_exits_64_naming_the_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`agents.capacity`"));
 }
+
+/// A service binds its port only once its start-up checks pass: a tools
+/// service whose sandbox probe takes two seconds and then fails never
+/// answers on its port, and exits with the probe's own error. (It used to
+/// bind first, so a client or a load balancer's TCP check found it "up".)
+#[test]
+fn a_service_that_fails_its_start_up_checks_never_binds_its_port() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let helper = dir.path().join("slow-broken-sandbox");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\nsleep 2\necho 'amaos-sandbox: no namespaces here' >&2\nexit 125\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let env = env_for(&dir.path().join("data"));
+    let address = env["AMAOS_TOOLS__LISTEN"].clone();
+    let mut child = Command::new(bin("amaos-tools"))
+        .envs(&env)
+        .env("AMAOS_TOOLS__SANDBOX_HELPER", &helper)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut answered = 0;
+    let status = loop {
+        if std::net::TcpStream::connect(&address).is_ok() {
+            answered += 1;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("no namespaces here"), "{stderr}");
+    assert_eq!(
+        answered, 0,
+        "the port answered while the service was starting"
+    );
+}

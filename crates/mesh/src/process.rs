@@ -51,7 +51,7 @@ pub fn run_service<F, Fut>(
     serve: F,
 ) -> ExitCode
 where
-    F: FnOnce(Config, TcpListener, Metrics, CancellationToken) -> Fut,
+    F: FnOnce(Config, crate::server::Listener, Metrics, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     let config = match load_config() {
@@ -78,13 +78,10 @@ where
             }
         };
         let ep = endpoint(&config);
-        let listener = match TcpListener::bind(ep.listen()).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                tracing::error!(address = %ep.listen(), %error, "cannot bind the gRPC listener");
-                return ExitCode::FAILURE;
-            }
-        };
+        // Bound by the service once its start-up checks pass (sandbox probe,
+        // catalog, embedder, MCP servers, keys): a service that will not
+        // start never answers on its port.
+        let listener = crate::server::Listener::Address(ep.listen());
         let shutdown = shutdown::on_signal();
         // Every trail writer of this process keys and anchors as configured.
         crate::audit::configure(&config);

@@ -38,7 +38,6 @@ use amaos_proto::router::v1::router_service_client::RouterServiceClient;
 use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
 use amaos_teams::{SpecErrors, TeamSpec};
 use futures::{Stream, StreamExt};
-use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -379,7 +378,7 @@ pub fn grpc_service(agents: Agents, limits: &Limits) -> GrpcService {
 /// router at `agents.url` for the catalog's teams and inline specs.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {

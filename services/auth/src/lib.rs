@@ -28,7 +28,6 @@ use amaos_proto::auth::v1 as pb;
 use amaos_proto::auth::v1::auth_service_server::{AuthService, AuthServiceServer};
 use amaos_proto::time::{duration, timestamp};
 use sha2::{Digest, Sha256};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -683,7 +682,7 @@ pub fn grpc_service(state: Arc<AuthState>, limits: &Limits) -> GrpcService {
 /// Serves the auth service on `listener` until `shutdown`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
@@ -695,7 +694,7 @@ pub async fn serve(
 pub async fn serve_state(
     state: Arc<AuthState>,
     config: &Config,
-    listener: TcpListener,
+    listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {

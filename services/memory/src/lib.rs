@@ -36,7 +36,6 @@ use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::memory::v1 as pb;
 use amaos_proto::memory::v1::memory_service_server::{MemoryService, MemoryServiceServer};
 use amaos_proto::time::{duration, system_time, timestamp};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -532,7 +531,7 @@ pub fn grpc_service(memory: Memory, limits: &Limits) -> GrpcService {
 /// Serves the memory service on `listener` until `shutdown`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {

@@ -38,7 +38,6 @@ use amaos_proto::orchestrator::v1::orchestrator_service_server::{
 use amaos_proto::router::v1::router_service_client::RouterServiceClient;
 use amaos_proto::time::duration;
 use futures::Stream;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -885,7 +884,7 @@ pub fn grpc_service(orchestrator: Orchestrator, limits: &Limits) -> GrpcService 
 /// Serves the orchestrator on `listener` until `shutdown`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {

@@ -30,7 +30,6 @@ use amaos_mesh::{identity, policy};
 use amaos_proto::router::v1 as pb;
 use amaos_proto::router::v1::router_service_server::{RouterService, RouterServiceServer};
 use amaos_proto::time::{proto_duration, timestamp};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -468,7 +467,7 @@ pub fn grpc_service(router: Router, limits: &Limits) -> GrpcService {
 /// Serves the router on `listener` until `shutdown`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {

@@ -42,7 +42,6 @@ use amaos_proto::json::{json_to_value, map_to_struct, struct_to_map};
 use amaos_proto::time::{duration, proto_duration};
 use amaos_proto::tools::v1 as pb;
 use amaos_proto::tools::v1::tools_service_server::{ToolsService, ToolsServiceServer};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -406,9 +405,18 @@ impl ToolsService for Tools {
         request: Request<pb::InvokeToolRequest>,
     ) -> Result<Response<pb::InvokeToolResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
-        Ok(Response::new(
-            self.invoke(&caller, request.into_inner()).await?,
-        ))
+        // The call runs to its end and records its result even when its
+        // caller goes away mid-call (its agents worker died). Dropped with
+        // the request instead, a call could make its side effect and never
+        // record it: the key's reservation would stay pending until its
+        // lease ran out, and the retry would then run the call again.
+        let tools = self.clone();
+        let request = request.into_inner();
+        let call = tokio::spawn(async move { tools.invoke(&caller, request).await });
+        match call.await {
+            Ok(response) => Ok(Response::new(response?)),
+            Err(join) => Err(Status::internal(format!("the tool call panicked: {join}"))),
+        }
     }
 
     async fn register_tool_server(
@@ -879,7 +887,7 @@ pub fn grpc_service(tools: Tools, limits: &Limits) -> GrpcService {
 /// Serves the tools service on `listener` until `shutdown`.
 pub async fn serve(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
