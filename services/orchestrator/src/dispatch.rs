@@ -138,6 +138,9 @@ pub struct Dispatcher {
     /// tokens that stop them.
     running: Mutex<HashMap<String, (Claim, CancellationToken)>>,
     slots: Arc<Semaphore>,
+    /// Set once the drain has handed this replica's attempts back: an
+    /// attempt stopped after that records nothing (another replica owns it).
+    handed_back: std::sync::atomic::AtomicBool,
 }
 
 impl Dispatcher {
@@ -158,6 +161,7 @@ impl Dispatcher {
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
             running: Mutex::new(HashMap::new()),
+            handed_back: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -218,6 +222,8 @@ impl Dispatcher {
             in_flight = held.len(),
             "drain deadline passed; handing unfinished attempts back"
         );
+        self.handed_back
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for (claim, stop) in held {
             match self.backend.release(&claim).await {
                 Ok(_) => {}
@@ -264,7 +270,13 @@ impl Dispatcher {
 
     async fn maintenance_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
-        let reclaim_every = (self.config.lease / 2).max(Duration::from_millis(100));
+        // At least every second: an attempt handed back by a draining
+        // replica is claimable at once, and waits for this pass (XAUTOCLAIM
+        // takes only entries idle longer than a lease, so passes more often
+        // than that change only how soon a hand-back is taken).
+        let reclaim_every = (self.config.lease / 2)
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(100));
         let mut last_reclaim = tokio::time::Instant::now();
         let sweep_every = (self.config.lease * 2).max(Duration::from_secs(1));
         let mut last_sweep = tokio::time::Instant::now();
@@ -336,6 +348,11 @@ impl Dispatcher {
             .remove(&id);
         let outcome = match outcome {
             Some(outcome) => outcome,
+            // Handed back on drain: the task is still RUNNING under this
+            // attempt number until another replica takes it over, so a
+            // "stopped" outcome written now would not be fenced and would
+            // end the task CANCELLED. Write nothing; the taker frees the slot.
+            None if self.handed_back.load(std::sync::atomic::Ordering::SeqCst) => return,
             // Cancelled or taken over: release our hold; the write is fenced.
             None => Outcome::Finished {
                 state: TaskState::Cancelled,
