@@ -4,6 +4,8 @@
 //!
 //! - [`up`]: the whole mesh in one process (`amaos up`).
 //! - [`bench`]: `amaos bench`, scenarios run against an in-process mesh.
+//! - [`chaos`]: `amaos bench --scenario chaos`, faults injected into the six
+//!   services run as processes on Redis, and what survived them.
 //! - [`commands`]: the client commands (run, submit, tasks, task, watch,
 //!   cancel, keys).
 //! - [`render`]: readable and JSON output of tasks and events.
@@ -11,6 +13,7 @@
 pub mod bench;
 pub mod bench_memory;
 pub mod bench_sandbox;
+pub mod chaos;
 pub mod commands;
 pub mod render;
 pub mod up;

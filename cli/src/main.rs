@@ -111,9 +111,15 @@ enum Command {
         /// (3 agents, round robin, 6 messages), on the replay model; or
         /// `memory` (embedding throughput, recall@10 and search latency on
         /// the long-term tier); or `sandbox` (sandboxed `true` against a bare
-        /// spawn).
+        /// spawn); or `chaos` (the six services as processes on Redis, a
+        /// batch of side-effecting tasks, one fault mid-batch: what survived).
         #[arg(long, default_value = "crew")]
         scenario: String,
+        /// For `chaos`: the fault (worker-kill, replica-kill,
+        /// worker-then-replica, tools-restart, tools-replica, redis-crash,
+        /// replica-sigterm, watch-quiet) or `all`.
+        #[arg(long, default_value = "all")]
+        fault: String,
         /// Stored vectors for the `memory` scenario.
         #[arg(long, default_value_t = 100_000)]
         vectors: usize,
@@ -395,6 +401,12 @@ async fn dispatch(
             print_report(report, |r| r.text(), json)
         }
         Command::Bench {
+            scenario,
+            tasks,
+            fault,
+            ..
+        } if scenario == "chaos" => chaos(&config, &fault, tasks, json).await,
+        Command::Bench {
             scenario, vectors, ..
         } if scenario == "memory" => {
             let report = amaos_cli::bench_memory::run(&config, vectors).await;
@@ -492,6 +504,71 @@ fn certs_init(config: &Config, dir: Option<PathBuf>, force: bool) -> Result<(), 
         dir.display()
     );
     Ok(())
+}
+
+/// `amaos bench --scenario chaos`: each fault against its own mesh of
+/// processes; exits 1 when any acknowledged task did not succeed with its
+/// effect once.
+async fn chaos(
+    config: &Config,
+    fault: &str,
+    tasks: Option<u64>,
+    json: bool,
+) -> Result<(), Failure> {
+    use amaos_cli::chaos::{self, ChaosOptions, Fault};
+    let faults: Vec<Fault> = if fault == "all" {
+        Fault::ALL.to_vec()
+    } else {
+        vec![Fault::parse(fault).ok_or_else(|| Failure {
+            message: format!(
+                "unknown fault `{fault}`; faults: all, {}",
+                Fault::ALL.map(Fault::name).join(", ")
+            ),
+            code: 2,
+        })?]
+    };
+    let options = ChaosOptions::new(
+        tasks.unwrap_or(500) as usize,
+        &config.orchestrator.redis_url,
+        config.memory.model_dir(&config.data_dir),
+    );
+    let mut reports = Vec::new();
+    for fault in faults {
+        if !json {
+            eprintln!("{}: {} …", fault.name(), fault.describe());
+        }
+        let report = chaos::run(fault, &options).await.map_err(|e| Failure {
+            message: format!("{}: {e}", fault.name()),
+            code: 1,
+        })?;
+        reports.push(report);
+    }
+    if json {
+        let out = serde_json::json!({
+            "scenario": "chaos",
+            "tasks": options.tasks,
+            "faults": reports,
+        });
+        println!("{out}");
+    } else {
+        print!("{}", chaos::table(&reports));
+    }
+    let problems: Vec<String> = reports
+        .iter()
+        .flat_map(|r| {
+            r.problems()
+                .into_iter()
+                .map(|p| format!("{}: {p}", r.fault))
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure {
+            message: problems.join("\n"),
+            code: 1,
+        })
+    }
 }
 
 /// Prints a benchmark's report as JSON or text; a failed run exits 1.
