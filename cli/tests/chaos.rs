@@ -99,15 +99,12 @@ async fn a_retry_reaching_another_tools_replica_repeats_no_effect() {
 
 #[tokio::test]
 async fn a_redis_crash_loses_no_acknowledged_task_and_refuses_submissions_while_down() {
-    // Known gap (README, durability): a tool call made while Redis is down
-    // is refused (its journal and the run's liveness check need Redis), the
-    // agents engine hands the refusal to the model as text, and the replay
-    // model answers anyway, so the task succeeds without its effect. Missing
-    // effects are counted, not asserted; repeated ones are.
-    let report = survives_but(Fault::RedisCrash, |p| {
-        p == "0 effects repeated, 0 missing" || p.starts_with("0 effects repeated,")
-    })
-    .await;
+    // A tool call made while Redis is down is refused UNAVAILABLE (its
+    // journal and the run's liveness check need Redis); the agents engine
+    // ends the attempt as transient, so it is retried and its effect happens
+    // once (it used to hand the refusal to the model, and the task succeeded
+    // without its effect).
+    let report = survives(Fault::RedisCrash).await;
     assert_eq!(report.acknowledged, BATCH);
     assert_eq!(report.repeated_effects, 0);
     assert_eq!(report.lost, 0);

@@ -1111,10 +1111,28 @@ async fn converse_inner<M: ChatModel>(
                             .instrument(span)
                             .await
                     } else {
-                        Err(format!(
+                        Ok(Err(format!(
                             "tool `{name}` is not allowed for agent `{}`",
                             agent.name
-                        ))
+                        )))
+                    };
+                    let outcome = match outcome {
+                        Ok(outcome) => outcome,
+                        Err(failure) => {
+                            events
+                                .emit(
+                                    &agent.name,
+                                    Payload::ToolResult(pb::ToolResult {
+                                        call_id,
+                                        tool: name,
+                                        result: None,
+                                        is_error: true,
+                                        error: failure.clone(),
+                                    }),
+                                )
+                                .await?;
+                            return Err(RunError::Dependency(failure));
+                        }
                     };
                     let (result, error) = match outcome {
                         Ok(value) => (Some(value), String::new()),
@@ -1171,7 +1189,25 @@ async fn tool_specs(services: &Services, caller: &Caller) -> Result<Vec<ToolSpec
         .collect())
 }
 
-/// Calls a tool; any failure becomes text for the model, never a crash.
+/// Whether a failed tool call is the platform's, not the call's: the tools
+/// service (or what it depends on: the journal, the sandbox, the run check)
+/// could not run it or answer for it. Such a failure ends the attempt as
+/// transient, so it is retried — given to the model as text, it let a run
+/// succeed without a side effect it was meant to have.
+fn platform_failure(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Unauthenticated
+            | tonic::Code::Aborted
+            | tonic::Code::DataLoss
+    )
+}
+
+/// Calls a tool; a failure of the call becomes text for the model, never a
+/// crash; a failure of the platform is an `Err` of the outer result.
 async fn invoke(
     services: &Services,
     caller: &Caller,
@@ -1179,7 +1215,7 @@ async fn invoke(
     call_id: &str,
     tool: &str,
     args: serde_json::Map<String, serde_json::Value>,
-) -> Result<serde_json::Value, String> {
+) -> Result<Result<serde_json::Value, String>, String> {
     let request = caller.request(tools::InvokeToolRequest {
         tool: tool.to_owned(),
         arguments: Some(map_to_struct(&args)),
@@ -1189,13 +1225,18 @@ async fn invoke(
         timeout: None,
     });
     match services.tools.clone().invoke_tool(request).await {
-        Ok(response) => Ok(response
+        Ok(response) => Ok(Ok(response
             .into_inner()
             .result
             .as_ref()
             .map(value_to_json)
-            .unwrap_or(serde_json::Value::Null)),
-        Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
+            .unwrap_or(serde_json::Value::Null))),
+        Err(status) if platform_failure(status.code()) => Err(format!(
+            "tools service could not run `{tool}`: {:?}: {}",
+            status.code(),
+            status.message()
+        )),
+        Err(status) => Ok(Err(format!("{:?}: {}", status.code(), status.message()))),
     }
 }
 
