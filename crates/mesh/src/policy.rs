@@ -37,7 +37,50 @@ pub const DEFAULT_MODEL: &str = include_str!("../rbac/model.conf");
 /// The built-in policy.
 pub const DEFAULT_POLICY: &str = include_str!("../rbac/policy.csv");
 
-static ACTIVE: OnceLock<RwLock<Arc<Enforcer>>> = OnceLock::new();
+static ACTIVE: OnceLock<RwLock<Arc<Active>>> = OnceLock::new();
+
+/// The enforcer every check uses, with the decisions it has made: a Casbin
+/// enforcement (matcher evaluation over every rule) cost more than a whole
+/// RPC on the hot path, and a decision only changes with the policy — a new
+/// policy is a new `Active`, with an empty memo.
+struct Active {
+    enforcer: Enforcer,
+    decisions: std::sync::Mutex<std::collections::HashMap<String, bool>>,
+}
+
+/// Bound on remembered decisions (cleared when reached).
+const MAX_DECISIONS: usize = 65_536;
+
+impl Active {
+    fn new(enforcer: Enforcer) -> Self {
+        Self {
+            enforcer,
+            decisions: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn enforce(&self, subject: &str, tenant: &str, object: &str, action: &str) -> bool {
+        let key = format!("{subject}\u{1f}{tenant}\u{1f}{object}\u{1f}{action}");
+        if let Some(allowed) = self
+            .decisions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return *allowed;
+        }
+        let allowed = self
+            .enforcer
+            .enforce((subject, tenant, object, action))
+            .unwrap_or(false);
+        let mut decisions = self.decisions.lock().unwrap_or_else(|e| e.into_inner());
+        if decisions.len() >= MAX_DECISIONS {
+            decisions.clear();
+        }
+        decisions.insert(key, allowed);
+        allowed
+    }
+}
 
 /// Checks each policy line's shape (Casbin itself pads short lines), so a
 /// broken file is refused with the line at fault.
@@ -84,13 +127,13 @@ pub fn build(model: &str, policy: &str) -> Result<Enforcer, String> {
     Ok(enforcer)
 }
 
-fn active() -> Arc<Enforcer> {
+fn active() -> Arc<Active> {
     ACTIVE
         .get_or_init(|| {
             // The built-in texts are checked by this module's tests.
-            RwLock::new(Arc::new(
+            RwLock::new(Arc::new(Active::new(
                 build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap_or_else(|e| panic!("built-in {e}")),
-            ))
+            )))
         })
         .read()
         .unwrap_or_else(|e| e.into_inner())
@@ -101,12 +144,12 @@ fn active() -> Arc<Enforcer> {
 pub fn install(enforcer: Enforcer) {
     let mut fresh = Some(enforcer);
     let slot = ACTIVE.get_or_init(|| {
-        RwLock::new(Arc::new(fresh.take().unwrap_or_else(|| {
+        RwLock::new(Arc::new(Active::new(fresh.take().unwrap_or_else(|| {
             build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap_or_else(|e| panic!("built-in {e}"))
-        })))
+        }))))
     });
     if let Some(enforcer) = fresh {
-        *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(enforcer);
+        *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Active::new(enforcer));
     }
 }
 
@@ -119,7 +162,14 @@ pub fn allows(
     object: &str,
     action: &str,
 ) -> Option<String> {
-    allows_with(&active(), principal, roles, tenant, object, action)
+    let active = active();
+    let mut subjects: Vec<&str> = roles.iter().map(String::as_str).collect();
+    subjects.push(principal);
+    subjects.into_iter().find_map(|subject| {
+        active
+            .enforce(subject, tenant, object, action)
+            .then(|| format!("`{subject}` may `{action}` on `{object}` in tenant `{tenant}`"))
+    })
 }
 
 /// [`allows`] against a given enforcer.
