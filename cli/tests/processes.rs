@@ -198,3 +198,85 @@ fn a_service_that_fails_its_start_up_checks_never_binds_its_port() {
         "the port answered while the service was starting"
     );
 }
+
+/// One agent whose only model call takes 11 s: nothing happens on the
+/// task's stream for longer than ten seconds.
+const QUIET_TEAM: &str = r#"name: quiet-team
+agents:
+  - name: a
+    role: r
+    goal: g
+    replay_latency: 11s
+    replay:
+      - say: "done after a long think about {input}"
+crew:
+  tasks:
+    - { name: one, description: "one {input}", agent: a }
+"#;
+
+/// `amaos watch` stays open through more than ten quiet seconds and ends
+/// with the task's result, on the in-process backend and on Redis (a watch
+/// on Redis used to break with "task store: timed out" half a second after
+/// the last event).
+#[tokio::test]
+async fn amaos_watch_outlasts_ten_quiet_seconds_on_both_backends() {
+    for backend in ["memory", "redis"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env_for(dir.path());
+        if backend == "redis" {
+            let redis = std::env::var("AMAOS_TEST_REDIS_URL")
+                .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let prefix = format!("amaos-quiet-{}", amaos_mesh::new_id());
+            for (k, v) in [
+                ("AMAOS_ORCHESTRATOR__BACKEND", "redis".to_owned()),
+                ("AMAOS_ORCHESTRATOR__REDIS_URL", redis.clone()),
+                ("AMAOS_ORCHESTRATOR__REDIS_PREFIX", prefix.clone()),
+                ("AMAOS_ROUTER__BACKEND", "redis".to_owned()),
+                ("AMAOS_ROUTER__REDIS_URL", redis),
+                ("AMAOS_ROUTER__REDIS_PREFIX", prefix),
+            ] {
+                env.insert(k.into(), v);
+            }
+        }
+        let mut processes = Processes(Vec::new());
+        for service in SERVICES {
+            let child = Command::new(bin(&format!("amaos-{service}")))
+                .envs(&env)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            processes.0.push((service, child));
+        }
+        wait_until_serving(&env).await;
+        let spec = dir.path().join("quiet.yaml");
+        std::fs::write(&spec, QUIET_TEAM).unwrap();
+        let submitted = amaos(
+            &env,
+            &["submit", "--spec", spec.to_str().unwrap(), "the sea"],
+        );
+        assert!(
+            submitted.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&submitted.stderr)
+        );
+        let id = String::from_utf8(submitted.stdout)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let started = Instant::now();
+        let watched = amaos(&env, &["watch", &id]);
+        let stderr = String::from_utf8_lossy(&watched.stderr);
+        let stdout = String::from_utf8_lossy(&watched.stdout);
+        assert!(watched.status.success(), "{backend}: {stderr}");
+        assert!(
+            format!("{stdout}{stderr}").contains("SUCCEEDED"),
+            "{backend}: {stdout} {stderr}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(10),
+            "{backend}: the watch ended before the quiet stretch did"
+        );
+        drop(processes);
+    }
+}
