@@ -162,6 +162,7 @@ impl Tools {
         sandbox: Option<Arc<sandbox::Sandbox>>,
         secrets: Option<Arc<dyn amaos_mesh::secrets::SecretStore>>,
     ) -> Result<Self, BoxError> {
+        let dialer = amaos_mesh::client::Dialer::new(config, "tools")?;
         Ok(Self {
             mcp: Arc::new(
                 mcp::Mcp::new(sandbox.clone(), config.data_dir.join("mcp"), secrets).with_policy(
@@ -177,13 +178,12 @@ impl Tools {
                 ),
             ),
             verifier: Arc::new(Authenticator::from_auth(
-                &amaos_mesh::client::Dialer::new(config, "tools")?,
+                &dialer,
                 &config.auth.url,
                 config.auth.key_cache_ttl,
             )?),
             live: Arc::new(amaos_mesh::live::LiveRuns::new(
-                amaos_mesh::client::Dialer::new(config, "tools")?
-                    .channel("orchestrator", &config.orchestrator.url)?,
+                dialer.channel("orchestrator", &config.orchestrator.url)?,
             )),
             workspaces: Arc::new(config.workspace_dir()),
             bounds: workspace::Bounds {
