@@ -468,7 +468,7 @@ crew:
 
 /// A port free now and not handed out before by this process (the kernel
 /// may return a port it just gave, once its listener is closed).
-fn free_port() -> Result<u16, BoxError> {
+pub fn free_port() -> Result<u16, BoxError> {
     static GIVEN: std::sync::Mutex<Option<HashSet<u16>>> = std::sync::Mutex::new(None);
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     let given = given.get_or_insert_with(HashSet::new);
@@ -702,24 +702,24 @@ fn wait_for_port(port: u16, within: Duration) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Ports for the six services and the settings of a chaos run: short leases
-/// and heartbeats, generous retries, capacity for the whole batch at once.
-fn base_env(
-    path: &Path,
-    options: &ChaosOptions,
-    redis_url: &str,
+/// The environment of the six `amaos-<svc>` processes on loopback: the data
+/// directory, the teams directory, the embedding model, JSON logs, and a
+/// gRPC and an admin port of its own for each service (with its URL).
+pub fn service_env(
+    data_dir: &Path,
+    teams_dir: &Path,
+    model_dir: &Path,
 ) -> Result<HashMap<String, String>, BoxError> {
     let mut env = HashMap::new();
-    let data = path.join("data");
-    env.insert("AMAOS_DATA_DIR".into(), data.display().to_string());
+    env.insert("AMAOS_DATA_DIR".into(), data_dir.display().to_string());
     env.insert(
         "AMAOS_AGENTS__TEAMS_DIR".into(),
-        path.join("teams").display().to_string(),
+        teams_dir.display().to_string(),
     );
     env.insert("AMAOS_LOG__FORMAT".into(), "json".into());
     env.insert(
         "AMAOS_EMBED_MODEL_DIR".into(),
-        options.embed_model_dir.display().to_string(),
+        model_dir.display().to_string(),
     );
     for service in [
         "auth",
@@ -744,6 +744,21 @@ fn base_env(
             format!("127.0.0.1:{}", free_port()?),
         );
     }
+    Ok(env)
+}
+
+/// Ports for the six services and the settings of a chaos run: short leases
+/// and heartbeats, generous retries, capacity for the whole batch at once.
+fn base_env(
+    path: &Path,
+    options: &ChaosOptions,
+    redis_url: &str,
+) -> Result<HashMap<String, String>, BoxError> {
+    let mut env = service_env(
+        &path.join("data"),
+        &path.join("teams"),
+        &options.embed_model_dir,
+    )?;
     let tasks = options.tasks.max(1);
     let run = amaos_mesh::new_id();
     for (k, v) in [

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::procs::{Processes, SERVICES, amaos, bin, env_for, wait_until_serving};
+use common::procs::{Processes, SERVICES, amaos, bin, env_for, spawn, wait_until_serving};
 
 #[tokio::test]
 async fn the_six_binaries_run_the_example_crew_driven_by_the_cli() {
@@ -238,16 +238,7 @@ async fn amaos_watch_outlasts_ten_quiet_seconds_on_both_backends() {
                 env.insert(k.into(), v);
             }
         }
-        let mut processes = Processes(Vec::new());
-        for service in SERVICES {
-            let child = Command::new(bin(&format!("amaos-{service}")))
-                .envs(&env)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            processes.0.push((service, child));
-        }
+        let processes = Processes(SERVICES.iter().map(|s| (*s, spawn(s, &env))).collect());
         wait_until_serving(&env).await;
         let spec = dir.path().join("quiet.yaml");
         std::fs::write(&spec, QUIET_TEAM).unwrap();

@@ -74,12 +74,9 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A free loopback port, never one handed out before in this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    amaos_cli::chaos::free_port().unwrap()
 }
 
 /// Kills the processes it holds when dropped (a failed test leaves none behind).
@@ -95,34 +92,12 @@ impl Drop for Processes {
 }
 
 pub fn env_for(data_dir: &Path) -> HashMap<String, String> {
-    let mut env = HashMap::new();
-    env.insert("AMAOS_DATA_DIR".into(), data_dir.display().to_string());
-    env.insert(
-        "AMAOS_AGENTS__TEAMS_DIR".into(),
-        repo_root_dir().join("examples/teams").display().to_string(),
-    );
-    env.insert("AMAOS_LOG__FORMAT".into(), "json".into());
-    env.insert(
-        "AMAOS_EMBED_MODEL_DIR".into(),
-        super::model_dir().display().to_string(),
-    );
-    for service in SERVICES {
-        let upper = service.to_uppercase();
-        let port = free_port();
-        env.insert(
-            format!("AMAOS_{upper}__LISTEN"),
-            format!("127.0.0.1:{port}"),
-        );
-        env.insert(
-            format!("AMAOS_{upper}__URL"),
-            format!("http://127.0.0.1:{port}"),
-        );
-        env.insert(
-            format!("AMAOS_{upper}__ADMIN_LISTEN"),
-            format!("127.0.0.1:{}", free_port()),
-        );
-    }
-    env
+    amaos_cli::chaos::service_env(
+        data_dir,
+        &repo_root_dir().join("examples/teams"),
+        &super::model_dir(),
+    )
+    .unwrap()
 }
 
 pub fn amaos(env: &HashMap<String, String>, args: &[&str]) -> Output {
