@@ -95,7 +95,8 @@ impl From<TcpListener> for Listener {
 }
 
 impl Listener {
-    async fn bind(self) -> Result<TcpListener, ServeError> {
+    /// The bound listener (binding the address now, if it is one).
+    pub async fn bind(self) -> Result<TcpListener, ServeError> {
         match self {
             Self::Bound(listener) => Ok(listener),
             Self::Address(address) => TcpListener::bind(address)

@@ -391,6 +391,10 @@ pub async fn serve(
     let agents = Agents::new(&config, &dialer, catalog.clone(), secrets)?;
     let router: RouterServiceClient<MeshChannel> =
         RouterServiceClient::new(dialer.channel("router", &config.router.url)?);
+    // Bound before the worker announces itself: the router must never route
+    // to an address nothing listens on yet (the orchestrator would find it
+    // unreachable and trip its breaker).
+    let listener = listener.into().bind().await?;
     let mut teams = catalog.names();
     teams.push("*".into());
     let announcement = registration::Announcement {
