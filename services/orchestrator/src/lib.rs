@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::authn::{Authenticator, require};
-use crate::backend::{BackendError, BackendLimits, TaskBackend};
+use crate::backend::{BackendError, BackendLimits, RateLimiter, TaskBackend};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::error::OrchestratorError;
 use crate::task::{ErrorClass, Fallback, RetryPolicy, Task, TaskState, TeamSource};
@@ -67,6 +67,8 @@ pub struct Orchestrator {
 
 struct Inner {
     backend: Arc<dyn TaskBackend>,
+    /// The submission rates, beside the task store (in Redis with it).
+    limiter: Arc<dyn RateLimiter>,
     /// The hash-chained trail: task submissions and cancellations.
     audit: amaos_mesh::audit::AuditLog,
     router: RouterServiceClient<amaos_mesh::client::MeshChannel>,
@@ -82,8 +84,11 @@ struct Inner {
     team_rate: (f64, u32),
 }
 
-/// Opens the configured backend.
-pub async fn open_backend(config: &Config) -> Result<Arc<dyn TaskBackend>, BoxError> {
+/// The configured task store and the rate limiter beside it.
+pub type Backends = (Arc<dyn TaskBackend>, Arc<dyn RateLimiter>);
+
+/// Opens the configured backend: the task store and its rate limiter.
+pub async fn open_backend(config: &Config) -> Result<Backends, BoxError> {
     let o = &config.orchestrator;
     let limits = BackendLimits {
         max_events_per_task: o.max_events_per_task,
@@ -92,12 +97,16 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn TaskBackend>, BoxEr
         max_tasks: o.max_tasks,
     };
     Ok(match o.backend {
-        StoreBackend::Memory => Arc::new(backend::memory::MemoryBackend::new(limits)),
+        StoreBackend::Memory => (
+            Arc::new(backend::memory::MemoryBackend::new(limits)),
+            Arc::new(backend::memory::MemoryRateLimiter::new()),
+        ),
         StoreBackend::Redis => {
             let backend =
                 backend::redis::RedisBackend::connect(&o.redis_url, &o.redis_prefix, limits)
                     .await?;
-            if o.encrypt {
+            let limiter = Arc::new(backend.rate_limiter());
+            let backend: Arc<dyn TaskBackend> = if o.encrypt {
                 let path = o
                     .key_file
                     .clone()
@@ -106,15 +115,21 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn TaskBackend>, BoxEr
                 Arc::new(backend.with_sealer(Arc::new(sealer)))
             } else {
                 Arc::new(backend)
-            }
+            };
+            (backend, limiter)
         }
     })
 }
 
 impl Orchestrator {
-    /// An orchestrator over `backend`, calling auth and the router as
-    /// configured, with its dispatcher (not yet running: see [`serve`]).
-    pub fn new(config: &Config, backend: Arc<dyn TaskBackend>) -> Result<Self, BoxError> {
+    /// An orchestrator over `backend`, limiting submissions with `limiter`,
+    /// calling auth and the router as configured, with its dispatcher (not
+    /// yet running: see [`serve`]).
+    pub fn new(
+        config: &Config,
+        backend: Arc<dyn TaskBackend>,
+        limiter: Arc<dyn RateLimiter>,
+    ) -> Result<Self, BoxError> {
         let dialer = client::Dialer::new(config, "orchestrator")?;
         let auth = AuthServiceClient::new(dialer.channel("auth", &config.auth.url)?);
         // Calls to the router and to workers prove the orchestrator's identity.
@@ -137,6 +152,7 @@ impl Orchestrator {
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
+                limiter,
                 audit: amaos_mesh::audit::AuditLog::append_only_configured(config),
                 router,
                 known_teams: Default::default(),
@@ -482,8 +498,8 @@ impl Inner {
         let (rate, burst) = self.tenant_rate;
         if rate > 0.0
             && let Some(wait) = self
-                .backend
-                .rate_limit(&format!("tenant:{}", caller.tenant), rate, burst)
+                .limiter
+                .check(&format!("tenant:{}", caller.tenant), rate, burst)
                 .await?
         {
             return Err(OrchestratorError::RateLimited {
@@ -495,7 +511,7 @@ impl Inner {
         if rate > 0.0 {
             for team in teams {
                 let key = format!("team:{}:{team}", caller.tenant);
-                if let Some(wait) = self.backend.rate_limit(&key, rate, burst).await? {
+                if let Some(wait) = self.limiter.check(&key, rate, burst).await? {
                     return Err(OrchestratorError::RateLimited {
                         scope: format!("team `{team}`"),
                         retry_after: wait,
@@ -888,8 +904,8 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let backend = open_backend(&config).await?;
-    let orchestrator = Orchestrator::new(&config, backend)?;
+    let (backend, limiter) = open_backend(&config).await?;
+    let orchestrator = Orchestrator::new(&config, backend, limiter)?;
     let dispatcher = tokio::spawn(
         orchestrator
             .dispatcher()

@@ -1,47 +1,104 @@
-//! The backend conformance suite, run against the in-process backend and
-//! against the real Redis at `AMAOS_TEST_REDIS_URL` (default
-//! `redis://127.0.0.1:6379`; `scripts/test` starts one when none runs).
+//! The backend conformance suite (`support/scenarios.rs`), one test per
+//! scenario and backend: the in-process backend, and the real Redis at
+//! `AMAOS_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`; `scripts/test`
+//! starts one when none runs). Then the rate limiters, and Redis-only checks
+//! of what is stored at rest.
+
+mod support {
+    pub mod fixtures;
+    pub mod scenarios;
+}
 
 use std::sync::Arc;
-
-use amaos_orchestrator::backend::memory::MemoryBackend;
-use amaos_orchestrator::backend::redis::RedisBackend;
 use std::time::Duration;
 
 use amaos_mesh::seal::Sealer;
-use amaos_orchestrator::backend::{Claimed, Outcome, Record, TaskBackend, conformance};
+use amaos_orchestrator::backend::memory::{MemoryBackend, MemoryRateLimiter};
+use amaos_orchestrator::backend::redis::RedisBackend;
+use amaos_orchestrator::backend::{Claimed, Outcome, RateLimiter, Record, TaskBackend};
 use amaos_proto::agents::v1 as agents;
+use support::fixtures;
 
 fn redis_url() -> String {
     std::env::var("AMAOS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A fresh in-process backend with the suite's limits.
+async fn memory_backend() -> Arc<dyn TaskBackend> {
+    Arc::new(MemoryBackend::new(fixtures::limits()))
+}
+
+/// A Redis backend with the suite's limits under a fresh prefix.
+async fn connect_redis() -> RedisBackend {
+    let url = redis_url();
+    // A fresh prefix per scenario: scenarios share nothing, not even the queue.
+    let prefix = format!("amaos-test-{}", amaos_mesh::new_id());
+    RedisBackend::connect(&url, &prefix, fixtures::limits())
+        .await
+        .unwrap_or_else(|e| {
+            panic!("Redis at {url} is needed for this test (scripts/test starts one): {e}")
+        })
+}
+
+/// A fresh Redis backend, sealed at rest as deployed by default
+/// (orchestrator.encrypt).
+async fn redis_backend() -> Arc<dyn TaskBackend> {
+    Arc::new(connect_redis().await.with_sealer(sealer()))
+}
+
+/// One `#[tokio::test]` per scenario and backend.
+macro_rules! conformance {
+    ($($scenario:ident,)*) => {
+        mod memory_backend {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    crate::support::scenarios::$scenario(crate::memory_backend().await).await;
+                }
+            )*
+        }
+        mod redis_backend {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    crate::support::scenarios::$scenario(crate::redis_backend().await).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    create_get_list_and_idempotency,
+    an_attempt_runs_to_success,
+    a_stale_attempt_is_fenced_out,
+    a_retry_waits_then_runs_again,
+    a_workflow_runs_in_dependency_order,
+    a_failure_fails_the_dependents,
+    cancellation_stops_queued_and_running_tasks,
+    watchers_wake_on_new_events,
+    a_quiet_task_keeps_its_watcher,
+    tenants_are_isolated,
+    the_running_cap_defers_claims,
+    the_event_log_is_bounded,
+    a_task_past_its_deadline_times_out_before_it_runs,
+    the_sweep_times_out_pending_tasks_past_their_deadline,
+    the_sweep_leaves_healthy_tasks_alone,
+    a_released_lease_is_taken_over_at_once,
+}
+
 #[tokio::test]
-async fn the_memory_backend_conforms() {
-    conformance::run_all(|limits| async move {
-        Arc::new(MemoryBackend::new(limits)) as Arc<dyn TaskBackend>
-    })
+async fn the_memory_rate_limiter_allows_a_burst_then_waits() {
+    support::scenarios::the_rate_limiter_allows_a_burst_then_waits(Arc::new(
+        MemoryRateLimiter::new(),
+    ))
     .await;
 }
 
 #[tokio::test]
-async fn the_redis_backend_conforms() {
-    let url = redis_url();
-    conformance::run_all(|limits| {
-        let url = url.clone();
-        async move {
-            // A fresh prefix per scenario: scenarios share nothing, not even the queue.
-            let prefix = format!("amaos-test-{}", amaos_mesh::new_id());
-            let backend = RedisBackend::connect(&url, &prefix, limits)
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("Redis at {url} is needed for this test (scripts/test starts one): {e}")
-                });
-            // Sealed at rest, as deployed by default (orchestrator.encrypt).
-            Arc::new(backend.with_sealer(sealer())) as Arc<dyn TaskBackend>
-        }
-    })
-    .await;
+async fn the_redis_rate_limiter_allows_a_burst_then_waits() {
+    let limiter: Arc<dyn RateLimiter> = Arc::new(connect_redis().await.rate_limiter());
+    support::scenarios::the_rate_limiter_allows_a_burst_then_waits(limiter).await;
 }
 
 fn sealer() -> Arc<Sealer> {
@@ -101,7 +158,7 @@ async fn task_inputs_outputs_and_run_events_are_sealed_at_rest_in_redis() {
     let connect = |sealer: Option<Arc<Sealer>>| {
         let (url, prefix) = (url.clone(), prefix.clone());
         async move {
-            let backend = RedisBackend::connect(&url, &prefix, conformance::limits())
+            let backend = RedisBackend::connect(&url, &prefix, fixtures::limits())
                 .await
                 .unwrap();
             match sealer {
@@ -113,7 +170,7 @@ async fn task_inputs_outputs_and_run_events_are_sealed_at_rest_in_redis() {
 
     // A task stored before encryption was turned on stays readable.
     let clear = connect(None).await;
-    let mut old = conformance::sample("acme");
+    let mut old = fixtures::sample("acme");
     old.input = "stored in clear long ago".into();
     clear
         .create("acme", &old.id, vec![old.clone()], None)
@@ -122,7 +179,7 @@ async fn task_inputs_outputs_and_run_events_are_sealed_at_rest_in_redis() {
     clear.cancel("acme", &old.id, "not needed").await.unwrap();
 
     let b = connect(Some(Arc::new(Sealer::open_or_create(&keys).unwrap()))).await;
-    let mut task = conformance::sample("acme");
+    let mut task = fixtures::sample("acme");
     task.input = "the launch code is 7731".into();
     b.create("acme", &task.id, vec![task.clone()], None)
         .await

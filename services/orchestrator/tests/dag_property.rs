@@ -3,14 +3,19 @@
 //! every task runs exactly once and never before all its dependencies
 //! succeeded.
 
+mod support {
+    pub mod fixtures;
+}
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use amaos_orchestrator::backend::memory::MemoryBackend;
-use amaos_orchestrator::backend::{Claimed, Outcome, TaskBackend, conformance};
+use amaos_orchestrator::backend::{Claimed, Outcome, TaskBackend};
 use amaos_orchestrator::task::TaskState;
 use proptest::prelude::*;
+use support::fixtures;
 
 /// A DAG on `n` nodes: node i may depend on any j < i (so it is acyclic).
 fn dags() -> impl Strategy<Value = Vec<Vec<usize>>> {
@@ -36,11 +41,11 @@ proptest! {
         // Paused time: an empty claim's short wait for work passes at once.
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
         runtime.block_on(async move {
-            let mut limits = conformance::limits();
+            let mut limits = fixtures::limits();
             limits.max_running_per_tenant = 1_000;
             let backend: Arc<dyn TaskBackend> = Arc::new(MemoryBackend::new(limits));
             let tenant = "prop";
-            let mut tasks: Vec<_> = (0..dag.len()).map(|_| conformance::sample(tenant)).collect();
+            let mut tasks: Vec<_> = (0..dag.len()).map(|_| fixtures::sample(tenant)).collect();
             let workflow = amaos_mesh::new_id();
             for (i, deps) in dag.iter().enumerate() {
                 tasks[i].workflow_id = workflow.clone();

@@ -3,14 +3,17 @@
 //! Runs against the real Redis at `AMAOS_TEST_REDIS_URL` (default
 //! `redis://127.0.0.1:6379`), each test under its own prefix.
 
+mod support {
+    pub mod fixtures;
+}
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use amaos_orchestrator::backend::redis::RedisBackend;
-use amaos_orchestrator::backend::{
-    Applied, Claim, Claimed, Outcome, Swept, TaskBackend, conformance,
-};
+use amaos_orchestrator::backend::{Applied, Claim, Claimed, Outcome, Swept, TaskBackend};
 use amaos_orchestrator::task::{ErrorClass, TaskError, TaskState};
+use support::fixtures;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,7 +30,7 @@ fn prefix() -> String {
 
 async fn backend(url: &str, prefix: &str) -> Arc<RedisBackend> {
     Arc::new(
-        RedisBackend::connect(url, prefix, conformance::limits())
+        RedisBackend::connect(url, prefix, fixtures::limits())
             .await
             .unwrap_or_else(|e| panic!("Redis at {url} is needed for this test: {e}")),
     )
@@ -125,7 +128,7 @@ async fn a_retry_rescheduled_during_its_promotion_is_not_stranded() {
     let fast = backend(&url, &prefix).await;
     let slow = backend(&slow_proxy(&url, Duration::from_millis(60)).await, &prefix).await;
     let tenant = "acme";
-    let task = conformance::sample(tenant);
+    let task = fixtures::sample(tenant);
     fast.create(tenant, &task.id, vec![task.clone()], None)
         .await
         .unwrap();
@@ -191,7 +194,7 @@ async fn a_retry_lost_from_the_delayed_set_is_queued_again_by_the_sweep() {
     let url = redis_url();
     let prefix = prefix();
     let b = backend(&url, &prefix).await;
-    let task = conformance::sample("acme");
+    let task = fixtures::sample("acme");
     b.create("acme", &task.id, vec![task.clone()], None)
         .await
         .unwrap();
@@ -223,7 +226,7 @@ async fn queued_tasks_lost_from_the_queue_are_queued_again_a_few_per_sweep() {
     let b = backend(&url, &prefix).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let task = conformance::sample("acme");
+        let task = fixtures::sample("acme");
         b.create("acme", &task.id, vec![task.clone()], None)
             .await
             .unwrap();
@@ -274,7 +277,7 @@ async fn a_running_task_without_its_entry_is_queued_again_and_its_holder_fenced_
     let url = redis_url();
     let prefix = prefix();
     let b = backend(&url, &prefix).await;
-    let task = conformance::sample("acme");
+    let task = fixtures::sample("acme");
     b.create("acme", &task.id, vec![task.clone()], None)
         .await
         .unwrap();
@@ -330,9 +333,9 @@ async fn an_interrupted_cascade_is_finished_by_the_sweep() {
     let prefix = prefix();
     let b = backend(&url, &prefix).await;
     let tenant = "acme";
-    let mut a = conformance::sample(tenant);
-    let mut dep = conformance::sample(tenant);
-    let mut last = conformance::sample(tenant);
+    let mut a = fixtures::sample(tenant);
+    let mut dep = fixtures::sample(tenant);
+    let mut last = fixtures::sample(tenant);
     let wf = amaos_mesh::new_id();
     for (t, key) in [(&mut a, "a"), (&mut dep, "b"), (&mut last, "c")] {
         t.workflow_id = wf.clone();
@@ -376,7 +379,7 @@ async fn dead_consumers_leave_the_group() {
     let prefix = prefix();
     let b = backend(&url, &prefix).await;
     // A dispatcher that ran one task and died.
-    let done = conformance::sample("acme");
+    let done = fixtures::sample("acme");
     b.create("acme", &done.id, vec![done.clone()], None)
         .await
         .unwrap();
@@ -390,7 +393,7 @@ async fn dead_consumers_leave_the_group() {
     .await
     .unwrap();
     // One that holds an attempt (stalled or not: reclaim's business).
-    let task = conformance::sample("acme");
+    let task = fixtures::sample("acme");
     b.create("acme", &task.id, vec![task.clone()], None)
         .await
         .unwrap();

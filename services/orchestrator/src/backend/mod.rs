@@ -1,7 +1,10 @@
 //! Where tasks, their event logs and the work queue live: one trait,
 //! [`TaskBackend`], with an in-process backend ([`memory`], the embedded
 //! default) and a Redis backend ([`redis`], shared by every orchestrator
-//! replica). Both pass the same suite, [`conformance`].
+//! replica). Both pass the same conformance suite
+//! (`tests/conformance.rs`, one test per scenario and backend). Rate
+//! limiting of submissions is its own trait, [`RateLimiter`], held beside
+//! the task store.
 //!
 //! The queue gives at-least-once delivery: [`TaskBackend::claim`] starts an
 //! attempt under a lease; a dispatcher renews the lease while it runs the
@@ -17,9 +20,11 @@
 //! stranded outside every structure, deadlines of tasks that never ran, and
 //! dependents of a cascade interrupted by a crash.
 
-pub mod conformance;
 pub mod memory;
+mod rate;
 pub mod redis;
+
+pub use rate::{RateLimiter, gcra};
 
 use std::time::{Duration, SystemTime};
 
@@ -290,16 +295,6 @@ pub trait TaskBackend: Send + Sync + 'static {
     ///
     /// For the dispatcher's maintenance loop, every few leases.
     async fn sweep(&self, lease: Duration, limit: usize) -> Result<Swept, BackendError>;
-
-    /// A GCRA rate limiter shared by every replica: `None` when one more
-    /// request under `key` is within `per_second` (with `burst`), else how
-    /// long to wait.
-    async fn rate_limit(
-        &self,
-        key: &str,
-        per_second: f64,
-        burst: u32,
-    ) -> Result<Option<Duration>, BackendError>;
 }
 
 /// Why a takeover starts a new attempt.
@@ -341,37 +336,5 @@ pub fn event(id: &str, sequence: u64, kind: pb::task_event::Kind) -> pb::TaskEve
         task_id: id.to_owned(),
         at: Some(amaos_proto::time::timestamp(SystemTime::now())),
         kind: Some(kind),
-    }
-}
-
-/// One step of GCRA: given the stored theoretical arrival time (seconds),
-/// returns the new one, or how long to wait when over the limit.
-pub fn gcra(tat: Option<f64>, now: f64, per_second: f64, burst: u32) -> Result<f64, Duration> {
-    let interval = 1.0 / per_second.max(1e-9);
-    let tolerance = interval * f64::from(burst.max(1));
-    let tat = tat.unwrap_or(now).max(now);
-    let allow_at = tat + interval - tolerance;
-    // A microsecond of slack absorbs floating-point error at the boundary.
-    if now + 1e-6 < allow_at {
-        Err(Duration::from_secs_f64(allow_at - now))
-    } else {
-        Ok(tat + interval)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gcra_allows_a_burst_then_the_rate() {
-        let (rate, burst) = (10.0, 3);
-        let mut tat = None;
-        for _ in 0..3 {
-            tat = Some(gcra(tat, 0.0, rate, burst).unwrap());
-        }
-        let wait = gcra(tat, 0.0, rate, burst).unwrap_err();
-        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "{wait:?}");
-        assert!(gcra(tat, 0.1, rate, burst).is_ok());
     }
 }

@@ -1,60 +1,19 @@
 //! The suite every [`TaskBackend`] passes: one scenario per async function,
-//! each on a fresh backend from the factory, so the in-process and Redis
-//! backends are held to the same behaviour. Run by `tests/conformance.rs`.
+//! each on a fresh backend, so the in-process and Redis backends are held to
+//! the same behaviour. `tests/conformance.rs` runs each scenario as its own
+//! test on each backend; the rate limiters have their own scenario.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use amaos_orchestrator::backend::{
+    Applied, Claim, Claimed, Lease, Outcome, RateLimiter, Record, Swept, TaskBackend,
+};
+use amaos_orchestrator::task::{ErrorClass, Task, TaskError, TaskState};
 use amaos_proto::agents::v1 as agents;
 use amaos_proto::orchestrator::v1 as pb;
 
-use super::{Applied, BackendLimits, Claim, Claimed, Lease, Outcome, Record, Swept, TaskBackend};
-use crate::task::{ErrorClass, RetryPolicy, Task, TaskError, TaskState, TeamSource};
-
-/// Limits for the suite: a short retention and a small per-tenant cap.
-pub fn limits() -> BackendLimits {
-    BackendLimits {
-        max_events_per_task: 64,
-        max_running_per_tenant: 2,
-        retention: Duration::from_secs(600),
-        max_tasks: 10_000,
-    }
-}
-
-/// A task of `tenant` ready to store.
-pub fn sample(tenant: &str) -> Task {
-    let now = SystemTime::now();
-    Task {
-        id: amaos_mesh::new_id(),
-        tenant: tenant.into(),
-        submitted_by: "key-1".into(),
-        roles: vec!["developer".into()],
-        team: "crew".into(),
-        source: TeamSource::Named,
-        input: "in".into(),
-        session_id: String::new(),
-        labels: Default::default(),
-        state: TaskState::Pending,
-        attempt: 0,
-        stage_attempts: 0,
-        stage: 0,
-        retry: RetryPolicy::default(),
-        fallbacks: Vec::new(),
-        output: None,
-        error: None,
-        worker_id: String::new(),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        deadline: now + Duration::from_secs(600),
-        workflow_id: String::new(),
-        workflow_key: String::new(),
-        depends_on: Vec::new(),
-        dependents: Vec::new(),
-    }
-}
+use super::fixtures::sample;
 
 fn run_event(id: &str, attempt: u32) -> agents::RunEvent {
     agents::RunEvent {
@@ -96,31 +55,6 @@ fn failed(message: &str) -> TaskError {
         class: ErrorClass::Transient,
         message: message.into(),
     }
-}
-
-/// Runs every scenario, each on a fresh backend.
-pub async fn run_all<F, Fut>(make: F)
-where
-    F: Fn(BackendLimits) -> Fut,
-    Fut: Future<Output = Arc<dyn TaskBackend>>,
-{
-    create_get_list_and_idempotency(make(limits()).await).await;
-    an_attempt_runs_to_success(make(limits()).await).await;
-    a_stale_attempt_is_fenced_out(make(limits()).await).await;
-    a_retry_waits_then_runs_again(make(limits()).await).await;
-    a_workflow_runs_in_dependency_order(make(limits()).await).await;
-    a_failure_fails_the_dependents(make(limits()).await).await;
-    cancellation_stops_queued_and_running_tasks(make(limits()).await).await;
-    watchers_wake_on_new_events(make(limits()).await).await;
-    a_quiet_task_keeps_its_watcher(make(limits()).await).await;
-    tenants_are_isolated(make(limits()).await).await;
-    the_running_cap_defers_claims(make(limits()).await).await;
-    the_rate_limiter_allows_a_burst_then_waits(make(limits()).await).await;
-    the_event_log_is_bounded(make(limits()).await).await;
-    a_task_past_its_deadline_times_out_before_it_runs(make(limits()).await).await;
-    the_sweep_times_out_pending_tasks_past_their_deadline(make(limits()).await).await;
-    the_sweep_leaves_healthy_tasks_alone(make(limits()).await).await;
-    a_released_lease_is_taken_over_at_once(make(limits()).await).await;
 }
 
 /// Sweeps until a pass over a small store is surely complete.
@@ -655,13 +589,13 @@ pub async fn the_running_cap_defers_claims(b: Arc<dyn TaskBackend>) {
 }
 
 /// GCRA: a burst passes, the next request is told how long to wait.
-pub async fn the_rate_limiter_allows_a_burst_then_waits(b: Arc<dyn TaskBackend>) {
+pub async fn the_rate_limiter_allows_a_burst_then_waits(limiter: Arc<dyn RateLimiter>) {
     let key = format!("tenant:{}", amaos_mesh::new_id());
     for _ in 0..3 {
-        assert_eq!(b.rate_limit(&key, 1.0, 3).await.unwrap(), None);
+        assert_eq!(limiter.check(&key, 1.0, 3).await.unwrap(), None);
     }
-    let wait = b
-        .rate_limit(&key, 1.0, 3)
+    let wait = limiter
+        .check(&key, 1.0, 3)
         .await
         .unwrap()
         .expect("over the burst");
