@@ -1,8 +1,10 @@
 //! One suite for both registry backends: in-process, and Redis at
-//! `AMAOS_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`). Time is real
-//! and short (a TTL and a cool-down of a few hundred milliseconds).
+//! `AMAOS_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`), one test per
+//! scenario and backend. Time is real and short (a TTL and a cool-down of a
+//! few hundred milliseconds).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,12 +44,13 @@ fn query(team: &str) -> RouteQuery<'_> {
     }
 }
 
-async fn suite<F, Fut>(make: F)
+/// Registration, listing, routing, unknown teams, inline specs; then draining
+/// and expiry take the worker out of routing and a heartbeat brings it back.
+async fn registration_routing_draining_and_expiry<F, Fut>(make: F)
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Arc<dyn WorkerRegistry>>,
+    Fut: Future<Output = Arc<dyn WorkerRegistry>>,
 {
-    // Registration, listing, routing, unknown teams, inline specs.
     let r = make(10).await;
     let a = r
         .register(Some("a".into()), reg(&["crew", "*"]))
@@ -102,9 +105,15 @@ where
     assert_eq!(r.list(None, true).await.unwrap().len(), 1);
     r.heartbeat("a", OWNER, 0, false).await.unwrap();
     assert!(r.route(&query("crew")).await.is_ok());
+}
 
-    // Breakers: a worker's opens and traffic goes elsewhere; a team's opens and
-    // nothing is routed; after the cool-down one probe passes and success closes it.
+/// Breakers: a worker's opens and traffic goes elsewhere; a team's opens and
+/// nothing is routed; after the cool-down one probe passes and success closes it.
+async fn breakers_open_and_close<F, Fut>(make: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Arc<dyn WorkerRegistry>>,
+{
     let r = make(10).await;
     r.register(Some("a".into()), reg(&["crew"])).await.unwrap();
     r.register(Some("b".into()), reg(&["crew"])).await.unwrap();
@@ -140,10 +149,16 @@ where
         .await
         .unwrap();
     assert!(r.route(&query("crew")).await.is_ok());
+}
 
-    // An unreachable worker's breaker opens at once; a half-open breaker
-    // whose probe is never reported lets another probe through a cool-down
-    // later instead of refusing for good.
+/// An unreachable worker's breaker opens at once; a half-open breaker
+/// whose probe is never reported lets another probe through a cool-down
+/// later instead of refusing for good.
+async fn an_unreachable_worker_and_an_unreported_probe<F, Fut>(make: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Arc<dyn WorkerRegistry>>,
+{
     let r = make(10).await;
     r.register(Some("a".into()), reg(&["crew"])).await.unwrap();
     r.register(Some("b".into()), reg(&["crew"])).await.unwrap();
@@ -169,8 +184,14 @@ where
         r.route(&query("crew")).await.is_ok(),
         "another probe once the first went unreported"
     );
+}
 
-    // Session affinity sticks; the registry is bounded.
+/// Session affinity sticks; the registry is bounded.
+async fn session_affinity_sticks_and_the_registry_is_bounded<F, Fut>(make: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Arc<dyn WorkerRegistry>>,
+{
     let r = make(3).await;
     for id in ["a", "b", "c"] {
         r.register(Some(id.into()), reg(&["crew"])).await.unwrap();
@@ -188,9 +209,15 @@ where
         r.register(Some("d".into()), reg(&["crew"])).await,
         Err(RouterError::RegistryFull(3))
     ));
+}
 
-    // A worker id belongs to the identity that registered it: another
-    // identity can neither take it over (and its traffic) nor heartbeat it.
+/// A worker id belongs to the identity that registered it: another
+/// identity can neither take it over (and its traffic) nor heartbeat it.
+async fn a_worker_id_belongs_to_its_registrant<F, Fut>(make: F)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Arc<dyn WorkerRegistry>>,
+{
     let r = make(10).await;
     let mine = reg(&["crew"]);
     r.register(Some("a".into()), mine.clone()).await.unwrap();
@@ -226,27 +253,48 @@ where
     ));
 }
 
-#[tokio::test]
-async fn the_memory_registry_conforms() {
-    suite(|max| async move {
-        Arc::new(Registry::with_breakers(TTL, max, POLICY)) as Arc<dyn WorkerRegistry>
-    })
-    .await;
+/// A fresh in-process registry of at most `max` workers.
+async fn memory(max: usize) -> Arc<dyn WorkerRegistry> {
+    Arc::new(Registry::with_breakers(TTL, max, POLICY))
 }
 
-#[tokio::test]
-async fn the_redis_registry_conforms() {
+/// A fresh Redis registry of at most `max` workers, under its own prefix.
+async fn redis(max: usize) -> Arc<dyn WorkerRegistry> {
     let url =
         std::env::var("AMAOS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    suite(|max| {
-        let url = url.clone();
-        async move {
-            let prefix = format!("amaos-test-{}", amaos_mesh::new_id());
-            let registry = RedisRegistry::connect(&url, &prefix, TTL, max, POLICY)
-                .await
-                .unwrap_or_else(|e| panic!("Redis at {url} is needed for this test: {e}"));
-            Arc::new(registry) as Arc<dyn WorkerRegistry>
+    let prefix = format!("amaos-test-{}", amaos_mesh::new_id());
+    let registry = RedisRegistry::connect(&url, &prefix, TTL, max, POLICY)
+        .await
+        .unwrap_or_else(|e| panic!("Redis at {url} is needed for this test: {e}"));
+    Arc::new(registry)
+}
+
+/// One `#[tokio::test]` per scenario and backend.
+macro_rules! conformance {
+    ($($scenario:ident,)*) => {
+        mod memory_registry {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::memory).await;
+                }
+            )*
         }
-    })
-    .await;
+        mod redis_registry {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    super::$scenario(super::redis).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    registration_routing_draining_and_expiry,
+    breakers_open_and_close,
+    an_unreachable_worker_and_an_unreported_probe,
+    session_affinity_sticks_and_the_registry_is_bounded,
+    a_worker_id_belongs_to_its_registrant,
 }
