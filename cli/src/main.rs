@@ -139,8 +139,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         model_latency_ms: u64,
     },
-    /// Check the configuration (the --config file and the AMAOS_* variables)
-    /// as every service would, without starting anything.
+    /// Check the configuration (the --config file and the AMAOS_* variables):
+    /// every section, as all the services together read it, without
+    /// starting anything.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,

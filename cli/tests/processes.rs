@@ -155,6 +155,37 @@ fn an_invalid_config_value_exits_64_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`agents.capacity`"));
 }
 
+/// A service checks the sections it reads: a bad `[models.x]` stops
+/// `amaos config check` and the agents, not the router (which reports the
+/// next problem it does read, a bad `tls.namespace`).
+#[test]
+fn a_service_refuses_only_bad_sections_it_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("amaos.toml");
+    std::fs::write(
+        &file,
+        "[models.x]\nprovider = \"openai\"\nbase_url = \"ftp://x\"\nmodel = \"m\"\n\
+         [tls]\nnamespace = \"Bad\"\n",
+    )
+    .unwrap();
+    let run = |binary: &str, args: &[&str]| {
+        let out = Command::new(bin(binary))
+            .arg("--config")
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{binary}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let everything = run("amaos", &["config", "check"]);
+    assert!(everything.contains("`models.x.base_url`"), "{everything}");
+    let agents = run("amaos-agents", &[]);
+    assert!(agents.contains("`models.x.base_url`"), "{agents}");
+    let router = run("amaos-router", &[]);
+    assert!(router.contains("`tls.namespace`"), "{router}");
+}
+
 /// A service binds its port only once its start-up checks pass: a tools
 /// service whose sandbox probe takes two seconds and then fails never
 /// answers on its port, and exits with the probe's own error. (It used to

@@ -1,6 +1,7 @@
 //! The life of a one-service process (`amaos-<svc>` binaries): load and
-//! validate config before binding anything, exit 64 on bad config, bind the
-//! gRPC and admin listeners, serve until SIGTERM/SIGINT, then drain.
+//! validate config (the sections the service reads) before binding
+//! anything, exit 64 on bad config, bind the gRPC and admin listeners, serve
+//! until SIGTERM/SIGINT, then drain.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, EXIT_CONFIG, ServiceEndpoint};
+use crate::config::{Config, EXIT_CONFIG, Service, ServiceEndpoint};
 use crate::metrics::{self, Metrics};
 use crate::{shutdown, telemetry};
 
@@ -32,13 +33,29 @@ pub fn config_path_from_args() -> Result<Option<PathBuf>, String> {
     Ok(path)
 }
 
-/// Loads config or prints the one-line error; `Err` carries the exit code.
+/// Loads config, validating every section, or prints the one-line error;
+/// `Err` carries the exit code.
 pub fn load_config() -> Result<Config, ExitCode> {
+    load(None)
+}
+
+/// Loads config, validating only the sections `service` reads (a router
+/// does not refuse to start over a bad `[models.x]`), or prints the
+/// one-line error; `Err` carries the exit code.
+pub fn load_config_for(service: Service) -> Result<Config, ExitCode> {
+    load(Some(service))
+}
+
+fn load(service: Option<Service>) -> Result<Config, ExitCode> {
     let path = config_path_from_args().map_err(|e| {
         eprintln!("{e}");
         ExitCode::from(EXIT_CONFIG as u8)
     })?;
-    Config::load(path.as_deref()).map_err(|e| {
+    match service {
+        Some(service) => Config::load_for(path.as_deref(), service),
+        None => Config::load(path.as_deref()),
+    }
+    .map_err(|e| {
         eprintln!("amaos: {e}");
         ExitCode::from(EXIT_CONFIG as u8)
     })
@@ -54,7 +71,12 @@ where
     F: FnOnce(Config, crate::server::Listener, Metrics, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
-    let config = match load_config() {
+    // A service this crate does not know validates everything.
+    let loaded = match Service::from_name(service) {
+        Some(known) => load_config_for(known),
+        None => load_config(),
+    };
+    let config = match loaded {
         Ok(config) => config,
         Err(code) => return code,
     };

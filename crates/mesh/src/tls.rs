@@ -16,80 +16,13 @@
 //! [`init_dev_pki`] writes a development CA and a certificate per service
 //! (`amaos certs init`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-/// The services of the mesh, and `cli` for the `amaos` command and operators.
-pub const PRINCIPALS: &[&str] = &[
-    "orchestrator",
-    "router",
-    "agents",
-    "tools",
-    "memory",
-    "auth",
-    "cli",
-];
-
-/// How services secure the connections between them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// Plaintext h2c.
-    #[default]
-    Off,
-    /// mTLS terminated by each service with rustls.
-    Rustls,
-    /// Plaintext h2c; a service mesh (Linkerd) does mTLS between pods.
-    Mesh,
-}
-
-/// The `tls` section of the configuration.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsConfig {
-    /// The mode.
-    pub mode: TlsMode,
-    /// Where `ca.pem`, `<name>.pem` and `<name>.key` are (`amaos certs init`
-    /// writes them); defaults to `<data_dir>/tls`.
-    pub dir: Option<PathBuf>,
-    /// The CA certificate (PEM), overriding `<dir>/ca.pem`.
-    pub ca: Option<PathBuf>,
-    /// This process's certificate chain (PEM), overriding `<dir>/<name>.pem`.
-    pub cert: Option<PathBuf>,
-    /// This process's private key (PEM), overriding `<dir>/<name>.key`.
-    pub key: Option<PathBuf>,
-    /// The Kubernetes namespace in identities.
-    pub namespace: String,
-    /// The trust domain in identities.
-    pub trust_domain: String,
-    /// Who may call each service: identities, or short names of AMAOS
-    /// principals (`agents`, `cli`). A service not named keeps its default
-    /// ([`default_callers`]).
-    pub allow: BTreeMap<String, Vec<String>>,
-    /// How long a TLS handshake may take.
-    #[serde(with = "crate::config::duration_text")]
-    pub handshake_timeout: std::time::Duration,
-}
-
-impl Default for TlsConfig {
-    fn default() -> Self {
-        Self {
-            mode: TlsMode::Off,
-            dir: None,
-            ca: None,
-            cert: None,
-            key: None,
-            namespace: "amaos".into(),
-            trust_domain: "cluster.local".into(),
-            allow: BTreeMap::new(),
-            handshake_timeout: std::time::Duration::from_secs(10),
-        }
-    }
-}
+/// The `tls` section's types, defined with the rest of the configuration.
+pub use crate::config::{PRINCIPALS, TlsConfig, TlsMode};
 
 impl TlsConfig {
     /// The identity of an AMAOS principal (service account `amaos-<name>`).

@@ -39,7 +39,6 @@ use std::collections::{HashMap, VecDeque};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -84,62 +83,9 @@ pub struct Record {
     pub hash: String,
 }
 
-/// When an appended record must be on disk (`auth.audit_durability`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// fsync before the append is answered (batched with appends waiting
-    /// at the same time).
-    #[default]
-    Always,
-    /// fsync at most this often; a crash loses at most this much of the
-    /// trail (and the checkpoint moves at each fsync).
-    Every(Duration),
-}
-
-impl Durability {
-    /// Shortest interval accepted.
-    pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
-    /// Longest interval accepted.
-    pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
-}
-
-impl std::str::FromStr for Durability {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        if text == "always" {
-            return Ok(Self::Always);
-        }
-        let interval = humantime::parse_duration(text)
-            .map_err(|e| format!("`{text}` is neither `always` nor an interval like `1s` ({e})"))?;
-        if !(Self::MIN_INTERVAL..=Self::MAX_INTERVAL).contains(&interval) {
-            return Err(format!("the interval `{text}` must be between 1ms and 1m"));
-        }
-        Ok(Self::Every(interval))
-    }
-}
-
-impl std::fmt::Display for Durability {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Always => f.write_str("always"),
-            Self::Every(interval) => write!(f, "{}", humantime::format_duration(*interval)),
-        }
-    }
-}
-
-impl Serialize for Durability {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Durability {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// When an appended record must be on disk (`auth.audit_durability`),
+/// defined with the rest of the configuration.
+pub use crate::config::Durability;
 
 /// Where a trail's checkpoint is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -488,6 +434,7 @@ pub(crate) fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
+    use std::time::Duration;
 
     use super::*;
 

@@ -1,0 +1,188 @@
+//! `[orchestrator]`: tasks, their store and queue, admission and retries.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    ConfigError, StoreBackend, addr, in_range, positive, rate, redis_url, service_endpoint, url,
+};
+use super::duration::duration_text;
+
+/// The orchestrator.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrchestratorConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Admin HTTP listen address; unset for none.
+    pub admin_listen: Option<SocketAddr>,
+    /// How other services reach it.
+    pub url: String,
+    /// How long a task may take when the submitter gives no timeout.
+    #[serde(with = "duration_text")]
+    pub task_timeout: Duration,
+    /// Largest task input, in bytes.
+    pub max_input_bytes: usize,
+    /// Tasks kept in the embedded store; the oldest finished ones are dropped first.
+    pub max_tasks: usize,
+    /// Events kept per task; a run that emits more fails.
+    pub max_events_per_task: usize,
+    /// Where tasks, events and the queue live: `memory` (this process only)
+    /// or `redis` (shared by every replica, survives restarts).
+    pub backend: StoreBackend,
+    /// The Redis server, for `backend = "redis"`.
+    pub redis_url: String,
+    /// Prefix of every Redis key, so several meshes can share a server.
+    pub redis_prefix: String,
+    /// How long an attempt's lease lasts without renewal; a replica that dies
+    /// loses its attempts to another replica after this.
+    #[serde(with = "duration_text")]
+    pub lease: Duration,
+    /// Attempts this replica runs at once.
+    pub max_in_flight: usize,
+    /// Parallel loops claiming work.
+    pub claimers: usize,
+    /// Attempts running at once per tenant, across replicas; more wait queued.
+    pub max_running_per_tenant: u32,
+    /// How long a finished task stays readable (Redis backend).
+    #[serde(with = "duration_text")]
+    pub retention: Duration,
+    /// Submissions per second per tenant, across replicas; 0 for no limit.
+    pub tenant_rate: f64,
+    /// Submissions a tenant may make at once above its rate.
+    pub tenant_burst: u32,
+    /// Submissions per second per tenant and team; 0 for no limit.
+    pub team_rate: f64,
+    /// Submissions at once above the team rate.
+    pub team_burst: u32,
+    /// Default attempts per stage when a submission gives no retry policy.
+    pub retry_max_attempts: u32,
+    /// Default backoff before the second attempt.
+    #[serde(with = "duration_text")]
+    pub retry_initial_backoff: Duration,
+    /// Default upper bound on a backoff.
+    #[serde(with = "duration_text")]
+    pub retry_max_backoff: Duration,
+    /// An API key with the `service` role, used to obtain task-scoped tokens;
+    /// unset for `<data_dir>/service.key` (written by auth on first start).
+    pub service_key_file: Option<PathBuf>,
+    /// Store task data and run events sealed (envelope encryption,
+    /// AES-256-GCM, the task as key context) in the Redis backend.
+    pub encrypt: bool,
+    /// The master key file (created 0600 if absent); unset for
+    /// `<data_dir>/orchestrator.keys`. Replicas must share it.
+    pub key_file: Option<PathBuf>,
+}
+service_endpoint!(OrchestratorConfig);
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(50051),
+            admin_listen: Some(addr(9601)),
+            url: url(50051),
+            task_timeout: Duration::from_secs(600),
+            max_input_bytes: 256 * 1024,
+            max_tasks: 100_000,
+            max_events_per_task: 10_000,
+            backend: StoreBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            encrypt: true,
+            key_file: None,
+            redis_prefix: "amaos".into(),
+            lease: Duration::from_secs(15),
+            max_in_flight: 10_000,
+            claimers: 4,
+            max_running_per_tenant: 10_000,
+            retention: Duration::from_secs(24 * 3600),
+            tenant_rate: 10_000.0,
+            tenant_burst: 20_000,
+            team_rate: 0.0,
+            team_burst: 1_000,
+            retry_max_attempts: 3,
+            retry_initial_backoff: Duration::from_millis(200),
+            retry_max_backoff: Duration::from_secs(30),
+            service_key_file: None,
+        }
+    }
+}
+
+impl OrchestratorConfig {
+    /// Checks the values that types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive("orchestrator.task_timeout", self.task_timeout)?;
+        in_range(
+            "orchestrator.max_input_bytes",
+            self.max_input_bytes,
+            1,
+            16 * 1024 * 1024,
+        )?;
+        in_range("orchestrator.max_tasks", self.max_tasks, 1, 100_000_000)?;
+        in_range(
+            "orchestrator.max_events_per_task",
+            self.max_events_per_task,
+            16,
+            1_000_000,
+        )?;
+        redis_url("orchestrator.redis_url", &self.redis_url)?;
+        if self.redis_prefix.is_empty()
+            || self.redis_prefix.len() > 64
+            || self.redis_prefix.contains(char::is_whitespace)
+        {
+            return Err(ConfigError::new(
+                "orchestrator.redis_prefix",
+                "must be 1 to 64 characters without spaces",
+            ));
+        }
+        if self.lease < Duration::from_millis(100) {
+            return Err(ConfigError::new(
+                "orchestrator.lease",
+                "must be at least 100ms",
+            ));
+        }
+        in_range(
+            "orchestrator.max_in_flight",
+            self.max_in_flight,
+            1,
+            1_000_000,
+        )?;
+        in_range("orchestrator.claimers", self.claimers, 1, 256)?;
+        in_range(
+            "orchestrator.max_running_per_tenant",
+            self.max_running_per_tenant as usize,
+            1,
+            1_000_000,
+        )?;
+        positive("orchestrator.retention", self.retention)?;
+        rate("orchestrator.tenant_rate", self.tenant_rate)?;
+        rate("orchestrator.team_rate", self.team_rate)?;
+        in_range(
+            "orchestrator.tenant_burst",
+            self.tenant_burst as usize,
+            1,
+            10_000_000,
+        )?;
+        in_range(
+            "orchestrator.team_burst",
+            self.team_burst as usize,
+            1,
+            10_000_000,
+        )?;
+        in_range(
+            "orchestrator.retry_max_attempts",
+            self.retry_max_attempts as usize,
+            1,
+            100,
+        )?;
+        if self.retry_initial_backoff > self.retry_max_backoff {
+            return Err(ConfigError::new(
+                "orchestrator.retry_initial_backoff",
+                "must not exceed orchestrator.retry_max_backoff",
+            ));
+        }
+        Ok(())
+    }
+}
