@@ -7,7 +7,7 @@ use amaos_mesh::config::ModelConfig;
 use serde_json::{Value, json};
 
 use crate::http::{KeyHeader, ProviderHttp, tool_call};
-use crate::model::{ChatMessage, Completion, ModelError, Reply, ToolSpec, Usage};
+use crate::provider::{ChatMessage, Completion, ModelError, Reply, ToolSpec, Usage};
 
 /// The API version sent in `anthropic-version`.
 const API_VERSION: &str = "2023-06-01";

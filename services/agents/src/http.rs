@@ -1,20 +1,82 @@
-//! What the HTTP model providers share: the client with its timeouts, the
-//! retry loop (429, 5xx and transport errors, honouring `Retry-After`),
-//! bounded body and server-sent-event reading, cost estimates and tool-call
-//! argument parsing.
+//! What the HTTP model providers share: where an alias's API key comes
+//! from, the client with its timeouts, the retry loop (429, 5xx and
+//! transport errors, honouring `Retry-After`), bounded body and
+//! server-sent-event reading, cost estimates and tool-call argument parsing.
+//! It builds on [`crate::provider`] only; the providers build on it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use amaos_mesh::config::ModelConfig;
+use amaos_mesh::secrets::{Secret, SecretStore};
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::model::{ModelError, ToolCallRequest, Usage};
+use crate::provider::{ModelError, ToolCallRequest, Usage};
 
 /// Largest response body read, in bytes.
 const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Where an alias's API key comes from. The key itself is a [`Secret`]:
+/// never printed, and scrubbed from error messages.
+#[derive(Clone)]
+pub(crate) enum ApiKey {
+    /// No key.
+    None,
+    /// Read from the environment at start.
+    Fixed(Secret),
+    /// Read from the secret store at each call (cached by the store), so a
+    /// rotated key is used without a restart.
+    Stored(Arc<dyn SecretStore>, String),
+}
+
+impl ApiKey {
+    /// The key now.
+    pub(crate) async fn get(&self, alias: &str) -> Result<Option<Secret>, ModelError> {
+        match self {
+            ApiKey::None => Ok(None),
+            ApiKey::Fixed(secret) => Ok(Some(secret.clone())),
+            ApiKey::Stored(store, path) => {
+                store
+                    .get(path)
+                    .await
+                    .map(Some)
+                    .map_err(|e| ModelError::Provider {
+                        model: alias.to_owned(),
+                        message: format!("API key: {e}"),
+                    })
+            }
+        }
+    }
+}
+
+/// The API key of `alias`: from its environment variable (read now, so a
+/// missing one is reported at start) or from the secret store.
+pub(crate) fn api_key(
+    alias: &str,
+    config: &ModelConfig,
+    secrets: Option<&Arc<dyn SecretStore>>,
+) -> Result<ApiKey, amaos_mesh::BoxError> {
+    match (&config.api_key_env, &config.api_key_secret) {
+        (Some(var), _) => Ok(ApiKey::Fixed(Secret::new(std::env::var(var).map_err(
+            |_| {
+                format!(
+                    "config key `models.{alias}.api_key_env`: environment variable {var} is not set"
+                )
+            },
+        )?))),
+        (None, Some(path)) => match secrets {
+            Some(store) => Ok(ApiKey::Stored(store.clone(), path.clone())),
+            None => Err(format!(
+                "config key `models.{alias}.api_key_secret`: no secret store is configured"
+            )
+            .into()),
+        },
+        (None, None) => Ok(ApiKey::None),
+    }
+}
 
 /// One configured alias's HTTP side.
 pub(crate) struct ProviderHttp {
@@ -22,7 +84,7 @@ pub(crate) struct ProviderHttp {
     client: reqwest::Client,
     max_retries: u32,
     prices: (f64, f64),
-    api_key: crate::model::ApiKey,
+    api_key: ApiKey,
     key_header: KeyHeader,
 }
 
@@ -39,7 +101,7 @@ impl ProviderHttp {
     pub(crate) fn new(
         alias: &str,
         config: &ModelConfig,
-        secrets: Option<&std::sync::Arc<dyn amaos_mesh::secrets::SecretStore>>,
+        secrets: Option<&Arc<dyn SecretStore>>,
         key_header: KeyHeader,
     ) -> Result<Self, amaos_mesh::BoxError> {
         let client = reqwest::Client::builder()
@@ -51,7 +113,7 @@ impl ProviderHttp {
             client,
             max_retries: config.max_retries,
             prices: (config.prompt_price_per_1k, config.completion_price_per_1k),
-            api_key: crate::model::api_key(alias, config, secrets)?,
+            api_key: api_key(alias, config, secrets)?,
             key_header,
         })
     }
@@ -223,6 +285,23 @@ pub(crate) fn tool_call(id: &str, name: &str, arguments: &str) -> Result<ToolCal
 mod sse_tests {
     use super::SseLines;
 
+    /// The payloads `chunk` completes.
+    fn feed(lines: &mut SseLines, chunk: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        lines
+            .feed(chunk.as_bytes(), |data| {
+                out.push(data.to_owned());
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        out
+    }
+
+    fn text_payloads(chunks: &[&str]) -> Vec<String> {
+        let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_bytes()).collect();
+        payloads(&chunks)
+    }
+
     fn payloads(chunks: &[&[u8]]) -> Vec<String> {
         let mut lines = SseLines::default();
         let mut out = Vec::new();
@@ -248,5 +327,57 @@ mod sse_tests {
                 assert_eq!(split, whole, "split at {i} and {j}");
             }
         }
+    }
+
+    #[test]
+    fn lf_and_crlf_line_ends_give_the_same_payloads() {
+        let lf = text_payloads(&["data: one\n\ndata: two\n\n"]);
+        let crlf = text_payloads(&["data: one\r\n\r\ndata: two\r\n\r\n"]);
+        assert_eq!(lf, ["one", "two"]);
+        assert_eq!(crlf, lf);
+        let split = text_payloads(&["data: one\r", "\n\r\ndata: two\r", "\n"]);
+        assert_eq!(split, lf, "a CRLF split between chunks");
+    }
+
+    #[test]
+    fn every_data_line_of_a_multi_line_event_is_its_own_payload() {
+        // Lines are not joined into one event's data: each is handed on alone.
+        let stream = "event: message\ndata: {\"a\":\ndata: 1}\n\ndata: [DONE]\n\n";
+        assert_eq!(text_payloads(&[stream]), ["{\"a\":", "1}", "[DONE]"]);
+    }
+
+    #[test]
+    fn other_fields_comments_and_blank_lines_are_skipped() {
+        let stream = ": keep-alive\nevent: delta\nid: 7\nretry: 100\n\n\ndata:tight\n  data:  padded  \ndata:\n";
+        assert_eq!(text_payloads(&[stream]), ["tight", "padded", ""]);
+    }
+
+    #[test]
+    fn a_line_waits_for_its_end() {
+        let mut lines = SseLines::default();
+        assert!(feed(&mut lines, "data: par").is_empty());
+        assert!(
+            feed(&mut lines, "tial").is_empty(),
+            "nothing before the line ends"
+        );
+        assert_eq!(feed(&mut lines, "\ndata: next"), ["partial"]);
+        // A last line without its end is never handed on.
+        assert_eq!(text_payloads(&["data: a\ndata: unfinished"]), ["a"]);
+    }
+
+    #[test]
+    fn a_payload_the_reader_refuses_stops_the_feed() {
+        let mut lines = SseLines::default();
+        let mut seen = Vec::new();
+        let result = lines.feed(b"data: a\ndata: stop\ndata: c\n", |data| {
+            seen.push(data.to_owned());
+            if data == "stop" {
+                Err("refused")
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(result, Err("refused"));
+        assert_eq!(seen, ["a", "stop"]);
     }
 }

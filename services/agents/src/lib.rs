@@ -4,12 +4,22 @@
 //! # Layout
 //!
 //! - [`catalog`]: teams served by name, loaded from `agents.teams_dir`.
-//! - [`model`]: the chat-model trait, the `replay` scripted model, and the
-//!   configured aliases with their fallback chains.
-//! - [`openai`]: OpenAI-compatible Chat Completions.
-//! - [`engine`]: the sequential crew engine and its calls to tools and memory.
+//! - [`provider`]: what every model speaks — messages, tool calls, replies,
+//!   usage, errors, the [`ChatModel`](provider::ChatModel) trait. A leaf.
+//! - `http`: what the HTTP providers share (API keys, retries, bounded
+//!   bodies, server-sent events); built on `provider`.
+//! - [`openai`]: OpenAI-compatible Chat Completions; [`anthropic`]:
+//!   Anthropic Messages. Built on `http` and `provider`.
+//! - [`model`]: the router above the providers: the `replay` scripted model,
+//!   the configured aliases with their fallback chains and breakers.
+//! - [`engine`]: runs a team — crews, group chats, hybrids, the judge — with
+//!   its calls to models, tools and memory (`engine/` holds one module per
+//!   concern).
 //! - [`registration`]: registering and heartbeating with the router.
 //! - this file: the gRPC service, its errors and their mapping, [`serve`].
+//!
+//! The modules import each other without a cycle: `provider` ← `http` ←
+//! `openai`, `anthropic` ← `model` ← this file; `engine` uses `provider`.
 
 pub mod anthropic;
 pub mod catalog;
@@ -17,6 +27,7 @@ pub mod engine;
 mod http;
 pub mod model;
 pub mod openai;
+pub mod provider;
 pub mod registration;
 
 use std::pin::Pin;

@@ -1,4 +1,4 @@
-//! LLM providers behind one trait.
+//! The model router: what one run's agents talk to.
 //!
 //! - `replay`: a deterministic scripted model whose turns (text or tool calls)
 //!   come from the team spec. It makes runs reproducible for tests, offline
@@ -9,192 +9,24 @@
 //!   call fails or the alias's breaker is open.
 //!
 //! [`RunModels`] is what one run uses: it picks the model each agent names
-//! (or the run's override) and records which alias answered.
+//! (or the run's override) and records which alias answered. The types every
+//! model speaks live in [`crate::provider`] (re-exported here); this module
+//! sits above the providers, which import only those types.
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use amaos_mesh::config::{ModelConfig, ModelProvider};
-use amaos_mesh::secrets::{Secret, SecretStore};
+use amaos_mesh::secrets::SecretStore;
 use amaos_teams::{AgentSpec, REPLAY_MODEL, ReplayTurn};
 
 use crate::anthropic::AnthropicChat;
 use crate::openai::OpenAiChat;
-
-/// Where an alias's API key comes from. The key itself is a [`Secret`]:
-/// never printed, and scrubbed from error messages.
-#[derive(Clone)]
-pub(crate) enum ApiKey {
-    /// No key.
-    None,
-    /// Read from the environment at start.
-    Fixed(Secret),
-    /// Read from the secret store at each call (cached by the store), so a
-    /// rotated key is used without a restart.
-    Stored(Arc<dyn SecretStore>, String),
-}
-
-impl ApiKey {
-    /// The key now.
-    pub(crate) async fn get(&self, alias: &str) -> Result<Option<Secret>, ModelError> {
-        match self {
-            ApiKey::None => Ok(None),
-            ApiKey::Fixed(secret) => Ok(Some(secret.clone())),
-            ApiKey::Stored(store, path) => {
-                store
-                    .get(path)
-                    .await
-                    .map(Some)
-                    .map_err(|e| ModelError::Provider {
-                        model: alias.to_owned(),
-                        message: format!("API key: {e}"),
-                    })
-            }
-        }
-    }
-}
-
-/// The API key of `alias`: from its environment variable (read now, so a
-/// missing one is reported at start) or from the secret store.
-pub(crate) fn api_key(
-    alias: &str,
-    config: &ModelConfig,
-    secrets: Option<&Arc<dyn SecretStore>>,
-) -> Result<ApiKey, amaos_mesh::BoxError> {
-    match (&config.api_key_env, &config.api_key_secret) {
-        (Some(var), _) => Ok(ApiKey::Fixed(Secret::new(std::env::var(var).map_err(
-            |_| {
-                format!(
-                    "config key `models.{alias}.api_key_env`: environment variable {var} is not set"
-                )
-            },
-        )?))),
-        (None, Some(path)) => match secrets {
-            Some(store) => Ok(ApiKey::Stored(store.clone(), path.clone())),
-            None => Err(format!(
-                "config key `models.{alias}.api_key_secret`: no secret store is configured"
-            )
-            .into()),
-        },
-        (None, None) => Ok(ApiKey::None),
-    }
-}
-
-/// A tool call a model asked for.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ToolCallRequest {
-    /// The call's id, echoed in the tool's answer.
-    pub id: String,
-    /// The tool.
-    pub name: String,
-    /// Its arguments.
-    pub args: serde_json::Map<String, serde_json::Value>,
-}
-
-/// One message of a conversation.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ChatMessage {
-    /// `system`, `user`, `assistant` or `tool`.
-    pub role: &'static str,
-    /// The text.
-    pub content: String,
-    /// Tool calls the assistant asked for (assistant messages).
-    pub tool_calls: Vec<ToolCallRequest>,
-    /// The call this message answers (tool messages).
-    pub tool_call_id: Option<String>,
-}
-
-impl ChatMessage {
-    /// A plain message.
-    pub fn text(role: &'static str, content: impl Into<String>) -> Self {
-        Self {
-            role,
-            content: content.into(),
-            tool_calls: Vec::new(),
-            tool_call_id: None,
-        }
-    }
-}
-
-/// A tool offered to the model.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ToolSpec {
-    /// Its name.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// The JSON Schema of its arguments.
-    pub parameters: serde_json::Value,
-}
-
-/// What a model answered.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Reply {
-    /// A final answer.
-    Text(String),
-    /// Requests to call tools, in order.
-    ToolCalls(Vec<ToolCallRequest>),
-}
-
-/// Tokens used by one call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Usage {
-    /// Prompt tokens.
-    pub prompt_tokens: u64,
-    /// Completion tokens.
-    pub completion_tokens: u64,
-}
-
-/// A model's answer and what it cost.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Completion {
-    /// The answer.
-    pub reply: Reply,
-    /// The tokens used.
-    pub usage: Usage,
-    /// Estimated cost in US dollars.
-    pub cost_usd: f64,
-    /// The alias that answered (after any fallbacks).
-    pub model: String,
-}
-
-/// Why a model call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    /// The scripted model has no more turns for the agent.
-    #[error("the replay script of agent `{0}` has no more turns")]
-    ScriptExhausted(String),
-    /// No alias of that name is configured.
-    #[error("unknown model alias `{0}`")]
-    UnknownAlias(String),
-    /// The provider failed (after retries).
-    #[error("model `{model}`: {message}")]
-    Provider {
-        /// The alias.
-        model: String,
-        /// What went wrong.
-        message: String,
-    },
-}
-
-/// A chat model.
-pub trait ChatModel: Send + Sync {
-    /// Answers the conversation as `agent`, offering `tools`.
-    fn complete(
-        &self,
-        agent: &AgentSpec,
-        messages: &[ChatMessage],
-        tools: &[ToolSpec],
-    ) -> impl Future<Output = Result<Completion, ModelError>> + Send;
-}
-
-/// A rough token count (four characters a token), used where the provider
-/// reports none.
-pub fn estimate_tokens(text: &str) -> u64 {
-    (text.chars().count() as u64).div_ceil(4)
-}
+pub use crate::provider::{
+    ChatMessage, ChatModel, Completion, ModelError, Reply, ToolCallRequest, ToolSpec, Usage,
+    estimate_tokens,
+};
 
 /// The deterministic scripted model.
 pub struct Replay {

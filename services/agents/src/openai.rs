@@ -7,7 +7,9 @@ use amaos_mesh::config::ModelConfig;
 use serde_json::{Value, json};
 
 use crate::http::{KeyHeader, ProviderHttp, tool_call};
-use crate::model::{ChatMessage, Completion, ModelError, Reply, ToolSpec, Usage, estimate_tokens};
+use crate::provider::{
+    ChatMessage, Completion, ModelError, Reply, ToolSpec, Usage, estimate_tokens,
+};
 
 /// One configured OpenAI-compatible model.
 pub struct OpenAiChat {

@@ -1,0 +1,389 @@
+//! One agent's turn: its conversation with its model until it answers with
+//! text or hands off, calling the tools it asks for in between.
+
+use amaos_proto::agents::v1 as pb;
+use amaos_proto::agents::v1::run_event::Payload;
+use amaos_proto::json::{json_to_value, map_to_struct};
+use amaos_teams::AgentSpec;
+use tracing::Instrument;
+
+use super::budget::Budget;
+use super::step::StepId;
+use super::{Ctx, Emitter, RunError, effects};
+use crate::provider::{ChatMessage, ChatModel, Reply, ToolCallRequest, ToolSpec};
+
+/// The handoff tool a swarm offers its agents.
+pub const HANDOFF_TOOL: &str = "handoff";
+/// The handoff target that stops a swarm and hands over to a person.
+pub const HUMAN: &str = "user";
+
+/// How an agent's turn ended.
+pub(super) enum Turn {
+    /// It answered.
+    Said(String),
+    /// It handed the conversation to another agent (or `user`); the reason
+    /// is in the emitted `Handoff` event.
+    Handoff {
+        /// To whom.
+        to: String,
+    },
+}
+
+fn system_prompt(agent: &AgentSpec) -> String {
+    let mut s = format!("You are {}. Your goal: {}.", agent.role, agent.goal);
+    if !agent.backstory.is_empty() {
+        s.push_str(&format!(" {}", agent.backstory));
+    }
+    if !agent.tools.is_empty() {
+        s.push_str(&format!(" Tools you may call: {}.", agent.tools.join(", ")));
+    }
+    s
+}
+
+/// One agent's conversation on one task, until it answers with text.
+pub(super) async fn converse<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    prompt: &str,
+    step: StepId,
+    tools: &[ToolSpec],
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<String, RunError> {
+    match converse_turn(ctx, agent, prompt, step, tools, &[], budget, events).await? {
+        Turn::Said(text) => Ok(text),
+        // No handoff targets were offered, so none can come back.
+        Turn::Handoff { to } => Err(RunError::Dependency(format!(
+            "unexpected handoff to `{to}`"
+        ))),
+    }
+}
+
+/// One agent's turn, offered `handoffs` as targets, in an `invoke_agent` span
+/// (OpenTelemetry GenAI conventions).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn converse_turn<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    prompt: &str,
+    step: StepId,
+    tools: &[ToolSpec],
+    handoffs: &[String],
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<Turn, RunError> {
+    let span = tracing::info_span!(
+        "invoke_agent",
+        gen_ai.operation.name = "invoke_agent",
+        gen_ai.agent.name = %agent.name,
+        gen_ai.request.model = %agent.model,
+    );
+    converse_inner(ctx, agent, prompt, step, tools, handoffs, budget, events)
+        .instrument(span)
+        .await
+}
+
+/// The handoff tool offered with `handoffs` as its targets.
+fn handoff_tool(handoffs: &[String]) -> ToolSpec {
+    ToolSpec {
+        name: HANDOFF_TOOL.into(),
+        description:
+            "Hand the conversation to another agent, or to `user` to stop and ask a person.".into(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "required": ["to"],
+            "properties": {
+                "to": {"type": "string", "enum": handoffs},
+                "reason": {"type": "string"}
+            }
+        }),
+    }
+}
+
+/// The handoff a tool call asks for — its target and reason — when it calls
+/// the handoff tool naming one of `handoffs`; any other call is a tool call.
+fn requested_handoff(
+    name: &str,
+    args: &serde_json::Map<String, serde_json::Value>,
+    handoffs: &[String],
+) -> Option<(String, String)> {
+    if name != HANDOFF_TOOL || handoffs.is_empty() {
+        return None;
+    }
+    let field = |key: &str| {
+        args.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let to = field("to");
+    handoffs.contains(&to).then(|| (to, field("reason")))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn converse_inner<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    prompt: &str,
+    step: StepId,
+    tools: &[ToolSpec],
+    handoffs: &[String],
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<Turn, RunError> {
+    let model = ctx.model;
+    let mut messages = vec![
+        ChatMessage::text("system", system_prompt(agent)),
+        ChatMessage::text("user", prompt),
+    ];
+    let mut offered: Vec<ToolSpec> = tools
+        .iter()
+        .filter(|t| agent.tools.contains(&t.name))
+        .cloned()
+        .collect();
+    if !handoffs.is_empty() {
+        offered.push(handoff_tool(handoffs));
+    }
+    events
+        .emit(
+            &agent.name,
+            Payload::Message(pb::Message {
+                role: "user".into(),
+                content: prompt.to_owned(),
+            }),
+        )
+        .await?;
+    loop {
+        budget.take_step()?;
+        let chat_span = tracing::info_span!(
+            "chat",
+            gen_ai.operation.name = "chat",
+            gen_ai.agent.name = %agent.name,
+            gen_ai.request.model = %agent.model,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+        );
+        let completion = model
+            .complete(agent, &messages, &offered)
+            .instrument(chat_span.clone())
+            .await
+            .map_err(|e| RunError::Provider(e.to_string()))?;
+        chat_span.record("gen_ai.usage.input_tokens", completion.usage.prompt_tokens);
+        chat_span.record(
+            "gen_ai.usage.output_tokens",
+            completion.usage.completion_tokens,
+        );
+        budget.add_usage(completion.usage);
+        events
+            .emit(
+                &agent.name,
+                Payload::TokenUsage(pb::TokenUsage {
+                    model: completion.model.clone(),
+                    prompt_tokens: completion.usage.prompt_tokens,
+                    completion_tokens: completion.usage.completion_tokens,
+                    cost_usd: completion.cost_usd,
+                }),
+            )
+            .await?;
+        budget.check_tokens()?;
+        match completion.reply {
+            Reply::Text(text) => {
+                events
+                    .emit(
+                        &agent.name,
+                        Payload::Message(pb::Message {
+                            role: "assistant".into(),
+                            content: text.clone(),
+                        }),
+                    )
+                    .await?;
+                budget.note_message(&text)?;
+                return Ok(Turn::Said(text));
+            }
+            Reply::ToolCalls(calls) => {
+                messages.push(ChatMessage {
+                    role: "assistant",
+                    content: String::new(),
+                    tool_calls: calls.clone(),
+                    tool_call_id: None,
+                });
+                for (n, call) in calls.into_iter().enumerate() {
+                    if let Some((to, reason)) = requested_handoff(&call.name, &call.args, handoffs)
+                    {
+                        events
+                            .emit(
+                                &agent.name,
+                                Payload::Handoff(pb::Handoff {
+                                    from: agent.name.clone(),
+                                    to: to.clone(),
+                                    reason,
+                                }),
+                            )
+                            .await?;
+                        return Ok(Turn::Handoff { to });
+                    }
+                    // Stable across attempts, so a retried run replays recorded side effects.
+                    let call_id = step.call_key(&ctx.input.run_id, budget.steps, n);
+                    messages.push(call_tool(ctx, agent, call_id, call, events).await?);
+                }
+            }
+        }
+    }
+}
+
+/// Runs one tool call `agent` asked for under `call_id`, emitting the call
+/// and its result; returns the tool message for the model. A failure of the
+/// call is text for the model; a failure of the platform ends the turn.
+async fn call_tool<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    call_id: String,
+    call: ToolCallRequest,
+    events: &mut Emitter,
+) -> Result<ChatMessage, RunError> {
+    let ToolCallRequest { id, name, args } = call;
+    events
+        .emit(
+            &agent.name,
+            Payload::ToolCall(pb::ToolCall {
+                call_id: call_id.clone(),
+                tool: name.clone(),
+                arguments: Some(map_to_struct(&args)),
+            }),
+        )
+        .await?;
+    let outcome = if agent.tools.contains(&name) {
+        let span = tracing::info_span!(
+            "execute_tool",
+            gen_ai.operation.name = "execute_tool",
+            gen_ai.tool.name = %name,
+            gen_ai.tool.call.id = %call_id,
+        );
+        effects::invoke(ctx.services, ctx.caller, ctx.input, &call_id, &name, args)
+            .instrument(span)
+            .await
+    } else {
+        Ok(Err(format!(
+            "tool `{name}` is not allowed for agent `{}`",
+            agent.name
+        )))
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(failure) => {
+            events
+                .emit(
+                    &agent.name,
+                    Payload::ToolResult(pb::ToolResult {
+                        call_id,
+                        tool: name,
+                        result: None,
+                        is_error: true,
+                        error: failure.clone(),
+                    }),
+                )
+                .await?;
+            return Err(RunError::Dependency(failure));
+        }
+    };
+    let (result, error) = match outcome {
+        Ok(value) => (Some(value), String::new()),
+        Err(error) => (None, error),
+    };
+    let message = ChatMessage {
+        role: "tool",
+        content: match &result {
+            Some(value) => value.to_string(),
+            None => format!("error: {error}"),
+        },
+        tool_calls: Vec::new(),
+        tool_call_id: Some(id),
+    };
+    events
+        .emit(
+            &agent.name,
+            Payload::ToolResult(pb::ToolResult {
+                call_id,
+                tool: name,
+                result: result.as_ref().map(json_to_value),
+                is_error: result.is_none(),
+                error,
+            }),
+        )
+        .await?;
+    Ok(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(json: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        json.as_object().cloned().unwrap_or_default()
+    }
+
+    fn targets() -> Vec<String> {
+        vec!["b".into(), HUMAN.into()]
+    }
+
+    #[test]
+    fn a_handoff_to_an_offered_target_is_a_handoff() {
+        let call = args(serde_json::json!({"to": "b", "reason": "your turn"}));
+        assert_eq!(
+            requested_handoff(HANDOFF_TOOL, &call, &targets()),
+            Some(("b".into(), "your turn".into()))
+        );
+        let call = args(serde_json::json!({"to": "user"}));
+        assert_eq!(
+            requested_handoff(HANDOFF_TOOL, &call, &targets()),
+            Some((HUMAN.into(), String::new()))
+        );
+    }
+
+    #[test]
+    fn any_other_call_is_a_tool_call() {
+        let to_b = args(serde_json::json!({"to": "b"}));
+        assert_eq!(requested_handoff("file_write", &to_b, &targets()), None);
+        assert_eq!(
+            requested_handoff(HANDOFF_TOOL, &to_b, &[]),
+            None,
+            "no handoff was offered"
+        );
+        for call in [
+            serde_json::json!({"to": "c"}),
+            serde_json::json!({"to": 1}),
+            serde_json::json!({}),
+        ] {
+            assert_eq!(
+                requested_handoff(HANDOFF_TOOL, &args(call.clone()), &targets()),
+                None,
+                "{call}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_handoff_tool_offers_exactly_the_targets() {
+        let tool = handoff_tool(&targets());
+        assert_eq!(tool.name, HANDOFF_TOOL);
+        assert_eq!(
+            tool.parameters["properties"]["to"]["enum"],
+            serde_json::json!(["b", "user"])
+        );
+        assert_eq!(tool.parameters["required"], serde_json::json!(["to"]));
+    }
+
+    #[test]
+    fn the_system_prompt_names_role_goal_backstory_and_tools() {
+        let agent: AgentSpec = serde_yaml::from_str(
+            "name: a\nrole: Writer\ngoal: write well\nbackstory: Ten years at a paper.\ntools: [search, file_write]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            system_prompt(&agent),
+            "You are Writer. Your goal: write well. Ten years at a paper. Tools you may call: search, file_write."
+        );
+        let bare: AgentSpec = serde_yaml::from_str("name: a\nrole: R\ngoal: g\n").unwrap();
+        assert_eq!(system_prompt(&bare), "You are R. Your goal: g.");
+    }
+}
