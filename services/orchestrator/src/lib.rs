@@ -374,7 +374,7 @@ impl Inner {
 
     /// Appends one decision to the audit trail: when the trail cannot be
     /// written, nothing happens.
-    fn record(
+    async fn record(
         &self,
         caller: &Caller,
         audit_action: &str,
@@ -382,13 +382,14 @@ impl Inner {
         allowed: bool,
     ) -> Result<(), OrchestratorError> {
         self.audit
-            .append(amaos_mesh::audit::Entry {
+            .append_async(amaos_mesh::audit::Entry {
                 principal: &caller.principal,
                 tenant: &caller.tenant,
                 action: audit_action,
                 object,
                 allowed,
             })
+            .await
             .map(|_| ())
             .map_err(|e| OrchestratorError::AuditDown(e.to_string()))
     }
@@ -398,7 +399,7 @@ impl Inner {
     /// request has passed every other check, so a request refused later
     /// (bad input, another tenant's task, admission) is recorded as denied,
     /// never as allowed.
-    fn permitted(
+    async fn permitted(
         &self,
         caller: &Caller,
         action: &str,
@@ -407,7 +408,7 @@ impl Inner {
     ) -> Result<(), OrchestratorError> {
         let decision = require(caller, action);
         if decision.is_err() {
-            self.record(caller, audit_action, object, false)?;
+            self.record(caller, audit_action, object, false).await?;
         }
         decision
     }
@@ -415,14 +416,15 @@ impl Inner {
     /// Records the outcome of the checks a permitted request went through:
     /// denied when `checked` is an error (which is returned), allowed
     /// otherwise — before the action takes effect.
-    fn settle<T>(
+    async fn settle<T>(
         &self,
         caller: &Caller,
         audit_action: &str,
         object: &str,
         checked: Result<T, OrchestratorError>,
     ) -> Result<T, OrchestratorError> {
-        self.record(caller, audit_action, object, checked.is_ok())?;
+        self.record(caller, audit_action, object, checked.is_ok())
+            .await?;
         checked
     }
 
@@ -540,7 +542,9 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         let inner = &self.inner;
         let caller = inner.authn.caller(request.metadata()).await?;
-        inner.permitted(&caller, "submit", "task.submit", "tasks")?;
+        inner
+            .permitted(&caller, "submit", "task.submit", "tasks")
+            .await?;
         let pb::SubmitTaskRequest {
             team,
             input,
@@ -574,7 +578,9 @@ impl OrchestratorService for Orchestrator {
             Ok::<_, OrchestratorError>(task)
         }
         .await;
-        let task = inner.settle(&caller, "task.submit", "tasks", checked)?;
+        let task = inner
+            .settle(&caller, "task.submit", "tasks", checked)
+            .await?;
         let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
         let id = task.id.clone();
         let existing = inner
@@ -614,7 +620,9 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
         let inner = &self.inner;
         let caller = inner.authn.caller(request.metadata()).await?;
-        inner.permitted(&caller, "submit", "workflow.submit", "workflows")?;
+        inner
+            .permitted(&caller, "submit", "workflow.submit", "workflows")
+            .await?;
         let pb::SubmitWorkflowRequest {
             name,
             tasks,
@@ -692,7 +700,9 @@ impl OrchestratorService for Orchestrator {
             Ok::<_, OrchestratorError>(built)
         }
         .await;
-        let built = inner.settle(&caller, "workflow.submit", "workflows", checked)?;
+        let built = inner
+            .settle(&caller, "workflow.submit", "workflows", checked)
+            .await?;
         let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
         let members: Vec<(String, String)> = built
             .iter()
@@ -799,7 +809,8 @@ impl OrchestratorService for Orchestrator {
             idempotency_key: _,
         } = request.into_inner();
         self.inner
-            .permitted(&caller, "cancel", "task.cancel", &task_id)?;
+            .permitted(&caller, "cancel", "task.cancel", &task_id)
+            .await?;
         // Another tenant's task (or none) is refused and recorded as such.
         let found = self
             .inner
@@ -808,7 +819,9 @@ impl OrchestratorService for Orchestrator {
             .await
             .map_err(OrchestratorError::from)
             .and_then(|t| t.ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone())));
-        self.inner.settle(&caller, "task.cancel", &task_id, found)?;
+        self.inner
+            .settle(&caller, "task.cancel", &task_id, found)
+            .await?;
         let reason = if reason.is_empty() {
             format!("cancelled by {}", caller.principal)
         } else {
