@@ -7,6 +7,14 @@
 //! come from auth (`GetSigningKeys`), are cached, and are fetched again when a
 //! token names an unknown key id (at most once a second). Expiry, not-before,
 //! issuer and audience are checked with a small leeway for clock skew.
+//!
+//! Run tokens may also be signed by the orchestrator with a key auth
+//! delegated to it: such a token's header carries the delegation (`dlg`), a
+//! token auth signed with the `run-signer` role that names the delegated
+//! public key (`cnf`). A delegated key signs nothing but run tokens — one
+//! task, one attempt, the `agent` role — that expire with the delegation, so
+//! a stolen delegated key is worth no more than what the orchestrator could
+//! already ask auth for.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -31,6 +39,10 @@ const LEEWAY: u64 = 5;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Verified tokens remembered.
 const MAX_VERIFIED: usize = 10_000;
+/// The role of a delegation: a token that lets its `cnf` key sign run tokens.
+pub const RUN_SIGNER_ROLE: &str = "run-signer";
+/// The only role a run token signed with a delegated key may carry.
+const RUN_ROLE: &str = "agent";
 
 /// What a token says.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +75,10 @@ pub struct Claims {
     /// The session a run token's task belongs to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session: String,
+    /// A delegation's confirmation key: the base64url Ed25519 public key it
+    /// lets sign run tokens (RFC 7800's `cnf`, as a bare key).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cnf: String,
 }
 
 impl Claims {
@@ -88,6 +104,9 @@ struct Header {
     kid: String,
     #[serde(default)]
     typ: String,
+    /// The delegation the signing key comes from (a token auth signed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    dlg: String,
 }
 
 /// Why a token was refused.
@@ -117,6 +136,9 @@ pub enum TokenError {
     /// The keys could not be fetched.
     #[error("signing keys unavailable: {0}")]
     Keys(String),
+    /// Signed with a delegated key beyond what a delegation allows.
+    #[error("delegated token refused: {0}")]
+    Delegation(&'static str),
 }
 
 impl From<TokenError> for tonic::Status {
@@ -137,13 +159,36 @@ fn now_s() -> u64 {
 
 /// Signs `claims` with `key`, naming it `kid`.
 pub fn sign(claims: &Claims, kid: &str, key: &SigningKey) -> String {
-    let header = Header {
-        alg: "EdDSA".into(),
-        kid: kid.into(),
-        typ: "JWT".into(),
-    };
+    sign_with_header(
+        &Header {
+            alg: "EdDSA".into(),
+            kid: kid.into(),
+            typ: "JWT".into(),
+            dlg: String::new(),
+        },
+        claims,
+        key,
+    )
+}
+
+/// Signs a run token's `claims` with a key auth delegated: `delegation` is
+/// the token auth signed naming that key.
+pub fn sign_delegated(claims: &Claims, delegation: &str, key: &SigningKey) -> String {
+    sign_with_header(
+        &Header {
+            alg: "EdDSA".into(),
+            kid: "delegated".into(),
+            typ: "JWT".into(),
+            dlg: delegation.into(),
+        },
+        claims,
+        key,
+    )
+}
+
+fn sign_with_header(header: &Header, claims: &Claims, key: &SigningKey) -> String {
     // Serializing these plain structs cannot fail.
-    let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap_or_default());
+    let header = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header).unwrap_or_default());
     let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
     let signing_input = format!("{header}.{payload}");
     let signature = key.sign(signing_input.as_bytes());
@@ -151,6 +196,11 @@ pub fn sign(claims: &Claims, kid: &str, key: &SigningKey) -> String {
         "{signing_input}.{}",
         URL_SAFE_NO_PAD.encode(signature.to_bytes())
     )
+}
+
+/// The base64url form of a delegated public key, as `cnf` carries it.
+pub fn confirmation_key(key: &VerifyingKey) -> String {
+    URL_SAFE_NO_PAD.encode(key.as_bytes())
 }
 
 /// Claims for `caller`, valid from now for `ttl`.
@@ -175,14 +225,19 @@ pub fn claims_for(
         attempt: 0,
         team: String::new(),
         session: String::new(),
+        cnf: String::new(),
     }
 }
 
-/// Checks a token against `key_for(kid)`, without fetching keys.
-pub fn verify_with(
-    token: &str,
-    key_for: impl Fn(&str) -> Option<VerifyingKey>,
-) -> Result<Claims, TokenError> {
+/// A token split into its parts, nothing checked yet but its shape.
+struct Parsed<'a> {
+    header: Header,
+    payload: &'a str,
+    signed: &'a str,
+    signature: Signature,
+}
+
+fn parse(token: &str) -> Result<Parsed<'_>, TokenError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(TokenError::Malformed);
     }
@@ -200,34 +255,100 @@ pub fn verify_with(
     if header.alg != "EdDSA" {
         return Err(TokenError::Algorithm(header.alg));
     }
-    let key = key_for(&header.kid).ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .ok()
         .and_then(|s| Signature::from_slice(&s).ok())
         .ok_or(TokenError::Malformed)?;
     let signed = &token[..token.len() - token.rsplit('.').next().map(str::len).unwrap_or(0) - 1];
-    key.verify(signed.as_bytes(), &signature)
-        .map_err(|_| TokenError::Signature)?;
-    let claims: Claims = URL_SAFE_NO_PAD
-        .decode(payload)
-        .ok()
-        .and_then(|p| serde_json::from_slice(&p).ok())
-        .ok_or(TokenError::Malformed)?;
-    let now = now_s();
-    if claims.exp.saturating_add(LEEWAY) <= now {
-        return Err(TokenError::Expired);
+    Ok(Parsed {
+        header,
+        payload,
+        signed,
+        signature,
+    })
+}
+
+impl Parsed<'_> {
+    /// The claims, once the signature verified with `key`.
+    fn claims(&self, key: &VerifyingKey) -> Result<Claims, TokenError> {
+        key.verify(self.signed.as_bytes(), &self.signature)
+            .map_err(|_| TokenError::Signature)?;
+        let claims: Claims = URL_SAFE_NO_PAD
+            .decode(self.payload)
+            .ok()
+            .and_then(|p| serde_json::from_slice(&p).ok())
+            .ok_or(TokenError::Malformed)?;
+        let now = now_s();
+        if claims.exp.saturating_add(LEEWAY) <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now.saturating_add(LEEWAY) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.iss != ISSUER || claims.aud != AUDIENCE {
+            return Err(TokenError::Audience);
+        }
+        if !caller::valid_tenant(&claims.tenant) {
+            return Err(TokenError::Malformed);
+        }
+        Ok(claims)
     }
-    if claims.nbf > now.saturating_add(LEEWAY) {
-        return Err(TokenError::NotYetValid);
+
+    /// The claims of a token auth signed (no delegation).
+    fn direct(&self, key_for: impl Fn(&str) -> Option<VerifyingKey>) -> Result<Claims, TokenError> {
+        if !self.header.dlg.is_empty() {
+            return Err(TokenError::Delegation(
+                "a delegation cannot itself be delegated",
+            ));
+        }
+        let key = key_for(&self.header.kid)
+            .ok_or_else(|| TokenError::UnknownKey(self.header.kid.clone()))?;
+        self.claims(&key)
     }
-    if claims.iss != ISSUER || claims.aud != AUDIENCE {
-        return Err(TokenError::Audience);
+
+    /// The claims of a run token signed with the key `delegation` (already
+    /// verified) names, held to what a delegated key may sign.
+    fn delegated(&self, delegation: &Claims) -> Result<Claims, TokenError> {
+        if delegation.roles != [RUN_SIGNER_ROLE]
+            || delegation.tenant != crate::identity::PLATFORM_TENANT
+            || !delegation.task.is_empty()
+        {
+            return Err(TokenError::Delegation(
+                "the delegation is not a run signer's",
+            ));
+        }
+        let key = URL_SAFE_NO_PAD
+            .decode(&delegation.cnf)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+            .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+            .ok_or(TokenError::Delegation("the delegation names no valid key"))?;
+        let claims = self.claims(&key)?;
+        if claims.task.is_empty() || claims.attempt == 0 || claims.roles != [RUN_ROLE] {
+            return Err(TokenError::Delegation(
+                "a delegated key signs only run tokens (one task and attempt, role agent)",
+            ));
+        }
+        if claims.exp > delegation.exp {
+            return Err(TokenError::Delegation("the token outlives its delegation"));
+        }
+        Ok(claims)
     }
-    if !caller::valid_tenant(&claims.tenant) {
-        return Err(TokenError::Malformed);
+}
+
+/// Checks a token against `key_for(kid)`, without fetching keys: a token
+/// auth signed, or a run token signed with a key auth delegated.
+pub fn verify_with(
+    token: &str,
+    key_for: impl Fn(&str) -> Option<VerifyingKey>,
+) -> Result<Claims, TokenError> {
+    let parsed = parse(token)?;
+    if parsed.header.dlg.is_empty() {
+        return parsed.direct(key_for);
     }
-    Ok(claims)
+    let delegation = parse(&parsed.header.dlg)?.direct(key_for)?;
+    parsed.delegated(&delegation)
 }
 
 /// Where verifying keys come from.
@@ -322,8 +443,17 @@ impl TokenVerifier {
         Ok(())
     }
 
-    /// Verifies a token, fetching keys when it names one not yet known.
+    /// Verifies a token, fetching keys when it names one not yet known. A
+    /// delegation is not a credential: presented as one, it is refused.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.verify_any(token).await?;
+        if claims.roles.iter().any(|r| r == RUN_SIGNER_ROLE) {
+            return Err(TokenError::Delegation("a delegation is not a credential"));
+        }
+        Ok(claims)
+    }
+
+    async fn verify_any(&self, token: &str) -> Result<Claims, TokenError> {
         if let Some(claims) = self
             .verified
             .lock()
@@ -333,19 +463,49 @@ impl TokenVerifier {
         {
             return Ok(claims.clone());
         }
-        let claims = match verify_with(token, |kid| self.lookup(kid)) {
+        let claims = match self.verify_known(token) {
             Err(TokenError::UnknownKey(kid)) => {
                 self.refresh(&kid).await?;
-                verify_with(token, |kid| self.lookup(kid))
+                self.verify_known(token)
             }
             other => other,
         }?;
+        self.remember(token, &claims);
+        Ok(claims)
+    }
+
+    /// Verifies `token` with the keys known now; a delegation already
+    /// verified is not verified again.
+    fn verify_known(&self, token: &str) -> Result<Claims, TokenError> {
+        let parsed = parse(token)?;
+        if parsed.header.dlg.is_empty() {
+            return parsed.direct(|kid| self.lookup(kid));
+        }
+        let dlg = parsed.header.dlg.as_str();
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dlg)
+            .filter(|c| c.exp.saturating_add(LEEWAY) > now_s())
+            .cloned();
+        let delegation = match cached {
+            Some(claims) => claims,
+            None => {
+                let claims = parse(dlg)?.direct(|kid| self.lookup(kid))?;
+                self.remember(dlg, &claims);
+                claims
+            }
+        };
+        parsed.delegated(&delegation)
+    }
+
+    fn remember(&self, token: &str, claims: &Claims) {
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= MAX_VERIFIED {
             verified.clear();
         }
         verified.insert(token.to_owned(), claims.clone());
-        Ok(claims)
     }
 
     /// The caller of a request: the verified token in `authorization: Bearer`.
@@ -462,6 +622,131 @@ mod tests {
         );
         assert_eq!(v.verify(&tampered).await, Err(TokenError::Signature));
         assert_eq!(v.verify("a.b").await, Err(TokenError::Malformed));
+    }
+
+    /// A delegation from auth's key `k1` for `delegate`'s key, living `ttl`.
+    fn delegation(delegate: &SigningKey, ttl: u64) -> String {
+        let mut claims = claims_for(
+            "orchestrator",
+            crate::identity::PLATFORM_TENANT,
+            &[RUN_SIGNER_ROLE.into()],
+            Duration::from_secs(ttl),
+            "",
+        );
+        claims.cnf = confirmation_key(&delegate.verifying_key());
+        sign(&claims, "k1", &key(1))
+    }
+
+    fn run_claims(ttl: u64) -> Claims {
+        let mut claims = claims_for(
+            "user-1",
+            "acme",
+            &["agent".into()],
+            Duration::from_secs(ttl),
+            "task-1",
+        );
+        claims.attempt = 1;
+        claims
+    }
+
+    #[tokio::test]
+    async fn a_run_token_signed_with_a_delegated_key_verifies() {
+        let v = verifier();
+        let delegate = key(7);
+        let dlg = delegation(&delegate, 600);
+        let token = sign_delegated(&run_claims(60), &dlg, &delegate);
+        let claims = v.verify(&token).await.unwrap();
+        assert_eq!((claims.task.as_str(), claims.attempt), ("task-1", 1));
+        // A second token under the same delegation (cached) verifies too.
+        let mut second = run_claims(60);
+        second.attempt = 2;
+        let claims = v.verify(&sign_delegated(&second, &dlg, &delegate)).await;
+        assert_eq!(claims.unwrap().attempt, 2);
+    }
+
+    #[tokio::test]
+    async fn a_delegated_key_signs_nothing_but_run_tokens_within_its_delegation() {
+        let v = verifier();
+        let delegate = key(7);
+        let dlg = delegation(&delegate, 600);
+        let refused = |e: Result<Claims, TokenError>| matches!(e, Err(TokenError::Delegation(_)));
+        // An admin token, a token for no task, and one for no attempt.
+        let mut admin = run_claims(60);
+        admin.roles = vec!["admin".into()];
+        assert!(refused(
+            v.verify(&sign_delegated(&admin, &dlg, &delegate)).await
+        ));
+        let mut untasked = run_claims(60);
+        untasked.task.clear();
+        assert!(refused(
+            v.verify(&sign_delegated(&untasked, &dlg, &delegate)).await
+        ));
+        let mut no_attempt = run_claims(60);
+        no_attempt.attempt = 0;
+        assert!(refused(
+            v.verify(&sign_delegated(&no_attempt, &dlg, &delegate))
+                .await
+        ));
+        // Outliving the delegation.
+        assert!(refused(
+            v.verify(&sign_delegated(&run_claims(6000), &dlg, &delegate))
+                .await
+        ));
+        // Signed by another key than the delegated one.
+        assert_eq!(
+            v.verify(&sign_delegated(&run_claims(60), &dlg, &key(8)))
+                .await,
+            Err(TokenError::Signature)
+        );
+        // A "delegation" that auth did not sign, or that is not a run signer's.
+        let mut forged = claims_for(
+            "orchestrator",
+            crate::identity::PLATFORM_TENANT,
+            &[RUN_SIGNER_ROLE.into()],
+            Duration::from_secs(600),
+            "",
+        );
+        forged.cnf = confirmation_key(&delegate.verifying_key());
+        let self_signed = sign(&forged, "k1", &key(9));
+        assert_eq!(
+            v.verify(&sign_delegated(&run_claims(60), &self_signed, &delegate))
+                .await,
+            Err(TokenError::Signature)
+        );
+        forged.roles = vec!["agent".into()];
+        let not_a_signer = sign(&forged, "k1", &key(1));
+        assert!(refused(
+            v.verify(&sign_delegated(&run_claims(60), &not_a_signer, &delegate))
+                .await
+        ));
+        // A delegation of a delegation, and a delegation used as a credential.
+        let nested = sign_delegated(&run_claims(60), &dlg, &delegate);
+        assert!(refused(
+            v.verify(&sign_delegated(&run_claims(60), &nested, &delegate))
+                .await
+        ));
+        assert!(refused(v.verify(&dlg).await));
+        // An expired delegation.
+        let mut old = claims_for(
+            "orchestrator",
+            crate::identity::PLATFORM_TENANT,
+            &[RUN_SIGNER_ROLE.into()],
+            Duration::from_secs(600),
+            "",
+        );
+        old.cnf = confirmation_key(&delegate.verifying_key());
+        old.exp = now_s() - 60;
+        let mut claims = run_claims(1);
+        claims.exp = old.exp;
+        assert_eq!(
+            v.verify(&sign_delegated(
+                &claims,
+                &sign(&old, "k1", &key(1)),
+                &delegate
+            ))
+            .await,
+            Err(TokenError::Expired)
+        );
     }
 
     mod hostile {

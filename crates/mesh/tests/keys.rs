@@ -54,6 +54,12 @@ impl AuthService for SlowKeys {
     ) -> Answer<pb::IssueTokenResponse> {
         Err(Status::unimplemented("not in this test"))
     }
+    async fn delegate_run_signing(
+        &self,
+        _: Request<pb::DelegateRunSigningRequest>,
+    ) -> Answer<pb::DelegateRunSigningResponse> {
+        Err(Status::unimplemented("not in this test"))
+    }
     async fn get_signing_keys(
         &self,
         _: Request<pb::GetSigningKeysRequest>,

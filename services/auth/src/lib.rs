@@ -570,6 +570,58 @@ impl AuthService for Auth {
         }))
     }
 
+    async fn delegate_run_signing(
+        &self,
+        request: Request<pb::DelegateRunSigningRequest>,
+    ) -> Result<Response<pb::DelegateRunSigningResponse>, Status> {
+        let key = self.state.caller(&request).await?;
+        self.state.check(&key, "tokens", "issue").await?;
+        // Only the platform's service key may issue run tokens for any
+        // tenant; a delegation lets its holder do exactly that, no more.
+        let platform_service =
+            key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "service");
+        if !platform_service {
+            self.state
+                .refused(&key, "tokens.delegate", "run-signer")
+                .await;
+            return Err(AuthError::Forbidden(
+                "only the platform's service key may sign run tokens".into(),
+            )
+            .into());
+        }
+        let public_key = <[u8; 32]>::try_from(request.get_ref().public_key.as_slice())
+            .ok()
+            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+            .ok_or_else(|| AuthError::InvalidArgument {
+                field: "public_key",
+                message: "must be an Ed25519 public key (32 bytes)".into(),
+            })?;
+        let mut claims = amaos_mesh::token::claims_for(
+            &key.key_id,
+            PLATFORM_TENANT,
+            &[amaos_mesh::token::RUN_SIGNER_ROLE.into()],
+            self.state.signer.token_ttl(),
+            "",
+        );
+        claims.cnf = amaos_mesh::token::confirmation_key(&public_key);
+        // Audited before it is handed out: no record, no delegation.
+        self.state
+            .audit
+            .append_async(Entry {
+                principal: &key.key_id,
+                tenant: &key.tenant,
+                action: "tokens.delegate",
+                object: &claims.cnf,
+                allowed: true,
+            })
+            .await
+            .map_err(|e| AuthError::AuditDown(e.to_string()))?;
+        Ok(Response::new(pb::DelegateRunSigningResponse {
+            delegation: self.state.signer.sign(&claims),
+            expires_at: Some(ms_timestamp(claims.exp * 1000)),
+        }))
+    }
+
     async fn get_signing_keys(
         &self,
         _request: Request<pb::GetSigningKeysRequest>,
