@@ -166,11 +166,11 @@ impl TrailSettings {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "audit".into());
-                anchor::AnchorStore::File(
+                anchor::AnchorStore::File(anchor::FileAnchor::new(
                     key_dir
                         .unwrap_or(&self.data_dir)
                         .join(format!("{name}.checkpoint")),
-                )
+                ))
             }
             Anchor::Redis { url, prefix } => {
                 anchor::AnchorStore::Redis(anchor::RedisAnchor::new(url, prefix, trail))
