@@ -875,3 +875,39 @@ async fn only_the_platform_service_obtains_a_delegation_and_it_signs_only_run_to
     );
     mesh.stop().await;
 }
+
+/// A delegation that no longer covers the run token an attempt needs is
+/// renewed, rather than every attempt falling back to a call to auth (with
+/// the defaults — 15 min delegations, 10 min tasks — that fell back for more
+/// than half of each delegation's life).
+#[tokio::test]
+async fn a_delegation_that_no_longer_covers_a_run_is_renewed() {
+    let mesh = TestMesh::start_with(|config| {
+        config.auth.token_ttl = std::time::Duration::from_secs(40);
+        config.orchestrator.task_timeout = std::time::Duration::from_secs(5);
+    })
+    .await;
+    let key = mesh.create_key("acme", "developer").await;
+    let delegations = || {
+        std::fs::read_to_string(mesh.config.audit_file())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["action"] == "tokens.delegate" && r["decision"] == "allow")
+            .count()
+    };
+    // Each run token lives 35 s (the task's 5 s plus the margin); the first
+    // delegation covers 40 s, so 11 s later a run needs a new one.
+    for (pause, expected) in [(0, 1), (11, 2)] {
+        tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
+        let task = mesh.submit(&key, &common::research_crew(), "renewal").await;
+        let events = mesh.events(&key, &task).await;
+        assert_eq!(
+            mesh.task(&key, &task).await.state,
+            pb::TaskState::Succeeded as i32,
+            "{events:?}"
+        );
+        assert_eq!(delegations(), expected);
+    }
+    mesh.stop().await;
+}

@@ -59,16 +59,16 @@ pub fn require(caller: &Caller, action: &str) -> Result<(), OrchestratorError> {
 /// attempt, living until the task's deadline (plus a small margin). Workers,
 /// tools and memory see only what that run may do, and a token captured from
 /// one run reaches no other task. One signature per attempt, made here with
-/// a key of this process that auth delegated (`DelegateRunSigning`, renewed
-/// when a third of its life is left); a token that would outlive the
-/// delegation is asked of auth (`IssueToken`) instead.
+/// a key of this process that auth delegated (`DelegateRunSigning`, asked
+/// again as soon as it no longer covers the token an attempt needs); a token
+/// that would outlive even a new delegation is asked of auth (`IssueToken`).
 pub struct RunTokens {
     auth: AuthServiceClient<MeshChannel>,
     key_file: std::path::PathBuf,
     key: tokio::sync::Mutex<Option<String>>,
     /// The key run tokens are signed with; never leaves this process.
     signing: SigningKey,
-    /// The delegation for `signing`, when it expires, and when to renew it.
+    /// The delegation for `signing`, when it expires, and when it was obtained.
     delegation: std::sync::RwLock<Option<Delegation>>,
     /// Held while asking for a delegation, so concurrent attempts share one;
     /// after a refusal, until when auth is not asked again.
@@ -80,7 +80,7 @@ struct Delegation {
     token: String,
     /// Seconds since the epoch.
     expires: u64,
-    renew_at: Instant,
+    obtained: Instant,
 }
 
 /// How long a run token outlives its task's deadline (clock skew, the last
@@ -89,6 +89,9 @@ pub const RUN_TOKEN_MARGIN: Duration = Duration::from_secs(30);
 /// How long after a refused delegation run tokens are asked of auth without
 /// asking for a delegation again.
 const DELEGATION_RETRY: Duration = Duration::from_secs(30);
+/// A delegation younger than this is not renewed for a run it cannot cover:
+/// a new one would expire barely later.
+const DELEGATION_FRESH: Duration = Duration::from_secs(10);
 
 impl RunTokens {
     /// Tokens from `auth`, with the service key read from `key_file` when first needed.
@@ -121,13 +124,13 @@ impl RunTokens {
         claims.attempt = run.attempt;
         claims.team = run.team.clone();
         claims.session = run.session.clone();
-        match self.delegation().await {
-            Ok(delegation) if claims.exp <= delegation.expires => Ok(token::sign_delegated(
+        match self.delegation(claims.exp).await {
+            Ok(Some(delegation)) => Ok(token::sign_delegated(
                 &claims,
                 &delegation.token,
                 &self.signing,
             )),
-            Ok(_) => self.issued_by_auth(tenant, subject, run, ttl).await,
+            Ok(None) => self.issued_by_auth(tenant, subject, run, ttl).await,
             Err(error) => {
                 // An auth that cannot delegate (an older version, say) still
                 // signs each run token itself.
@@ -137,22 +140,31 @@ impl RunTokens {
         }
     }
 
-    /// The delegation in force, asked of auth when there is none or it is
-    /// due for renewal.
-    async fn delegation(&self) -> Result<Delegation, String> {
+    /// A delegation that covers a token expiring at `exp` (seconds since the
+    /// epoch): the one in force, else a new one asked of auth. `None`: even a
+    /// new delegation would expire first (the run outlives what auth
+    /// delegates).
+    async fn delegation(&self, exp: u64) -> Result<Option<Delegation>, String> {
         let current = || {
             self.delegation
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone()
-                .filter(|d| Instant::now() < d.renew_at)
         };
-        if let Some(delegation) = current() {
-            return Ok(delegation);
+        // A delegation asked for a moment ago is as long as auth gives:
+        // asking again cannot cover more.
+        let covers = |d: &Delegation| exp <= d.expires;
+        let fresh = |d: &Delegation| d.obtained.elapsed() < DELEGATION_FRESH;
+        match current() {
+            Some(d) if covers(&d) => return Ok(Some(d)),
+            Some(d) if fresh(&d) => return Ok(None),
+            _ => {}
         }
         let mut asking = self.delegating.lock().await;
-        if let Some(delegation) = current() {
-            return Ok(delegation);
+        match current() {
+            Some(d) if covers(&d) => return Ok(Some(d)),
+            Some(d) if fresh(&d) => return Ok(None),
+            _ => {}
         }
         // After a refusal, auth is not asked again for a while.
         if asking.is_some_and(|until| Instant::now() < until) {
@@ -162,7 +174,7 @@ impl RunTokens {
         *asking = asked.is_err().then(|| Instant::now() + DELEGATION_RETRY);
         let delegation = asked?;
         *self.delegation.write().unwrap_or_else(|e| e.into_inner()) = Some(delegation.clone());
-        Ok(delegation)
+        Ok(covers(&delegation).then_some(delegation))
     }
 
     async fn ask_delegation(&self) -> Result<Delegation, String> {
@@ -182,15 +194,10 @@ impl RunTokens {
             .expires_at
             .and_then(|t| u64::try_from(t.seconds).ok())
             .ok_or("auth answered a delegation without an expiry")?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
         Ok(Delegation {
             token: answer.delegation,
             expires,
-            // Renewed once a third of its life is left.
-            renew_at: Instant::now() + Duration::from_secs(expires.saturating_sub(now) * 2 / 3),
+            obtained: Instant::now(),
         })
     }
 
