@@ -454,14 +454,8 @@ impl TokenVerifier {
     }
 
     async fn verify_any(&self, token: &str) -> Result<Claims, TokenError> {
-        if let Some(claims) = self
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(token)
-            && claims.exp.saturating_add(LEEWAY) > now_s()
-        {
-            return Ok(claims.clone());
+        if let Some(claims) = self.cached(token) {
+            return Ok(claims);
         }
         let claims = match self.verify_known(token) {
             Err(TokenError::UnknownKey(kid)) => {
@@ -482,14 +476,7 @@ impl TokenVerifier {
             return parsed.direct(|kid| self.lookup(kid));
         }
         let dlg = parsed.header.dlg.as_str();
-        let cached = self
-            .verified
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(dlg)
-            .filter(|c| c.exp.saturating_add(LEEWAY) > now_s())
-            .cloned();
-        let delegation = match cached {
+        let delegation = match self.cached(dlg) {
             Some(claims) => claims,
             None => {
                 let claims = parse(dlg)?.direct(|kid| self.lookup(kid))?;
@@ -498,6 +485,16 @@ impl TokenVerifier {
             }
         };
         parsed.delegated(&delegation)
+    }
+
+    /// The claims of `token`, verified before and not expired since.
+    fn cached(&self, token: &str) -> Option<Claims> {
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(token)
+            .filter(|c| c.exp.saturating_add(LEEWAY) > now_s())
+            .cloned()
     }
 
     fn remember(&self, token: &str, claims: &Claims) {
