@@ -385,52 +385,41 @@ impl Config {
         Ok(())
     }
 
+    /// `configured`, else `name` in the data directory.
+    fn configured_or_data(&self, configured: &Option<PathBuf>, name: &str) -> PathBuf {
+        configured
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(name))
+    }
+
     /// The tools workspace root.
     pub fn workspace_dir(&self) -> PathBuf {
-        self.tools
-            .workspace_dir
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("workspaces"))
+        self.configured_or_data(&self.tools.workspace_dir, "workspaces")
     }
 
     /// The token signing keys.
     pub fn signing_key_file(&self) -> PathBuf {
-        self.auth
-            .signing_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("signing-keys.json"))
+        self.configured_or_data(&self.auth.signing_key_file, "signing-keys.json")
     }
 
     /// The key the orchestrator uses to obtain task-scoped tokens.
     pub fn service_key_file(&self) -> PathBuf {
-        self.orchestrator
-            .service_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("service.key"))
+        self.configured_or_data(&self.orchestrator.service_key_file, "service.key")
     }
 
     /// The key an agents worker proves its `worker` identity with.
     pub fn worker_key_file(&self) -> PathBuf {
-        self.agents
-            .service_key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("worker.key"))
+        self.configured_or_data(&self.agents.service_key_file, "worker.key")
     }
 
     /// The audit trail.
     pub fn audit_file(&self) -> PathBuf {
-        self.auth
-            .audit_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("audit.jsonl"))
+        self.configured_or_data(&self.auth.audit_file, "audit.jsonl")
     }
 
     /// The API key store.
     pub fn key_file(&self) -> PathBuf {
-        self.auth
-            .key_file
-            .clone()
-            .unwrap_or_else(|| self.data_dir.join("keys.json"))
+        self.configured_or_data(&self.auth.key_file, "keys.json")
     }
 }
 
