@@ -796,13 +796,16 @@ async fn only_the_platform_service_obtains_a_delegation_and_it_signs_only_run_to
         TestMesh::with_key(key, auth::DelegateRunSigningRequest { public_key })
     };
     let public = delegate.verifying_key().to_bytes().to_vec();
-    let admin = mesh.create_key("acme", "admin").await;
-    let status = mesh
-        .auth()
-        .delegate_run_signing(ask(&admin, public.clone()))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    // A tenant's admin, and a developer who may not even issue tokens.
+    for role in ["admin", "developer"] {
+        let key = mesh.create_key("acme", role).await;
+        let status = mesh
+            .auth()
+            .delegate_run_signing(ask(&key, public.clone()))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
     let service_key = std::fs::read_to_string(mesh.config.service_key_file()).unwrap();
     let service_key = service_key.trim();
     let status = mesh
@@ -870,8 +873,8 @@ async fn only_the_platform_service_obtains_a_delegation_and_it_signs_only_run_to
             .iter()
             .map(|r| r["decision"].as_str().unwrap())
             .collect::<Vec<_>>(),
-        ["deny", "allow", "allow"],
-        "the test's refused and granted delegations, then the orchestrator's"
+        ["deny", "deny", "allow", "allow"],
+        "the test's two refused and one granted delegations, then the orchestrator's"
     );
     mesh.stop().await;
 }

@@ -575,9 +575,9 @@ impl AuthService for Auth {
         request: Request<pb::DelegateRunSigningRequest>,
     ) -> Result<Response<pb::DelegateRunSigningResponse>, Status> {
         let key = self.state.caller(&request).await?;
-        self.state.check(&key, "tokens", "issue").await?;
         // Only the platform's service key may issue run tokens for any
-        // tenant; a delegation lets its holder do exactly that, no more.
+        // tenant; a delegation lets its holder do exactly that, no more. Any
+        // other caller is refused (and recorded) as `tokens.delegate`.
         let platform_service =
             key.tenant == PLATFORM_TENANT && key.roles.iter().any(|r| r == "service");
         if !platform_service {
@@ -589,6 +589,7 @@ impl AuthService for Auth {
             )
             .into());
         }
+        self.state.check(&key, "tokens", "issue").await?;
         let public_key = <[u8; 32]>::try_from(request.get_ref().public_key.as_slice())
             .ok()
             .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
