@@ -29,6 +29,12 @@ vault kv get secret/audit/hmac-key >/dev/null 2>&1 \
 vault auth list -format=json | grep -q '"kubernetes/"' || vault auth enable kubernetes
 
 vault policy write amaos-common policies/amaos-common.hcl
+# No role for the REST gateway (amaos-gateway): it reads no secret — it
+# passes each client's own credential through, proves itself with its
+# ServiceAccount (Linkerd) or its certificate (rustls), seals nothing and
+# writes no audit trail, so it needs neither the audit key of amaos-common
+# nor a Vault token (its pods mount none). Give it a role only if that
+# changes.
 for svc in orchestrator router agents tools memory auth; do
   vault policy write "amaos-$svc" "policies/amaos-$svc.hcl"
   vault write "auth/kubernetes/role/amaos-$svc" \
