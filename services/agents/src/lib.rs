@@ -15,6 +15,7 @@
 //! - [`engine`]: runs a team — crews, group chats, hybrids, the judge — with
 //!   its calls to models, tools and memory (`engine/` holds one module per
 //!   concern).
+//! - [`graph`]: a team's shape as nodes and edges, for `TeamSummary.graph`.
 //! - [`registration`]: registering and heartbeating with the router.
 //! - this file: the gRPC service, its errors and their mapping, [`serve`].
 //!
@@ -24,6 +25,7 @@
 pub mod anthropic;
 pub mod catalog;
 pub mod engine;
+pub mod graph;
 mod http;
 pub mod model;
 pub mod openai;
@@ -181,6 +183,7 @@ fn summary(spec: &TeamSpec) -> pb::TeamSummary {
         description: spec.description.clone(),
         kind: spec.kind().into(),
         agents: spec.agents.iter().map(|a| a.name.clone()).collect(),
+        graph: Some(graph::team_graph(spec)),
     }
 }
 
