@@ -468,3 +468,33 @@ async fn records_carry_the_trace_id() {
     assert_eq!(record.trace_id, trace_id);
     assert_ne!(record.trace_id, "");
 }
+
+#[test]
+fn a_trail_being_written_verifies_as_intact_while_it_grows() {
+    // Verification reads the records and the checkpoint under a shared lock
+    // on the file, so appends landing meanwhile are never read as a cut tail
+    // or a torn record.
+    let dir = tempfile::tempdir().unwrap();
+    let path = trail(dir.path(), 1);
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let log = AuditLog::append_only(&path);
+            for i in 0..300 {
+                log.append(entry(&format!("w{i}"))).unwrap();
+            }
+        })
+    };
+    let mut seen = 0;
+    while !writer.is_finished() {
+        match verify_file(&path).unwrap() {
+            Verdict::Intact(n) => {
+                assert!(n >= seen, "the trail shrank from {seen} to {n}");
+                seen = n;
+            }
+            other => panic!("a growing trail verified as {other:?}"),
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(verify_file(&path).unwrap(), Verdict::Intact(301));
+}

@@ -6,6 +6,7 @@
 //! - [`keys`]: the key store (argon2id hashes in a JSON file).
 //! - [`audit`]: the hash-chained audit trail.
 //! - [`signing`]: the Ed25519 keys that sign tokens, rotated.
+//! - [`trail_check`]: the trail's verification QueryAudit reports, cached.
 //! - [`error`]: the service's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service, the verification cache, [`open`] (which
 //!   creates the first admin key) and [`serve`].
@@ -14,6 +15,7 @@ pub mod error;
 pub mod keys;
 pub mod redis_keys;
 pub mod signing;
+pub mod trail_check;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -56,6 +58,7 @@ pub struct AuthState {
     keys: Arc<dyn KeyBackend>,
     signer: signing::Signer,
     audit: AuditLog,
+    trail_check: trail_check::TrailCheck,
     cache: Mutex<HashMap<[u8; 32], (StoredKey, Instant)>>,
     cache_ttl: Duration,
     max_key_ttl: Duration,
@@ -147,6 +150,7 @@ pub async fn open(config: &Config) -> Result<Opened, AuthError> {
             signer,
             audit: AuditLog::open_configured(config)
                 .map_err(|e| AuthError::Store(e.to_string()))?,
+            trail_check: trail_check::TrailCheck::new(config, trail_check::MIN_INTERVAL),
             cache: Mutex::new(HashMap::new()),
             cache_ttl: config.auth.key_cache_ttl,
             max_key_ttl: config.auth.max_key_ttl,
@@ -704,6 +708,12 @@ impl AuthService for Auth {
             .state
             .audit
             .query(tenant, action, after_ms, after_index, limit);
+        let verification = self.state.trail_check.current().await;
+        let verification = if platform {
+            verification
+        } else {
+            trail_check::for_tenant(verification)
+        };
         Ok(Response::new(pb::QueryAuditResponse {
             records: records
                 .into_iter()
@@ -720,6 +730,7 @@ impl AuthService for Auth {
                     hash: r.hash,
                 })
                 .collect(),
+            verification: Some(verification),
         }))
     }
 }

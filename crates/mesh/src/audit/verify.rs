@@ -217,12 +217,31 @@ pub fn judge(
     })
 }
 
-fn read_records(path: &Path) -> Result<Option<Vec<Record>>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+/// The records of the trail at `path` (`None` when there is no file) and
+/// its checkpoint, read together under a shared lock on the file: writers
+/// append and move the checkpoint under the exclusive lock, so a live
+/// trail is never seen half-written, nor with a checkpoint past the records
+/// read (which would read as a cut tail). The lock is held for the reading
+/// only; the records are checked after it is released.
+fn read_trail(
+    path: &Path,
+    store: &mut anchor::AnchorStore,
+) -> Result<(Option<Vec<Record>>, Option<Checkpoint>), String> {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((None, store.load(false)?));
+        }
         Err(e) => return Err(format!("{}: {e}", path.display())),
     };
+    file.lock_shared()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut text = String::new();
+    let read = std::io::Read::read_to_string(&mut file, &mut text)
+        .map_err(|e| format!("{}: {e}", path.display()));
+    let checkpoint = read.and_then(|_| store.load(false));
+    let _ = file.unlock();
+    let checkpoint = checkpoint?;
     let mut records = Vec::new();
     for (n, line) in text
         .lines()
@@ -238,7 +257,7 @@ fn read_records(path: &Path) -> Result<Option<Vec<Record>>, String> {
         })?;
         records.push(record);
     }
-    Ok(Some(records))
+    Ok((Some(records), checkpoint))
 }
 
 /// Verifies the trail at `path` with the key and checkpoint `settings`
@@ -249,13 +268,12 @@ pub async fn verify_trail(
     path: &Path,
     also_in: &[PathBuf],
 ) -> Result<Report, String> {
-    let records = read_records(path)?;
     let found = super::key::find(settings, false, also_in).await?;
     let trail = anchor::trail_id(path);
     let mut store =
         settings.anchor_store(path, found.as_ref().and_then(|f| f.dir.as_deref()), &trail);
     let at = store.describe();
-    let checkpoint = store.load(false)?;
+    let (records, checkpoint) = read_trail(path, &mut store)?;
     let Some(records) = records else {
         return match checkpoint {
             Some(c) => Ok(Report {
