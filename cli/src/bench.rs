@@ -93,7 +93,7 @@ fn chat_spec(latency: Duration) -> String {
     )
 }
 
-fn crew_spec(latency: Duration) -> String {
+pub(crate) fn crew_spec(latency: Duration) -> String {
     let latency = if latency.is_zero() {
         String::new()
     } else {
@@ -141,6 +141,20 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxEr
             return Err(format!("unknown scenario `{other}`; scenarios: crew, group_chat").into());
         }
     };
+    let (mesh, shutdown, _dir) = start_mesh(&options, team, &spec).await?;
+    let result = drive(&mesh, &options, team, calls).await;
+    stop_mesh(mesh, shutdown).await;
+    result
+}
+
+/// A benchmark's mesh: every listener on port 0, the team `team` from
+/// `spec`, limits sized for `options.concurrency`. The directory must
+/// outlive the mesh.
+pub(crate) async fn start_mesh(
+    options: &BenchOptions,
+    team: &str,
+    spec: &str,
+) -> Result<(Mesh, CancellationToken, tempfile::TempDir), amaos_mesh::BoxError> {
     let dir = tempfile::tempdir()?;
     let teams = dir.path().join("teams");
     std::fs::create_dir_all(&teams)?;
@@ -161,6 +175,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxEr
         (&mut config.tools.listen, &mut config.tools.admin_listen),
         (&mut config.memory.listen, &mut config.memory.admin_listen),
         (&mut config.auth.listen, &mut config.auth.admin_listen),
+        (&mut config.gateway.listen, &mut config.gateway.admin_listen),
     ] {
         *listen = any;
         *admin = None;
@@ -182,13 +197,16 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxEr
 
     let shutdown = CancellationToken::new();
     let mesh = Mesh::start(config, shutdown.clone()).await?;
-    let result = drive(&mesh, &options, team, calls).await;
+    Ok((mesh, shutdown, dir))
+}
+
+/// Stops a benchmark's mesh.
+pub(crate) async fn stop_mesh(mesh: Mesh, shutdown: CancellationToken) {
     shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(30), mesh.wait(shutdown)).await;
     if !matches!(stopped, Ok(Ok(()))) {
         tracing::warn!("the mesh did not stop cleanly after the benchmark");
     }
-    result
 }
 
 async fn drive(

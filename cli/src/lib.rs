@@ -3,7 +3,9 @@
 //! # Layout
 //!
 //! - [`up`]: the whole mesh in one process (`amaos up`).
-//! - [`bench`]: `amaos bench`, scenarios run against an in-process mesh.
+//! - [`bench`]: `amaos bench`, scenarios run against an in-process mesh;
+//!   [`bench_memory`], [`bench_sandbox`] and [`bench_rest`] (the REST
+//!   gateway's overhead over gRPC) are scenarios of their own.
 //! - [`chaos`]: `amaos bench --scenario chaos`, faults injected into the six
 //!   services run as processes on Redis, and what survived them.
 //! - [`commands`]: the client commands (run, submit, tasks, task, watch,
@@ -12,6 +14,7 @@
 
 pub mod bench;
 pub mod bench_memory;
+pub mod bench_rest;
 pub mod bench_sandbox;
 pub mod chaos;
 pub mod commands;

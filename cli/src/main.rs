@@ -112,7 +112,9 @@ enum Command {
         /// `memory` (embedding throughput, recall@10 and search latency on
         /// the long-term tier); or `sandbox` (sandboxed `true` against a bare
         /// spawn); or `chaos` (the six services as processes on Redis, a
-        /// batch of side-effecting tasks, one fault mid-batch: what survived).
+        /// batch of side-effecting tasks, one fault mid-batch: what survived);
+        /// or `rest` (submit + get over gRPC and through the REST gateway,
+        /// `--tasks` rounds: the gateway's overhead).
         #[arg(long, default_value = "crew")]
         scenario: String,
         /// For `chaos`: the fault (worker-kill, replica-kill,
@@ -422,6 +424,7 @@ async fn dispatch(
             model_latency_ms,
             ..
         } => {
+            let rest = scenario == "rest";
             let options = amaos_cli::bench::BenchOptions {
                 scenario,
                 backend: match backend {
@@ -435,6 +438,11 @@ async fn dispatch(
                 redis_url: config.orchestrator.redis_url.clone(),
                 embed_model_dir: config.memory.model_dir(&config.data_dir),
             };
+            if rest {
+                let rounds = tasks.unwrap_or(1000) as usize;
+                let report = amaos_cli::bench_rest::run(options, rounds).await;
+                return print_report(report, |r| r.text(), json);
+            }
             print_report(amaos_cli::bench::run(options).await, |r| r.text(), json)
         }
         Command::Config {
@@ -607,7 +615,11 @@ async fn up(config: Config) -> Result<(), Failure> {
         let admin = admin
             .map(|a| format!("  metrics http://{a}/metrics"))
             .unwrap_or_default();
-        println!("{service:<13} grpc://{addr}{admin}");
+        if *service == "gateway" {
+            println!("{service:<13} http://{addr}  (REST, /openapi.json, the dashboard){admin}");
+        } else {
+            println!("{service:<13} grpc://{addr}{admin}");
+        }
     }
     if let Some(path) = &mesh.bootstrap_key_file {
         println!(

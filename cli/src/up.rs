@@ -1,5 +1,5 @@
-//! `amaos up`: all six services in one process, each on its own loopback
-//! listener, talking real gRPC to each other.
+//! `amaos up`: all six services and the REST gateway in one process, each
+//! on its own loopback listener, talking real gRPC to each other.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,14 +14,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// The services, in start order.
-pub const SERVICES: [&str; 6] = [
+/// The services, in start order; the REST gateway last, in front of them.
+pub const SERVICES: [&str; 7] = [
     "auth",
     "router",
     "memory",
     "tools",
     "agents",
     "orchestrator",
+    "gateway",
 ];
 
 /// A running mesh.
@@ -79,6 +80,7 @@ impl Mesh {
                 "memory" => (config.memory.listen, config.memory.admin_listen),
                 "tools" => (config.tools.listen, config.tools.admin_listen),
                 "agents" => (config.agents.listen, config.agents.admin_listen),
+                "gateway" => (config.gateway.listen, config.gateway.admin_listen),
                 _ => (config.orchestrator.listen, config.orchestrator.admin_listen),
             };
             let listener = bind(service, listen).await?;
@@ -98,6 +100,7 @@ impl Mesh {
                 "memory" => config.memory.url = url,
                 "tools" => config.tools.url = url,
                 "agents" => config.agents.url = url,
+                "gateway" => config.gateway.url = url,
                 _ => config.orchestrator.url = url,
             }
             addresses.push((service, local, admin_local));
@@ -128,6 +131,7 @@ impl Mesh {
                 "memory" => tokio::spawn(amaos_memory::serve(c, listener, metrics, stop)),
                 "tools" => tokio::spawn(amaos_tools::serve(c, listener, metrics, stop)),
                 "agents" => tokio::spawn(amaos_agents::serve(c, listener, metrics, stop)),
+                "gateway" => tokio::spawn(amaos_gateway::serve(c, listener, metrics, stop)),
                 _ => tokio::spawn(amaos_orchestrator::serve(c, listener, metrics, stop)),
             };
             tasks.push((service, handle));

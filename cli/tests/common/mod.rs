@@ -55,12 +55,14 @@ pub fn test_config(dir: &Path) -> Config {
     config.tools.listen = any;
     config.memory.listen = any;
     config.auth.listen = any;
+    config.gateway.listen = any;
     config.orchestrator.admin_listen = None;
     config.router.admin_listen = None;
     config.agents.admin_listen = None;
     config.tools.admin_listen = None;
     config.memory.admin_listen = None;
     config.auth.admin_listen = None;
+    config.gateway.admin_listen = None;
     config.limits.drain_timeout = std::time::Duration::from_secs(2);
     config
 }

@@ -126,7 +126,7 @@ impl Injector for HeaderInjector<'_> {
 }
 
 /// Makes `span` a child of the trace context carried in `headers`, if any.
-pub(crate) fn set_parent_from(span: &tracing::Span, headers: &http::HeaderMap) {
+pub fn set_parent_from(span: &tracing::Span, headers: &http::HeaderMap) {
     let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
     let _ = span.set_parent(parent);
 }

@@ -43,12 +43,21 @@ impl TlsConfig {
 pub fn default_callers(service: &str) -> &'static [&'static str] {
     match service {
         // Tools and memory ask whether a run token's attempt still runs.
-        "orchestrator" => &["tools", "memory", "cli"],
-        "router" => &["orchestrator", "agents", "cli"],
-        "agents" => &["orchestrator", "cli"],
-        "tools" => &["agents", "cli"],
-        "memory" => &["agents", "cli"],
-        "auth" => &["orchestrator", "router", "agents", "tools", "memory", "cli"],
+        // The gateway transcodes REST for every service with HTTP rules.
+        "orchestrator" => &["tools", "memory", "gateway", "cli"],
+        "router" => &["orchestrator", "agents", "gateway", "cli"],
+        "agents" => &["orchestrator", "gateway", "cli"],
+        "tools" => &["agents", "gateway", "cli"],
+        "memory" => &["agents", "gateway", "cli"],
+        "auth" => &[
+            "orchestrator",
+            "router",
+            "agents",
+            "tools",
+            "memory",
+            "gateway",
+            "cli",
+        ],
         _ => &["cli"],
     }
 }

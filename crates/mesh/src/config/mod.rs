@@ -33,6 +33,7 @@ mod agents;
 mod auth;
 mod common;
 mod duration;
+mod gateway;
 mod limits;
 mod memory;
 mod models;
@@ -46,6 +47,7 @@ mod tools;
 pub use agents::AgentsConfig;
 pub use auth::{AuthConfig, Durability, KeyStoreBackend};
 pub use common::{ConfigError, ServiceEndpoint, StoreBackend};
+pub use gateway::GatewayConfig;
 pub use limits::Limits;
 pub use memory::{EmbedderBackend, LongTermBackend, MemoryConfig};
 pub use models::{ModelConfig, ModelProvider};
@@ -72,6 +74,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tools",
     "memory",
     "auth",
+    "gateway",
     "models",
     "secrets",
     "tls",
@@ -101,6 +104,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     /// The auth service.
     pub auth: AuthConfig,
+    /// The REST gateway.
+    pub gateway: GatewayConfig,
     /// Model aliases agents name in their specs (`replay` is built in).
     pub models: BTreeMap<String, ModelConfig>,
     /// Where secrets (LLM API keys, MCP credentials) come from.
@@ -131,6 +136,8 @@ pub enum Section {
     Memory,
     /// `[auth]`.
     Auth,
+    /// `[gateway]`.
+    Gateway,
     /// `[models.<alias>]`.
     Models,
     /// `[tls]`.
@@ -151,6 +158,7 @@ impl Section {
         Section::Tools,
         Section::Memory,
         Section::Auth,
+        Section::Gateway,
         Section::Models,
         Section::Tls,
         Section::Secrets,
@@ -172,6 +180,8 @@ pub enum Service {
     Memory,
     /// `amaos-auth`.
     Auth,
+    /// `amaos-gateway`.
+    Gateway,
 }
 
 impl Service {
@@ -183,6 +193,7 @@ impl Service {
         Service::Tools,
         Service::Memory,
         Service::Auth,
+        Service::Gateway,
     ];
 
     /// The service's name (`router`), as in its binary and its section.
@@ -194,6 +205,7 @@ impl Service {
             Service::Tools => "tools",
             Service::Memory => "memory",
             Service::Auth => "auth",
+            Service::Gateway => "gateway",
         }
     }
 
@@ -269,6 +281,15 @@ impl Service {
                 S::Tls,
                 S::Secrets,
             ],
+            Service::Gateway => &[
+                S::Limits,
+                S::Telemetry,
+                S::Endpoints,
+                S::Gateway,
+                S::Auth,
+                S::Tls,
+                S::Secrets,
+            ],
         }
     }
 }
@@ -286,6 +307,7 @@ impl Default for Config {
             tools: ToolsConfig::default(),
             memory: MemoryConfig::default(),
             auth: AuthConfig::default(),
+            gateway: GatewayConfig::default(),
             models: BTreeMap::new(),
             secrets: SecretsConfig::default(),
             tls: TlsConfig::default(),
@@ -364,6 +386,7 @@ impl Config {
             Section::Tools => self.tools.validate(),
             Section::Memory => self.memory.validate(),
             Section::Auth => self.auth.validate(),
+            Section::Gateway => self.gateway.validate(),
             Section::Models => models::validate(&self.models),
             Section::Tls => self.tls.validate(),
             Section::Secrets => self.secrets.validate(),
@@ -519,6 +542,6 @@ mod tests {
                 );
             }
         }
-        assert_eq!(Service::from_name("gateway"), None);
+        assert_eq!(Service::from_name("nonesuch"), None);
     }
 }

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use super::common::{ConfigError, positive};
 use super::duration::duration_text;
 
-/// The services of the mesh, and `cli` for the `amaos` command and operators.
+/// The services of the mesh (the gateway only as a caller: its own listener
+/// speaks HTTP to clients), and `cli` for the `amaos` command and operators.
 pub const PRINCIPALS: &[&str] = &[
     "orchestrator",
     "router",
@@ -17,6 +18,7 @@ pub const PRINCIPALS: &[&str] = &[
     "tools",
     "memory",
     "auth",
+    "gateway",
     "cli",
 ];
 
@@ -101,7 +103,7 @@ impl TlsConfig {
         }
         positive("tls.handshake_timeout", self.handshake_timeout)?;
         for service in self.allow.keys() {
-            if !PRINCIPALS.contains(&service.as_str()) || service == "cli" {
+            if !PRINCIPALS.contains(&service.as_str()) || service == "cli" || service == "gateway" {
                 return Err(ConfigError::new(
                     &format!("tls.allow.{service}"),
                     "names no service (orchestrator, router, agents, tools, memory, auth)",

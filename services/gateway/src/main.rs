@@ -1,0 +1,11 @@
+//! `amaos-gateway`: the REST gateway as its own process.
+
+fn main() -> std::process::ExitCode {
+    amaos_mesh::process::run_service(
+        "gateway",
+        |c| &c.gateway,
+        |config, listener, metrics, shutdown| {
+            amaos_gateway::serve(config, listener, metrics, shutdown)
+        },
+    )
+}
