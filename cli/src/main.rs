@@ -100,6 +100,14 @@ enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Print the REST API's OpenAPI 3.1 document (the gateway serves the
+    /// same at /openapi.json), for client generators and API gateways.
+    Openapi {
+        /// Only this service's routes (orchestrator, agents, router, tools,
+        /// memory, auth).
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Check a team spec locally; errors name the line and field.
     Validate {
         /// The team spec (YAML).
@@ -391,6 +399,15 @@ async fn dispatch(
         Command::Task { id } => commands::task(&client(), &id, json).await,
         Command::Watch { id, after } => commands::watch(&client(), &id, after, json).await,
         Command::Cancel { id, reason } => commands::cancel(&client(), &id, reason, json).await,
+        Command::Openapi { service } => {
+            let document =
+                amaos_gateway::openapi_document(service.as_deref()).map_err(|e| Failure {
+                    message: e.to_string(),
+                    code: 2,
+                })?;
+            println!("{document}");
+            Ok(())
+        }
         Command::Validate { spec } => {
             commands::read_spec(&spec)?;
             println!("{}: valid", spec.display());

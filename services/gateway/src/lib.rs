@@ -79,3 +79,21 @@ pub async fn serve(
     )
     .await
 }
+
+/// The OpenAPI document of every service (`None`) or of one, as the
+/// gateway serves it at `/openapi.json` and `/openapi/<service>.json`.
+pub fn openapi_document(service: Option<&str>) -> Result<String, BoxError> {
+    let pool = descriptors()?;
+    let routes = routes::routes(&pool)?;
+    let documents = openapi::Documents::build(&pool, &routes);
+    match service {
+        None => Ok(documents.all().to_owned()),
+        Some(name) => documents.service(name).map(str::to_owned).ok_or_else(|| {
+            format!(
+                "no OpenAPI document for `{name}`; services: {}",
+                documents.names().join(", ")
+            )
+            .into()
+        }),
+    }
+}
