@@ -369,6 +369,104 @@ async fn rest_through_the_gateway() {
     assert_eq!(status, 200);
     assert!(doc["paths"].get("/v1/teams").is_none());
 
+    // The other services' annotated RPCs, one call each. Auth: keys,
+    // authentication, signing keys, the audit trail.
+    let (status, created) = rest
+        .post(
+            &admin,
+            "/v1/api-keys",
+            &json!({ "name": "ci", "tenant": "acme", "roles": ["developer"], "ttl": "3600s" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let key_id = created["apiKey"]["keyId"].as_str().unwrap().to_owned();
+    let (status, listed) = rest.get(&admin, "/v1/api-keys?tenant=acme").await;
+    assert_eq!(status, 200, "{listed}");
+    assert!(
+        listed["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["keyId"] == key_id.as_str())
+    );
+    let (status, principal) = rest
+        .post(
+            &admin,
+            "/v1/auth:authenticate",
+            &json!({ "apiKey": secret }),
+        )
+        .await;
+    assert_eq!(status, 200, "{principal}");
+    assert_eq!(principal["principal"]["tenant"], "acme");
+    let (status, revoked) = rest
+        .post(&admin, &format!("/v1/api-keys/{key_id}:revoke"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    let (status, _) = rest.get(&secret, "/v1/tasks").await;
+    assert_eq!(status, 401, "a revoked key is refused through REST too");
+    let (status, keys) = rest.get(&admin, "/v1/auth/keys").await;
+    assert_eq!(status, 200, "{keys}");
+    let (status, audit) = rest.get(&admin, "/v1/audit?pageSize=5").await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(!audit["records"].as_array().unwrap().is_empty());
+    let (status, _) = rest.get(&viewer, "/v1/audit").await;
+    assert_eq!(status, 403, "the audit trail is not a viewer's");
+
+    // Tools and memory: listing works for a user; calls that need a run
+    // token are refused with a status, never a crash or a 5xx.
+    let (status, tools) = rest.get(&admin, "/v1/tools").await;
+    assert_eq!(status, 200, "{tools}");
+    assert!(
+        tools["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "file_read")
+    );
+    for (path, body) in [
+        (
+            "/v1/tools/file_read:invoke",
+            json!({ "arguments": { "path": "x" }, "taskId": task_id }),
+        ),
+        (
+            "/v1/tool-servers",
+            json!({ "name": "x", "http": { "url": "http://127.0.0.1:1/mcp" } }),
+        ),
+        (
+            "/v1/memories",
+            json!({ "team": "research-crew", "text": "a fact" }),
+        ),
+        ("/v1/memories:recall", json!({ "query": "a fact" })),
+        ("/v1/memories:forget", json!({ "memoryId": "m" })),
+    ] {
+        let (status, error) = rest.post(&viewer, path, &body).await;
+        assert!((400..500).contains(&status), "{path}: {status} {error}");
+        assert!(error["code"].as_i64().unwrap() > 0, "{path}: {error}");
+    }
+    let (status, error) = rest.get(&viewer, "/v1/memories").await;
+    assert!(
+        status == 200 || (400..500).contains(&status),
+        "{status} {error}"
+    );
+
+    // CORS is off by default: a browser preflight from another origin is refused.
+    let response = rest
+        .http
+        .request(reqwest::Method::OPTIONS, rest.url("/v1/tasks"))
+        .header("origin", "https://evil.example")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    assert!(
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
     // The dashboard is served.
     let response = rest.http.get(rest.url("/")).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
