@@ -229,7 +229,7 @@ async fn the_example_crew_runs_end_to_end() {
 }
 
 #[tokio::test]
-async fn the_example_crew_runs_with_mtls_between_every_service() {
+async fn the_example_crew_runs_with_mtls_between_every_service_and_the_gateway() {
     let mesh = TestMesh::start_with(|config| {
         config.tls.mode = amaos_mesh::tls::TlsMode::Rustls;
         amaos_mesh::tls::init_dev_pki(
@@ -249,6 +249,18 @@ async fn the_example_crew_runs_with_mtls_between_every_service() {
     mesh.events(&key, &id).await;
     let task = mesh.task(&key, &id).await;
     assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+
+    // The REST gateway calls the services with its own certificate.
+    let got: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/tasks/{id}", mesh.config.gateway.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(got["task"]["state"], "TASK_STATE_SUCCEEDED", "{got}");
 
     // Plaintext is refused, and so is a mesh identity that may not call
     // the orchestrator (the router may not).
