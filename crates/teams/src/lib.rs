@@ -3,10 +3,12 @@
 //!
 //! # Layout
 //!
-//! - [`spec`]: the types a team spec deserializes into.
+//! - [`spec`]: the validated types the engine runs ([`TeamSpec`], its
+//!   [`Shape`]), and inside it the YAML document serde reads, the checks that
+//!   name each problem, and the conversion of a sound document.
 //! - [`lines`]: a map from field paths (`crew.tasks[1].agent`) to source lines,
 //!   so semantic errors can point at the line as syntax errors do.
-//! - [`parse`]: YAML text → a validated [`TeamSpec`], or every error found.
+//! - [`parse`]: YAML text → a [`TeamSpec`], or every error found.
 //!
 //! The orchestrator validates inline specs at submission and the agents
 //! service runs them; both use this crate, so a spec is a contract like the
@@ -18,8 +20,8 @@ pub mod spec;
 use std::fmt;
 
 pub use spec::{
-    AgentSpec, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager,
-    NestedTeam, Process, ReplayTurn, TeamSpec, Termination, ToolTurn,
+    AgentSpec, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager,
+    NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination, ToolTurn,
 };
 
 /// The model alias of the built-in deterministic scripted model.
@@ -127,7 +129,7 @@ fn check_nesting(yaml: &str) -> Result<(), SpecErrors> {
 /// run it with `spawn_blocking`.
 pub fn parse(yaml: &str) -> Result<TeamSpec, SpecErrors> {
     check_nesting(yaml)?;
-    let spec: TeamSpec = serde_yaml::from_str(yaml).map_err(|error| {
+    let doc: spec::doc::TeamDoc = serde_yaml::from_str(yaml).map_err(|error| {
         let line = error.location().map(|l| l.line());
         let message = error.to_string();
         // serde_yaml appends " at line L column C"; the line is reported separately.
@@ -145,10 +147,15 @@ pub fn parse(yaml: &str) -> Result<TeamSpec, SpecErrors> {
             message,
         }])
     })?;
-    let problems = spec.problems();
-    if problems.is_empty() {
-        return Ok(spec);
-    }
+    let problems = doc.problems();
+    let problems = if problems.is_empty() {
+        match TeamSpec::try_from(doc) {
+            Ok(spec) => return Ok(spec),
+            Err(problem) => vec![problem],
+        }
+    } else {
+        problems
+    };
     let index = lines::LineIndex::new(yaml);
     let mut errors: Vec<SpecError> = problems
         .into_iter()

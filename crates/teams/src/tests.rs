@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 const GOOD: &str = r#"name: demo
@@ -31,11 +33,16 @@ crew:
 fn a_good_spec_parses() {
     let spec = parse(GOOD).unwrap();
     assert_eq!(spec.agents.len(), 2);
-    assert_eq!(spec.crew.unwrap().tasks[1].context, vec!["research"]);
-    assert_eq!(
-        spec.agents[0].replay[0].tool.as_ref().unwrap().name,
-        "file_write"
-    );
+    let Shape::Crew(crew) = &spec.shape else {
+        panic!("a crew: {:?}", spec.shape)
+    };
+    assert_eq!(crew.process, Process::Sequential);
+    assert_eq!(crew.tasks[1].context, vec!["research"]);
+    assert_eq!(crew.tasks[1].assignee, Assignee::Agent("writer".into()));
+    let ReplayTurn::Tool(tool) = &spec.agents[0].replay[0] else {
+        panic!("a tool turn: {:?}", spec.agents[0].replay)
+    };
+    assert_eq!(tool.name, "file_write");
 }
 
 #[test]
@@ -156,4 +163,103 @@ fn a_task_names_an_agent_or_a_team_not_both() {
     let errors = parse(&bad).unwrap_err();
     assert_eq!(errors.0[0].field, "crew.tasks[1].team", "{errors}");
     assert!(errors.0[0].message.contains("not both"), "{errors}");
+}
+
+#[test]
+fn durations_and_defaults_arrive_resolved() {
+    let spec = parse(
+        r#"name: chat
+agents:
+  - name: a
+    role: r
+    goal: g
+    replay_latency: 250ms
+    replay: [{ say: hi }]
+  - name: pick
+    role: r
+    goal: g
+    replay: [{ say: a }]
+  - name: judge
+    role: r
+    goal: g
+    replay: [{ say: "{}" }]
+group_chat:
+  manager: selector
+  selector: pick
+  task: talk
+  termination: { any: [{ timeout: 2m }, { text_mention: DONE }] }
+judge: { agent: judge, criteria: [good] }
+budget: { max_wall_time: 1h }
+"#,
+    )
+    .unwrap();
+    assert_eq!(spec.kind(), "group_chat");
+    assert_eq!(
+        spec.agents[0].replay_latency,
+        Some(Duration::from_millis(250))
+    );
+    assert_eq!(spec.budget.max_wall_time, Some(Duration::from_secs(3600)));
+    let Shape::GroupChat(chat) = &spec.shape else {
+        panic!("a chat: {:?}", spec.shape)
+    };
+    assert_eq!(chat.manager, Manager::Selector("pick".into()));
+    // Neither the selector nor the judge speaks when no one is listed.
+    assert_eq!(spec.participants(), ["a"]);
+    assert_eq!(
+        chat.termination.any,
+        [
+            Condition::Timeout(Duration::from_secs(120)),
+            Condition::TextMention("DONE".into())
+        ]
+    );
+    assert_eq!(spec.judge.unwrap().threshold, 0.7);
+}
+
+#[test]
+fn a_hierarchical_task_without_an_agent_is_the_managers_to_assign() {
+    let spec = parse(
+        r#"name: h
+agents:
+  - { name: boss, role: r, goal: g, replay: [{ say: hi }] }
+  - { name: w, role: r, goal: g, replay: [{ say: hi }] }
+crew:
+  process: hierarchical
+  manager: boss
+  tasks: [{ name: t, description: d }]
+"#,
+    )
+    .unwrap();
+    let Shape::Crew(crew) = &spec.shape else {
+        panic!("a crew: {:?}", spec.shape)
+    };
+    assert_eq!(
+        crew.process,
+        Process::Hierarchical {
+            manager: "boss".into()
+        }
+    );
+    assert_eq!(crew.tasks[0].assignee, Assignee::Manager);
+}
+
+#[test]
+fn both_or_neither_shape_is_refused() {
+    let both = GOOD.to_owned()
+        + "group_chat:\n  manager: round_robin\n  task: t\n  termination: { any: [{ max_messages: 1 }] }\n";
+    let errors = parse(&both).unwrap_err();
+    assert!(
+        errors
+            .0
+            .iter()
+            .any(|e| e.field == "group_chat" && e.message.contains("not both")),
+        "{errors}"
+    );
+    let crew_at = GOOD.find("crew:").unwrap();
+    let errors = parse(&GOOD[..crew_at]).unwrap_err();
+    assert!(
+        errors
+            .0
+            .iter()
+            .any(|e| e.message == "a team needs a `crew` or a `group_chat`"),
+        "{errors}"
+    );
 }

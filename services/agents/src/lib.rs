@@ -305,7 +305,7 @@ impl AgentsService for Agents {
                 .and_then(amaos_proto::time::duration)
                 .filter(|d| !d.is_zero())
                 .into_iter()
-                .chain(spec.budget.wall_time())
+                .chain(spec.budget.max_wall_time)
                 .min(),
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);

@@ -74,15 +74,15 @@ impl ChatModel for Replay {
         messages: &[ChatMessage],
         _tools: &[ToolSpec],
     ) -> Result<Completion, ModelError> {
-        if let Some(latency) = agent.replay_latency() {
+        if let Some(latency) = agent.replay_latency {
             tokio::time::sleep(latency).await;
         }
         let (n, turn) = self
             .next_turn(agent)
             .ok_or_else(|| ModelError::ScriptExhausted(agent.name.clone()))?;
-        let reply = match (&turn.say, &turn.tool) {
-            (Some(text), _) => Reply::Text(text.replace("{input}", &self.input)),
-            (None, Some(tool)) => Reply::ToolCalls(vec![ToolCallRequest {
+        let reply = match turn {
+            ReplayTurn::Say(text) => Reply::Text(text.replace("{input}", &self.input)),
+            ReplayTurn::Tool(tool) => Reply::ToolCalls(vec![ToolCallRequest {
                 id: format!("replay-{}-{n}", agent.name),
                 name: tool.name.clone(),
                 args: tool
@@ -91,8 +91,6 @@ impl ChatModel for Replay {
                     .map(|(k, v)| (k.clone(), self.fill(v)))
                     .collect(),
             }]),
-            // Specs are validated: every turn has exactly one of the two.
-            (None, None) => Reply::Text(String::new()),
         };
         let completion_text = match &reply {
             Reply::Text(t) => t.clone(),
@@ -312,16 +310,22 @@ mod tests {
     use super::*;
 
     fn agent() -> AgentSpec {
-        let yaml = r#"
-name: a
-role: r
-goal: g
-tools: [file_write]
-replay:
-  - tool: { name: file_write, args: { path: "{input}.md", content: "x" } }
-  - say: "done with {input}"
-"#;
-        serde_yaml::from_str(yaml).unwrap()
+        let spec = amaos_teams::parse(
+            r#"
+name: t
+agents:
+  - name: a
+    role: r
+    goal: g
+    tools: [file_write]
+    replay:
+      - tool: { name: file_write, args: { path: "{input}.md", content: "x" } }
+      - say: "done with {input}"
+crew: { tasks: [{ name: t, description: d, agent: a }] }
+"#,
+        )
+        .unwrap();
+        spec.agents[0].clone()
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::run_event::Payload;
 
+use amaos_teams::{Condition, Manager, Termination};
+
 use super::budget::Budget;
 use super::step::StepId;
 use super::turn::{HUMAN, Turn, converse, converse_turn};
@@ -37,16 +39,23 @@ pub(super) async fn run_chat<M: ChatModel>(
     let mut calls = 0usize;
     // In a swarm the speaker keeps the floor until it hands off.
     let mut holder = participants[0].to_owned();
-    let swarm = chat.manager == amaos_teams::Manager::Swarm;
+    let swarm = chat.manager == Manager::Swarm;
     loop {
-        let (speaker, method) = match chat.manager {
-            amaos_teams::Manager::Selector => {
-                select_speaker(ctx, chat, &participants, &transcript, turn, budget, events).await?
+        let (speaker, method) = match &chat.manager {
+            Manager::Selector(selector) => {
+                select_speaker(
+                    ctx,
+                    selector,
+                    &participants,
+                    &transcript,
+                    turn,
+                    budget,
+                    events,
+                )
+                .await?
             }
-            amaos_teams::Manager::Swarm => (holder.clone(), "handoff"),
-            amaos_teams::Manager::RoundRobin => {
-                (round_robin(&participants, turn).to_owned(), "round_robin")
-            }
+            Manager::Swarm => (holder.clone(), "handoff"),
+            Manager::RoundRobin => (round_robin(&participants, turn).to_owned(), "round_robin"),
         };
         events
             .emit(
@@ -146,7 +155,7 @@ fn render(transcript: &[(String, String)]) -> String {
 
 /// Whether the chat stops after `messages` agent messages, and why.
 fn stop_reason(
-    termination: &amaos_teams::Termination,
+    termination: &Termination,
     transcript: &[(String, String)],
     messages: usize,
     tokens: u64,
@@ -156,22 +165,15 @@ fn stop_reason(
         .last()
         .map(|(_, t)| t.as_str())
         .unwrap_or_default();
-    let holds = |c: &amaos_teams::Condition| -> Option<String> {
-        if let Some(n) = c.max_messages {
-            return (messages as u32 >= n).then(|| format!("{n} messages"));
-        }
-        if let Some(text) = &c.text_mention {
-            return last
+    let holds = |c: &Condition| -> Option<String> {
+        match c {
+            Condition::MaxMessages(n) => (messages as u32 >= *n).then(|| format!("{n} messages")),
+            Condition::TextMention(text) => last
                 .contains(text.as_str())
-                .then(|| format!("`{text}` mentioned"));
+                .then(|| format!("`{text}` mentioned")),
+            Condition::MaxTokens(n) => (tokens >= *n).then(|| format!("{n} tokens used")),
+            Condition::Timeout(limit) => (elapsed >= *limit).then(|| format!("{limit:?} elapsed")),
         }
-        if let Some(n) = c.max_tokens {
-            return (tokens >= n).then(|| format!("{n} tokens used"));
-        }
-        if let Some(limit) = c.timeout() {
-            return (elapsed >= limit).then(|| format!("{limit:?} elapsed"));
-        }
-        None
     };
     if let Some(reason) = termination.any.iter().find_map(holds) {
         return Some(reason);
@@ -187,7 +189,7 @@ fn stop_reason(
 /// once more, then the turn falls back to round robin.
 async fn select_speaker<M: ChatModel>(
     ctx: &Ctx<'_, M>,
-    chat: &amaos_teams::GroupChatSpec,
+    selector: &str,
     participants: &[&str],
     transcript: &[(String, String)],
     turn: usize,
@@ -195,10 +197,9 @@ async fn select_speaker<M: ChatModel>(
     events: &mut Emitter,
 ) -> Result<(String, &'static str), RunError> {
     let names = participants;
-    let selector = chat
-        .selector
-        .as_deref()
-        .and_then(|s| ctx.spec.agent(s))
+    let selector = ctx
+        .spec
+        .agent(selector)
         .ok_or_else(|| RunError::Dependency("the selector agent is missing".into()))?;
     for attempt in 0..2 {
         let prompt = format!(
@@ -257,8 +258,6 @@ fn handoff_targets(participants: &[&str], speaker: &str) -> Vec<String> {
 mod tests {
     use std::time::Duration;
 
-    use amaos_teams::{Condition, Termination};
-
     use super::*;
 
     fn transcript(last: &str) -> Vec<(String, String)> {
@@ -269,31 +268,19 @@ mod tests {
     }
 
     fn messages(n: u32) -> Condition {
-        Condition {
-            max_messages: Some(n),
-            ..Default::default()
-        }
+        Condition::MaxMessages(n)
     }
 
     fn mention(text: &str) -> Condition {
-        Condition {
-            text_mention: Some(text.into()),
-            ..Default::default()
-        }
+        Condition::TextMention(text.into())
     }
 
     fn tokens(n: u64) -> Condition {
-        Condition {
-            max_tokens: Some(n),
-            ..Default::default()
-        }
+        Condition::MaxTokens(n)
     }
 
-    fn timeout(t: &str) -> Condition {
-        Condition {
-            timeout: Some(t.into()),
-            ..Default::default()
-        }
+    fn timeout(t: Duration) -> Condition {
+        Condition::Timeout(t)
     }
 
     fn any(conditions: Vec<Condition>) -> Termination {
@@ -345,7 +332,7 @@ mod tests {
         let limit = Duration::from_secs(120);
         assert_eq!(
             stop_reason(
-                &any(vec![timeout("2m")]),
+                &any(vec![timeout(limit)]),
                 &t,
                 1,
                 0,
@@ -354,7 +341,7 @@ mod tests {
             None
         );
         assert_eq!(
-            stop_reason(&any(vec![timeout("2m")]), &t, 1, 0, limit).as_deref(),
+            stop_reason(&any(vec![timeout(limit)]), &t, 1, 0, limit).as_deref(),
             Some("120s elapsed")
         );
     }
@@ -404,17 +391,6 @@ mod tests {
             Some("10 tokens used")
         );
         assert_eq!(stop_reason(&termination, &t, 5, 9, Duration::ZERO), None);
-    }
-
-    #[test]
-    fn a_condition_with_nothing_valid_set_never_holds() {
-        let t = transcript("x");
-        let termination = all(vec![Condition::default()]);
-        assert_eq!(stop_reason(&termination, &t, 99, 99, Duration::MAX), None);
-        assert_eq!(
-            stop_reason(&any(vec![timeout("soon")]), &t, 1, 0, Duration::MAX),
-            None
-        );
     }
 
     #[test]

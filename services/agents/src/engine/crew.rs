@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::run_event::Payload;
-use amaos_teams::AgentSpec;
+use amaos_teams::{AgentSpec, Assignee};
 
 use super::budget::Budget;
 use super::step::StepId;
@@ -33,7 +33,7 @@ pub(super) async fn run_crew_tasks<M: ChatModel>(
     let mut outputs: HashMap<&str, String> = HashMap::new();
     let mut last = String::new();
     for (index, task) in crew.tasks.iter().enumerate() {
-        if let Some(team) = &task.team {
+        if let Assignee::Team(team) = &task.assignee {
             events
                 .emit(
                     team,
@@ -69,10 +69,13 @@ pub(super) async fn run_crew_tasks<M: ChatModel>(
             last = output;
             continue;
         }
-        // Validated specs name only declared agents.
-        let agent = spec
-            .agent(&task.agent)
-            .ok_or_else(|| RunError::Dependency(format!("task `{}` names no agent", task.name)))?;
+        // Validated specs name only declared agents, and assign every task of
+        // a sequential crew.
+        let agent = match &task.assignee {
+            Assignee::Agent(name) => spec.agent(name),
+            Assignee::Team(_) | Assignee::Manager => None,
+        }
+        .ok_or_else(|| RunError::Dependency(format!("task `{}` names no agent", task.name)))?;
         events
             .emit(
                 &agent.name,
@@ -165,10 +168,10 @@ fn parse_decision(text: &str) -> Decision {
 pub(super) async fn run_hierarchical<M: ChatModel>(
     ctx: &Ctx<'_, M>,
     crew: &amaos_teams::CrewSpec,
+    manager_name: &str,
     budget: &mut Budget,
     events: &mut Emitter,
 ) -> Result<(String, String), RunError> {
-    let manager_name = crew.manager.as_deref().unwrap_or_default();
     let manager = ctx
         .spec
         .agent(manager_name)

@@ -37,7 +37,7 @@ use amaos_proto::agents::v1::run_event::Payload;
 use amaos_proto::memory::v1::memory_service_client::MemoryServiceClient;
 use amaos_proto::time::timestamp;
 use amaos_proto::tools::v1::tools_service_client::ToolsServiceClient;
-use amaos_teams::TeamSpec;
+use amaos_teams::{Process, Shape, TeamSpec};
 use tokio::sync::mpsc;
 
 use crate::provider::{ChatModel, ToolSpec};
@@ -191,14 +191,7 @@ pub async fn run_team<M: ChatModel>(
         caller,
         tools: &tool_specs,
     };
-    let (mut output, producer) = match run_process(&ctx, &mut budget, events).await {
-        Some(result) => result?,
-        None => {
-            return Err(RunError::Dependency(
-                "the team has neither a crew nor a group chat".into(),
-            ));
-        }
-    };
+    let (mut output, producer) = run_process(&ctx, &mut budget, events).await?;
     if let Some(judge) = &spec.judge {
         output = judge::run_judge(&ctx, judge, output, &producer, &mut budget, events).await?;
     }
@@ -221,22 +214,22 @@ struct Ctx<'a, M> {
     tools: &'a [ToolSpec],
 }
 
-/// Runs `ctx.spec` by its process: a group chat, a hierarchical crew or a
-/// sequential one; returns its output and the agent that produced it, or
-/// `None` when the team has neither a crew nor a group chat.
+/// Runs `ctx.spec` by its shape: a group chat, a hierarchical crew or a
+/// sequential one; returns its output and the agent that produced it.
 async fn run_process<M: ChatModel>(
     ctx: &Ctx<'_, M>,
     budget: &mut Budget,
     events: &mut Emitter,
-) -> Option<Result<(String, String), RunError>> {
-    Some(match (&ctx.spec.crew, &ctx.spec.group_chat) {
-        (_, Some(chat)) => chat::run_chat(ctx, chat, budget, events).await,
-        (Some(crew), None) if crew.process == amaos_teams::Process::Hierarchical => {
-            crew::run_hierarchical(ctx, crew, budget, events).await
-        }
-        (Some(crew), None) => crew::run_crew_tasks(ctx, crew, budget, events).await,
-        (None, None) => return None,
-    })
+) -> Result<(String, String), RunError> {
+    match &ctx.spec.shape {
+        Shape::GroupChat(chat) => chat::run_chat(ctx, chat, budget, events).await,
+        Shape::Crew(crew) => match &crew.process {
+            Process::Hierarchical { manager } => {
+                crew::run_hierarchical(ctx, crew, manager, budget, events).await
+            }
+            Process::Sequential => crew::run_crew_tasks(ctx, crew, budget, events).await,
+        },
+    }
 }
 
 /// A nested team's run: its output and the agent that produced it.
@@ -266,10 +259,6 @@ fn run_nested<'a, M: ChatModel>(
             top: false,
             ..*ctx
         };
-        run_process(&sub, budget, events).await.unwrap_or_else(|| {
-            Err(RunError::Dependency(format!(
-                "nested team `{name}` has neither a crew nor a group chat"
-            )))
-        })
+        run_process(&sub, budget, events).await
     })
 }

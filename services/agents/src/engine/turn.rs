@@ -375,15 +375,28 @@ mod tests {
 
     #[test]
     fn the_system_prompt_names_role_goal_backstory_and_tools() {
-        let agent: AgentSpec = serde_yaml::from_str(
-            "name: a\nrole: Writer\ngoal: write well\nbackstory: Ten years at a paper.\ntools: [search, file_write]\n",
-        )
-        .unwrap();
+        let bare = AgentSpec {
+            name: "a".into(),
+            role: "R".into(),
+            goal: "g".into(),
+            backstory: String::new(),
+            model: amaos_teams::REPLAY_MODEL.into(),
+            tools: Vec::new(),
+            memory: false,
+            replay: Vec::new(),
+            replay_latency: None,
+        };
+        let agent = AgentSpec {
+            role: "Writer".into(),
+            goal: "write well".into(),
+            backstory: "Ten years at a paper.".into(),
+            tools: vec!["search".into(), "file_write".into()],
+            ..bare.clone()
+        };
         assert_eq!(
             system_prompt(&agent),
             "You are Writer. Your goal: write well. Ten years at a paper. Tools you may call: search, file_write."
         );
-        let bare: AgentSpec = serde_yaml::from_str("name: a\nrole: R\ngoal: g\n").unwrap();
         assert_eq!(system_prompt(&bare), "You are R. Your goal: g.");
     }
 }

@@ -87,10 +87,17 @@ pub fn config(
 
 /// An agent on `model` allowed `file_write`.
 pub fn agent(model: &str) -> AgentSpec {
-    serde_yaml::from_str(&format!(
-        "name: a\nrole: r\ngoal: g\nmodel: {model}\ntools: [file_write]\n"
-    ))
-    .unwrap()
+    AgentSpec {
+        name: "a".into(),
+        role: "r".into(),
+        goal: "g".into(),
+        backstory: String::new(),
+        model: model.into(),
+        tools: vec!["file_write".into()],
+        memory: false,
+        replay: Vec::new(),
+        replay_latency: None,
+    }
 }
 
 /// The run models of these aliases.

@@ -1,10 +1,12 @@
-//! The types a team spec deserializes into, and the checks types cannot express.
+//! What is wrong with a team document: every problem the YAML types
+//! cannot rule out, as (field path, message), so [`crate::parse`] can name
+//! the line of each. A document with none converts into a
+//! [`super::TeamSpec`].
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
+use super::doc::{ChatDoc, CrewDoc, ManagerDoc, ProcessDoc, TeamDoc};
 use crate::REPLAY_MODEL;
 
 /// Most agents in a team.
@@ -13,288 +15,14 @@ pub const MAX_AGENTS: usize = 32;
 pub const MAX_TASKS: usize = 64;
 /// Most scripted turns per agent.
 pub const MAX_REPLAY_TURNS: usize = 256;
-
-/// A team: its agents and how they work together.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TeamSpec {
-    /// The team's name: 1 to 64 of `[a-z0-9_-]`.
-    pub name: String,
-    /// What the team does, for people.
-    #[serde(default)]
-    pub description: String,
-    /// The agents.
-    pub agents: Vec<AgentSpec>,
-    /// A crew: tasks carried out by assigned agents.
-    #[serde(default)]
-    pub crew: Option<CrewSpec>,
-    /// A group chat: agents take turns on one conversation.
-    #[serde(default)]
-    pub group_chat: Option<GroupChatSpec>,
-    /// A judge that scores the team's output and may send it back.
-    #[serde(default)]
-    pub judge: Option<JudgeSpec>,
-    /// Limits on one run.
-    #[serde(default)]
-    pub budget: Budget,
-    /// Nested teams of this team's agents (a hybrid team): a crew task may be
-    /// carried out by one (`crew.tasks[].team`), and a group chat may count
-    /// a nested crew among its speakers.
-    #[serde(default)]
-    pub teams: Vec<NestedTeam>,
-}
-
-/// A team inside a hybrid team, made of the outer team's agents.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NestedTeam {
-    /// Its name, unique among the team's agents and nested teams.
-    pub name: String,
-    /// What it does, for people.
-    #[serde(default)]
-    pub description: String,
-    /// A crew of the outer team's agents.
-    #[serde(default)]
-    pub crew: Option<CrewSpec>,
-    /// A group chat of the outer team's agents.
-    #[serde(default)]
-    pub group_chat: Option<GroupChatSpec>,
-}
-
 /// Most nested teams in a hybrid team.
 pub const MAX_NESTED_TEAMS: usize = 8;
 
-/// How a group chat picks its next speaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Manager {
-    /// Participants in turn.
-    RoundRobin,
-    /// A selector agent names the next speaker.
-    Selector,
-    /// Agents hand off to each other.
-    Swarm,
-}
+/// A problem: the field path (empty for the document) and what is wrong.
+pub(crate) type Problem = (String, String);
 
-/// A group chat.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupChatSpec {
-    /// How the next speaker is chosen.
-    pub manager: Manager,
-    /// The speakers, in order; empty for every agent but the selector and judge.
-    #[serde(default)]
-    pub participants: Vec<String>,
-    /// The opening message; `{input}` is replaced by the run's input.
-    pub task: String,
-    /// The agent that picks speakers (`selector` manager).
-    #[serde(default)]
-    pub selector: Option<String>,
-    /// When the chat stops.
-    pub termination: Termination,
-}
-
-/// When a group chat stops: when any of `any` holds, or when all of `all` hold.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Termination {
-    /// Stop when any of these holds.
-    #[serde(default)]
-    pub any: Vec<Condition>,
-    /// Stop when all of these hold.
-    #[serde(default)]
-    pub all: Vec<Condition>,
-}
-
-/// One stop condition: exactly one field set.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Condition {
-    /// After this many agent messages.
-    #[serde(default)]
-    pub max_messages: Option<u32>,
-    /// When a message contains this text.
-    #[serde(default)]
-    pub text_mention: Option<String>,
-    /// When the run has used this many tokens.
-    #[serde(default)]
-    pub max_tokens: Option<u64>,
-    /// When the chat has run this long, e.g. `2m`.
-    #[serde(default)]
-    pub timeout: Option<String>,
-}
-
-impl Condition {
-    /// The timeout, if this is a valid timeout condition.
-    pub fn timeout(&self) -> Option<Duration> {
-        self.timeout
-            .as_deref()
-            .and_then(|t| humantime_parse(t).ok())
-    }
-}
-
-/// A judge on a team's output.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JudgeSpec {
-    /// The agent that judges (not a crew task's agent or a chat participant).
-    pub agent: String,
-    /// What the output must satisfy.
-    pub criteria: Vec<String>,
-    /// Lowest passing score, 0 to 1.
-    #[serde(default = "default_threshold")]
-    pub threshold: f64,
-    /// Revisions allowed before the output is escalated to a person.
-    #[serde(default = "default_revisions")]
-    pub max_revisions: u32,
-}
-
-fn default_threshold() -> f64 {
-    0.7
-}
-
-fn default_revisions() -> u32 {
-    2
-}
-
-/// One agent.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentSpec {
-    /// Its name, unique in the team.
-    pub name: String,
-    /// Its role, e.g. `Senior research analyst`.
-    pub role: String,
-    /// What it is trying to achieve.
-    pub goal: String,
-    /// Who it is, for the system prompt.
-    #[serde(default)]
-    pub backstory: String,
-    /// The model alias it uses.
-    #[serde(default = "default_model")]
-    pub model: String,
-    /// The tools it may call.
-    #[serde(default)]
-    pub tools: Vec<String>,
-    /// Whether it recalls memories before a task and remembers its result after.
-    #[serde(default)]
-    pub memory: bool,
-    /// The scripted turns of the `replay` model for this agent, in order.
-    #[serde(default)]
-    pub replay: Vec<ReplayTurn>,
-    /// Simulated latency of each `replay` model call, e.g. `200ms`.
-    #[serde(default)]
-    pub replay_latency: Option<String>,
-}
-
-impl AgentSpec {
-    /// The simulated latency of each `replay` call, if set and valid.
-    pub fn replay_latency(&self) -> Option<Duration> {
-        self.replay_latency
-            .as_deref()
-            .and_then(|t| humantime_parse(t).ok())
-    }
-}
-
-fn default_model() -> String {
-    REPLAY_MODEL.to_owned()
-}
-
-/// One scripted response of the `replay` model: exactly one of `say` or
-/// `tool`. `{input}` in any text is replaced by the run's input.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayTurn {
-    /// Answer with this text; it ends the agent's task.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub say: Option<String>,
-    /// Ask for a tool call.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool: Option<ToolTurn>,
-}
-
-/// A scripted tool call.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ToolTurn {
-    /// The tool's name.
-    pub name: String,
-    /// Its arguments.
-    #[serde(default)]
-    pub args: serde_json::Map<String, serde_json::Value>,
-}
-
-/// A crew.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CrewSpec {
-    /// How tasks are carried out.
-    #[serde(default)]
-    pub process: Process,
-    /// The agent that plans, delegates and reviews (`hierarchical`).
-    #[serde(default)]
-    pub manager: Option<String>,
-    /// The tasks, in order.
-    pub tasks: Vec<CrewTask>,
-}
-
-/// How a crew carries out its tasks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Process {
-    /// One after another, in the order given.
-    #[default]
-    Sequential,
-    /// A manager agent delegates and reviews.
-    Hierarchical,
-}
-
-/// A crew task.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CrewTask {
-    /// Its name, unique in the crew.
-    pub name: String,
-    /// What to do; `{input}` is replaced by the run's input.
-    pub description: String,
-    /// What a good output looks like.
-    #[serde(default)]
-    pub expected_output: String,
-    /// The agent that carries it out (`sequential`); in a hierarchical crew the
-    /// manager decides, and this is only a hint.
-    #[serde(default)]
-    pub agent: String,
-    /// A nested team (from the team's `teams`) that carries it out instead
-    /// of one agent; its output is the task's output.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub team: Option<String>,
-    /// Earlier tasks whose outputs it receives.
-    #[serde(default)]
-    pub context: Vec<String>,
-}
-
-/// Limits on one run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Budget {
-    /// Model calls in all.
-    pub max_steps: Option<u32>,
-    /// Tokens in all.
-    pub max_tokens: Option<u64>,
-    /// Wall-clock time, e.g. `2m`.
-    pub max_wall_time: Option<String>,
-}
-
-impl Budget {
-    /// The wall-time limit, if set and valid.
-    pub fn wall_time(&self) -> Option<Duration> {
-        self.max_wall_time
-            .as_deref()
-            .and_then(|t| humantime_parse(t).ok())
-    }
-}
-
-fn humantime_parse(text: &str) -> Result<Duration, String> {
+/// Parses a spec duration: a whole number of `ms`, `s`, `m` or `h`, at most a day.
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -318,7 +46,7 @@ fn humantime_parse(text: &str) -> Result<Duration, String> {
 /// The longest duration a spec may name.
 const MAX_SPEC_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -326,74 +54,12 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-impl TeamSpec {
-    /// The team's kind, as the contracts name it.
-    pub fn kind(&self) -> &'static str {
-        if !self.teams.is_empty() {
-            "hybrid"
-        } else if self.group_chat.is_some() {
-            "group_chat"
-        } else {
-            "crew"
-        }
-    }
-
-    /// The agent called `name`.
-    pub fn agent(&self, name: &str) -> Option<&AgentSpec> {
-        self.agents.iter().find(|a| a.name == name)
-    }
-
-    /// The nested team called `name`.
-    pub fn nested(&self, name: &str) -> Option<&NestedTeam> {
-        self.teams.iter().find(|t| t.name == name)
-    }
-
-    /// The team a nested team runs as: this team's agents with the nested
-    /// crew or chat, and no judge of its own (the outer judge sees the end
-    /// result).
-    pub fn nested_spec(&self, nested: &NestedTeam) -> TeamSpec {
-        TeamSpec {
-            name: self.name.clone(),
-            description: nested.description.clone(),
-            agents: self.agents.clone(),
-            crew: nested.crew.clone(),
-            group_chat: nested.group_chat.clone(),
-            judge: None,
-            budget: self.budget.clone(),
-            teams: Vec::new(),
-        }
-    }
-
-    /// The speakers of a group chat, in order: agents, or in a hybrid team
-    /// also nested crews.
-    pub fn participants(&self) -> Vec<&str> {
-        let Some(chat) = &self.group_chat else {
-            return Vec::new();
-        };
-        if chat.participants.is_empty() {
-            let judge = self.judge.as_ref().map(|j| j.agent.as_str());
-            self.agents
-                .iter()
-                .map(|a| a.name.as_str())
-                .filter(|a| Some(*a) != chat.selector.as_deref() && Some(*a) != judge)
-                .collect()
-        } else {
-            chat.participants.iter().map(String::as_str).collect()
-        }
-    }
-
-    /// Whether any chat of this team (outer or nested) is a swarm.
-    fn has_swarm(&self) -> bool {
-        let swarm =
-            |c: &Option<GroupChatSpec>| c.as_ref().is_some_and(|c| c.manager == Manager::Swarm);
-        swarm(&self.group_chat) || self.teams.iter().any(|t| swarm(&t.group_chat))
-    }
-
+impl TeamDoc {
     /// Problems of a group chat at `at` (`group_chat` or
     /// `teams[i].group_chat`); nested chats speak with agents only.
     fn chat_problems(
         &self,
-        chat: &GroupChatSpec,
+        chat: &ChatDoc,
         at: &str,
         nested: bool,
         problem: &mut impl FnMut(String, String),
@@ -413,7 +79,7 @@ impl TeamSpec {
                     field,
                     format!("`{p}` is a group chat; a chat member that is a team must be a crew"),
                 ),
-                (None, Some(_)) if chat.manager == Manager::Swarm => problem(
+                (None, Some(_)) if chat.manager == ManagerDoc::Swarm => problem(
                     field,
                     "a swarm hands off between agents; a nested crew cannot hand off".into(),
                 ),
@@ -433,7 +99,7 @@ impl TeamSpec {
             );
         }
         match (&chat.manager, &chat.selector) {
-            (Manager::Selector, None) => problem(
+            (ManagerDoc::Selector, None) => problem(
                 format!("{at}.selector"),
                 "the `selector` manager needs a selector agent".into(),
             ),
@@ -478,7 +144,7 @@ impl TeamSpec {
                     problem(format!("{at}.text_mention"), "must not be empty".into());
                 }
                 if let Some(text) = &c.timeout
-                    && humantime_parse(text).map(|d| d.is_zero()).unwrap_or(true)
+                    && parse_duration(text).map(|d| d.is_zero()).unwrap_or(true)
                 {
                     problem(
                         format!("{at}.timeout"),
@@ -493,20 +159,20 @@ impl TeamSpec {
     /// assign their tasks to agents only.
     fn crew_problems(
         &self,
-        crew: &CrewSpec,
+        crew: &CrewDoc,
         at: &str,
         nested: bool,
         problem: &mut impl FnMut(String, String),
     ) {
         match (crew.process, &crew.manager) {
-            (Process::Hierarchical, None) => problem(
+            (ProcessDoc::Hierarchical, None) => problem(
                 format!("{at}.manager"),
                 "a hierarchical crew needs a manager agent".into(),
             ),
             (_, Some(m)) if self.agent(m).is_none() => {
                 problem(format!("{at}.manager"), format!("no agent is named `{m}`"))
             }
-            (Process::Hierarchical, Some(m)) if self.agents.iter().all(|a| &a.name == m) => {
+            (ProcessDoc::Hierarchical, Some(m)) if self.agents.iter().all(|a| &a.name == m) => {
                 problem(
                     format!("{at}.manager"),
                     "the manager needs at least one other agent to delegate to".into(),
@@ -542,7 +208,7 @@ impl TeamSpec {
                     format!("{at}.team"),
                     "nested teams do not nest further; name an agent".into(),
                 ),
-                Some(_) if crew.process == Process::Hierarchical => problem(
+                Some(_) if crew.process == ProcessDoc::Hierarchical => problem(
                     format!("{at}.team"),
                     "in a hierarchical crew the manager delegates to agents; only sequential tasks go to nested teams".into(),
                 ),
@@ -555,7 +221,7 @@ impl TeamSpec {
                     format!("no nested team is named `{team}`"),
                 ),
                 Some(_) => {}
-                None if (crew.process == Process::Sequential || !task.agent.is_empty())
+                None if (crew.process == ProcessDoc::Sequential || !task.agent.is_empty())
                     && self.agent(&task.agent).is_none() =>
                 {
                     problem(
@@ -578,7 +244,7 @@ impl TeamSpec {
     }
 
     /// Every problem the types cannot rule out, as (field path, message).
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub(crate) fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut problem = |field: String, message: String| out.push((field, message));
         if !valid_name(&self.name) {
@@ -623,7 +289,7 @@ impl TeamSpec {
                 );
             }
             if let Some(text) = &agent.replay_latency {
-                match humantime_parse(text) {
+                match parse_duration(text) {
                     Ok(d) if d > Duration::from_secs(600) => {
                         problem(format!("{at}.replay_latency"), "at most 10m".into())
                     }
@@ -742,7 +408,7 @@ impl TeamSpec {
             problem("budget.max_tokens".into(), "must be at least 1".into());
         }
         if let Some(text) = &self.budget.max_wall_time {
-            match humantime_parse(text) {
+            match parse_duration(text) {
                 Ok(d) if d.is_zero() => problem(
                     "budget.max_wall_time".into(),
                     "must be longer than zero".into(),
