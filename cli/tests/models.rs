@@ -83,6 +83,8 @@ async fn a_crew_runs_on_an_openai_compatible_model_with_tools() {
                 completion_price_per_1k: 1.5,
                 stream: false,
                 max_tokens: None,
+                breaker_failures: 3,
+                breaker_cool_down: Duration::from_secs(30),
             },
         );
     })

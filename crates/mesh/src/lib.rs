@@ -17,6 +17,8 @@
 //! - [`authn`]: the caller of a request from an API key (checked by auth,
 //!   cached) or a token (verified locally).
 //! - [`policy`]: which role may do what.
+//! - [`breaker`]: the circuit breaker state machine (one probe at a time
+//!   when half-open) the router and the agents' model aliases share.
 //! - [`status`]: building `tonic::Status` values with rich error details.
 //! - [`redis_conn`]: the one way a backend connects to Redis.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
@@ -24,6 +26,7 @@
 
 pub mod audit;
 pub mod authn;
+pub mod breaker;
 pub mod caller;
 pub mod client;
 pub mod config;

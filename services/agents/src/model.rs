@@ -13,13 +13,13 @@
 //! model speaks live in [`crate::provider`] (re-exported here); this module
 //! sits above the providers, which import only those types.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
+use amaos_mesh::breaker::{Breaker, BreakerPolicy, State};
 use amaos_mesh::config::{ModelConfig, ModelProvider};
 use amaos_mesh::secrets::SecretStore;
 use amaos_teams::{AgentSpec, REPLAY_MODEL, ReplayTurn};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use tokio::time::Instant;
 
 use crate::anthropic::AnthropicChat;
 use crate::openai::OpenAiChat;
@@ -111,11 +111,6 @@ impl ChatModel for Replay {
     }
 }
 
-/// Consecutive failures that open an alias's breaker.
-const BREAKER_FAILURES: u32 = 3;
-/// How long an open breaker skips its alias before letting one call through.
-const BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);
-
 /// A configured provider.
 enum Provider {
     OpenAi(OpenAiChat),
@@ -135,48 +130,29 @@ impl Provider {
     }
 }
 
-/// A breaker per alias: after [`BREAKER_FAILURES`] failed calls in a row the
-/// alias is skipped (its fallbacks answer) for [`BREAKER_COOL_DOWN`], then
-/// one call is let through to probe it.
-#[derive(Default)]
-struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-/// One alias: its provider, fallbacks and breaker.
+/// One alias: its provider, fallbacks and breaker. After
+/// `breaker_failures` failed calls in a row the alias is skipped (its
+/// fallbacks answer) for `breaker_cool_down`, then one call at a time is let
+/// through to probe it.
 struct Alias {
     provider: Provider,
     fallbacks: Vec<String>,
-    breaker: Mutex<Breaker>,
+    policy: BreakerPolicy,
+    breaker: Mutex<Breaker<Instant>>,
 }
 
 impl Alias {
-    /// Whether a call may go out now; an expired open breaker lets one through.
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker<Instant>> {
+        self.breaker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a call may go out now; a half-open breaker admits one probe.
     fn admit(&self) -> bool {
-        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        match b.open_until {
-            Some(until) if Instant::now() < until => false,
-            Some(_) => {
-                // Half-open: one probe; a failure opens it again at once.
-                b.open_until = None;
-                b.failures = BREAKER_FAILURES - 1;
-                true
-            }
-            None => true,
-        }
+        self.breaker().admit(&self.policy, Instant::now()).is_ok()
     }
 
     fn record(&self, ok: bool) {
-        let mut b = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        if ok {
-            *b = Breaker::default();
-        } else {
-            b.failures += 1;
-            if b.failures >= BREAKER_FAILURES {
-                b.open_until = Some(Instant::now() + BREAKER_COOL_DOWN);
-            }
-        }
+        self.breaker().record(&self.policy, ok, Instant::now());
     }
 }
 
@@ -213,7 +189,11 @@ impl ModelSet {
                 Alias {
                     provider,
                     fallbacks: config.fallbacks.clone(),
-                    breaker: Mutex::new(Breaker::default()),
+                    policy: BreakerPolicy {
+                        failures: config.breaker_failures,
+                        cool_down: config.breaker_cool_down,
+                    },
+                    breaker: Mutex::new(Breaker::new()),
                 },
             );
         }
@@ -227,10 +207,9 @@ impl ModelSet {
 
     /// Whether `alias`'s breaker is open now.
     pub fn breaker_open(&self, alias: &str) -> bool {
-        self.aliases.get(alias).is_some_and(|a| {
-            let b = a.breaker.lock().unwrap_or_else(|e| e.into_inner());
-            b.open_until.is_some_and(|until| Instant::now() < until)
-        })
+        self.aliases
+            .get(alias)
+            .is_some_and(|a| a.breaker().state(Instant::now()) == State::Open)
     }
 }
 
@@ -344,5 +323,29 @@ crew: { tasks: [{ name: t, description: d, agent: a }] }
             model.complete(&a, &[], &[]).await,
             Err(ModelError::ScriptExhausted(_))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_alias_breaker_follows_its_config_and_probes_one_call_at_a_time() {
+        let config: ModelConfig = serde_json::from_value(serde_json::json!({
+            "provider": "openai",
+            "base_url": "http://127.0.0.1:9/v1",
+            "model": "m",
+            "breaker_failures": 2,
+            "breaker_cool_down": "5s",
+        }))
+        .unwrap();
+        let set = ModelSet::new(&BTreeMap::from([("m".to_owned(), config)])).unwrap();
+        let alias = &set.aliases["m"];
+        alias.record(false);
+        assert!(!set.breaker_open("m"));
+        alias.record(false);
+        assert!(set.breaker_open("m"), "two failures open it");
+        assert!(!alias.admit());
+        tokio::time::advance(std::time::Duration::from_secs(5)).await;
+        let admitted = (0..8).filter(|_| alias.admit()).count();
+        assert_eq!(admitted, 1, "half-open admits one probe, not every caller");
+        alias.record(true);
+        assert!(alias.admit() && alias.admit());
     }
 }

@@ -10,10 +10,17 @@
 //! | `P:router:draining` | set | workers draining |
 //! | `P:router:breakers:worker`, `…:team` | hash | key → `failures:open_until_ms:probing` |
 //!
-//! Breaker changes are Lua scripts using the server's clock, so replicas agree.
+//! Breaker changes are Lua scripts using the server's clock, so replicas
+//! agree. They are [`amaos_mesh::breaker::Breaker`]'s state machine written
+//! for the server — the hash holds that breaker's parts, `open_until_ms` 0
+//! for closed — and the tests below run both from the same states and
+//! require the same result.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Add;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use amaos_mesh::breaker::Breaker;
 
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -27,7 +34,8 @@ use crate::registry::{
 };
 
 /// Records an outcome (ARGV[2]: `1` success, `0` failure, `t` trip: open
-/// at once); returns 0 closed, 1 open.
+/// at once; ARGV[3] the failures that open, ARGV[4] the cool-down in ms):
+/// [`Breaker::record`] and [`Breaker::trip`]; returns 0 closed, 1 open.
 const RECORD: &str = r#"
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
@@ -48,7 +56,8 @@ if open_until > now then return 1 end
 return 0
 "#;
 
-/// Admits a call: returns -1 when admitted, else the ms until a probe may pass.
+/// Admits a call (ARGV[2]: the cool-down in ms): [`Breaker::admit`]; returns
+/// -1 when admitted, else the ms until a probe may pass.
 const ADMIT: &str = r#"
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
@@ -102,17 +111,40 @@ fn store_error(e: redis::RedisError) -> RouterError {
     RouterError::Store(e.to_string())
 }
 
-/// A breaker's state from its stored `failures:open_until_ms:probing`.
-fn breaker_state(stored: Option<&str>, now: u64) -> State {
-    let open_until: u64 = stored
-        .and_then(|s| s.split(':').nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    match open_until {
-        0 => State::Closed,
-        t if now < t => State::Open,
-        _ => State::HalfOpen,
+/// A moment in milliseconds since the Unix epoch: the clock of the
+/// breakers kept in Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Millis(u64);
+
+impl Add<Duration> for Millis {
+    type Output = Millis;
+
+    fn add(self, d: Duration) -> Millis {
+        Millis(self.0.saturating_add(d.as_millis() as u64))
     }
+}
+
+/// The breaker stored as `failures:open_until_ms:probing`; closed when
+/// absent or unreadable.
+fn stored_breaker(stored: Option<&str>) -> Breaker<Millis> {
+    let mut parts = stored.unwrap_or_default().split(':');
+    let mut next = || {
+        parts
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let (failures, open_until, probing) = (next(), next(), next());
+    Breaker::from_parts(
+        u32::try_from(failures).unwrap_or(u32::MAX),
+        (open_until > 0).then_some(Millis(open_until)),
+        probing == 1,
+    )
+}
+
+/// A breaker's state at `now` (ms) from its stored form.
+fn breaker_state(stored: Option<&str>, now: u64) -> State {
+    stored_breaker(stored).state(Millis(now))
 }
 
 /// Workers, heartbeats, loads and draining ids, as read in one round trip.
@@ -521,5 +553,124 @@ impl WorkerRegistry for RedisRegistry {
                 .count();
         }
         Ok((counts[0], counts[1]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The Lua scripts against [`Breaker`]: from every kind of stored state,
+    //! each operation leaves the same breaker in Redis as the Rust machine
+    //! computes. Needs Redis (`AMAOS_TEST_REDIS_URL`, default
+    //! `redis://127.0.0.1:6379`).
+
+    use amaos_mesh::breaker::BreakerPolicy;
+
+    use super::*;
+
+    const POLICY: BreakerPolicy = BreakerPolicy {
+        failures: 3,
+        cool_down: Duration::from_secs(60),
+    };
+    /// How far apart the test's and the script's reading of the server clock may be.
+    const SLACK_MS: u64 = 2_000;
+
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Admit,
+        Success,
+        Failure,
+        Trip,
+    }
+
+    async fn server_now(conn: &mut ConnectionManager) -> u64 {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+        secs * 1000 + micros / 1000
+    }
+
+    fn encode(b: &Breaker<Millis>) -> String {
+        format!(
+            "{}:{}:{}",
+            b.failures(),
+            b.open_until().map_or(0, |t| t.0),
+            u8::from(b.probing())
+        )
+    }
+
+    #[tokio::test]
+    async fn the_lua_scripts_are_the_mesh_breaker() {
+        let url = std::env::var("AMAOS_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let (_, mut conn) = amaos_mesh::redis_conn::connect(&url).await.unwrap();
+        let hash = format!("test-breaker-lua-{}", amaos_mesh::new_id());
+        let (record, admit) = (Script::new(RECORD), Script::new(ADMIT));
+        let cool_down_ms = POLICY.cool_down.as_millis() as u64;
+        let now = server_now(&mut conn).await;
+        let hour = 3_600_000;
+        // Closed (never failed, failed below the threshold), open, half-open,
+        // open with a probe out, and a probe unreported past its cool-down.
+        let starts: Vec<Option<String>> = vec![
+            None,
+            Some("2:0:0".into()),
+            Some(format!("4:{}:0", now + hour)),
+            Some(format!("4:{}:0", now - 1_000)),
+            Some(format!("4:{}:1", now + hour)),
+            Some(format!("4:{}:1", now - 1_000)),
+        ];
+        for start in &starts {
+            for op in [Op::Admit, Op::Success, Op::Failure, Op::Trip] {
+                let field = "k";
+                let _: () = match start {
+                    Some(s) => conn.hset(&hash, field, s).await.unwrap(),
+                    None => conn.hdel(&hash, field).await.unwrap(),
+                };
+                let mut expected = stored_breaker(start.as_deref());
+                let at = Millis(server_now(&mut conn).await);
+                let (lua_result, rust_result) = match op {
+                    Op::Admit => {
+                        let wait: i64 = admit
+                            .key(&hash)
+                            .arg(field)
+                            .arg(cool_down_ms)
+                            .invoke_async(&mut conn)
+                            .await
+                            .unwrap();
+                        (wait < 0, expected.admit(&POLICY, at).is_ok())
+                    }
+                    Op::Success | Op::Failure | Op::Trip => {
+                        let (change, state) = match op {
+                            Op::Success => ("1", expected.record(&POLICY, true, at)),
+                            Op::Failure => ("0", expected.record(&POLICY, false, at)),
+                            _ => ("t", expected.trip(&POLICY, at)),
+                        };
+                        let open: i64 = record
+                            .key(&hash)
+                            .arg(field)
+                            .arg(change)
+                            .arg(POLICY.failures)
+                            .arg(cool_down_ms)
+                            .invoke_async(&mut conn)
+                            .await
+                            .unwrap();
+                        (open == 1, state == State::Open)
+                    }
+                };
+                let case = format!("{op:?} from {start:?}");
+                assert_eq!(lua_result, rust_result, "{case}: result");
+                let stored: Option<String> = conn.hget(&hash, field).await.unwrap();
+                let got = stored_breaker(stored.as_deref());
+                assert_eq!(got.failures(), expected.failures(), "{case}: {stored:?}");
+                assert_eq!(got.probing(), expected.probing(), "{case}: {stored:?}");
+                match (got.open_until(), expected.open_until()) {
+                    (None, None) => {}
+                    (Some(a), Some(b)) => assert!(
+                        a.0.abs_diff(b.0) <= SLACK_MS,
+                        "{case}: open until {a:?} in Redis, {b:?} in Rust ({})",
+                        encode(&expected)
+                    ),
+                    (a, b) => panic!("{case}: open until {a:?} in Redis, {b:?} in Rust"),
+                }
+            }
+        }
+        let _: () = conn.del(&hash).await.unwrap();
     }
 }

@@ -102,23 +102,13 @@ pub struct Registry {
     max_workers: usize,
 }
 
-/// How circuit breakers behave.
-#[derive(Clone, Copy, Debug)]
-pub struct BreakerPolicy {
-    /// Consecutive failures that open a breaker.
-    pub failures: u32,
-    /// How long an open breaker refuses traffic.
-    pub cool_down: Duration,
-}
+pub use amaos_mesh::breaker::BreakerPolicy;
 
-impl Default for BreakerPolicy {
-    fn default() -> Self {
-        Self {
-            failures: 5,
-            cool_down: Duration::from_secs(10),
-        }
-    }
-}
+/// The breakers of a registry made with [`Registry::new`]: `[router]`'s defaults.
+pub const DEFAULT_BREAKERS: BreakerPolicy = BreakerPolicy {
+    failures: 5,
+    cool_down: Duration::from_secs(10),
+};
 
 impl Entry {
     fn live(&self, now: Instant, ttl: Duration) -> bool {
@@ -141,12 +131,12 @@ impl Entry {
 impl Registry {
     /// An empty registry expiring workers `ttl` after their last heartbeat.
     pub fn new(ttl: Duration, max_workers: usize) -> Self {
-        Self::with_breakers(ttl, max_workers, BreakerPolicy::default())
+        Self::with_breakers(ttl, max_workers, DEFAULT_BREAKERS)
     }
 
     /// An empty registry with the given breaker policy.
     pub fn with_breakers(ttl: Duration, max_workers: usize, policy: BreakerPolicy) -> Self {
-        let breakers = |max| Breakers::new(policy.failures, policy.cool_down, max);
+        let breakers = |max| Breakers::new(policy, max);
         Self {
             workers: Mutex::new(HashMap::new()),
             breakers: Mutex::new((breakers(max_workers), breakers(100_000))),

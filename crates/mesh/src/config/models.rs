@@ -60,10 +60,25 @@ pub struct ModelConfig {
     /// Most completion tokens per call; unset for the provider's default.
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Consecutive failed calls that open the alias's breaker: its fallbacks
+    /// answer until the cool-down ends, then one call probes it.
+    #[serde(default = "breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open breaker skips the alias before one probe.
+    #[serde(default = "breaker_cool_down", with = "duration_text")]
+    pub breaker_cool_down: Duration,
 }
 
 fn model_timeout() -> Duration {
     Duration::from_secs(60)
+}
+
+fn breaker_failures() -> u32 {
+    3
+}
+
+fn breaker_cool_down() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn model_retries() -> u32 {
@@ -103,6 +118,13 @@ pub fn validate(models: &BTreeMap<String, ModelConfig>) -> Result<(), ConfigErro
         }
         positive(&key("timeout"), m.timeout)?;
         in_range(&key("max_retries"), m.max_retries as usize, 0, 10)?;
+        in_range(
+            &key("breaker_failures"),
+            m.breaker_failures as usize,
+            1,
+            10_000,
+        )?;
+        positive(&key("breaker_cool_down"), m.breaker_cool_down)?;
         for fallback in &m.fallbacks {
             if fallback == alias || (fallback != "replay" && !models.contains_key(fallback)) {
                 return Err(ConfigError::new(

@@ -82,6 +82,8 @@ pub fn config(
         completion_price_per_1k: 2.0,
         stream,
         max_tokens: Some(256),
+        breaker_failures: 3,
+        breaker_cool_down: Duration::from_secs(30),
     }
 }
 
