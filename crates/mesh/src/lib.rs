@@ -21,6 +21,7 @@
 //!   when half-open) the router and the agents' model aliases share.
 //! - [`status`]: building `tonic::Status` values with rich error details.
 //! - [`redis_conn`]: the one way a backend connects to Redis.
+//! - [`retry`]: exponential backoff with jitter, and `Retry-After`.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
 
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod policy;
 pub mod process;
 pub mod redis_conn;
+pub mod retry;
 pub mod seal;
 pub mod secrets;
 pub mod server;

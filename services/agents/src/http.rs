@@ -5,9 +5,10 @@
 //! It builds on [`crate::provider`] only; the providers build on it.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use amaos_mesh::config::ModelConfig;
+use amaos_mesh::retry::{Backoff, retry_after};
 use amaos_mesh::secrets::{Secret, SecretStore};
 use futures::StreamExt;
 use serde_json::Value;
@@ -18,6 +19,9 @@ use crate::provider::{ModelError, ToolCallRequest, Usage};
 const MAX_BODY: usize = 8 * 1024 * 1024;
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Waits between attempts when the server names none: 0.4 s doubling to 12.8 s.
+const BACKOFF: Backoff =
+    Backoff::doubling(Duration::from_millis(400), Duration::from_millis(12_800));
 
 /// Where an alias's API key comes from. The key itself is a [`Secret`]:
 /// never printed, and scrubbed from error messages.
@@ -170,8 +174,8 @@ impl ProviderHttp {
                         .headers()
                         .get(reqwest::header::RETRY_AFTER)
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<f64>().ok())
-                        .map(|s| Duration::from_secs_f64(s.max(0.0)).min(MAX_RETRY_AFTER));
+                        .and_then(|v| retry_after(v, SystemTime::now()))
+                        .map(|wait| wait.min(MAX_RETRY_AFTER));
                     let text = response.text().await.unwrap_or_default();
                     let text: String = text.chars().take(300).collect();
                     if !(status.as_u16() == 429 || status.is_server_error())
@@ -179,13 +183,13 @@ impl ProviderHttp {
                     {
                         return Err(self.error(scrub(format!("HTTP {status}: {text}"))));
                     }
-                    retry_after.unwrap_or_else(|| backoff(attempt))
+                    retry_after.unwrap_or_else(|| BACKOFF.wait(attempt))
                 }
                 Err(e) => {
                     if attempt > self.max_retries {
                         return Err(self.error(scrub(format!("request failed: {e}"))));
                     }
-                    backoff(attempt)
+                    BACKOFF.wait(attempt)
                 }
             };
             tokio::time::sleep(wait).await;
@@ -254,10 +258,6 @@ impl SseLines {
         self.buffer.drain(..start);
         Ok(())
     }
-}
-
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(200u64.saturating_mul(1 << attempt.min(6)))
 }
 
 /// A tool call from its id, name and arguments as JSON text.

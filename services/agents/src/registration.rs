@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use amaos_mesh::client::MeshChannel;
+use amaos_mesh::retry::Backoff;
 use amaos_proto::router::v1 as pb;
 use amaos_proto::router::v1::router_service_client::RouterServiceClient;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +35,7 @@ pub async fn keep_registered(
     in_flight: Arc<AtomicU32>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u32;
     let mut interval = Duration::from_secs(5);
     let mut registered = false;
     loop {
@@ -74,7 +75,7 @@ pub async fn keep_registered(
         let wait = match result {
             Ok(()) => {
                 registered = true;
-                backoff = Duration::from_millis(100);
+                failures = 0;
                 interval
             }
             Err(status) => {
@@ -90,8 +91,8 @@ pub async fn keep_registered(
                 } else {
                     interval.min(MAX_REGISTER_BACKOFF)
                 };
-                backoff = (backoff * 2).min(cap);
-                backoff
+                failures = failures.saturating_add(1);
+                Backoff::doubling(Duration::from_millis(200), cap).wait(failures)
             }
         };
         tokio::select! {

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use amaos_mesh::caller::{Caller, RunScope};
 use amaos_mesh::client::{self, MeshChannel};
 use amaos_mesh::config::Limits;
+use amaos_mesh::retry::Backoff;
 use amaos_proto::agents::v1 as agents;
 use amaos_proto::agents::v1::agents_service_client::AgentsServiceClient;
 use amaos_proto::agents::v1::run_event::Payload;
@@ -236,7 +237,10 @@ impl Dispatcher {
     }
 
     async fn claim_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+        // Claiming fails only when the store does: back off while it does.
+        const CLAIM_BACKOFF: Backoff =
+            Backoff::doubling(Duration::from_millis(50), Duration::from_secs(2));
+        let mut failures = 0u32;
         loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -251,7 +255,7 @@ impl Dispatcher {
             };
             match claimed {
                 Ok(Claimed::Attempt(claim)) => {
-                    backoff = Duration::from_millis(50);
+                    failures = 0;
                     let me = self.clone();
                     tokio::spawn(async move {
                         me.run_attempt(*claim).await;
@@ -261,8 +265,8 @@ impl Dispatcher {
                 Ok(Claimed::Empty) => {}
                 Err(error) => {
                     tracing::warn!(%error, "claiming work failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    failures = failures.saturating_add(1);
+                    tokio::time::sleep(CLAIM_BACKOFF.wait(failures)).await;
                 }
             }
         }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use amaos_mesh::retry::{Backoff, Jitter};
 use amaos_proto::orchestrator::v1 as pb;
 use amaos_proto::time::timestamp;
 use serde::{Deserialize, Serialize};
@@ -175,13 +176,17 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The backoff before attempt `next` of a stage (2, 3, …), with full jitter
-    /// drawn from `unit` (a number in 0..1) over the upper half of the window.
+    /// The backoff before attempt `next` of a stage (2, 3, …), with equal
+    /// jitter (over the upper half of the window) drawn from `unit` (a
+    /// number in 0..1).
     pub fn backoff(&self, next: u32, unit: f64) -> Duration {
-        let exponent = next.saturating_sub(2) as i32;
-        let ceiling = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
-        let ceiling = ceiling.min(self.max_backoff.as_secs_f64());
-        Duration::from_secs_f64(ceiling * (0.5 + 0.5 * unit.clamp(0.0, 1.0)))
+        Backoff {
+            first: self.initial_backoff,
+            max: self.max_backoff,
+            multiplier: self.multiplier,
+            jitter: Jitter::Equal,
+        }
+        .wait_with(next.saturating_sub(1), unit)
     }
 }
 

@@ -22,6 +22,7 @@ pub mod redis;
 use std::sync::Arc;
 use std::time::Duration;
 
+use amaos_mesh::retry::Backoff;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -134,9 +135,11 @@ pub enum Begin {
     Replay(serde_json::Value),
 }
 
-/// First and longest wait between polls of a pending reservation.
-const POLL_FIRST: Duration = Duration::from_millis(10);
-const POLL_MAX: Duration = Duration::from_millis(250);
+/// Waits between polls of a pending reservation: 10 ms doubling to 250 ms.
+const POLL: Backoff = Backoff::doubling(Duration::from_millis(10), Duration::from_millis(250));
+/// Waits between tries to record a result: 50 ms, then 100 ms.
+const RECORD_RETRY: Backoff =
+    Backoff::doubling(Duration::from_millis(50), Duration::from_millis(200));
 
 /// Reserves `key` for a new attempt, waiting (until `deadline`) while another
 /// live attempt holds it.
@@ -148,7 +151,7 @@ pub async fn begin(
     deadline: Instant,
 ) -> Result<Begin, JournalError> {
     let owner = amaos_mesh::new_id();
-    let mut pause = POLL_FIRST;
+    let mut polls = 0u32;
     loop {
         match journal.reserve(tenant, key, &fingerprint, &owner).await? {
             Reserve::Reserved => {
@@ -168,8 +171,8 @@ pub async fn begin(
         if now >= deadline {
             return Err(JournalError::Busy);
         }
-        tokio::time::sleep(pause.min(deadline - now)).await;
-        pause = (pause * 2).min(POLL_MAX);
+        polls = polls.saturating_add(1);
+        tokio::time::sleep(POLL.wait(polls).min(deadline - now)).await;
     }
 }
 
@@ -236,7 +239,6 @@ impl Reservation {
     /// a result that cannot be recorded is logged, not returned as an error.
     pub async fn record(self, result: &serde_json::Value) -> Recorded {
         self.renewer.abort();
-        let mut pause = Duration::from_millis(50);
         for attempt in 1..=3 {
             match self
                 .journal
@@ -256,8 +258,7 @@ impl Reservation {
                 }
                 Err(e) if attempt < 3 => {
                     tracing::warn!(tenant = %self.tenant, error = %e, "recording a tool result failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(RECORD_RETRY.wait(attempt)).await;
                 }
                 Err(e) => {
                     tracing::error!(tenant = %self.tenant, error = %e, "a tool result could not be recorded: a retry runs the call again");
