@@ -20,6 +20,7 @@
 //! - [`breaker`]: the circuit breaker state machine (one probe at a time
 //!   when half-open) the router and the agents' model aliases share.
 //! - [`status`]: building `tonic::Status` values with rich error details.
+//! - [`rate`]: rate limits by GCRA, per key.
 //! - [`redis_conn`]: the one way a backend connects to Redis.
 //! - [`retry`]: exponential backoff with jitter, and `Retry-After`.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
@@ -37,6 +38,7 @@ pub mod live;
 pub mod metrics;
 pub mod policy;
 pub mod process;
+pub mod rate;
 pub mod redis_conn;
 pub mod retry;
 pub mod seal;

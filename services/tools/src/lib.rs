@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use amaos_mesh::authn::Authenticator;
 use amaos_mesh::config::Limits;
 use amaos_mesh::metrics::Metrics;
+use amaos_mesh::rate::{Limiter, Rate};
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::json::{json_to_value, map_to_struct, struct_to_map};
@@ -122,12 +123,10 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default timeout of a call.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Per-tenant quotas: sandboxes at once, calls per minute.
+/// Per-tenant quotas: sandboxes at once (calls per minute are `call_rate`).
 #[derive(Default)]
 struct Quotas {
     sandboxes: HashMap<String, usize>,
-    /// Calls in the current minute, per tenant.
-    calls: HashMap<String, (Instant, u32)>,
 }
 
 /// The tools service.
@@ -147,6 +146,8 @@ pub struct Tools {
     quotas: Arc<Mutex<Quotas>>,
     max_sandboxes_per_tenant: usize,
     calls_per_minute: u32,
+    /// Calls per tenant, by GCRA: `calls_per_minute` at once, then at that rate.
+    call_rate: Arc<Limiter>,
     /// The hash-chained trail: every call's decision, before it runs.
     audit: Arc<amaos_mesh::audit::AuditLog>,
     /// Refuses run tokens whose attempt no longer runs.
@@ -214,6 +215,7 @@ impl Tools {
             quotas: Arc::new(Mutex::new(Quotas::default())),
             max_sandboxes_per_tenant: config.tools.max_sandboxes_per_tenant,
             calls_per_minute: config.tools.calls_per_minute,
+            call_rate: Arc::new(Limiter::new()),
         })
     }
 
@@ -264,20 +266,15 @@ impl Tools {
         if self.calls_per_minute == 0 {
             return Ok(());
         }
-        let mut q = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let entry = q.calls.entry(tenant.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= Duration::from_secs(60) {
-            *entry = (now, 0);
-        }
-        if entry.1 >= self.calls_per_minute {
-            return Err(ToolError::Quota(format!(
-                "tenant `{tenant}` made its {} tool calls this minute",
-                self.calls_per_minute
-            )));
-        }
-        entry.1 += 1;
-        Ok(())
+        self.call_rate
+            .check(tenant, Rate::per_minute(self.calls_per_minute))
+            .map_err(|wait| {
+                ToolError::Quota(format!(
+                    "tenant `{tenant}` made its {} tool calls this minute; the next in {} ms",
+                    self.calls_per_minute,
+                    wait.as_millis().max(1)
+                ))
+            })
     }
 
     /// Runs the shell tool, within the tenant's sandbox quota.

@@ -24,7 +24,7 @@ pub mod memory;
 mod rate;
 pub mod redis;
 
-pub use rate::{RateLimiter, gcra};
+pub use rate::RateLimiter;
 
 use std::time::{Duration, SystemTime};
 

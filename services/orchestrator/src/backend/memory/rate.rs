@@ -1,37 +1,22 @@
-//! The in-process rate limiter: GCRA over `tokio::time`, one theoretical
-//! arrival time per key, bounded.
+//! The in-process rate limiter: `amaos_mesh::rate`'s GCRA per key, over
+//! `tokio::time`, bounded.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use amaos_mesh::rate::{Limiter, Rate};
 
-use crate::backend::{BackendError, RateLimiter, gcra};
-
-/// Keys kept before those whose arrival time has passed are dropped.
-const MAX_KEYS: usize = 100_000;
+use crate::backend::{BackendError, RateLimiter};
 
 /// GCRA in process: nothing is shared with other replicas.
+#[derive(Default)]
 pub struct MemoryRateLimiter {
-    /// Theoretical arrival times, in seconds since `epoch`.
-    rates: Mutex<HashMap<String, f64>>,
-    epoch: Instant,
+    limiter: Limiter,
 }
 
 impl MemoryRateLimiter {
     /// A limiter that has seen nothing yet.
     pub fn new() -> Self {
-        Self {
-            rates: Mutex::new(HashMap::new()),
-            epoch: Instant::now(),
-        }
-    }
-}
-
-impl Default for MemoryRateLimiter {
-    fn default() -> Self {
-        Self::new()
+        Self::default()
     }
 }
 
@@ -43,18 +28,6 @@ impl RateLimiter for MemoryRateLimiter {
         per_second: f64,
         burst: u32,
     ) -> Result<Option<Duration>, BackendError> {
-        let now = self.epoch.elapsed().as_secs_f64();
-        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
-        let tat = rates.get(key).copied();
-        match gcra(tat, now, per_second, burst) {
-            Ok(next) => {
-                if rates.len() >= MAX_KEYS {
-                    rates.retain(|_, t| *t > now);
-                }
-                rates.insert(key.to_owned(), next);
-                Ok(None)
-            }
-            Err(wait) => Ok(Some(wait)),
-        }
+        Ok(self.limiter.check(key, Rate { per_second, burst }).err())
     }
 }

@@ -1,8 +1,10 @@
-//! The rate limiter in Redis, shared by every replica: GCRA on the server's
-//! clock, one key per limited thing (`P:rate:<key>`).
+//! The rate limiter in Redis, shared by every replica: `amaos_mesh::rate`'s
+//! GCRA step as a script on the server's clock, one key per limited thing
+//! (`P:rate:<key>`).
 
 use std::time::Duration;
 
+use amaos_mesh::rate::Rate;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
@@ -38,8 +40,8 @@ impl RateLimiter for RedisRateLimiter {
         per_second: f64,
         burst: u32,
     ) -> Result<Option<Duration>, BackendError> {
-        let interval = 1.0 / per_second.max(1e-9);
-        let tolerance = interval * f64::from(burst.max(1));
+        let rate = Rate { per_second, burst };
+        let (interval, tolerance) = (rate.interval(), rate.tolerance());
         let wait: String = self
             .script
             .key(format!("{}:rate:{key}", self.prefix))
