@@ -11,6 +11,8 @@
 //!   shedding, metrics, context propagation and a bounded drain.
 //! - [`client`]: channels to other services with timeouts and deadline and
 //!   trace-context propagation.
+//! - [`api_client`]: the HTTP client for model providers' APIs (chat and
+//!   embeddings): keys from the secret store, retries, bounded bodies.
 //! - [`caller`]: who is calling, and how the identity travels on.
 //! - [`token`]: EdDSA-signed tokens, verified locally with keys from auth.
 //! - [`identity`]: services' own identities (service tokens) between each other.
@@ -26,6 +28,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
 
+pub mod api_client;
 pub mod audit;
 pub mod authn;
 pub mod breaker;

@@ -1,104 +1,27 @@
-//! What the HTTP model providers share: where an alias's API key comes
-//! from, the client with its timeouts, the retry loop (429, 5xx and
-//! transport errors, honouring `Retry-After`), bounded body and
-//! server-sent-event reading, cost estimates and tool-call argument parsing.
+//! What the HTTP model providers share: an alias's client (the mesh's one
+//! API client — key, timeouts, retries honouring `Retry-After`, bounded
+//! bodies — named by the alias), server-sent-event reading, cost estimates
+//! and tool-call argument parsing.
 //! It builds on [`crate::provider`] only; the providers build on it.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
+use amaos_mesh::api_client::{ApiClient, ApiKey, MAX_BODY};
 use amaos_mesh::config::ModelConfig;
-use amaos_mesh::retry::{Backoff, retry_after};
-use amaos_mesh::secrets::{Secret, SecretStore};
+use amaos_mesh::secrets::SecretStore;
 use futures::StreamExt;
 use serde_json::Value;
 
+pub(crate) use amaos_mesh::api_client::KeyHeader;
+
 use crate::provider::{ModelError, ToolCallRequest, Usage};
 
-/// Largest response body read, in bytes.
-const MAX_BODY: usize = 8 * 1024 * 1024;
-/// Longest `Retry-After` honoured.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
-/// Waits between attempts when the server names none: 0.4 s doubling to 12.8 s.
-const BACKOFF: Backoff =
-    Backoff::doubling(Duration::from_millis(400), Duration::from_millis(12_800));
-
-/// Where an alias's API key comes from. The key itself is a [`Secret`]:
-/// never printed, and scrubbed from error messages.
-#[derive(Clone)]
-pub(crate) enum ApiKey {
-    /// No key.
-    None,
-    /// Read from the environment at start.
-    Fixed(Secret),
-    /// Read from the secret store at each call (cached by the store), so a
-    /// rotated key is used without a restart.
-    Stored(Arc<dyn SecretStore>, String),
-}
-
-impl ApiKey {
-    /// The key now.
-    pub(crate) async fn get(&self, alias: &str) -> Result<Option<Secret>, ModelError> {
-        match self {
-            ApiKey::None => Ok(None),
-            ApiKey::Fixed(secret) => Ok(Some(secret.clone())),
-            ApiKey::Stored(store, path) => {
-                store
-                    .get(path)
-                    .await
-                    .map(Some)
-                    .map_err(|e| ModelError::Provider {
-                        model: alias.to_owned(),
-                        message: format!("API key: {e}"),
-                    })
-            }
-        }
-    }
-}
-
-/// The API key of `alias`: from its environment variable (read now, so a
-/// missing one is reported at start) or from the secret store.
-pub(crate) fn api_key(
-    alias: &str,
-    config: &ModelConfig,
-    secrets: Option<&Arc<dyn SecretStore>>,
-) -> Result<ApiKey, amaos_mesh::BoxError> {
-    match (&config.api_key_env, &config.api_key_secret) {
-        (Some(var), _) => Ok(ApiKey::Fixed(Secret::new(std::env::var(var).map_err(
-            |_| {
-                format!(
-                    "config key `models.{alias}.api_key_env`: environment variable {var} is not set"
-                )
-            },
-        )?))),
-        (None, Some(path)) => match secrets {
-            Some(store) => Ok(ApiKey::Stored(store.clone(), path.clone())),
-            None => Err(format!(
-                "config key `models.{alias}.api_key_secret`: no secret store is configured"
-            )
-            .into()),
-        },
-        (None, None) => Ok(ApiKey::None),
-    }
-}
-
-/// One configured alias's HTTP side.
+/// One configured alias's HTTP side: `mesh::api_client`'s client, and what
+/// an alias adds (its name on errors, its prices).
 pub(crate) struct ProviderHttp {
     alias: String,
-    client: reqwest::Client,
-    max_retries: u32,
+    client: ApiClient,
     prices: (f64, f64),
-    api_key: ApiKey,
-    key_header: KeyHeader,
-}
-
-/// How a provider wants its API key sent.
-#[derive(Clone, Copy)]
-pub(crate) enum KeyHeader {
-    /// `Authorization: Bearer <key>` (OpenAI-compatible).
-    Bearer,
-    /// The key alone in this header (Anthropic's `x-api-key`).
-    Named(&'static str),
 }
 
 impl ProviderHttp {
@@ -108,17 +31,16 @@ impl ProviderHttp {
         secrets: Option<&Arc<dyn SecretStore>>,
         key_header: KeyHeader,
     ) -> Result<Self, amaos_mesh::BoxError> {
-        let client = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .build()?;
+        let api_key = ApiKey::configured(
+            config.api_key_env.as_deref(),
+            config.api_key_secret.as_deref(),
+            secrets,
+            |field| format!("models.{alias}.{field}"),
+        )?;
         Ok(Self {
             alias: alias.to_owned(),
-            client,
-            max_retries: config.max_retries,
+            client: ApiClient::new(config.timeout, config.max_retries, api_key, key_header)?,
             prices: (config.prompt_price_per_1k, config.completion_price_per_1k),
-            api_key: api_key(alias, config, secrets)?,
-            key_header,
         })
     }
 
@@ -141,72 +63,18 @@ impl ProviderHttp {
             / 1000.0
     }
 
-    /// Sends the request `build` makes until it succeeds, retrying 429, 5xx
-    /// (including Anthropic's 529) and transport errors up to `max_retries`
-    /// times; other statuses fail at once with the start of their body.
-    /// The API key (read now, so a rotated one is used) goes on every
-    /// request, and is scrubbed from every error.
+    /// Sends the request `build` makes, with the alias's key and retries
+    /// ([`ApiClient::send`]).
     pub(crate) async fn send(
         &self,
         build: impl Fn(&reqwest::Client) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ModelError> {
-        let key = self.api_key.get(&self.alias).await?;
-        // What a server sends back may quote the key: never pass it on.
-        let scrub = |text: String| match &key {
-            Some(key) => key.scrub(&text),
-            None => text,
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut request = build(&self.client);
-            if let Some(key) = &key {
-                request = match self.key_header {
-                    KeyHeader::Bearer => request.bearer_auth(key.expose()),
-                    KeyHeader::Named(name) => request.header(name, key.expose()),
-                };
-            }
-            let wait = match request.send().await {
-                Ok(response) if response.status().is_success() => return Ok(response),
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get(reqwest::header::RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| retry_after(v, SystemTime::now()))
-                        .map(|wait| wait.min(MAX_RETRY_AFTER));
-                    let text = response.text().await.unwrap_or_default();
-                    let text: String = text.chars().take(300).collect();
-                    if !(status.as_u16() == 429 || status.is_server_error())
-                        || attempt > self.max_retries
-                    {
-                        return Err(self.error(scrub(format!("HTTP {status}: {text}"))));
-                    }
-                    retry_after.unwrap_or_else(|| BACKOFF.wait(attempt))
-                }
-                Err(e) => {
-                    if attempt > self.max_retries {
-                        return Err(self.error(scrub(format!("request failed: {e}"))));
-                    }
-                    BACKOFF.wait(attempt)
-                }
-            };
-            tokio::time::sleep(wait).await;
-        }
+        self.client.send(build).await.map_err(|e| self.error(e))
     }
 
     /// The whole body as JSON, at most 8 MiB.
     pub(crate) async fn json(&self, response: reqwest::Response) -> Result<Value, ModelError> {
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.error(format!("reading the answer: {e}")))?;
-        if bytes.len() > MAX_BODY {
-            return Err(self.error("the answer is too large"));
-        }
-        serde_json::from_slice(&bytes)
-            .map_err(|e| self.error(format!("the answer is not JSON: {e}")))
+        self.client.json(response).await.map_err(|e| self.error(e))
     }
 
     /// Feeds the `data:` payload of every server-sent event to `on`, until

@@ -6,7 +6,8 @@
 //!   Batched; mean pooling over each text's tokens, then L2 normalisation, as
 //!   sentence-transformers does.
 //! - [`OpenAiEmbedder`]: any server speaking the OpenAI `POST /embeddings`
-//!   API over plain HTTP (a local inference server, typically).
+//!   API (a local inference server, or OpenAI itself), through the mesh's
+//!   one API client: `https://`, the API key, retries.
 //!
 //! A missing model is an error naming the fetch script; nothing silently
 //! falls back to another embedder.
@@ -16,12 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amaos_bert::{Bert, BertConfig, Sequence};
-use bytes::Bytes;
+use amaos_mesh::api_client::{ApiClient, ApiKey, KeyHeader};
 use futures::future::BoxFuture;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokenizers::{Tokenizer, TruncationParams};
 
 /// Files the MiniLM embedder needs in its model directory.
@@ -204,14 +201,13 @@ impl Embedder for MiniLm {
     }
 }
 
-/// An OpenAI-compatible embeddings server reached over plain HTTP.
+/// An OpenAI-compatible embeddings server, through the mesh's API client
+/// (`http://` or `https://`, the API key on every request, retries).
 pub struct OpenAiEmbedder {
-    client: Client<HttpConnector, Full<Bytes>>,
-    endpoint: http::Uri,
+    client: ApiClient,
+    endpoint: String,
     model: String,
-    api_key: Option<String>,
     dimension: usize,
-    timeout: Duration,
     batch_size: usize,
 }
 
@@ -232,72 +228,67 @@ struct EmbeddingsDatum {
     embedding: Vec<f32>,
 }
 
+/// How an [`OpenAiEmbedder`] reaches its server.
+pub struct EmbeddingsServer<'a> {
+    /// The base URL; requests go to `<base_url>/embeddings` (for example
+    /// `http://127.0.0.1:8080/v1`).
+    pub base_url: &'a str,
+    /// The API key, sent as `Authorization: Bearer`.
+    pub api_key: ApiKey,
+    /// Timeout of one call.
+    pub timeout: Duration,
+    /// Retries on 429, 5xx and transport errors.
+    pub max_retries: u32,
+}
+
 impl OpenAiEmbedder {
-    /// An embedder posting to `<base_url>/embeddings` (for example
-    /// `http://127.0.0.1:8080/v1`), expecting `dimension`-long vectors.
+    /// An embedder of `model` on `server`, expecting `dimension`-long
+    /// vectors, `batch_size` texts a call.
     pub fn new(
-        base_url: &str,
+        server: EmbeddingsServer<'_>,
         model: impl Into<String>,
-        api_key: Option<String>,
         dimension: usize,
-        timeout: Duration,
         batch_size: usize,
     ) -> Result<Self, EmbedError> {
-        let url = format!("{}/embeddings", base_url.trim_end_matches('/'));
-        let endpoint: http::Uri = url
-            .parse()
-            .map_err(|e| EmbedError::Server(format!("bad url `{url}`: {e}")))?;
-        if endpoint.scheme_str() != Some("http") {
+        let endpoint = format!("{}/embeddings", server.base_url.trim_end_matches('/'));
+        let parsed = url::Url::parse(&endpoint)
+            .map_err(|e| EmbedError::Server(format!("bad url `{endpoint}`: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
             return Err(EmbedError::Server(format!(
-                "bad url `{url}`: only http:// is supported"
+                "bad url `{endpoint}`: only http:// and https:// are supported"
             )));
         }
+        let client = ApiClient::new(
+            server.timeout,
+            server.max_retries,
+            server.api_key,
+            KeyHeader::Bearer,
+        )
+        .map_err(|e| EmbedError::Server(e.to_string()))?;
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client,
             endpoint,
             model: model.into(),
-            api_key,
             dimension,
-            timeout,
             batch_size: batch_size.max(1),
         })
     }
 
     async fn embed_batch(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let body = serde_json::to_vec(&EmbeddingsRequest {
+        let request = EmbeddingsRequest {
             model: &self.model,
             input: texts,
-        })
-        .map_err(|e| EmbedError::Server(e.to_string()))?;
-        let mut request = http::Request::post(self.endpoint.clone())
-            .header(http::header::CONTENT_TYPE, "application/json");
-        if let Some(key) = &self.api_key {
-            request = request.header(http::header::AUTHORIZATION, format!("Bearer {key}"));
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| EmbedError::Server(e.to_string()))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| EmbedError::Server(e.to_string()))?;
-            let status = response.status();
-            let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| EmbedError::Server(e.to_string()))?
-                .to_bytes();
-            Ok::<_, EmbedError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(self.timeout, exchange)
+        let response = self
+            .client
+            .send(|client| client.post(&self.endpoint).json(&request))
             .await
-            .map_err(|_| EmbedError::Server(format!("no answer within {:?}", self.timeout)))??;
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned();
-            return Err(EmbedError::Server(format!("status {status}: {text}")));
-        }
+            .map_err(EmbedError::Server)?;
+        let bytes = self
+            .client
+            .body(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(EmbedError::Server)?;
         let parsed: EmbeddingsResponse =
             serde_json::from_slice(&bytes).map_err(|e| EmbedError::BadResponse(e.to_string()))?;
         if parsed.data.len() != texts.len() {

@@ -26,11 +26,13 @@ pub mod tiers;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use amaos_mesh::api_client::ApiKey;
 use amaos_mesh::authn::Authenticator;
 use amaos_mesh::caller::Caller;
 use amaos_mesh::config::{EmbedderBackend, Limits, LongTermBackend, StoreBackend};
 use amaos_mesh::live::LiveRuns;
 use amaos_mesh::metrics::Metrics;
+use amaos_mesh::secrets::SecretStore;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::memory::v1 as pb;
@@ -39,7 +41,7 @@ use amaos_proto::time::{duration, system_time, timestamp};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::embed::{Embedder, MiniLm, OpenAiEmbedder};
+use crate::embed::{Embedder, EmbeddingsServer, MiniLm, OpenAiEmbedder};
 use crate::hot::{HotTier, LruHotTier, RedisHotTier};
 use crate::item::{Filter, Item, Kind, to_ms};
 use crate::longterm::{EdgeLongTerm, LongTerm};
@@ -116,29 +118,52 @@ pub struct Memory {
     max_text_bytes: usize,
 }
 
-/// The embedder `config` names. A missing MiniLM model is an error that
-/// says how to fetch it: the service never falls back to something else.
-pub fn embedder(config: &Config) -> Result<Arc<dyn Embedder>, BoxError> {
+/// The embedder `config` names, an embeddings server's API key read from
+/// `secrets` when `memory.embed_api_key_secret` names one. A missing MiniLM
+/// model is an error that says how to fetch it: the service never falls
+/// back to something else.
+pub fn embedder(
+    config: &Config,
+    secrets: Option<&Arc<dyn SecretStore>>,
+) -> Result<Arc<dyn Embedder>, BoxError> {
     let m = &config.memory;
     Ok(match m.embedder {
         EmbedderBackend::Minilm => {
             Arc::new(MiniLm::load(&m.model_dir(&config.data_dir), m.embed_batch)?)
         }
-        EmbedderBackend::Openai => Arc::new(OpenAiEmbedder::new(
-            &m.embed_url,
-            m.embed_model.clone(),
-            None,
-            m.embed_dimension,
-            Duration::from_secs(30),
-            m.embed_batch,
-        )?),
+        EmbedderBackend::Openai => {
+            let api_key = ApiKey::configured(
+                m.embed_api_key_env.as_deref(),
+                m.embed_api_key_secret.as_deref(),
+                secrets,
+                |field| format!("memory.embed_{field}"),
+            )?;
+            Arc::new(OpenAiEmbedder::new(
+                EmbeddingsServer {
+                    base_url: &m.embed_url,
+                    api_key,
+                    timeout: m.embed_timeout,
+                    max_retries: m.embed_max_retries,
+                },
+                m.embed_model.clone(),
+                m.embed_dimension,
+                m.embed_batch,
+            )?)
+        }
     })
 }
 
 /// The tiers `config` names, connected and opened.
 pub async fn tiers(config: &Config) -> Result<Tiers, BoxError> {
     let m = &config.memory;
-    let embedder = embedder(config)?;
+    // The secret store is opened only for an embeddings key kept there.
+    let secrets = match (&m.embedder, &m.embed_api_key_secret) {
+        (EmbedderBackend::Openai, Some(_)) => {
+            Some(amaos_mesh::secrets::open_audited(config, "memory").await?)
+        }
+        _ => None,
+    };
+    let embedder = embedder(config, secrets.as_ref())?;
     let hot: Arc<dyn HotTier> = match m.hot {
         StoreBackend::Memory => Arc::new(LruHotTier::new(m.hot_capacity, m.hot_ttl)),
         StoreBackend::Redis => Arc::new(

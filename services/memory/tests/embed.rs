@@ -7,7 +7,9 @@ use std::time::Duration;
 
 mod common;
 
-use amaos_memory::embed::{EmbedError, Embedder, MiniLm, OpenAiEmbedder, cosine};
+use amaos_memory::embed::{EmbedError, Embedder, EmbeddingsServer, MiniLm, OpenAiEmbedder, cosine};
+use amaos_mesh::api_client::ApiKey;
+use amaos_mesh::secrets::{FileSecrets, Secret, SecretStore};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -145,11 +147,9 @@ async fn start_server() -> (String, Seen) {
 async fn openai_backend_batches_orders_and_authenticates() {
     let (url, seen) = start_server().await;
     let embedder = OpenAiEmbedder::new(
-        &url,
+        server(&url, ApiKey::Fixed(Secret::new("secret"))),
         "test-model",
-        Some("secret".into()),
         3,
-        Duration::from_secs(5),
         2,
     )
     .unwrap();
@@ -177,7 +177,7 @@ async fn openai_backend_batches_orders_and_authenticates() {
 #[tokio::test]
 async fn openai_backend_rejects_errors_and_wrong_dimensions() {
     let (url, _) = start_server().await;
-    let embedder = OpenAiEmbedder::new(&url, "m", None, 3, Duration::from_secs(5), 8).unwrap();
+    let embedder = OpenAiEmbedder::new(server(&url, ApiKey::None), "m", 3, 8).unwrap();
     let error = embedder.embed(&["fail".to_string()]).await.unwrap_err();
     assert!(
         matches!(&error, EmbedError::Server(m) if m.contains("500")),
@@ -194,26 +194,62 @@ async fn openai_backend_rejects_errors_and_wrong_dimensions() {
     let addr = closed.local_addr().unwrap();
     drop(closed);
     let embedder = OpenAiEmbedder::new(
-        &format!("http://{addr}/v1"),
+        server(&format!("http://{addr}/v1"), ApiKey::None),
         "m",
-        None,
         3,
-        Duration::from_secs(5),
         8,
     )
     .unwrap();
     let error = embedder.embed(&["x".to_string()]).await.unwrap_err();
     assert!(matches!(error, EmbedError::Server(_)), "{error:?}");
 
+    assert!(OpenAiEmbedder::new(server("ftp://example.invalid", ApiKey::None), "m", 3, 8).is_err());
+    // https is a URL it takes (nothing is sent until a text is embedded).
     assert!(
         OpenAiEmbedder::new(
-            "https://example.invalid",
+            server("https://example.invalid/v1", ApiKey::None),
             "m",
-            None,
             3,
-            Duration::from_secs(1),
             8
         )
-        .is_err()
+        .is_ok()
     );
+}
+
+#[tokio::test]
+async fn openai_backend_sends_the_api_key_from_the_secret_store() {
+    let (url, seen) = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secrets.json");
+    std::fs::write(&file, r#"{"llm/embeddings": "sk-embed-1"}"#).unwrap();
+    let store: Arc<dyn SecretStore> = Arc::new(FileSecrets::new(file));
+    let api_key = ApiKey::configured(None, Some("llm/embeddings"), Some(&store), |f| {
+        format!("memory.embed_{f}")
+    })
+    .unwrap();
+    let embedder = OpenAiEmbedder::new(server(&url, api_key), "m", 3, 8).unwrap();
+    embedder.embed(&["a".to_string()]).await.unwrap();
+    let requests = seen.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].0.as_deref(), Some("Bearer sk-embed-1"));
+    // Without a store, a key kept there is a config error naming the key.
+    let error = ApiKey::configured(None, Some("llm/embeddings"), None, |f| {
+        format!("memory.embed_{f}")
+    })
+    .err()
+    .unwrap();
+    assert!(
+        error.to_string().contains("memory.embed_api_key_secret"),
+        "{error}"
+    );
+}
+
+/// The server at `base_url`, with `api_key`, no retries and a 5 s timeout.
+fn server(base_url: &str, api_key: ApiKey) -> EmbeddingsServer<'_> {
+    EmbeddingsServer {
+        base_url,
+        api_key,
+        timeout: Duration::from_secs(5),
+        max_retries: 0,
+    }
 }

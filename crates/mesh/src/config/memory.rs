@@ -64,6 +64,17 @@ pub struct MemoryConfig {
     pub embed_dimension: usize,
     /// Texts embedded at once.
     pub embed_batch: usize,
+    /// The environment variable holding the embeddings server's API key,
+    /// for `embedder = "openai"`; unset for none.
+    pub embed_api_key_env: Option<String>,
+    /// The secret-store path of that key (e.g. `llm/openai`), read at each
+    /// call so a rotated key is used without a restart.
+    pub embed_api_key_secret: Option<String>,
+    /// Timeout of one embeddings call.
+    #[serde(with = "duration_text")]
+    pub embed_timeout: Duration,
+    /// Retries of an embeddings call on 429, 5xx and transport errors.
+    pub embed_max_retries: u32,
     /// How long a memory is kept at most, in every tier.
     #[serde(with = "duration_text")]
     pub retention: Duration,
@@ -144,6 +155,10 @@ impl Default for MemoryConfig {
             embed_model: String::new(),
             embed_dimension: 384,
             embed_batch: 32,
+            embed_api_key_env: None,
+            embed_api_key_secret: None,
+            embed_timeout: Duration::from_secs(30),
+            embed_max_retries: 3,
             retention: Duration::from_secs(90 * 24 * 3600),
             tenant_retention: BTreeMap::new(),
             sweep_interval: Duration::from_secs(1),
@@ -188,6 +203,19 @@ impl MemoryConfig {
                     "must name the embeddings model",
                 ));
             }
+            if self.embed_api_key_env.is_some() && self.embed_api_key_secret.is_some() {
+                return Err(ConfigError::new(
+                    "memory.embed_api_key_secret",
+                    "set `embed_api_key_env` or `embed_api_key_secret`, not both",
+                ));
+            }
+            positive("memory.embed_timeout", self.embed_timeout)?;
+            in_range(
+                "memory.embed_max_retries",
+                self.embed_max_retries as usize,
+                0,
+                10,
+            )?;
         }
         Ok(())
     }
