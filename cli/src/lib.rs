@@ -3,8 +3,10 @@
 //! # Layout
 //!
 //! - [`up`]: the whole mesh in one process (`amaos up`).
-//! - [`bench`]: `amaos bench`, scenarios run against an in-process mesh;
-//!   [`bench_memory`], [`bench_sandbox`] and [`bench_rest`] (the REST
+//! - [`bench`]: `amaos bench`, scenarios run against an in-process mesh.
+//!   [`bench_memory`] (`--scenario memory`: the memory engines measured
+//!   directly), [`bench_sandbox`] (`--scenario sandbox`: what the tool
+//!   sandbox costs) and [`bench_rest`] (`--scenario rest`: the REST
 //!   gateway's overhead over gRPC) are scenarios of their own.
 //! - [`chaos`]: `amaos bench --scenario chaos`, faults injected into the six
 //!   services run as processes on Redis, and what survived them.

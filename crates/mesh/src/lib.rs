@@ -19,6 +19,12 @@
 //! - [`authn`]: the caller of a request from an API key (checked by auth,
 //!   cached) or a token (verified locally).
 //! - [`policy`]: which role may do what.
+//! - [`live`]: whether a run token's attempt still runs (asked of the
+//!   orchestrator, cached).
+//! - [`secrets`]: the secret stores (a file and environment, or Vault).
+//! - [`audit`]: the HMAC-chained audit trail every service appends to.
+//! - [`seal`]: envelope encryption of data at rest.
+//! - [`tls`]: the transport modes, mesh identities and the development PKI.
 //! - [`breaker`]: the circuit breaker state machine (one probe at a time
 //!   when half-open) the router and the agents' model aliases share.
 //! - [`status`]: building `tonic::Status` values with rich error details.

@@ -5,7 +5,8 @@
 //! One module per `proto/amaos/<svc>/v1` package, plus [`FILE_DESCRIPTOR_SET`]
 //! (the encoded descriptors, for reflection and the REST gateway) and
 //! [`json`], the conversions between `google.protobuf.Struct`/`Value` and
-//! `serde_json`. Nothing else lives here: domain types are in the services.
+//! `serde_json`, and [`time`], those between `Timestamp`/`Duration` and std
+//! time. Nothing else lives here: domain types are in the services.
 
 #![allow(missing_docs, clippy::all)]
 

@@ -6,8 +6,9 @@
 //! - [`catalog`]: teams served by name, loaded from `agents.teams_dir`.
 //! - [`provider`]: what every model speaks — messages, tool calls, replies,
 //!   usage, errors, the [`ChatModel`](provider::ChatModel) trait. A leaf.
-//! - `http`: what the HTTP providers share (API keys, retries, bounded
-//!   bodies, server-sent events); built on `provider`.
+//! - `http`: what the HTTP providers share (an alias's
+//!   `amaos_mesh::api_client` client — API keys, retries, bounded bodies —,
+//!   server-sent events, costs); built on `provider`.
 //! - [`openai`]: OpenAI-compatible Chat Completions; [`anthropic`]:
 //!   Anthropic Messages. Built on `http` and `provider`.
 //! - [`model`]: the router above the providers: the `replay` scripted model,

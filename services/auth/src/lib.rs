@@ -3,8 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`keys`]: the key store (argon2id hashes in a JSON file).
-//! - [`audit`]: the hash-chained audit trail.
+//! - [`keys`]: the key store contract and its file backend (argon2id
+//!   hashes in a JSON file); [`redis_keys`]: the same in Redis, for several
+//!   replicas.
+//! - the hash-chained audit trail is `amaos_mesh::audit`.
 //! - [`signing`]: the Ed25519 keys that sign tokens, rotated.
 //! - [`trail_check`]: the trail's verification QueryAudit reports, cached.
 //! - [`error`]: the service's errors and their mapping to gRPC codes.

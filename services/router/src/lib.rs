@@ -7,7 +7,8 @@
 //! - [`registry`]: registration, heartbeats with a TTL, and the routing policy
 //!   (power of two choices on load relative to capacity, or rendezvous hashing
 //!   on a session key), skipping workers whose breaker is open.
-//! - [`breaker`]: circuit breakers per worker and per team.
+//! - [`breaker`]: circuit breakers per worker and per team
+//!   (`amaos_mesh::breaker`'s state machine, keyed and bounded).
 //! - [`backend`]: the registry as a trait; [`redis_registry`]: its Redis
 //!   backend, shared by router replicas.
 //! - [`error`]: the router's errors and their mapping to gRPC codes.
