@@ -21,7 +21,7 @@ use std::fmt;
 
 pub use spec::{
     AgentSpec, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager,
-    NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination, ToolTurn,
+    NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination, ToolTurn, valid_name,
 };
 
 /// The model alias of the built-in deterministic scripted model.

@@ -186,14 +186,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> OrchestratorError
     }
 }
 
-fn valid_team_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-}
-
 /// What a submission carries for one task, before it becomes a [`Task`].
 struct TaskSpec {
     team: Option<pb::TeamRef>,
@@ -273,7 +265,7 @@ impl Inner {
         } = spec;
         let (team, source) = match team.and_then(|t| t.team) {
             Some(pb::team_ref::Team::Name(name)) => {
-                if !valid_team_name(&name) {
+                if !amaos_teams::valid_name(&name) {
                     return Err(invalid(
                         "team.name",
                         "must be 1 to 64 of a-z, 0-9, `-` and `_`",
@@ -320,7 +312,7 @@ impl Inner {
         let fallbacks = fallbacks
             .into_iter()
             .map(|f| match f.target {
-                Some(pb::fallback::Target::TeamName(name)) if valid_team_name(&name) => {
+                Some(pb::fallback::Target::TeamName(name)) if amaos_teams::valid_name(&name) => {
                     Ok(Fallback::Team(name))
                 }
                 Some(pb::fallback::Target::ModelAlias(alias))

@@ -46,7 +46,9 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The longest duration a spec may name.
 const MAX_SPEC_DURATION: Duration = Duration::from_secs(24 * 3600);
 
-pub(super) fn valid_name(name: &str) -> bool {
+/// Whether `name` may name a team, an agent, a nested team or a task: 1 to
+/// 64 of `[a-z0-9_-]`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

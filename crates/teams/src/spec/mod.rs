@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use check::{MAX_AGENTS, MAX_NESTED_TEAMS, MAX_REPLAY_TURNS, MAX_TASKS};
+pub use check::{MAX_AGENTS, MAX_NESTED_TEAMS, MAX_REPLAY_TURNS, MAX_TASKS, valid_name};
 
 /// A team: its agents and how they work together.
 #[derive(Clone, Debug, PartialEq)]
