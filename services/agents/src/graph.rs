@@ -10,7 +10,7 @@
 //! are cut short: it is an outline, not a copy of the spec.
 
 use amaos_proto::agents::v1::{TeamEdge, TeamGraph, TeamNode, TeamNodeKind};
-use amaos_teams::{CrewSpec, GroupChatSpec, Manager, Process, TeamSpec};
+use amaos_teams::{Assignee, CrewSpec, GroupChatSpec, Manager, Process, Shape, TeamSpec};
 
 /// Longest `detail` of a node, in characters.
 const MAX_DETAIL: usize = 160;
@@ -35,12 +35,9 @@ pub fn team_graph(spec: &TeamSpec) -> TeamGraph {
         parent: String::new(),
     };
     // Where the output the judge sees comes from.
-    let last = if let Some(crew) = &spec.crew {
-        graph.crew(&top, crew, true)
-    } else if let Some(chat) = &spec.group_chat {
-        graph.chat(&top, chat, spec.participants())
-    } else {
-        ROOT.to_owned()
+    let last = match &spec.shape {
+        Shape::Crew(crew) => graph.crew(&top, crew, true),
+        Shape::GroupChat(chat) => graph.chat(&top, chat, spec.participants()),
     };
     if let Some(judge) = &spec.judge {
         let id = graph.agent(&top, &judge.agent, TeamNodeKind::Judge);
@@ -139,10 +136,9 @@ impl Builder {
             self.node(id.clone(), name, TeamNodeKind::Team, "", "");
             return id;
         };
-        let kind = if nested.crew.is_some() {
-            "nested crew"
-        } else {
-            "nested group chat"
+        let kind = match nested.shape {
+            Shape::Crew(_) => "nested crew",
+            Shape::GroupChat(_) => "nested group chat",
         };
         let detail = if nested.description.is_empty() {
             kind.to_owned()
@@ -156,11 +152,14 @@ impl Builder {
             prefix: format!("{id}/"),
             parent: id.clone(),
         };
-        if let Some(crew) = &nested.crew {
-            self.crew(&scope, crew, false);
-        } else if let Some(chat) = &nested.group_chat {
-            let inner = spec.nested_spec(nested);
-            self.chat(&scope, chat, inner.participants());
+        match &nested.shape {
+            Shape::Crew(crew) => {
+                self.crew(&scope, crew, false);
+            }
+            Shape::GroupChat(chat) => {
+                let inner = spec.nested_spec(nested);
+                self.chat(&scope, chat, inner.participants());
+            }
         }
         id
     }
@@ -168,8 +167,8 @@ impl Builder {
     /// A crew's tasks in order; returns the last task's id (the crew's
     /// output).
     fn crew(&mut self, scope: &Scope<'_>, crew: &CrewSpec, top: bool) -> String {
-        let manager = match (crew.process, &crew.manager) {
-            (Process::Hierarchical, Some(m)) => {
+        let manager = match &crew.process {
+            Process::Hierarchical { manager: m } => {
                 let id = self.agent(scope, m, TeamNodeKind::Manager);
                 self.edge(&scope.id, &id, "starts");
                 Some(id)
@@ -200,13 +199,13 @@ impl Builder {
                     self.edge(&format!("{}task:{source}", scope.prefix), &id, "context");
                 }
             }
-            match &task.team {
-                Some(team) if top => {
+            match &task.assignee {
+                Assignee::Team(team) if top => {
                     let nested = self.nested(scope.spec, team);
                     self.edge(&id, &nested, "runs");
                 }
-                _ if !task.agent.is_empty() => {
-                    let agent = self.agent(scope, &task.agent, TeamNodeKind::Agent);
+                Assignee::Agent(name) => {
+                    let agent = self.agent(scope, name, TeamNodeKind::Agent);
                     let label = if manager.is_some() {
                         "hint"
                     } else {
@@ -220,7 +219,7 @@ impl Builder {
         }
         // The manager may hand any task to any other agent of the team
         // (the task's `agent` is only a hint): draw whom it can choose.
-        if let (Some(m), Some(name)) = (&manager, &crew.manager) {
+        if let (Some(m), Process::Hierarchical { manager: name }) = (&manager, &crew.process) {
             let judge = scope.spec.judge.as_ref().map(|j| j.agent.as_str());
             for agent in &scope.spec.agents {
                 if agent.name != *name && Some(agent.name.as_str()) != judge {
@@ -237,7 +236,7 @@ impl Builder {
         let id = format!("{}chat", scope.prefix);
         let manager = match chat.manager {
             Manager::RoundRobin => "round robin",
-            Manager::Selector => "selector",
+            Manager::Selector(_) => "selector",
             Manager::Swarm => "swarm",
         };
         self.node(
@@ -248,8 +247,8 @@ impl Builder {
             &format!("{manager} · {}", chat.task),
         );
         self.edge(&scope.id, &id, "starts");
-        let selector = match (&chat.manager, &chat.selector) {
-            (Manager::Selector, Some(s)) => {
+        let selector = match &chat.manager {
+            Manager::Selector(s) => {
                 let s = self.agent(scope, s, TeamNodeKind::Selector);
                 self.edge(&id, &s, "asks");
                 Some(s)
@@ -261,7 +260,7 @@ impl Builder {
                 Some(_) if scope.prefix.is_empty() => self.nested(scope.spec, speaker),
                 _ => self.agent(scope, speaker, TeamNodeKind::Agent),
             };
-            match (&selector, chat.manager) {
+            match (&selector, &chat.manager) {
                 (Some(s), _) => self.edge(s, &node, "selects"),
                 (None, Manager::RoundRobin) => self.edge(&id, &node, &format!("turn {}", turn + 1)),
                 (None, Manager::Swarm) if turn == 0 => self.edge(&id, &node, "starts"),
