@@ -425,3 +425,47 @@ crew:
     }
     mesh.stop().await;
 }
+
+/// The router's registry lost (Redis flushed or restarted empty): until the
+/// workers heartbeat and register again, routing finds no worker for any
+/// team. A task dispatched in that window waits for one within its
+/// deadline; it used to fail at once as if its team did not exist.
+#[tokio::test]
+async fn a_task_waits_for_workers_to_register_again_after_the_registry_is_lost() {
+    let prefix = format!("amaos-e2e-{}", amaos_mesh::new_id());
+    let url =
+        std::env::var("AMAOS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mesh = TestMesh::start_with(|c| {
+        c.router.backend = StoreBackend::Redis;
+        c.router.redis_url = url.clone();
+        c.router.redis_prefix = prefix.clone();
+    })
+    .await;
+    let key = mesh.admin_key.clone();
+    let first = mesh.submit(&key, &research_crew(), "before").await;
+    mesh.events(&key, &first).await;
+    assert_eq!(
+        mesh.task(&key, &first).await.state,
+        pb::TaskState::Succeeded as i32
+    );
+
+    // Wipe every key of the router, as an empty Redis would be.
+    let wipe = std::process::Command::new("redis-cli")
+        .args(["-u", &url, "EVAL"])
+        .arg("local n = 0 for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) n = n + 1 end return n")
+        .args(["0", &format!("{prefix}*")])
+        .output()
+        .expect("redis-cli runs");
+    assert!(wipe.status.success(), "{wipe:?}");
+    let deleted: u64 = String::from_utf8_lossy(&wipe.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(deleted > 0, "the router kept its registry under {prefix}");
+
+    let second = mesh.submit(&key, &research_crew(), "after").await;
+    mesh.events(&key, &second).await;
+    let task = mesh.task(&key, &second).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    mesh.stop().await;
+}

@@ -584,7 +584,13 @@ impl Dispatcher {
             .map_err(|status| {
                 Failure::new(
                     match status.code() {
-                        tonic::Code::NotFound => ErrorClass::Invalid,
+                        // No worker declares the team *now*: submission
+                        // checked that one did, so the registry was lost
+                        // (Redis restarted empty) or every worker is
+                        // restarting. They register again within a
+                        // heartbeat; the attempt waits for them within the
+                        // task's deadline instead of failing the task.
+                        tonic::Code::NotFound => ErrorClass::Transient,
                         // The orchestrator's own identity refused: waiting
                         // will not help.
                         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
