@@ -10,10 +10,13 @@
 //! - `doc`: the YAML document as serde reads it, before any check.
 //! - `check`: every problem of a document, as (field path, message).
 //! - `convert`: a document without problems → a [`TeamSpec`].
+//! - `reference` (tests): `docs/team-spec.md` lists every field of `doc`.
 
 mod check;
 mod convert;
 pub(crate) mod doc;
+#[cfg(test)]
+mod reference;
 
 use std::time::Duration;
 
