@@ -63,7 +63,9 @@ impl Mesh {
         amaos_mesh::install_crypto_provider();
         // Every trail writer of the mesh keys and anchors as configured.
         amaos_mesh::audit::configure(&config);
-        amaos_mesh::policy::init(
+        // One policy for the mesh's services, its own: another mesh in this
+        // process has another.
+        let policy = amaos_mesh::policy::Policy::load(
             config.auth.rbac_model.clone(),
             config.auth.rbac_policy.clone(),
             std::time::Duration::from_secs(2),
@@ -107,7 +109,7 @@ impl Mesh {
             listeners.push((service, listener, admin_listener));
         }
 
-        let opened = amaos_auth::open(&config).await?;
+        let opened = amaos_auth::open(&config, policy.clone()).await?;
         let mut tasks = Vec::new();
         for (service, listener, admin_listener) in listeners {
             let metrics = Metrics::new(service);
@@ -127,12 +129,36 @@ impl Mesh {
                         amaos_auth::serve_state(state, &c, listener, metrics, stop).await
                     })
                 }
-                "router" => tokio::spawn(amaos_router::serve(c, listener, metrics, stop)),
-                "memory" => tokio::spawn(amaos_memory::serve(c, listener, metrics, stop)),
-                "tools" => tokio::spawn(amaos_tools::serve(c, listener, metrics, stop)),
+                "router" => tokio::spawn(amaos_router::serve(
+                    c,
+                    policy.clone(),
+                    listener,
+                    metrics,
+                    stop,
+                )),
+                "memory" => tokio::spawn(amaos_memory::serve(
+                    c,
+                    policy.clone(),
+                    listener,
+                    metrics,
+                    stop,
+                )),
+                "tools" => tokio::spawn(amaos_tools::serve(
+                    c,
+                    policy.clone(),
+                    listener,
+                    metrics,
+                    stop,
+                )),
                 "agents" => tokio::spawn(amaos_agents::serve(c, listener, metrics, stop)),
                 "gateway" => tokio::spawn(amaos_gateway::serve(c, listener, metrics, stop)),
-                _ => tokio::spawn(amaos_orchestrator::serve(c, listener, metrics, stop)),
+                _ => tokio::spawn(amaos_orchestrator::serve(
+                    c,
+                    policy.clone(),
+                    listener,
+                    metrics,
+                    stop,
+                )),
             };
             tasks.push((service, handle));
         }

@@ -1,6 +1,7 @@
 //! Authorization: Casbin with the RBAC-with-domains model, the domain being
-//! the tenant. Every service asks [`allows`] with (subject, tenant, object,
-//! action) before acting; the tenant always comes from the caller's verified
+//! the tenant. Every service holds a [`Policy`] (given to it at start, so
+//! several meshes in one process each have their own) and asks
+//! [`Policy::allows`] with (subject, tenant, object, action) before acting; the tenant always comes from the caller's verified
 //! credential. Subjects are the caller's roles (from its token or key) and
 //! its principal (so a policy can grant one key a role in one tenant with a
 //! `g` line).
@@ -13,7 +14,7 @@
 //! `keyMatch` (`tools*`, `*`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use casbin::{CoreApi, DefaultModel, Enforcer, StringAdapter};
@@ -37,12 +38,10 @@ pub const DEFAULT_MODEL: &str = include_str!("../rbac/model.conf");
 /// The built-in policy.
 pub const DEFAULT_POLICY: &str = include_str!("../rbac/policy.csv");
 
-static ACTIVE: OnceLock<RwLock<Arc<Active>>> = OnceLock::new();
-
-/// The enforcer every check uses, with the decisions it has made: a Casbin
-/// enforcement (matcher evaluation over every rule) cost more than a whole
-/// RPC on the hot path, and a decision only changes with the policy — a new
-/// policy is a new `Active`, with an empty memo.
+/// An enforcer with the decisions it has made: a Casbin enforcement (matcher
+/// evaluation over every rule) cost more than a whole RPC on the hot path,
+/// and a decision only changes with the policy — a new policy is a new
+/// `Active`, with an empty memo.
 struct Active {
     enforcer: Enforcer,
     decisions: std::sync::Mutex<std::collections::HashMap<String, bool>>,
@@ -79,6 +78,154 @@ impl Active {
         }
         decisions.insert(key, allowed);
         allowed
+    }
+}
+
+/// The RBAC policy a service enforces: one enforcer and its decision cache,
+/// replaced whole when the policy files change. Clones share the enforcer
+/// (a mesh started in one process gives every service the same one);
+/// separate `Policy` values share nothing.
+#[derive(Clone)]
+pub struct Policy {
+    active: Arc<RwLock<Arc<Active>>>,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy").finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// A policy enforcing `enforcer`.
+    pub fn new(enforcer: Enforcer) -> Self {
+        Self {
+            active: Arc::new(RwLock::new(Arc::new(Active::new(enforcer)))),
+        }
+    }
+
+    /// The built-in model and policy ([`DEFAULT_MODEL`], [`DEFAULT_POLICY`]).
+    pub fn builtin() -> Self {
+        // The built-in texts are checked by this module's tests.
+        Self::new(build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap_or_else(|e| panic!("built-in {e}")))
+    }
+
+    /// Makes `enforcer` the one this policy (and every clone of it) uses,
+    /// with an empty decision cache.
+    pub fn install(&self, enforcer: Enforcer) {
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Active::new(enforcer));
+    }
+
+    fn current(&self) -> Arc<Active> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The rule that lets `principal` (with `roles`) do `action` on `object`
+    /// in `tenant`, if any.
+    pub fn allows(
+        &self,
+        principal: &str,
+        roles: &[String],
+        tenant: &str,
+        object: &str,
+        action: &str,
+    ) -> Option<String> {
+        let active = self.current();
+        let mut subjects: Vec<&str> = roles.iter().map(String::as_str).collect();
+        subjects.push(principal);
+        subjects.into_iter().find_map(|subject| {
+            active
+                .enforce(subject, tenant, object, action)
+                .then(|| format!("`{subject}` may `{action}` on `{object}` in tenant `{tenant}`"))
+        })
+    }
+
+    /// The configured files (if any; the built-in policy otherwise), watched
+    /// until `shutdown` and reloaded on change. Fails when the files cannot
+    /// be loaded at start. Each reload (and each refused one) is appended to
+    /// the audit trail at `audit` first; a new policy is not installed
+    /// unless its record is written.
+    pub fn load(
+        model: Option<PathBuf>,
+        policy: Option<PathBuf>,
+        every: Duration,
+        audit: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, String> {
+        if model.is_none() && policy.is_none() {
+            return Ok(Self::builtin());
+        }
+        // A file not configured is the built-in text.
+        let load =
+            |model: &Option<PathBuf>, policy: &Option<PathBuf>| -> Result<Enforcer, String> {
+                let text = |p: &Option<PathBuf>, builtin: &str| -> Result<String, String> {
+                    match p {
+                        Some(p) => {
+                            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+                        }
+                        None => Ok(builtin.to_owned()),
+                    }
+                };
+                build(&text(model, DEFAULT_MODEL)?, &text(policy, DEFAULT_POLICY)?)
+            };
+        let files: Vec<PathBuf> = model.iter().chain(&policy).cloned().collect();
+        let trail = audit.map(|path| crate::audit::AuditLog::append_only(&path));
+        let object = files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let record = move |allowed: bool| -> Result<(), String> {
+            match &trail {
+                Some(trail) => trail
+                    .append(crate::audit::Entry {
+                        principal: "policy-watcher",
+                        tenant: "",
+                        action: "policy.reload",
+                        object: &object,
+                        allowed,
+                    })
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        };
+        // The stamp is taken before loading, so a change made meanwhile is seen.
+        let mut seen = stamp(&files);
+        let loaded = Self::new(load(&model, &policy)?);
+        let watched = loaded.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let now = stamp(&files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                match load(&model, &policy) {
+                    Ok(enforcer) => match record(true) {
+                        Ok(()) => {
+                            watched.install(enforcer);
+                            tracing::info!(target: "audit", action = "policy_reload", decision = "allow", outcome = "ok", files = ?files, "RBAC policy reloaded");
+                        }
+                        Err(error) => {
+                            tracing::error!(target: "audit", action = "policy_reload", outcome = "refused", %error, "RBAC policy not reloaded: the audit trail cannot be written; the running policy stays");
+                        }
+                    },
+                    Err(error) => {
+                        let _ = record(false);
+                        tracing::error!(target: "audit", action = "policy_reload", outcome = "refused", %error, "RBAC policy not reloaded; the running policy stays");
+                    }
+                }
+            }
+        });
+        Ok(loaded)
     }
 }
 
@@ -127,156 +274,11 @@ pub fn build(model: &str, policy: &str) -> Result<Enforcer, String> {
     Ok(enforcer)
 }
 
-fn active() -> Arc<Active> {
-    ACTIVE
-        .get_or_init(|| {
-            // The built-in texts are checked by this module's tests.
-            RwLock::new(Arc::new(Active::new(
-                build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap_or_else(|e| panic!("built-in {e}")),
-            )))
-        })
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-}
-
-/// Makes `enforcer` the one every check uses.
-pub fn install(enforcer: Enforcer) {
-    let mut fresh = Some(enforcer);
-    let slot = ACTIVE.get_or_init(|| {
-        RwLock::new(Arc::new(Active::new(fresh.take().unwrap_or_else(|| {
-            build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap_or_else(|e| panic!("built-in {e}"))
-        }))))
-    });
-    if let Some(enforcer) = fresh {
-        *slot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Active::new(enforcer));
-    }
-}
-
-/// The rule that lets `principal` (with `roles`) do `action` on `object` in
-/// `tenant`, if any.
-pub fn allows(
-    principal: &str,
-    roles: &[String],
-    tenant: &str,
-    object: &str,
-    action: &str,
-) -> Option<String> {
-    let active = active();
-    let mut subjects: Vec<&str> = roles.iter().map(String::as_str).collect();
-    subjects.push(principal);
-    subjects.into_iter().find_map(|subject| {
-        active
-            .enforce(subject, tenant, object, action)
-            .then(|| format!("`{subject}` may `{action}` on `{object}` in tenant `{tenant}`"))
-    })
-}
-
-/// [`allows`] against a given enforcer.
-pub fn allows_with(
-    enforcer: &Enforcer,
-    principal: &str,
-    roles: &[String],
-    tenant: &str,
-    object: &str,
-    action: &str,
-) -> Option<String> {
-    let mut subjects: Vec<&str> = roles.iter().map(String::as_str).collect();
-    subjects.push(principal);
-    subjects.into_iter().find_map(|subject| {
-        enforcer
-            .enforce((subject, tenant, object, action))
-            .ok()
-            .filter(|allowed| *allowed)
-            .map(|_| format!("`{subject}` may `{action}` on `{object}` in tenant `{tenant}`"))
-    })
-}
-
 fn stamp(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
     paths
         .iter()
         .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
         .collect()
-}
-
-/// Loads the configured files (if any) and watches them until `shutdown`,
-/// reloading on change. Fails when the files cannot be loaded at start.
-/// Each reload (and each refused one) is appended to the audit trail at
-/// `audit` first; a new policy is not installed unless its record is written.
-pub fn init(
-    model: Option<PathBuf>,
-    policy: Option<PathBuf>,
-    every: Duration,
-    audit: Option<PathBuf>,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
-    if model.is_none() && policy.is_none() {
-        return Ok(());
-    }
-    // A file not configured is the built-in text.
-    let load = |model: &Option<PathBuf>, policy: &Option<PathBuf>| -> Result<Enforcer, String> {
-        let text = |p: &Option<PathBuf>, builtin: &str| -> Result<String, String> {
-            match p {
-                Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display())),
-                None => Ok(builtin.to_owned()),
-            }
-        };
-        build(&text(model, DEFAULT_MODEL)?, &text(policy, DEFAULT_POLICY)?)
-    };
-    let files: Vec<PathBuf> = model.iter().chain(&policy).cloned().collect();
-    let trail = audit.map(|path| crate::audit::AuditLog::append_only(&path));
-    let object = files
-        .iter()
-        .map(|f| f.display().to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    let record = move |allowed: bool| -> Result<(), String> {
-        match &trail {
-            Some(trail) => trail
-                .append(crate::audit::Entry {
-                    principal: "policy-watcher",
-                    tenant: "",
-                    action: "policy.reload",
-                    object: &object,
-                    allowed,
-                })
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => Ok(()),
-        }
-    };
-    // The stamp is taken before loading, so a change made meanwhile is seen.
-    let mut seen = stamp(&files);
-    install(load(&model, &policy)?);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(every) => {}
-            }
-            let now = stamp(&files);
-            if now == seen {
-                continue;
-            }
-            seen = now;
-            match load(&model, &policy) {
-                Ok(enforcer) => match record(true) {
-                    Ok(()) => {
-                        install(enforcer);
-                        tracing::info!(target: "audit", action = "policy_reload", decision = "allow", outcome = "ok", files = ?files, "RBAC policy reloaded");
-                    }
-                    Err(error) => {
-                        tracing::error!(target: "audit", action = "policy_reload", outcome = "refused", %error, "RBAC policy not reloaded: the audit trail cannot be written; the running policy stays");
-                    }
-                },
-                Err(error) => {
-                    let _ = record(false);
-                    tracing::error!(target: "audit", action = "policy_reload", outcome = "refused", %error, "RBAC policy not reloaded; the running policy stays");
-                }
-            }
-        }
-    });
-    Ok(())
 }
 
 #[cfg(test)]
@@ -312,7 +314,7 @@ mod tests {
 
     #[test]
     fn the_built_in_policy_agrees_with_the_reference_for_every_role_action_and_tenant() {
-        let enforcer = build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap();
+        let policy = Policy::new(build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap());
         let objects = [
             "tasks",
             "teams",
@@ -334,15 +336,9 @@ mod tests {
             for object in objects {
                 for action in actions {
                     for tenant in ["acme", "globex", "default"] {
-                        let got = allows_with(
-                            &enforcer,
-                            "key-1",
-                            &[role.to_string()],
-                            tenant,
-                            object,
-                            action,
-                        )
-                        .is_some();
+                        let got = policy
+                            .allows("key-1", &[role.to_string()], tenant, object, action)
+                            .is_some();
                         assert_eq!(
                             got,
                             reference(role, object, action),
@@ -354,17 +350,15 @@ mod tests {
             }
         }
         assert_eq!(checked, ROLES.len() * objects.len() * actions.len() * 3);
-        assert!(allows_with(&enforcer, "key-1", &[], "acme", "tasks", "read").is_none());
         assert!(
-            allows_with(
-                &enforcer,
-                "key-1",
-                &["stranger".into()],
-                "acme",
-                "tasks",
-                "read"
-            )
-            .is_none()
+            policy
+                .allows("key-1", &[], "acme", "tasks", "read")
+                .is_none()
+        );
+        assert!(
+            policy
+                .allows("key-1", &["stranger".into()], "acme", "tasks", "read")
+                .is_none()
         );
     }
 
@@ -373,13 +367,52 @@ mod tests {
         let policy = format!(
             "{DEFAULT_POLICY}p, developer, acme, keys*, read\ng, key-7, operator, globex\n"
         );
-        let enforcer = build(DEFAULT_MODEL, &policy).unwrap();
+        let policy = Policy::new(build(DEFAULT_MODEL, &policy).unwrap());
         let dev = ["developer".to_owned()];
-        assert!(allows_with(&enforcer, "k", &dev, "acme", "keys", "read").is_some());
-        assert!(allows_with(&enforcer, "k", &dev, "globex", "keys", "read").is_none());
+        assert!(policy.allows("k", &dev, "acme", "keys", "read").is_some());
+        assert!(policy.allows("k", &dev, "globex", "keys", "read").is_none());
         // key-7 is an operator in globex only.
-        assert!(allows_with(&enforcer, "key-7", &[], "globex", "workers", "write").is_some());
-        assert!(allows_with(&enforcer, "key-7", &[], "acme", "workers", "write").is_none());
+        assert!(
+            policy
+                .allows("key-7", &[], "globex", "workers", "write")
+                .is_some()
+        );
+        assert!(
+            policy
+                .allows("key-7", &[], "acme", "workers", "write")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn separate_policies_share_neither_rules_nor_decisions() {
+        let dev = ["developer".to_owned()];
+        let builtin = Policy::builtin();
+        let granted = Policy::new(
+            build(
+                DEFAULT_MODEL,
+                &format!("{DEFAULT_POLICY}p, developer, acme, keys*, read\n"),
+            )
+            .unwrap(),
+        );
+        // Each decides (and caches) the same question its own way.
+        for _ in 0..2 {
+            assert!(granted.allows("k", &dev, "acme", "keys", "read").is_some());
+            assert!(builtin.allows("k", &dev, "acme", "keys", "read").is_none());
+        }
+        // Installing into one reaches its clones, not the other policy.
+        let clone = builtin.clone();
+        builtin.install(
+            build(
+                DEFAULT_MODEL,
+                &format!("{DEFAULT_POLICY}p, developer, acme, keys*, read\n"),
+            )
+            .unwrap(),
+        );
+        assert!(clone.allows("k", &dev, "acme", "keys", "read").is_some());
+        granted.install(build(DEFAULT_MODEL, DEFAULT_POLICY).unwrap());
+        assert!(granted.allows("k", &dev, "acme", "keys", "read").is_none());
+        assert!(builtin.allows("k", &dev, "acme", "keys", "read").is_some());
     }
 
     #[test]

@@ -61,14 +61,21 @@ fn load(service: Option<Service>) -> Result<Config, ExitCode> {
     })
 }
 
-/// Runs one service as a whole process and returns its exit code.
+/// Runs one service as a whole process and returns its exit code. `serve`
+/// is given the process's RBAC policy (the configured files, watched).
 pub fn run_service<F, Fut>(
     service: &'static str,
     endpoint: fn(&Config) -> &dyn ServiceEndpoint,
     serve: F,
 ) -> ExitCode
 where
-    F: FnOnce(Config, crate::server::Listener, Metrics, CancellationToken) -> Fut,
+    F: FnOnce(
+        Config,
+        crate::policy::Policy,
+        crate::server::Listener,
+        Metrics,
+        CancellationToken,
+    ) -> Fut,
     Fut: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
 {
     // A service this crate does not know validates everything.
@@ -107,16 +114,19 @@ where
         let shutdown = shutdown::on_signal();
         // Every trail writer of this process keys and anchors as configured.
         crate::audit::configure(&config);
-        if let Err(error) = crate::policy::init(
+        let policy = match crate::policy::Policy::load(
             config.auth.rbac_model.clone(),
             config.auth.rbac_policy.clone(),
             std::time::Duration::from_secs(2),
             Some(config.audit_file()),
             shutdown.clone(),
         ) {
-            eprintln!("amaos-{service}: config key `auth.rbac_policy`: {error}");
-            return ExitCode::from(EXIT_CONFIG as u8);
-        }
+            Ok(policy) => policy,
+            Err(error) => {
+                eprintln!("amaos-{service}: config key `auth.rbac_policy`: {error}");
+                return ExitCode::from(EXIT_CONFIG as u8);
+            }
+        };
         let metrics = Metrics::new(service);
         if let Some(admin) = ep.admin_listen() {
             match TcpListener::bind(admin).await {
@@ -134,7 +144,7 @@ where
                 }
             }
         }
-        match serve(config, listener, metrics, shutdown).await {
+        match serve(config, policy, listener, metrics, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 tracing::error!(%error, "stopped with an error");

@@ -1,10 +1,9 @@
 //! The RBAC policy from files: loaded at start, reloaded when the policy file
-//! changes, a broken file refused with the running policy kept. (Its own test
-//! binary: the policy is process-wide.)
+//! changes, a broken file refused with the running policy kept.
 
 use std::time::Duration;
 
-use amaos_mesh::policy::{self, DEFAULT_MODEL, DEFAULT_POLICY};
+use amaos_mesh::policy::{DEFAULT_MODEL, DEFAULT_POLICY, Policy};
 use tokio_util::sync::CancellationToken;
 
 fn dev() -> Vec<String> {
@@ -30,7 +29,7 @@ async fn policy_files_are_loaded_and_reloaded_on_change() {
     std::fs::write(&policy_file, DEFAULT_POLICY).unwrap();
     let stop = CancellationToken::new();
     let trail = dir.path().join("audit.jsonl");
-    policy::init(
+    let policy = Policy::load(
         Some(model.clone()),
         Some(policy_file.clone()),
         Duration::from_millis(50),
@@ -38,20 +37,28 @@ async fn policy_files_are_loaded_and_reloaded_on_change() {
         stop.clone(),
     )
     .unwrap();
-    assert!(policy::allows("k", &dev(), "acme", "keys", "read").is_none());
+    assert!(policy.allows("k", &dev(), "acme", "keys", "read").is_none());
     // A tenant-scoped grant appears without a restart.
     std::fs::write(
         &policy_file,
         format!("{DEFAULT_POLICY}p, developer, acme, keys*, read\n"),
     )
     .unwrap();
-    assert!(eventually(|| policy::allows("k", &dev(), "acme", "keys", "read").is_some()).await);
-    assert!(policy::allows("k", &dev(), "globex", "keys", "read").is_none());
+    assert!(eventually(|| policy.allows("k", &dev(), "acme", "keys", "read").is_some()).await);
+    assert!(
+        policy
+            .allows("k", &dev(), "globex", "keys", "read")
+            .is_none()
+    );
     // A broken file is refused; the running policy stays.
     std::fs::write(&policy_file, "p, developer\n").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(policy::allows("k", &dev(), "acme", "keys", "read").is_some());
-    assert!(policy::allows("k", &["admin".into()], "acme", "anything", "delete").is_some());
+    assert!(policy.allows("k", &dev(), "acme", "keys", "read").is_some());
+    assert!(
+        policy
+            .allows("k", &["admin".into()], "acme", "anything", "delete")
+            .is_some()
+    );
     // Both reloads are in the trail: the one applied, the one refused.
     let decisions: Vec<String> = std::fs::read_to_string(&trail)
         .unwrap()
@@ -66,7 +73,7 @@ async fn policy_files_are_loaded_and_reloaded_on_change() {
         amaos_mesh::audit::Verdict::Intact(2)
     );
     // A broken file at start is an error.
-    let Err(error) = policy::init(
+    let Err(error) = Policy::load(
         None,
         Some(policy_file.clone()),
         Duration::from_secs(1),

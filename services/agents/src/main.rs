@@ -4,7 +4,7 @@ fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "agents",
         |c| &c.agents,
-        |config, listener, metrics, shutdown| {
+        |config, _policy, listener, metrics, shutdown| {
             amaos_agents::serve(config, listener, metrics, shutdown)
         },
     )

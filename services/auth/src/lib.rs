@@ -64,6 +64,8 @@ pub struct AuthState {
     cache: Mutex<HashMap<[u8; 32], (StoredKey, Instant)>>,
     cache_ttl: Duration,
     max_key_ttl: Duration,
+    /// The RBAC policy keys are held to.
+    policy: policy::Policy,
 }
 
 /// What [`open`] found or made.
@@ -99,8 +101,9 @@ async fn bootstrap_key(
 }
 
 /// Opens the key store; when it holds no key, creates an `admin` key for the
-/// `default` tenant and writes its secret to `<data_dir>/admin.key`.
-pub async fn open(config: &Config) -> Result<Opened, AuthError> {
+/// `default` tenant and writes its secret to `<data_dir>/admin.key`. The
+/// state authorizes by `policy`.
+pub async fn open(config: &Config, policy: policy::Policy) -> Result<Opened, AuthError> {
     let keys: Arc<dyn KeyBackend> = match config.auth.key_store {
         KeyStoreBackend::File => Arc::new(KeyStore::open(&config.key_file())?),
         KeyStoreBackend::Redis => Arc::new(
@@ -156,6 +159,7 @@ pub async fn open(config: &Config) -> Result<Opened, AuthError> {
             cache: Mutex::new(HashMap::new()),
             cache_ttl: config.auth.key_cache_ttl,
             max_key_ttl: config.auth.max_key_ttl,
+            policy,
         }),
         bootstrap_key_file,
     })
@@ -205,7 +209,11 @@ impl AuthState {
 
     /// Checks that `key` may do `action` on `object`, auditing a refusal.
     async fn check(&self, key: &StoredKey, object: &str, action: &str) -> Result<(), AuthError> {
-        if policy::allows(&key.key_id, &key.roles, &key.tenant, object, action).is_some() {
+        if self
+            .policy
+            .allows(&key.key_id, &key.roles, &key.tenant, object, action)
+            .is_some()
+        {
             return Ok(());
         }
         self.refused(key, &format!("{object}.{action}"), object)
@@ -674,7 +682,10 @@ impl AuthService for Auth {
                 .map(|k| k.roles)
                 .unwrap_or_default()
         };
-        let decision = policy::allows(&subject, &roles, &tenant, &object, &action);
+        let decision = self
+            .state
+            .policy
+            .allows(&subject, &roles, &tenant, &object, &action);
         Ok(Response::new(pb::AuthorizeResponse {
             allowed: decision.is_some(),
             reason: decision.unwrap_or_else(|| "no rule allows it".into()),
@@ -745,14 +756,16 @@ pub fn grpc_service(state: Arc<AuthState>, limits: &Limits) -> GrpcService {
     )
 }
 
-/// Serves the auth service on `listener` until `shutdown`.
+/// Serves the auth service on `listener` until `shutdown`, authorizing by
+/// `policy`.
 pub async fn serve(
     config: Config,
+    policy: policy::Policy,
     listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let opened = open(&config).await?;
+    let opened = open(&config, policy).await?;
     serve_state(opened.state, &config, listener, metrics, shutdown).await
 }
 
@@ -816,7 +829,7 @@ mod tests {
             data_dir: dir.path().to_owned(),
             ..Config::default()
         };
-        let opened = open(&config).await.unwrap();
+        let opened = open(&config, policy::Policy::builtin()).await.unwrap();
         let auth = Auth::new(opened.state);
         let platform = std::fs::read_to_string(dir.path().join("admin.key")).unwrap();
         let create = |tenant: &str, roles: &[&str]| pb::CreateApiKeyRequest {

@@ -4,8 +4,8 @@ fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "auth",
         |c| &c.auth,
-        |config, listener, metrics, shutdown| {
-            amaos_auth::serve(config, listener, metrics, shutdown)
+        |config, policy, listener, metrics, shutdown| {
+            amaos_auth::serve(config, policy, listener, metrics, shutdown)
         },
     )
 }

@@ -4,7 +4,7 @@ fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "gateway",
         |c| &c.gateway,
-        |config, listener, metrics, shutdown| {
+        |config, _policy, listener, metrics, shutdown| {
             amaos_gateway::serve(config, listener, metrics, shutdown)
         },
     )

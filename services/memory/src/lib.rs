@@ -32,6 +32,7 @@ use amaos_mesh::caller::Caller;
 use amaos_mesh::config::{EmbedderBackend, Limits, LongTermBackend, StoreBackend};
 use amaos_mesh::live::LiveRuns;
 use amaos_mesh::metrics::Metrics;
+use amaos_mesh::policy::Policy;
 use amaos_mesh::secrets::SecretStore;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
@@ -116,6 +117,8 @@ pub struct Memory {
     live: Arc<LiveRuns>,
     tiers: Arc<Tiers>,
     max_text_bytes: usize,
+    /// The RBAC policy callers are held to.
+    policy: Policy,
 }
 
 /// The embedder `config` names, an embeddings server's API key read from
@@ -203,8 +206,8 @@ pub async fn tiers(config: &Config) -> Result<Tiers, BoxError> {
 
 impl Memory {
     /// A memory service over `tiers`, verifying callers' tokens with keys
-    /// from auth.
-    pub fn new(config: &Config, tiers: Arc<Tiers>) -> Result<Self, BoxError> {
+    /// from auth and authorizing them by `policy`.
+    pub fn new(config: &Config, tiers: Arc<Tiers>, policy: Policy) -> Result<Self, BoxError> {
         let dialer = amaos_mesh::client::Dialer::new(config, "memory")?;
         Ok(Self {
             verifier: Arc::new(Authenticator::from_auth(
@@ -217,27 +220,33 @@ impl Memory {
             )),
             tiers,
             max_text_bytes: config.memory.max_text_bytes,
+            policy,
         })
     }
 }
 
-/// Checks the RBAC policy: `read` (Recall, Recent) or `write` (Remember,
-/// Forget) on `memory`, in the caller's tenant.
-fn authorize(caller: &amaos_mesh::caller::Caller, action: &str) -> Result<(), MemoryError> {
-    amaos_mesh::policy::allows(
-        &caller.principal,
-        &caller.roles,
-        &caller.tenant,
-        "memory",
-        action,
-    )
-    .map(|_| ())
-    .ok_or_else(|| {
-        MemoryError::Forbidden(format!(
-            "roles [{}] may not `{action}` memory",
-            caller.roles.join(", ")
-        ))
-    })
+/// Checks `policy`: `read` (Recall, Recent) or `write` (Remember, Forget)
+/// on `memory`, in the caller's tenant.
+fn authorize(
+    policy: &Policy,
+    caller: &amaos_mesh::caller::Caller,
+    action: &str,
+) -> Result<(), MemoryError> {
+    policy
+        .allows(
+            &caller.principal,
+            &caller.roles,
+            &caller.tenant,
+            "memory",
+            action,
+        )
+        .map(|_| ())
+        .ok_or_else(|| {
+            MemoryError::Forbidden(format!(
+                "roles [{}] may not `{action}` memory",
+                caller.roles.join(", ")
+            ))
+        })
 }
 
 /// Confines a run token to its run's memory: the team its attempt runs and
@@ -357,7 +366,7 @@ impl MemoryService for Memory {
         request: Request<pb::RememberRequest>,
     ) -> Result<Response<pb::RememberResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
-        authorize(&caller, "write")?;
+        authorize(&self.policy, &caller, "write")?;
         self.live.check(&caller).await?;
         let pb::RememberRequest {
             mut team,
@@ -424,7 +433,7 @@ impl MemoryService for Memory {
         request: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
-        authorize(&caller, "read")?;
+        authorize(&self.policy, &caller, "read")?;
         self.live.check(&caller).await?;
         let pb::RecallRequest {
             query,
@@ -477,7 +486,7 @@ impl MemoryService for Memory {
         request: Request<pb::RecentRequest>,
     ) -> Result<Response<pb::RecentResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
-        authorize(&caller, "read")?;
+        authorize(&self.policy, &caller, "read")?;
         self.live.check(&caller).await?;
         let pb::RecentRequest { filter, limit } = request.into_inner();
         let filter = confine_filter(&caller, filter)?;
@@ -503,7 +512,7 @@ impl MemoryService for Memory {
         request: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
         let caller = self.verifier.caller(request.metadata()).await?;
-        authorize(&caller, "write")?;
+        authorize(&self.policy, &caller, "write")?;
         self.live.check(&caller).await?;
         let pb::ForgetRequest {
             target,
@@ -553,9 +562,11 @@ pub fn grpc_service(memory: Memory, limits: &Limits) -> GrpcService {
     )
 }
 
-/// Serves the memory service on `listener` until `shutdown`.
+/// Serves the memory service on `listener` until `shutdown`, authorizing by
+/// `policy`.
 pub async fn serve(
     config: Config,
+    policy: Policy,
     listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -566,7 +577,7 @@ pub async fn serve(
         config.memory.sweep_interval,
         shutdown.clone(),
     ));
-    let service = grpc_service(Memory::new(&config, tiers)?, &config.limits);
+    let service = grpc_service(Memory::new(&config, tiers, policy)?, &config.limits);
     let served = amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await;
     // Wait for the sweeper to let go of the tiers, so the long-term store
     // is flushed and closed before this returns.

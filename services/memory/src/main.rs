@@ -4,8 +4,8 @@ fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "memory",
         |c| &c.memory,
-        |config, listener, metrics, shutdown| {
-            amaos_memory::serve(config, listener, metrics, shutdown)
+        |config, policy, listener, metrics, shutdown| {
+            amaos_memory::serve(config, policy, listener, metrics, shutdown)
         },
     )
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use amaos_mesh::authn::AuthnError;
 use amaos_mesh::caller::{self, Caller, RunScope};
 use amaos_mesh::client::MeshChannel;
+use amaos_mesh::policy::Policy;
 use amaos_mesh::token;
 use amaos_proto::auth::v1 as pb;
 use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -38,9 +39,9 @@ impl Authenticator {
     }
 }
 
-/// Checks that `caller` may do `action` on tasks.
-pub fn require(caller: &Caller, action: &str) -> Result<(), OrchestratorError> {
-    match amaos_mesh::policy::allows(
+/// Checks that `caller` may do `action` on tasks under `policy`.
+pub fn require(policy: &Policy, caller: &Caller, action: &str) -> Result<(), OrchestratorError> {
+    match policy.allows(
         &caller.principal,
         &caller.roles,
         &caller.tenant,

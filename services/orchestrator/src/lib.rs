@@ -28,6 +28,7 @@ use amaos_mesh::caller::Caller;
 use amaos_mesh::client;
 use amaos_mesh::config::{Limits, StoreBackend};
 use amaos_mesh::metrics::Metrics;
+use amaos_mesh::policy::Policy;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages};
 use amaos_proto::auth::v1::auth_service_client::AuthServiceClient;
@@ -75,6 +76,8 @@ struct Inner {
     /// Teams recently seen served, so submissions skip the check.
     known_teams: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     authn: Authenticator,
+    /// The RBAC policy callers are held to.
+    policy: Policy,
     dispatcher: Arc<Dispatcher>,
     task_timeout: Duration,
     max_input_bytes: usize,
@@ -123,10 +126,11 @@ pub async fn open_backend(config: &Config) -> Result<Backends, BoxError> {
 
 impl Orchestrator {
     /// An orchestrator over `backend`, limiting submissions with `limiter`,
-    /// calling auth and the router as configured, with its dispatcher (not
-    /// yet running: see [`serve`]).
+    /// authorizing by `policy`, calling auth and the router as configured,
+    /// with its dispatcher (not yet running: see [`serve`]).
     pub fn new(
         config: &Config,
+        policy: Policy,
         backend: Arc<dyn TaskBackend>,
         limiter: Arc<dyn RateLimiter>,
     ) -> Result<Self, BoxError> {
@@ -157,6 +161,7 @@ impl Orchestrator {
                 router,
                 known_teams: Default::default(),
                 authn: Authenticator::new(auth, config.auth.key_cache_ttl),
+                policy,
                 dispatcher,
                 task_timeout: o.task_timeout,
                 max_input_bytes: o.max_input_bytes,
@@ -398,7 +403,7 @@ impl Inner {
         audit_action: &str,
         object: &str,
     ) -> Result<(), OrchestratorError> {
-        let decision = require(caller, action);
+        let decision = require(&self.policy, caller, action);
         if decision.is_err() {
             self.record(caller, audit_action, object, false).await?;
         }
@@ -734,7 +739,7 @@ impl OrchestratorService for Orchestrator {
         // its attempt still runs), and nothing else.
         let own = caller.task.as_ref().is_some_and(|run| run.task == task_id);
         if !own {
-            require(&caller, "read")?;
+            require(&self.inner.policy, &caller, "read")?;
         }
         let task = self
             .inner
@@ -753,7 +758,7 @@ impl OrchestratorService for Orchestrator {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
-        require(&caller, "read")?;
+        require(&self.inner.policy, &caller, "read")?;
         let pb::ListTasksRequest {
             page_size,
             page_token,
@@ -840,7 +845,7 @@ impl OrchestratorService for Orchestrator {
         request: Request<pb::WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
-        require(&caller, "read")?;
+        require(&self.inner.policy, &caller, "read")?;
         let pb::WatchTaskRequest {
             task_id,
             after_sequence,
@@ -902,15 +907,17 @@ pub fn grpc_service(orchestrator: Orchestrator, limits: &Limits) -> GrpcService 
     )
 }
 
-/// Serves the orchestrator on `listener` until `shutdown`.
+/// Serves the orchestrator on `listener` until `shutdown`, authorizing by
+/// `policy`.
 pub async fn serve(
     config: Config,
+    policy: Policy,
     listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let (backend, limiter) = open_backend(&config).await?;
-    let orchestrator = Orchestrator::new(&config, backend, limiter)?;
+    let orchestrator = Orchestrator::new(&config, policy, backend, limiter)?;
     let dispatcher = tokio::spawn(
         orchestrator
             .dispatcher()

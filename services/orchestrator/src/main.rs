@@ -4,8 +4,8 @@ fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "orchestrator",
         |c| &c.orchestrator,
-        |config, listener, metrics, shutdown| {
-            amaos_orchestrator::serve(config, listener, metrics, shutdown)
+        |config, policy, listener, metrics, shutdown| {
+            amaos_orchestrator::serve(config, policy, listener, metrics, shutdown)
         },
     )
 }

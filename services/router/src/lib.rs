@@ -51,6 +51,8 @@ use prometheus_client::metrics::gauge::Gauge;
 pub struct Router {
     registry: Arc<dyn WorkerRegistry>,
     authn: Arc<Authenticator>,
+    /// The RBAC policy listing workers is held to.
+    policy: policy::Policy,
     networks: Arc<[Cidr]>,
     max_per_identity: usize,
     heartbeat_interval: std::time::Duration,
@@ -65,13 +67,14 @@ struct ScopeLabel {
 }
 
 impl Router {
-    /// A router over `registry`, authenticating callers with `authn`,
-    /// reporting breakers in `metrics`.
+    /// A router over `registry`, authenticating callers with `authn` and
+    /// authorizing them by `policy`, reporting breakers in `metrics`.
     pub fn new(
         config: &Config,
         metrics: &Metrics,
         registry: Arc<dyn WorkerRegistry>,
         authn: Arc<Authenticator>,
+        policy: policy::Policy,
     ) -> Self {
         let open_breakers = Family::<ScopeLabel, Gauge>::default();
         metrics.register(
@@ -82,6 +85,7 @@ impl Router {
         Self {
             registry,
             authn,
+            policy,
             // Validated with the config.
             networks: config
                 .router
@@ -441,7 +445,7 @@ impl Router {
             return Ok(());
         }
         let caller = self.authn.caller(metadata).await?;
-        match policy::allows(
+        match self.policy.allows(
             &caller.principal,
             &caller.roles,
             &caller.tenant,
@@ -465,9 +469,11 @@ pub fn grpc_service(router: Router, limits: &Limits) -> GrpcService {
     )
 }
 
-/// Serves the router on `listener` until `shutdown`.
+/// Serves the router on `listener` until `shutdown`, authorizing by
+/// `policy`.
 pub async fn serve(
     config: Config,
+    policy: policy::Policy,
     listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
@@ -480,7 +486,7 @@ pub async fn serve(
         config.auth.key_cache_ttl,
     )?);
     let service = grpc_service(
-        Router::new(&config, &metrics, registry, authn),
+        Router::new(&config, &metrics, registry, authn, policy),
         &config.limits,
     );
     amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await?;

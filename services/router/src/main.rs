@@ -4,8 +4,8 @@ fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "router",
         |c| &c.router,
-        |config, listener, metrics, shutdown| {
-            amaos_router::serve(config, listener, metrics, shutdown)
+        |config, policy, listener, metrics, shutdown| {
+            amaos_router::serve(config, policy, listener, metrics, shutdown)
         },
     )
 }

@@ -152,14 +152,17 @@ pub struct Tools {
     audit: Arc<amaos_mesh::audit::AuditLog>,
     /// Refuses run tokens whose attempt no longer runs.
     live: Arc<amaos_mesh::live::LiveRuns>,
+    /// The RBAC policy every call is held to (besides `role_tools`).
+    policy: amaos_mesh::policy::Policy,
 }
 
 impl Tools {
     /// A tools service with workspaces under the configured directory,
-    /// verifying callers' tokens with keys from auth, running commands in
-    /// `sandbox` (no `shell` tool without one).
+    /// verifying callers' tokens with keys from auth, authorizing them by
+    /// `policy`, running commands in `sandbox` (no `shell` tool without one).
     pub fn new(
         config: &Config,
+        policy: amaos_mesh::policy::Policy,
         sandbox: Option<Arc<sandbox::Sandbox>>,
         secrets: Option<Arc<dyn amaos_mesh::secrets::SecretStore>>,
     ) -> Result<Self, BoxError> {
@@ -216,6 +219,7 @@ impl Tools {
             max_sandboxes_per_tenant: config.tools.max_sandboxes_per_tenant,
             calls_per_minute: config.tools.calls_per_minute,
             call_rate: Arc::new(Limiter::new()),
+            policy,
         })
     }
 
@@ -735,14 +739,16 @@ impl Tools {
         started: Instant,
     ) -> Result<pb::InvokeToolResponse, ToolError> {
         if !self.allowed(&caller.roles, &tool)
-            || amaos_mesh::policy::allows(
-                &caller.principal,
-                &caller.roles,
-                &caller.tenant,
-                &format!("tools/{tool}"),
-                "invoke",
-            )
-            .is_none()
+            || self
+                .policy
+                .allows(
+                    &caller.principal,
+                    &caller.roles,
+                    &caller.tenant,
+                    &format!("tools/{tool}"),
+                    "invoke",
+                )
+                .is_none()
         {
             // Best effort: the call is refused whether or not this is written.
             let _ = self.audit_call(caller, &tool, false).await;
@@ -881,17 +887,19 @@ pub fn grpc_service(tools: Tools, limits: &Limits) -> GrpcService {
     )
 }
 
-/// Serves the tools service on `listener` until `shutdown`.
+/// Serves the tools service on `listener` until `shutdown`, authorizing by
+/// `policy`.
 pub async fn serve(
     config: Config,
+    policy: amaos_mesh::policy::Policy,
     listener: impl Into<amaos_mesh::server::Listener> + Send,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
     let sandbox = start_sandbox(&config).await?;
     let secrets = amaos_mesh::secrets::open_audited(&config, "tools").await?;
-    let tools =
-        Tools::new(&config, sandbox, Some(secrets))?.with_journal(journal::open(&config).await?);
+    let tools = Tools::new(&config, policy, sandbox, Some(secrets))?
+        .with_journal(journal::open(&config).await?);
     tools.register_configured(&config).await?;
     let sweeper = tokio::spawn(sweep_workspaces(
         config.workspace_dir(),

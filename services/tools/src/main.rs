@@ -4,8 +4,8 @@ fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "tools",
         |c| &c.tools,
-        |config, listener, metrics, shutdown| {
-            amaos_tools::serve(config, listener, metrics, shutdown)
+        |config, policy, listener, metrics, shutdown| {
+            amaos_tools::serve(config, policy, listener, metrics, shutdown)
         },
     )
 }

@@ -603,7 +603,13 @@ async fn registration_is_per_tenant_audited_and_platform_wide_only_for_platform_
     let store = amaos_mesh::secrets::open_audited(&config, "tools")
         .await
         .unwrap();
-    let tools = amaos_tools::Tools::new(&config, None, Some(store)).unwrap();
+    let tools = amaos_tools::Tools::new(
+        &config,
+        amaos_mesh::policy::Policy::builtin(),
+        None,
+        Some(store),
+    )
+    .unwrap();
 
     // Tenants' operators and admins, and the platform tenant's operator,
     // register only for their tenant: the platform's exemption is not theirs.

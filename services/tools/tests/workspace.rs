@@ -40,7 +40,13 @@ fn service(uid_base: u32) -> Service {
         Limits::default(),
     ));
     Service {
-        tools: Tools::new(&config, Some(sandbox), None).unwrap(),
+        tools: Tools::new(
+            &config,
+            amaos_mesh::policy::Policy::builtin(),
+            Some(sandbox),
+            None,
+        )
+        .unwrap(),
         config,
         _dir: dir,
     }
