@@ -43,6 +43,9 @@ pub const MAX_TOOLS_PER_SERVER: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// CPU seconds a stdio server's sandbox gets in all.
 const SERVER_CPU_SECONDS: u64 = 3600;
+/// How long a stdio server that did not initialize is given to exit, so
+/// the sandbox's reason can be read.
+const HELPER_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// A tool of an MCP server.
 pub struct McpTool {
@@ -310,12 +313,20 @@ impl Mcp {
         Self::room(&*self.servers.read().await, scope, name)?;
         let http = match &transport {
             Transport::Stdio {
-                argv, secret_env, ..
+                argv,
+                secret_env,
+                read_only,
             } => {
                 if argv.first().is_none_or(|c| !c.starts_with('/')) {
                     return Err(ToolError::InvalidArgument {
                         field: "stdio.command".into(),
                         message: "must be an absolute path".into(),
+                    });
+                }
+                if let Some(why) = read_only.iter().find_map(|p| crate::sandbox::unshowable(p)) {
+                    return Err(ToolError::InvalidArgument {
+                        field: "stdio.read_only".into(),
+                        message: format!("the sandbox cannot show it read-only: {why}"),
                     });
                 }
                 for entry in secret_env {
@@ -455,11 +466,19 @@ impl Mcp {
                     .stdout
                     .take()
                     .ok_or_else(|| unavailable(name, "no stdout"))?;
-                let client = tokio::time::timeout(CONNECT_TIMEOUT, ().serve((stdout, stdin)))
+                let served = tokio::time::timeout(CONNECT_TIMEOUT, ().serve((stdout, stdin)))
                     .await
-                    .map_err(|_| unavailable(name, "did not initialize in time"))?
-                    .map_err(|e| unavailable(name, e))?;
-                (client, Some(process))
+                    .map_err(|_| "did not initialize in time".to_owned())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match served {
+                    Ok(client) => (client, Some(process)),
+                    // The sandbox's own reason (a path it could not bind, a
+                    // command it could not exec) rather than a closed pipe.
+                    Err(e) => {
+                        let why = process.failure(HELPER_EXIT_WAIT).await.unwrap_or(e);
+                        return Err(unavailable(name, why));
+                    }
+                }
             }
             Transport::Http { url, bearer_secret } => {
                 let (url, host) = http.unwrap_or((url, None));

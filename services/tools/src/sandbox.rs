@@ -102,6 +102,43 @@ pub struct Sandbox {
 
 /// The exit code of the helper when setup failed.
 const SETUP_FAILED: i32 = 125;
+/// The exit code of the helper when the command could not be executed.
+const EXEC_FAILED: i32 = 127;
+
+/// The sandbox's own mount points: a read-only path may be none of them
+/// nor lie under one, except under /tmp (bound inside the sandbox's private
+/// /tmp). The helper enforces the same rule when it builds the sandbox.
+const OWN_MOUNTS: [&str; 6] = ["/", "/workspace", "/proc", "/dev", "/tmp", "/old"];
+
+/// Why a sandbox cannot show the host path `path` read-only at its own
+/// place, if it cannot: it is relative, climbs with `..`, is (or is under)
+/// one of the sandbox's own mount points, or does not exist.
+pub fn unshowable(path: &Path) -> Option<String> {
+    let shown = path.display();
+    if !path.is_absolute() {
+        return Some(format!("{shown} is not an absolute path"));
+    }
+    if path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Some(format!("{shown} has a `..` component"));
+    }
+    if let Some(own) = OWN_MOUNTS.iter().find(|own| {
+        path == Path::new(own) || (!["/", "/tmp"].contains(own) && path.starts_with(own))
+    }) {
+        return Some(format!(
+            "{shown} is, or is under, {own}, one of the sandbox's own mount points"
+        ));
+    }
+    if let Err(e) = std::fs::metadata(path) {
+        return Some(match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{shown} does not exist"),
+            _ => format!("{shown}: {e}"),
+        });
+    }
+    None
+}
 
 /// The environment every sandboxed command gets, and nothing else.
 fn environment() -> BTreeMap<String, String> {
@@ -132,7 +169,56 @@ impl Drop for Slot {
 pub struct SandboxProcess {
     /// The helper's process (stdin and stdout taken by the caller).
     pub child: tokio::process::Child,
+    /// Drains stderr to its end; gives the helper's own line, if the first
+    /// line was one.
+    stderr: Option<tokio::task::JoinHandle<Option<String>>>,
     _slot: Slot,
+}
+
+/// Longest helper line kept from a sandboxed process's stderr.
+const HELPER_LINE_BYTES: usize = 512;
+
+/// Reads `from` to its end, keeping nothing but its first line when that
+/// is the helper's (`amaos-sandbox: …`): what the process itself writes
+/// there is never kept.
+async fn helper_line(mut from: impl AsyncRead + Unpin) -> Option<String> {
+    let mut first = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut line_done = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if !line_done {
+            let chunk = &buf[..n];
+            let end = chunk.iter().position(|&b| b == b'\n');
+            let take = end.unwrap_or(chunk.len());
+            let room = HELPER_LINE_BYTES.saturating_sub(first.len());
+            first.extend_from_slice(&chunk[..take.min(room)]);
+            line_done = end.is_some() || first.len() >= HELPER_LINE_BYTES;
+        }
+    }
+    let line = String::from_utf8_lossy(&first).into_owned();
+    line.starts_with("amaos-sandbox:").then_some(line)
+}
+
+impl SandboxProcess {
+    /// Why the sandbox ended before its command could serve, when the
+    /// helper said so: its `amaos-sandbox: …` line when it exited as a
+    /// setup failure (125) or could not exec the command (127) within
+    /// `limit`. `None` when it still runs or ended otherwise.
+    pub async fn failure(&mut self, limit: Duration) -> Option<String> {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()?
+            .ok()?;
+        if !matches!(status.code(), Some(SETUP_FAILED | EXEC_FAILED)) {
+            return None;
+        }
+        let reader = self.stderr.take()?;
+        tokio::time::timeout(limit, reader).await.ok()?.ok()?
+    }
 }
 
 async fn read_capped(
@@ -246,8 +332,9 @@ impl Sandbox {
 
     /// Starts `argv` in a sandbox that lives until the returned process is
     /// dropped (killed): `workdir` at /workspace, `read_only` host paths visible
-    /// at their own place, `extra_env` added to its environment (secrets for
-    /// it), `cpu_seconds` of CPU in all. Its stderr is discarded. Unless
+    /// at their own place (see [`unshowable`]), `extra_env` added to its
+    /// environment (secrets for it), `cpu_seconds` of CPU in all. Its stderr
+    /// is discarded, but for the helper's own line ([`SandboxProcess::failure`]). Unless
     /// `writable`, `workdir` stays owned by this process: the sandbox can
     /// read it but not write to it.
     pub fn spawn(
@@ -268,17 +355,22 @@ impl Sandbox {
                 .map_err(|e| SandboxError::Io(format!("{}: {e}", workdir.display())))?;
         }
         let spec = self.spec(workdir, host_id, argv, read_only, extra_env, cpu_seconds);
-        let child = tokio::process::Command::new(&self.helper)
+        let mut child = tokio::process::Command::new(&self.helper)
             .arg(spec.to_string())
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| SandboxError::Io(format!("starting {}: {e}", self.helper.display())))?;
-        Ok(SandboxProcess { child, _slot: slot })
+        let stderr = child.stderr.take().map(|e| tokio::spawn(helper_line(e)));
+        Ok(SandboxProcess {
+            child,
+            stderr,
+            _slot: slot,
+        })
     }
 
     /// Runs `argv` in a fresh sandbox with `workspace` at /workspace, killing it

@@ -11,7 +11,9 @@
 //!    exempt);
 //! 2. the child forks the sandbox's pid 1, which builds a read-only root
 //!    (tmpfs with /usr, /bin, /lib… bound read-only, /dev/null and friends,
-//!    a private /tmp and /proc, the task workspace at /workspace, read-write),
+//!    a private /tmp and /proc, the task workspace at /workspace, read-write,
+//!    and `spec.read_only` host paths read-only at their own place — one
+//!    under /tmp inside the private /tmp),
 //!    pivots into it, sets rlimits, becomes uid 1000 (dropping every
 //!    capability), sets no_new_privs, the parent-death signal and a 077
 //!    umask, installs the seccomp filters (`fallocate` answers EOPNOTSUPP,
@@ -73,7 +75,9 @@ struct Spec {
     /// Open files.
     open_files: u64,
     /// Host paths (absolute) bound read-only at the same place inside,
-    /// e.g. an MCP server's own program.
+    /// e.g. an MCP server's own program; one under /tmp inside the
+    /// sandbox's private /tmp. None may be, or be under, another of the
+    /// sandbox's own mount points (see [`RESERVED`]).
     #[serde(default)]
     read_only: Vec<PathBuf>,
 }
@@ -255,6 +259,47 @@ fn bind(source: &Path, target: &Path, read_only: bool) {
         .unwrap_or_else(|e| fail(&format!("remount {}", target.display()), e));
 }
 
+/// Binds the host path `path` (opened as `file`) read-only at the same place
+/// under `root`. A path under /tmp lands in the sandbox's private /tmp (so
+/// a program in a checkout or build directory there can be run); the
+/// sandbox's other mount points cannot be covered or reached into, and
+/// `..` is refused (it could climb out of /tmp onto them).
+fn bind_read_only(root: &Path, path: &Path, file: &std::fs::File) {
+    let climbs = path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    let reserved = RESERVED.iter().any(|reserved| {
+        path == Path::new(reserved)
+            || (!["/", "/tmp"].contains(reserved) && path.starts_with(reserved))
+    });
+    if climbs || reserved {
+        fail(
+            "read_only",
+            format!(
+                "{} overlaps one of the sandbox's own mounts",
+                path.display()
+            ),
+        );
+    }
+    let target = root.join(path.strip_prefix("/").unwrap_or(path));
+    let meta = file
+        .metadata()
+        .unwrap_or_else(|e| fail(&path.display().to_string(), e));
+    if meta.is_dir() {
+        mkdirs(&target);
+    } else {
+        if let Some(parent) = target.parent() {
+            mkdirs(parent);
+        }
+        std::fs::write(&target, b"").unwrap_or_else(|e| fail(&path.display().to_string(), e));
+    }
+    bind(&fd_path(file), &target, true);
+}
+
+/// The sandbox's own mount points: a read-only path may be none of them,
+/// nor under one, except under /tmp.
+const RESERVED: [&str; 6] = ["/", "/workspace", "/proc", "/dev", "/tmp", "/old"];
+
 /// Builds the root, pivots into it and execs the command. Runs as pid 1
 /// of the new pid namespace, with every capability in the new user
 /// namespace until it drops them.
@@ -296,35 +341,13 @@ fn enter(spec: &Spec, opened: &Opened, filters: &[&BpfProgram]) -> ! {
             bind(source, &target, true);
         }
     }
-    for (path, file) in &opened.read_only {
-        // The sandbox's own mount points cannot be covered or reached into.
-        if ["/", "/workspace", "/proc", "/dev", "/tmp", "/old"]
-            .iter()
-            .any(|reserved| {
-                path == Path::new(reserved) || (*reserved != "/" && path.starts_with(reserved))
-            })
-        {
-            fail(
-                "read_only",
-                format!(
-                    "{} overlaps one of the sandbox's own mounts",
-                    path.display()
-                ),
-            );
-        }
-        let target = root.join(path.strip_prefix("/").unwrap_or(path));
-        let meta = file
-            .metadata()
-            .unwrap_or_else(|e| fail(&path.display().to_string(), e));
-        if meta.is_dir() {
-            mkdirs(&target);
-        } else {
-            if let Some(parent) = target.parent() {
-                mkdirs(parent);
-            }
-            std::fs::write(&target, b"").unwrap_or_else(|e| fail(&path.display().to_string(), e));
-        }
-        bind(&fd_path(file), &target, true);
+    // Paths under /tmp are bound once the sandbox's own /tmp exists, inside it.
+    let (in_tmp, elsewhere): (Vec<_>, Vec<_>) = opened
+        .read_only
+        .iter()
+        .partition(|(path, _)| path.starts_with("/tmp"));
+    for (path, file) in elsewhere {
+        bind_read_only(root, path, file);
     }
     let dev = root.join("dev");
     mkdirs(&dev);
@@ -351,6 +374,9 @@ fn enter(spec: &Spec, opened: &Opened, filters: &[&BpfProgram]) -> ! {
         Some("size=64m,mode=1777"),
     )
     .unwrap_or_else(|e| fail("/tmp", e));
+    for (path, file) in in_tmp {
+        bind_read_only(root, path, file);
+    }
     bind(&fd_path(&opened.workspace), &root.join("workspace"), false);
     // Mounting proc in a user namespace needs the host's /proc still
     // visible, so it happens before the old root goes away.
