@@ -469,3 +469,54 @@ async fn a_task_waits_for_workers_to_register_again_after_the_registry_is_lost()
     assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
     mesh.stop().await;
 }
+
+/// ListTasks holds both task stores to one rule: a page token is one it
+/// handed out, and anything else is INVALID_ARGUMENT naming `page_token`,
+/// never the first page again.
+#[tokio::test]
+async fn a_malformed_page_token_is_refused_alike_in_memory_and_in_redis() {
+    let prefix = format!("amaos-e2e-{}", amaos_mesh::new_id());
+    for redis in [false, true] {
+        let mesh = TestMesh::start_with(|c| {
+            if redis {
+                c.orchestrator.backend = StoreBackend::Redis;
+                c.orchestrator.redis_url = std::env::var("AMAOS_TEST_REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+                c.orchestrator.redis_prefix = prefix.clone();
+            }
+        })
+        .await;
+        let key = mesh.create_key("acme", "developer").await;
+        for input in ["one", "two"] {
+            mesh.submit(&key, &research_crew(), input).await;
+        }
+        let list = |page_token: &str| {
+            let mut orchestrator = mesh.orchestrator();
+            let request = TestMesh::with_key(
+                &key,
+                pb::ListTasksRequest {
+                    page_size: 1,
+                    page_token: page_token.into(),
+                    ..Default::default()
+                },
+            );
+            async move { orchestrator.list_tasks(request).await }
+        };
+        let first = list("").await.unwrap().into_inner();
+        assert_eq!(first.tasks.len(), 1);
+        let second = list(&first.next_page_token).await.unwrap().into_inner();
+        assert_eq!(second.tasks.len(), 1);
+        assert_ne!(second.tasks[0].task_id, first.tasks[0].task_id);
+        for bad in ["garbage", "zzzz", &first.next_page_token.to_uppercase()] {
+            let status = list(bad).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::InvalidArgument,
+                "{bad} (redis: {redis})"
+            );
+            let violations = status.get_details_bad_request().unwrap().field_violations;
+            assert_eq!(violations[0].field, "page_token");
+        }
+        mesh.stop().await;
+    }
+}

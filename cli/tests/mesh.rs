@@ -290,6 +290,48 @@ async fn the_example_crew_runs_with_mtls_between_every_service_and_the_gateway()
 }
 
 #[tokio::test]
+async fn a_team_that_requires_input_refuses_an_empty_one() {
+    let mesh = TestMesh::start().await;
+    let key = mesh.create_key("acme", "developer").await;
+    let required = format!("{}input: required\n", research_crew());
+    for (spec, input) in [(required.clone(), ""), (required.clone(), "  \n")] {
+        let status = mesh
+            .orchestrator()
+            .submit_task(TestMesh::with_key(&key, submit_spec(spec, input)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        let violations = status.get_details_bad_request().unwrap().field_violations;
+        assert_eq!(violations[0].field, "input");
+    }
+    // A workflow step is a task like any other.
+    let status = mesh
+        .orchestrator()
+        .submit_workflow(TestMesh::with_key(
+            &key,
+            pb::SubmitWorkflowRequest {
+                tasks: vec![pb::WorkflowTask {
+                    key: "a".into(),
+                    team: Some(pb::TeamRef {
+                        team: Some(pb::team_ref::Team::SpecYaml(required.clone())),
+                    }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    // With an input it runs; a team that does not require one takes an empty input.
+    let task = mesh.submit(&key, &required, "edge caching").await;
+    assert!(!task.is_empty());
+    let task = mesh.submit(&key, &research_crew(), "").await;
+    assert!(!task.is_empty());
+    mesh.stop().await;
+}
+
+#[tokio::test]
 async fn a_malformed_spec_is_invalid_argument_naming_the_line() {
     let mesh = TestMesh::start().await;
     let key = mesh.create_key("acme", "developer").await;
@@ -332,6 +374,9 @@ async fn a_malformed_spec_is_invalid_argument_naming_the_line() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("line "), "{}", status.message());
+    // The violation names the field itself, not `spec_yaml.`.
+    let violations = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(violations[0].field, "spec_yaml");
 
     // And nothing was stored.
     let listed = mesh

@@ -20,8 +20,8 @@ pub mod spec;
 use std::fmt;
 
 pub use spec::{
-    AgentSpec, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager,
-    NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination, ToolTurn, valid_name,
+    AgentSpec, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, Input, JudgeSpec,
+    Manager, NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination, ToolTurn, valid_name,
 };
 
 /// The model alias of the built-in deterministic scripted model.
@@ -36,6 +36,20 @@ pub struct SpecError {
     pub field: String,
     /// What is wrong.
     pub message: String,
+}
+
+impl SpecError {
+    /// The path of this problem inside the request field `within` that held
+    /// the spec, as a google.rpc `BadRequest` names it: `within.<field>`
+    /// (`spec_yaml.agents[0].model`), or `within` alone for a problem of the
+    /// whole document (a syntax error, a missing `crew`).
+    pub fn path_within(&self, within: &str) -> String {
+        if self.field.is_empty() {
+            within.to_owned()
+        } else {
+            format!("{within}.{}", self.field)
+        }
+    }
 }
 
 impl fmt::Display for SpecError {

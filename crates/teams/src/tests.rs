@@ -263,3 +263,37 @@ fn both_or_neither_shape_is_refused() {
         "{errors}"
     );
 }
+
+#[test]
+fn a_problem_path_inside_the_request_field_has_no_trailing_dot() {
+    let whole = SpecError {
+        line: Some(2),
+        field: String::new(),
+        message: "bad".into(),
+    };
+    assert_eq!(whole.path_within("spec_yaml"), "spec_yaml");
+    let inside = SpecError {
+        line: Some(3),
+        field: "agents[0].model".into(),
+        message: "bad".into(),
+    };
+    assert_eq!(inside.path_within("spec_yaml"), "spec_yaml.agents[0].model");
+}
+
+#[test]
+fn input_is_optional_unless_the_spec_requires_it() {
+    let spec = parse(GOOD).unwrap();
+    assert_eq!(spec.input, Input::Optional);
+    assert_eq!(spec.input.refuses(""), None);
+    let required = parse(&format!("{GOOD}input: required\n")).unwrap();
+    assert_eq!(required.input, Input::Required);
+    assert!(required.input.refuses("").is_some());
+    assert!(required.input.refuses(" \n\t").is_some());
+    assert_eq!(required.input.refuses("edge caching"), None);
+    let optional = parse(&format!("{GOOD}input: optional\n")).unwrap();
+    assert_eq!(optional.input, Input::Optional);
+    let Err(errors) = parse(&format!("{GOOD}input: sometimes\n")) else {
+        panic!("an unknown input rule is refused")
+    };
+    assert_eq!(errors.0[0].field, "input", "{errors}");
+}

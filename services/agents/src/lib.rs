@@ -103,7 +103,7 @@ impl From<AgentsError> for Status {
                 errors
                     .0
                     .iter()
-                    .map(|e| (format!("{field}.{}", e.field), e.to_string()))
+                    .map(|e| (e.path_within(field), e.to_string()))
                     .collect(),
             ),
             AgentsError::UnknownTeam(_) => Status::not_found(message),
@@ -278,6 +278,13 @@ impl AgentsService for Agents {
                     ),
                 }
                 .into());
+        }
+        if let Some(why) = spec.input.refuses(&input) {
+            return Err(AgentsError::InvalidArgument {
+                field: "input",
+                message: why.into(),
+            }
+            .into());
         }
         let permit = self
             .permits

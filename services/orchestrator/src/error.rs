@@ -69,7 +69,7 @@ impl From<OrchestratorError> for tonic::Status {
                 errors
                     .0
                     .iter()
-                    .map(|e| (format!("team.spec_yaml.{}", e.field), e.to_string()))
+                    .map(|e| (e.path_within("team.spec_yaml"), e.to_string()))
                     .collect(),
             ),
             OrchestratorError::TaskNotFound(_) => tonic::Status::not_found(message),
@@ -99,5 +99,39 @@ impl From<OrchestratorError> for tonic::Status {
 impl From<crate::backend::BackendError> for tonic::Status {
     fn from(error: crate::backend::BackendError) -> Self {
         OrchestratorError::Backend(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt;
+
+    fn violations(yaml: &str) -> Vec<String> {
+        let errors = amaos_teams::parse(yaml).unwrap_err();
+        let status = tonic::Status::from(OrchestratorError::InvalidSpec(errors));
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        status
+            .get_error_details()
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect()
+    }
+
+    #[test]
+    fn spec_violations_name_the_field_and_the_path_inside_it() {
+        // A problem of the whole document is the field itself, never `team.spec_yaml.`.
+        assert_eq!(violations("name: x\nagents: [\n"), ["team.spec_yaml"]);
+        let no_shape = "name: x\nagents:\n  - name: a\n    role: r\n    goal: g\n";
+        let fields = violations(no_shape);
+        assert!(fields.iter().any(|f| f == "team.spec_yaml"), "{fields:?}");
+        assert!(fields.iter().all(|f| !f.ends_with('.')), "{fields:?}");
+        // A problem at a path inside the spec is that path inside the field.
+        let bad_model =
+            "name: x\nagents:\n  - name: a\n    role: r\n    goal: g\n    model: 7\n    modle: y\n";
+        assert_eq!(violations(bad_model), ["team.spec_yaml.agents[0]"]);
     }
 }

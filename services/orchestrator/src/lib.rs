@@ -191,6 +191,23 @@ fn invalid(field: &'static str, message: impl Into<String>) -> OrchestratorError
     }
 }
 
+/// The task id a `page_token` continues after: the tokens ListTasks hands
+/// out are task ids (UUIDs in their hyphenated lowercase form). Anything
+/// else is refused rather than read as a position in the listing, where
+/// the backends would take it for "from the start".
+fn page_cursor(page_token: &str) -> Result<Option<&str>, OrchestratorError> {
+    if page_token.is_empty() {
+        return Ok(None);
+    }
+    match uuid::Uuid::try_parse(page_token) {
+        Ok(id) if id.hyphenated().to_string() == page_token => Ok(Some(page_token)),
+        _ => Err(invalid(
+            "page_token",
+            "not a page token from a previous ListTasks response",
+        )),
+    }
+}
+
 /// What a submission carries for one task, before it becomes a [`Task`].
 struct TaskSpec {
     team: Option<pb::TeamRef>,
@@ -268,7 +285,9 @@ impl Inner {
             retry,
             fallbacks,
         } = spec;
-        let (team, source) = match team.and_then(|t| t.team) {
+        // A named team's spec is the worker's: it holds its tasks to the
+        // spec's `input` rule when it runs them.
+        let (team, source, input_rule) = match team.and_then(|t| t.team) {
             Some(pb::team_ref::Team::Name(name)) => {
                 if !amaos_teams::valid_name(&name) {
                     return Err(invalid(
@@ -276,7 +295,7 @@ impl Inner {
                         "must be 1 to 64 of a-z, 0-9, `-` and `_`",
                     ));
                 }
-                (name, TeamSource::Named)
+                (name, TeamSource::Named, amaos_teams::Input::Optional)
             }
             Some(pb::team_ref::Team::SpecYaml(yaml)) => {
                 if yaml.len() > self.max_spec_bytes {
@@ -296,7 +315,7 @@ impl Inner {
                     .await
                     .map_err(|_| invalid("team.spec_yaml", "the spec could not be parsed"))?
                     .map_err(OrchestratorError::InvalidSpec)?;
-                (spec.name, TeamSource::Inline(yaml))
+                (spec.name, TeamSource::Inline(yaml), spec.input)
             }
             None => return Err(invalid("team", "name a team or send a spec")),
         };
@@ -309,6 +328,9 @@ impl Inner {
                     self.max_input_bytes
                 ),
             ));
+        }
+        if let Some(why) = input_rule.refuses(&input) {
+            return Err(invalid("input", why));
         }
         let retry = self.retry_policy(retry)?;
         if fallbacks.len() > MAX_FALLBACKS {
@@ -776,7 +798,7 @@ impl OrchestratorService for Orchestrator {
                 Some(TaskState::from_proto(s).ok_or_else(|| invalid("state", "not a task state"))?)
             }
         };
-        let before = Some(page_token.as_str()).filter(|t| !t.is_empty());
+        let before = page_cursor(&page_token)?;
         let team = Some(team.as_str()).filter(|t| !t.is_empty());
         let tasks = self
             .inner
@@ -928,4 +950,34 @@ pub async fn serve(
     let _ = dispatcher.await;
     served?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_token_is_a_task_id_as_listed() {
+        assert_eq!(page_cursor("").unwrap(), None);
+        let id = amaos_mesh::new_id();
+        assert_eq!(page_cursor(&id).unwrap(), Some(id.as_str()));
+        for bad in [
+            "garbage",
+            "zzzz",
+            &id[..id.len() - 1],
+            &id.to_uppercase(),
+            &id.replace('-', ""),
+            &format!("{{{id}}}"),
+            &format!("{id} "),
+        ] {
+            let status = tonic::Status::from(page_cursor(bad).unwrap_err());
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+            let details = tonic_types::StatusExt::get_error_details(&status);
+            assert_eq!(
+                details.bad_request().unwrap().field_violations[0].field,
+                "page_token",
+                "{bad}"
+            );
+        }
+    }
 }

@@ -33,6 +33,7 @@ impl TryFrom<TeamDoc> for TeamSpec {
             judge,
             budget,
             teams,
+            input,
         } = doc;
         let shape = match (crew, group_chat) {
             (Some(crew), None) => Shape::Crew(crew_spec(crew, "crew")?),
@@ -61,6 +62,7 @@ impl TryFrom<TeamDoc> for TeamSpec {
                 .enumerate()
                 .map(|(i, t)| nested_team(t, &format!("teams[{i}]")))
                 .collect::<Result<_, _>>()?,
+            input,
         })
     }
 }

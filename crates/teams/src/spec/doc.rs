@@ -30,6 +30,8 @@ pub(crate) struct TeamDoc {
     pub budget: BudgetDoc,
     #[serde(default)]
     pub teams: Vec<NestedDoc>,
+    #[serde(default)]
+    pub input: super::Input,
 }
 
 /// A nested team as written.

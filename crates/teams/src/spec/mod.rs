@@ -43,6 +43,32 @@ pub struct TeamSpec {
     /// carried out by one ([`Assignee::Team`]), and a group chat may count
     /// a nested crew among its speakers.
     pub teams: Vec<NestedTeam>,
+    /// Whether a task for this team must carry an input.
+    pub input: Input,
+}
+
+/// Whether a team's tasks must carry an input (`input:` in the spec).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(expecting = "enum Input")]
+pub enum Input {
+    /// An empty input is accepted (the default).
+    #[default]
+    Optional,
+    /// A task whose input is empty or only whitespace is refused.
+    Required,
+}
+
+impl Input {
+    /// Why `input` cannot be given to a team with this rule, if it cannot.
+    pub fn refuses(self, input: &str) -> Option<&'static str> {
+        match self {
+            Input::Required if input.trim().is_empty() => {
+                Some("this team requires an input (its spec says `input: required`)")
+            }
+            _ => None,
+        }
+    }
 }
 
 /// How a team's agents work together.
@@ -262,6 +288,7 @@ impl TeamSpec {
             judge: None,
             budget: self.budget.clone(),
             teams: Vec::new(),
+            input: self.input,
         }
     }
 
