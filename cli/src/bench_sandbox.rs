@@ -65,12 +65,7 @@ pub async fn run(
     runs: usize,
 ) -> Result<SandboxReport, amaos_mesh::BoxError> {
     let runs = runs.max(10);
-    let helper = config
-        .tools
-        .sandbox_helper
-        .clone()
-        .or_else(Sandbox::find_helper)
-        .ok_or("the amaos-sandbox helper was not found next to amaos (build it: cargo build --release --bin amaos-sandbox)")?;
+    let helper = amaos_tools::sandbox_helper(&config.tools)?;
     let dir = tempfile::tempdir()?;
     let work = dir.path().join("work");
     std::fs::create_dir_all(&work)?;

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use amaos_mesh::config::Config;
+use amaos_mesh::config::{Config, EmbedderBackend};
 use amaos_mesh::metrics::{self, Metrics};
 use amaos_mesh::{BoxError, client};
 use amaos_proto::router::v1 as router;
@@ -56,10 +56,26 @@ async fn bind(service: &str, addr: SocketAddr) -> Result<TcpListener, BoxError> 
         .map_err(|e| format!("{service}: cannot listen on {addr}: {e}").into())
 }
 
+/// What the mesh needs on this machine besides its config, checked before
+/// anything binds or starts: the embedding model (when memory embeds with
+/// it) and the sandbox helper (unless `tools.allow_no_sandbox`). A missing
+/// piece is named with the command that provides it.
+pub fn preflight(config: &Config) -> Result<(), BoxError> {
+    if config.memory.embedder == EmbedderBackend::Minilm {
+        amaos_memory::embed::check_model(&config.memory.model_dir(&config.data_dir))?;
+    }
+    if !config.tools.allow_no_sandbox {
+        amaos_tools::sandbox_helper(&config.tools)?;
+    }
+    Ok(())
+}
+
 impl Mesh {
-    /// Binds every listener, opens the auth store, starts every service and
-    /// waits until an agents worker is registered with the router.
+    /// Checks what the mesh needs ([`preflight`]), binds every listener,
+    /// opens the auth store, starts every service and waits until an agents
+    /// worker is registered with the router.
     pub async fn start(mut config: Config, shutdown: CancellationToken) -> Result<Self, BoxError> {
+        preflight(&config)?;
         amaos_mesh::install_crypto_provider();
         // Every trail writer of the mesh keys and anchors as configured.
         amaos_mesh::audit::configure(&config);

@@ -155,6 +155,44 @@ fn an_invalid_config_value_exits_64_naming_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`agents.capacity`"));
 }
 
+/// `amaos up` checks what it needs before it starts anything: without the
+/// embedding model, or without the sandbox helper, it exits naming the
+/// missing piece and the command that provides it (it used to start every
+/// service and stop with "memory stopped while the mesh was starting").
+#[test]
+fn amaos_up_names_a_missing_model_or_sandbox_helper_and_how_to_get_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_for(&dir.path().join("data"));
+    let up = |vars: &[(&str, std::path::PathBuf)]| {
+        let mut command = Command::new(bin("amaos"));
+        command.arg("up").envs(&env);
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let out = command.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let nowhere = dir.path().join("nowhere");
+    let stderr = up(&[("AMAOS_MEMORY__EMBED_MODEL_DIR", nowhere.clone())]);
+    assert!(stderr.contains("all-MiniLM-L6-v2"), "{stderr}");
+    assert!(
+        stderr.contains(&nowhere.join("model.safetensors").display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("scripts/fetch-embedding-model"), "{stderr}");
+    assert!(!stderr.contains("while the mesh was starting"), "{stderr}");
+
+    let helper = dir.path().join("no-amaos-sandbox");
+    let stderr = up(&[("AMAOS_TOOLS__SANDBOX_HELPER", helper.clone())]);
+    assert!(stderr.contains(&helper.display().to_string()), "{stderr}");
+    assert!(
+        stderr.contains("cargo build --bin amaos-sandbox"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("while the mesh was starting"), "{stderr}");
+}
+
 /// A service checks the sections it reads: a bad `[models.x]` stops
 /// `amaos config check` and the agents, not the router (which reports the
 /// next problem it does read, a bad `tls.namespace`).

@@ -24,6 +24,22 @@ use tokenizers::{Tokenizer, TruncationParams};
 /// Files the MiniLM embedder needs in its model directory.
 pub const MODEL_FILES: [&str; 3] = ["model.safetensors", "tokenizer.json", "config.json"];
 
+/// The model [`MiniLm`] runs.
+pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
+
+/// Whether every file of [`MODEL_FILES`] is in `dir`, without loading
+/// them: [`EmbedError::ModelMissing`] names the first missing one and how
+/// to fetch it.
+pub fn check_model(dir: &Path) -> Result<(), EmbedError> {
+    for file in MODEL_FILES {
+        let path = dir.join(file);
+        if !path.is_file() {
+            return Err(EmbedError::ModelMissing(path));
+        }
+    }
+    Ok(())
+}
+
 /// Tokens per text the model sees (sentence-transformers' `max_seq_length`
 /// for all-MiniLM-L6-v2); longer texts are truncated.
 pub const MAX_TOKENS: usize = 256;
@@ -36,9 +52,9 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 pub enum EmbedError {
     /// The model files are not where they should be.
     #[error(
-        "embedding model not found: {0} is missing; run scripts/fetch-embedding-model \
-         (or point AMAOS_EMBED_MODEL_DIR at a directory holding model.safetensors, \
-         tokenizer.json and config.json)"
+        "the embedding model {MODEL_NAME} is not there: {0} is missing; fetch it with \
+         scripts/fetch-embedding-model (or point AMAOS_EMBED_MODEL_DIR at a directory \
+         holding model.safetensors, tokenizer.json and config.json)"
     )]
     ModelMissing(PathBuf),
     /// The model files exist but could not be loaded.
@@ -102,12 +118,7 @@ struct MiniLmInner {
 impl MiniLm {
     /// Loads the model from `dir`; `batch_size` texts go through the model at once.
     pub fn load(dir: &Path, batch_size: usize) -> Result<Self, EmbedError> {
-        for file in MODEL_FILES {
-            let path = dir.join(file);
-            if !path.is_file() {
-                return Err(EmbedError::ModelMissing(path));
-            }
-        }
+        check_model(dir)?;
         let invalid = |message: String| EmbedError::ModelInvalid {
             dir: dir.to_path_buf(),
             message,

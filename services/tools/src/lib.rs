@@ -933,6 +933,30 @@ pub async fn sweep_workspaces(base: PathBuf, retention: Duration, shutdown: Canc
     }
 }
 
+/// The sandbox helper `tools` names (`tools.sandbox_helper`), else the one
+/// next to this program; when there is none, why, and the command that
+/// builds it.
+pub fn sandbox_helper(tools: &amaos_mesh::config::ToolsConfig) -> Result<PathBuf, String> {
+    const BUILD: &str = "build it with `cargo build --bin amaos-sandbox`";
+    match &tools.sandbox_helper {
+        Some(helper) if helper.is_file() => Ok(helper.clone()),
+        Some(helper) => Err(format!(
+            "the sandbox helper {} (config key `tools.sandbox_helper`) does not exist; {BUILD}",
+            helper.display()
+        )),
+        None => sandbox::Sandbox::find_helper().ok_or_else(|| {
+            let here = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|d| d.display().to_string()))
+                .unwrap_or_else(|| "this program".into());
+            format!(
+                "the sandbox helper amaos-sandbox is not next to this program (in {here}); \
+                 {BUILD}, or name it in config key `tools.sandbox_helper`"
+            )
+        }),
+    }
+}
+
 /// The sandbox of `config`, checked by running `true` in it. Without a
 /// working sandbox the service refuses to start, naming why — unless
 /// `tools.allow_no_sandbox` (a development flag) says to go on without the
@@ -951,12 +975,9 @@ pub async fn start_sandbox(config: &Config) -> Result<Option<Arc<sandbox::Sandbo
             .into())
         }
     };
-    let Some(helper) = t
-        .sandbox_helper
-        .clone()
-        .or_else(sandbox::Sandbox::find_helper)
-    else {
-        return refuse("the amaos-sandbox helper was not found next to this program (config key `tools.sandbox_helper`)".into());
+    let helper = match sandbox_helper(t) {
+        Ok(helper) => helper,
+        Err(why) => return refuse(why),
     };
     let sandbox = sandbox::Sandbox::new(
         helper,
