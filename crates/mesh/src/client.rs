@@ -36,6 +36,9 @@ pub struct MeshChannel {
     default_timeout: Duration,
     /// This service's own identity, sent on every call when set.
     credential: Option<Arc<crate::identity::ServiceCredential>>,
+    /// The peer's `host:port` when this channel speaks plaintext: a failed
+    /// connection is then checked for a peer that expects TLS.
+    plaintext_peer: Option<Arc<String>>,
 }
 
 /// Why a channel could not be built.
@@ -133,12 +136,17 @@ impl Dialer {
         let connections: Arc<[Channel]> = (0..limits.connections_per_service.max(1))
             .map(|_| endpoint.connect_lazy())
             .collect();
+        let plaintext_peer = match &self.tls {
+            Some(_) => None,
+            None => endpoint.uri().authority().map(|a| Arc::new(a.to_string())),
+        };
         Ok(MeshChannel {
             inner: connections[0].clone(),
             connections,
             next: Arc::new(AtomicUsize::new(0)),
             default_timeout: limits.request_timeout,
             credential: self.credential.clone(),
+            plaintext_peer,
         })
     }
 }
@@ -183,6 +191,7 @@ impl Service<http::Request<Body>> for MeshChannel {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let credential = self.credential.clone();
+        let plaintext_peer = self.plaintext_peer.clone();
         Box::pin(async move {
             if let Some(credential) = credential {
                 let token = credential
@@ -196,7 +205,13 @@ impl Service<http::Request<Body>> for MeshChannel {
                 }
             }
             match tokio::time::timeout(timeout, inner.call(request)).await {
-                Ok(response) => response.map_err(Into::into),
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(error)) => match plaintext_peer {
+                    Some(peer) if speaks_tls(&peer).await => {
+                        Err(Box::new(tls_expected(&peer)) as BoxError)
+                    }
+                    _ => Err(error.into()),
+                },
                 Err(_) => Err(Box::new(tonic::Status::deadline_exceeded(format!(
                     "no response within {}",
                     humantime::format_duration(timeout)
@@ -204,4 +219,45 @@ impl Service<http::Request<Body>> for MeshChannel {
             }
         })
     }
+}
+
+/// How long checking whether a peer speaks TLS may take.
+const TLS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether the server at `peer` (`host:port`) answers an HTTP/2 connection
+/// preface with a TLS record (an alert, or a handshake): then it expects
+/// TLS, and a plaintext client cannot talk to it. An h2c server answers
+/// with a SETTINGS frame instead; a peer that is down or says nothing is
+/// not taken for a TLS one.
+async fn speaks_tls(peer: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// TLS record content types: alert, handshake.
+    const ALERT: u8 = 0x15;
+    const HANDSHAKE: u8 = 0x16;
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(peer).await.ok()?;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut header = [0u8; 2];
+        stream.read_exact(&mut header).await.ok()?;
+        Some(matches!(header, [ALERT | HANDSHAKE, 0x03]))
+    };
+    tokio::time::timeout(TLS_PROBE_TIMEOUT, probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The error of a plaintext call to a peer that expects TLS, naming the
+/// setting that makes this side speak it.
+fn tls_expected(peer: &str) -> tonic::Status {
+    tonic::Status::unavailable(format!(
+        "the server at {peer} expects TLS, and this client speaks plaintext \
+         (`tls.mode` is not `rustls`): set `tls.mode = \"rustls\"` in the config, or \
+         AMAOS_TLS__MODE=rustls, with `tls.dir` (AMAOS_TLS__DIR) holding the mesh's \
+         certificates (`amaos certs init` makes development ones)"
+    ))
 }
