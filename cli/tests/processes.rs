@@ -193,6 +193,38 @@ fn amaos_up_names_a_missing_model_or_sandbox_helper_and_how_to_get_it() {
     assert!(!stderr.contains("while the mesh was starting"), "{stderr}");
 }
 
+/// The README's path: `amaos up` run where the data directory is the default,
+/// relative `.amaos`. Paths under it reach the sandbox helper, which wants
+/// them absolute; `amaos up` used to stop with "tools stopped while the mesh
+/// was starting: … .amaos/sandbox/probe is not absolute".
+#[tokio::test]
+async fn amaos_up_serves_with_the_default_relative_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join(".amaos");
+    let mut env = env_for(&data_dir);
+    for key in ["AMAOS_GATEWAY__LISTEN", "AMAOS_GATEWAY__ADMIN_LISTEN"] {
+        env.insert(
+            key.into(),
+            format!("127.0.0.1:{}", common::procs::free_port()),
+        );
+    }
+    let child = Command::new(bin("amaos"))
+        .arg("up")
+        .envs(&env)
+        .env_remove("AMAOS_DATA_DIR")
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _processes = Processes(vec![("amaos", child)]);
+    wait_until_serving(&env).await;
+    assert!(
+        data_dir.join("admin.key").exists(),
+        "the data directory is `.amaos` under the working directory"
+    );
+}
+
 /// A service checks the sections it reads: a bad `[models.x]` stops
 /// `amaos config check` and the agents, not the router (which reports the
 /// next problem it does read, a bad `tls.namespace`).

@@ -350,7 +350,19 @@ impl Config {
                 TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(first))
             })
             .split("__");
-        figment.merge(env).extract().map_err(common::from_figment)
+        let mut config: Config = figment.merge(env).extract().map_err(common::from_figment)?;
+        // Every path derived from the data directory reaches other processes
+        // (the sandbox helper, MCP servers) and must not depend on their
+        // working directory: the default `.amaos` is read against this one.
+        if config.data_dir.is_relative() {
+            config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| {
+                ConfigError::new(
+                    "data_dir",
+                    format!("{} cannot be made absolute: {e}", config.data_dir.display()),
+                )
+            })?;
+        }
+        Ok(config)
     }
 
     /// Checks the values that types alone cannot, in every section.
