@@ -43,6 +43,9 @@ pub enum OrchestratorError {
         /// When a retry is within the rate.
         retry_after: std::time::Duration,
     },
+    /// No worker has declared the team (the router's registry has none).
+    #[error("router: no worker serves team `{0}`")]
+    TeamNotServed(String),
     /// A service the orchestrator depends on answered with an error.
     #[error("{service}: {status}")]
     Dependency {
@@ -83,16 +86,39 @@ impl From<OrchestratorError> for tonic::Status {
             OrchestratorError::RateLimited { retry_after, .. } => {
                 status::exhausted_retry_after(message, retry_after)
             }
-            // Routing answers (NOT_FOUND for an unknown team, UNAVAILABLE for no
-            // live worker) keep their code; the message says which service spoke.
+            OrchestratorError::TeamNotServed(_) => tonic::Status::not_found(message),
+            // The message says which service spoke; the code is classified.
             OrchestratorError::Dependency { service, status } => tonic::Status::new(
-                match status.code() {
-                    tonic::Code::Unknown | tonic::Code::Internal => tonic::Code::Unavailable,
-                    code => code,
-                },
+                dependency_code(status.code()),
                 format!("{service}: {}", status.message()),
             ),
         }
+    }
+}
+
+/// What a dependency's answer means to the orchestrator's caller. Answers
+/// about the request itself (NOT_FOUND for an unknown team or task, the
+/// dependency out of capacity or time, the call cancelled) keep their code.
+/// Answers about the orchestrator's own call — its credentials refused, a
+/// request the dependency found malformed, a method it lacks — are not the
+/// caller's doing: INTERNAL. A failure of the dependency itself is UNAVAILABLE.
+fn dependency_code(code: tonic::Code) -> tonic::Code {
+    use tonic::Code;
+    match code {
+        Code::NotFound
+        | Code::Unavailable
+        | Code::ResourceExhausted
+        | Code::DeadlineExceeded
+        | Code::Cancelled => code,
+        Code::Unauthenticated
+        | Code::PermissionDenied
+        | Code::InvalidArgument
+        | Code::FailedPrecondition
+        | Code::OutOfRange
+        | Code::AlreadyExists
+        | Code::Unimplemented
+        | Code::Ok => Code::Internal,
+        Code::Unknown | Code::Internal | Code::Aborted | Code::DataLoss => Code::Unavailable,
     }
 }
 
@@ -119,6 +145,33 @@ mod tests {
             .iter()
             .map(|v| v.field.clone())
             .collect()
+    }
+
+    #[test]
+    fn a_dependency_refusing_the_orchestrator_is_not_the_callers_fault() {
+        let dependency = |status: tonic::Status| {
+            tonic::Status::from(OrchestratorError::Dependency {
+                service: "router",
+                status,
+            })
+        };
+        for refused in [
+            tonic::Status::permission_denied("no"),
+            tonic::Status::unauthenticated("no"),
+            tonic::Status::invalid_argument("bad"),
+        ] {
+            assert_eq!(dependency(refused).code(), tonic::Code::Internal);
+        }
+        assert_eq!(
+            dependency(tonic::Status::internal("boom")).code(),
+            tonic::Code::Unavailable
+        );
+        let kept = dependency(tonic::Status::not_found("no worker"));
+        assert_eq!(kept.code(), tonic::Code::NotFound);
+        assert_eq!(kept.message(), "router: no worker");
+        let unserved = tonic::Status::from(OrchestratorError::TeamNotServed("t".into()));
+        assert_eq!(unserved.code(), tonic::Code::NotFound);
+        assert_eq!(unserved.message(), "router: no worker serves team `t`");
     }
 
     #[test]

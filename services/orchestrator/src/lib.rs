@@ -9,6 +9,7 @@
 //! - [`task`]: the domain task and its conversion to the contract.
 //! - [`backend`]: the task store and queue (in-process or Redis).
 //! - [`dispatch`]: claiming work, running attempts on workers, retries.
+//! - [`request`]: requests into domain types (`TryFrom`), in one place.
 //! - [`workflow`]: DAG checks for SubmitWorkflow.
 //! - [`error`]: the orchestrator's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service and [`serve`].
@@ -17,6 +18,7 @@ pub mod authn;
 pub mod backend;
 pub mod dispatch;
 pub mod error;
+pub mod request;
 pub mod task;
 pub mod workflow;
 
@@ -37,7 +39,6 @@ use amaos_proto::orchestrator::v1::orchestrator_service_server::{
     OrchestratorService, OrchestratorServiceServer,
 };
 use amaos_proto::router::v1::router_service_client::RouterServiceClient;
-use amaos_proto::time::duration;
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -48,15 +49,11 @@ use crate::authn::{Authenticator, require};
 use crate::backend::{BackendError, BackendLimits, RateLimiter, TaskBackend};
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::error::OrchestratorError;
-use crate::task::{ErrorClass, Fallback, RetryPolicy, Task, TaskState, TeamSource};
+use crate::request::{
+    ListQuery, NewTask, TaskSubmission, TeamChoice, WorkflowStep, WorkflowSubmission, invalid,
+};
+use crate::task::{RetryPolicy, Task, TaskState, TeamSource};
 
-/// Longest timeout a task may ask for.
-const MAX_TASK_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-/// Most labels on a task, and the longest key or value.
-const MAX_LABELS: usize = 32;
-const MAX_LABEL_BYTES: usize = 256;
-/// Most fallbacks on a task.
-const MAX_FALLBACKS: usize = 8;
 /// How long one wait for new events lasts in WatchTask.
 const WATCH_POLL: Duration = Duration::from_secs(5);
 
@@ -184,120 +181,29 @@ impl Orchestrator {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> OrchestratorError {
-    OrchestratorError::InvalidArgument {
-        field,
-        message: message.into(),
-    }
-}
-
-/// The task id a `page_token` continues after: the tokens ListTasks hands
-/// out are task ids (UUIDs in their hyphenated lowercase form). Anything
-/// else is refused rather than read as a position in the listing, where
-/// the backends would take it for "from the start".
-fn page_cursor(page_token: &str) -> Result<Option<&str>, OrchestratorError> {
-    if page_token.is_empty() {
-        return Ok(None);
-    }
-    match uuid::Uuid::try_parse(page_token) {
-        Ok(id) if id.hyphenated().to_string() == page_token => Ok(Some(page_token)),
-        _ => Err(invalid(
-            "page_token",
-            "not a page token from a previous ListTasks response",
-        )),
-    }
-}
-
-/// What a submission carries for one task, before it becomes a [`Task`].
-struct TaskSpec {
-    team: Option<pb::TeamRef>,
-    input: String,
-    timeout: Option<prost_types::Duration>,
-    retry: Option<pb::RetryPolicy>,
-    fallbacks: Vec<pb::Fallback>,
-}
-
 impl Inner {
-    fn retry_policy(
-        &self,
-        retry: Option<pb::RetryPolicy>,
-    ) -> Result<RetryPolicy, OrchestratorError> {
-        let Some(pb::RetryPolicy {
-            max_attempts,
-            initial_backoff,
-            max_backoff,
-            backoff_multiplier,
-            retry_on,
-        }) = retry
-        else {
-            return Ok(self.default_retry.clone());
-        };
-        let mut policy = self.default_retry.clone();
-        if max_attempts > 0 {
-            if max_attempts > 100 {
-                return Err(invalid("retry.max_attempts", "at most 100"));
-            }
-            policy.max_attempts = max_attempts;
-        }
-        if let Some(d) = initial_backoff {
-            policy.initial_backoff = duration(&d)
-                .filter(|d| *d <= Duration::from_secs(3600))
-                .ok_or_else(|| invalid("retry.initial_backoff", "must be between 0 and 1h"))?;
-        }
-        if let Some(d) = max_backoff {
-            policy.max_backoff = duration(&d)
-                .filter(|d| *d <= Duration::from_secs(3600))
-                .ok_or_else(|| invalid("retry.max_backoff", "must be between 0 and 1h"))?;
-        }
-        if backoff_multiplier != 0.0 {
-            if !(1.0..=10.0).contains(&backoff_multiplier) {
-                return Err(invalid(
-                    "retry.backoff_multiplier",
-                    "must be between 1 and 10",
-                ));
-            }
-            policy.multiplier = backoff_multiplier;
-        }
-        if !retry_on.is_empty() {
-            policy.retry_on = retry_on
-                .into_iter()
-                .map(|c| {
-                    ErrorClass::from_proto(c)
-                        .ok_or_else(|| invalid("retry.retry_on", "not an error class"))
-                })
-                .collect::<Result<_, _>>()?;
-        }
-        Ok(policy)
-    }
-
-    /// Checks one task's fields and builds it (not yet stored).
+    /// Builds one task (not yet stored) from what a request asked for,
+    /// with the checks that need this service's configuration: the spec and
+    /// input sizes, the inline spec itself and its `input` rule.
     async fn build_task(
         &self,
         caller: &Caller,
-        spec: TaskSpec,
+        task: NewTask,
         session_id: &str,
         labels: std::collections::HashMap<String, String>,
     ) -> Result<Task, OrchestratorError> {
-        let TaskSpec {
+        let NewTask {
             team,
             input,
             timeout,
             retry,
             fallbacks,
-        } = spec;
+        } = task;
         // A named team's spec is the worker's: it holds its tasks to the
         // spec's `input` rule when it runs them.
-        let (team, source, input_rule) = match team.and_then(|t| t.team) {
-            Some(pb::team_ref::Team::Name(name)) => {
-                if !amaos_teams::valid_name(&name) {
-                    return Err(invalid(
-                        "team.name",
-                        "must be 1 to 64 of a-z, 0-9, `-` and `_`",
-                    ));
-                }
-                (name, TeamSource::Named, amaos_teams::Input::Optional)
-            }
-            Some(pb::team_ref::Team::SpecYaml(yaml)) => {
+        let (team, source, input_rule) = match team {
+            TeamChoice::Named(name) => (name, TeamSource::Named, amaos_teams::Input::Optional),
+            TeamChoice::Inline(yaml) => {
                 if yaml.len() > self.max_spec_bytes {
                     return Err(invalid(
                         "team.spec_yaml",
@@ -317,7 +223,6 @@ impl Inner {
                     .map_err(OrchestratorError::InvalidSpec)?;
                 (spec.name, TeamSource::Inline(yaml), spec.input)
             }
-            None => return Err(invalid("team", "name a team or send a spec")),
         };
         if input.len() > self.max_input_bytes {
             return Err(invalid(
@@ -332,33 +237,8 @@ impl Inner {
         if let Some(why) = input_rule.refuses(&input) {
             return Err(invalid("input", why));
         }
-        let retry = self.retry_policy(retry)?;
-        if fallbacks.len() > MAX_FALLBACKS {
-            return Err(invalid("fallbacks", format!("at most {MAX_FALLBACKS}")));
-        }
-        let fallbacks = fallbacks
-            .into_iter()
-            .map(|f| match f.target {
-                Some(pb::fallback::Target::TeamName(name)) if amaos_teams::valid_name(&name) => {
-                    Ok(Fallback::Team(name))
-                }
-                Some(pb::fallback::Target::ModelAlias(alias))
-                    if !alias.is_empty() && alias.len() <= 64 =>
-                {
-                    Ok(Fallback::Model(alias))
-                }
-                _ => Err(invalid(
-                    "fallbacks",
-                    "each names a valid team or a model alias",
-                )),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let timeout = match timeout {
-            Some(t) => duration(&t)
-                .filter(|d| !d.is_zero() && *d <= MAX_TASK_TIMEOUT)
-                .ok_or_else(|| invalid("timeout", "must be positive and at most 24h"))?,
-            None => self.task_timeout,
-        };
+        let retry = retry.apply(self.default_retry.clone());
+        let timeout = timeout.unwrap_or(self.task_timeout);
         let now = SystemTime::now();
         Ok(Task {
             id: amaos_mesh::new_id(),
@@ -447,32 +327,6 @@ impl Inner {
         checked
     }
 
-    fn check_common(
-        session_id: &str,
-        idempotency_key: &str,
-        labels: &std::collections::HashMap<String, String>,
-    ) -> Result<(), OrchestratorError> {
-        if session_id.len() > 128 {
-            return Err(invalid("session_id", "at most 128 bytes"));
-        }
-        if idempotency_key.len() > 256 {
-            return Err(invalid("idempotency_key", "at most 256 bytes"));
-        }
-        if labels.len() > MAX_LABELS
-            || labels.iter().any(|(k, v)| {
-                k.is_empty() || k.len() > MAX_LABEL_BYTES || v.len() > MAX_LABEL_BYTES
-            })
-        {
-            return Err(invalid(
-                "labels",
-                format!(
-                    "at most {MAX_LABELS} labels with non-empty keys and keys and values of at most {MAX_LABEL_BYTES} bytes"
-                ),
-            ));
-        }
-        Ok(())
-    }
-
     /// Refuses a team no worker has declared: NOT_FOUND at submission beats
     /// a task that fails later. Answers are cached for a few seconds.
     async fn check_team_served(&self, team: &str) -> Result<(), OrchestratorError> {
@@ -501,10 +355,7 @@ impl Inner {
             .into_inner()
             .workers;
         if workers.is_empty() {
-            return Err(OrchestratorError::Dependency {
-                service: "router",
-                status: Status::not_found(format!("no worker serves team `{team}`")),
-            });
+            return Err(OrchestratorError::TeamNotServed(team.to_owned()));
         }
         let mut known = self.known_teams.lock().unwrap_or_else(|e| e.into_inner());
         if known.len() >= 10_000 {
@@ -564,32 +415,16 @@ impl OrchestratorService for Orchestrator {
         inner
             .permitted(&caller, "submit", "task.submit", "tasks")
             .await?;
-        let pb::SubmitTaskRequest {
-            team,
-            input,
-            session_id,
-            idempotency_key,
-            timeout,
-            retry,
-            fallbacks,
-            labels,
-        } = request.into_inner();
+        let request = request.into_inner();
+        let idempotency_key = request.idempotency_key.clone();
         let checked = async {
-            Inner::check_common(&session_id, &idempotency_key, &labels)?;
-            let task = inner
-                .build_task(
-                    &caller,
-                    TaskSpec {
-                        team,
-                        input,
-                        timeout,
-                        retry,
-                        fallbacks,
-                    },
-                    &session_id,
-                    labels,
-                )
-                .await?;
+            let TaskSubmission {
+                task,
+                session_id,
+                idempotency_key: _,
+                labels,
+            } = TaskSubmission::try_from(request)?;
+            let task = inner.build_task(&caller, task, &session_id, labels).await?;
             if task.source == TeamSource::Named {
                 inner.check_team_served(&task.team).await?;
             }
@@ -642,52 +477,28 @@ impl OrchestratorService for Orchestrator {
         inner
             .permitted(&caller, "submit", "workflow.submit", "workflows")
             .await?;
-        let pb::SubmitWorkflowRequest {
-            name,
-            tasks,
-            session_id,
-            idempotency_key,
-        } = request.into_inner();
+        let request = request.into_inner();
+        let idempotency_key = request.idempotency_key.clone();
         let workflow_id = amaos_mesh::new_id();
         let checked = async {
-            Inner::check_common(&session_id, &idempotency_key, &Default::default())?;
-            if name.len() > 128 {
-                return Err(invalid("name", "at most 128 bytes"));
-            }
-            let shape: Vec<(String, Vec<String>)> = tasks
-                .iter()
-                .map(|t| (t.key.clone(), t.depends_on.clone()))
-                .collect();
-            workflow::check(&shape).map_err(|e| invalid("tasks", e.to_string()))?;
-            let mut built = Vec::with_capacity(tasks.len());
-            for t in tasks {
-                let pb::WorkflowTask {
-                    key,
-                    team,
-                    input,
-                    depends_on,
-                    retry,
-                    fallbacks,
-                    timeout,
-                } = t;
+            let WorkflowSubmission {
+                name,
+                steps,
+                session_id,
+                idempotency_key: _,
+            } = WorkflowSubmission::try_from(request)?;
+            let mut built = Vec::with_capacity(steps.len());
+            for WorkflowStep {
+                key,
+                task,
+                depends_on,
+            } in steps
+            {
                 let mut labels = std::collections::HashMap::new();
                 if !name.is_empty() {
                     labels.insert("workflow".to_owned(), name.clone());
                 }
-                let mut task = inner
-                    .build_task(
-                        &caller,
-                        TaskSpec {
-                            team,
-                            input,
-                            timeout,
-                            retry,
-                            fallbacks,
-                        },
-                        &session_id,
-                        labels,
-                    )
-                    .await?;
+                let mut task = inner.build_task(&caller, task, &session_id, labels).await?;
                 task.workflow_id = workflow_id.clone();
                 task.workflow_key = key;
                 task.depends_on = depends_on;
@@ -781,29 +592,22 @@ impl OrchestratorService for Orchestrator {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
         require(&self.inner.policy, &caller, "read")?;
-        let pb::ListTasksRequest {
-            page_size,
-            page_token,
+        let ListQuery {
+            limit,
+            before,
             state,
             team,
-        } = request.into_inner();
-        let limit = match page_size {
-            0 => 100,
-            n if n <= 1000 => n as usize,
-            _ => return Err(invalid("page_size", "at most 1000").into()),
-        };
-        let state = match state {
-            0 => None,
-            s => {
-                Some(TaskState::from_proto(s).ok_or_else(|| invalid("state", "not a task state"))?)
-            }
-        };
-        let before = page_cursor(&page_token)?;
-        let team = Some(team.as_str()).filter(|t| !t.is_empty());
+        } = ListQuery::try_from(request.into_inner())?;
         let tasks = self
             .inner
             .backend
-            .list(&caller.tenant, before, state, team, limit)
+            .list(
+                &caller.tenant,
+                before.as_deref(),
+                state,
+                team.as_deref(),
+                limit,
+            )
             .await
             .map_err(OrchestratorError::from)?;
         let next_page_token = if tasks.len() == limit {
@@ -891,14 +695,12 @@ impl OrchestratorService for Orchestrator {
                     Ok(Some(page)) => page,
                     Ok(None) => {
                         let _ = tx
-                            .send(Err(Status::not_found(format!(
-                                "task `{task_id}` not found"
-                            ))))
+                            .send(Err(OrchestratorError::TaskNotFound(task_id).into()))
                             .await;
                         return;
                     }
                     Err(error) => {
-                        let _ = tx.send(Err(Status::unavailable(error.to_string()))).await;
+                        let _ = tx.send(Err(OrchestratorError::from(error).into())).await;
                         return;
                     }
                 };
@@ -950,34 +752,4 @@ pub async fn serve(
     let _ = dispatcher.await;
     served?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_page_token_is_a_task_id_as_listed() {
-        assert_eq!(page_cursor("").unwrap(), None);
-        let id = amaos_mesh::new_id();
-        assert_eq!(page_cursor(&id).unwrap(), Some(id.as_str()));
-        for bad in [
-            "garbage",
-            "zzzz",
-            &id[..id.len() - 1],
-            &id.to_uppercase(),
-            &id.replace('-', ""),
-            &format!("{{{id}}}"),
-            &format!("{id} "),
-        ] {
-            let status = tonic::Status::from(page_cursor(bad).unwrap_err());
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
-            let details = tonic_types::StatusExt::get_error_details(&status);
-            assert_eq!(
-                details.bad_request().unwrap().field_violations[0].field,
-                "page_token",
-                "{bad}"
-            );
-        }
-    }
 }
