@@ -13,9 +13,12 @@
 //! - [`tiers`]: Remember/Recall/Recent/Forget across the tiers, and the
 //!   lifecycle sweep.
 //! - encryption at rest of memory texts: `amaos_mesh::seal` (envelope, per tenant).
-//! - this file: the gRPC service, its errors and their mapping, building
-//!   the backends from config, and [`serve`].
+//! - `backends`: the embedder and the tiers' backends built from config
+//!   ([`embedder`], [`tiers`]).
+//! - this file: the gRPC service, its errors and their mapping, and
+//!   [`serve`].
 
+mod backends;
 pub mod embed;
 pub mod hot;
 pub mod item;
@@ -26,14 +29,12 @@ pub mod tiers;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use amaos_mesh::api_client::ApiKey;
 use amaos_mesh::authn::Authenticator;
 use amaos_mesh::caller::Caller;
-use amaos_mesh::config::{EmbedderBackend, Limits, LongTermBackend, StoreBackend};
+use amaos_mesh::config::Limits;
 use amaos_mesh::live::LiveRuns;
 use amaos_mesh::metrics::Metrics;
 use amaos_mesh::policy::Policy;
-use amaos_mesh::secrets::SecretStore;
 use amaos_mesh::server::GrpcService;
 use amaos_mesh::{BoxError, Config, limit_messages, status};
 use amaos_proto::memory::v1 as pb;
@@ -42,10 +43,8 @@ use amaos_proto::time::{duration, system_time, timestamp};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::embed::{Embedder, EmbeddingsServer, MiniLm, OpenAiEmbedder};
-use crate::hot::{HotTier, LruHotTier, RedisHotTier};
+pub use crate::backends::{embedder, tiers};
 use crate::item::{Filter, Item, Kind, to_ms};
-use crate::longterm::{EdgeLongTerm, LongTerm};
 use crate::tiers::{NewItem, Tiers, TiersError};
 
 /// What can go wrong in the memory service.
@@ -119,89 +118,6 @@ pub struct Memory {
     max_text_bytes: usize,
     /// The RBAC policy callers are held to.
     policy: Policy,
-}
-
-/// The embedder `config` names, an embeddings server's API key read from
-/// `secrets` when `memory.embed_api_key_secret` names one. A missing MiniLM
-/// model is an error that says how to fetch it: the service never falls
-/// back to something else.
-pub fn embedder(
-    config: &Config,
-    secrets: Option<&Arc<dyn SecretStore>>,
-) -> Result<Arc<dyn Embedder>, BoxError> {
-    let m = &config.memory;
-    Ok(match m.embedder {
-        EmbedderBackend::Minilm => {
-            Arc::new(MiniLm::load(&m.model_dir(&config.data_dir), m.embed_batch)?)
-        }
-        EmbedderBackend::Openai => {
-            let api_key = ApiKey::configured(
-                m.embed_api_key_env.as_deref(),
-                m.embed_api_key_secret.as_deref(),
-                secrets,
-                |field| format!("memory.embed_{field}"),
-            )?;
-            Arc::new(OpenAiEmbedder::new(
-                EmbeddingsServer {
-                    base_url: &m.embed_url,
-                    api_key,
-                    timeout: m.embed_timeout,
-                    max_retries: m.embed_max_retries,
-                },
-                m.embed_model.clone(),
-                m.embed_dimension,
-                m.embed_batch,
-            )?)
-        }
-    })
-}
-
-/// The tiers `config` names, connected and opened.
-pub async fn tiers(config: &Config) -> Result<Tiers, BoxError> {
-    let m = &config.memory;
-    // The secret store is opened only for an embeddings key kept there.
-    let secrets = match (&m.embedder, &m.embed_api_key_secret) {
-        (EmbedderBackend::Openai, Some(_)) => {
-            Some(amaos_mesh::secrets::open_audited(config, "memory").await?)
-        }
-        _ => None,
-    };
-    let embedder = embedder(config, secrets.as_ref())?;
-    let hot: Arc<dyn HotTier> = match m.hot {
-        StoreBackend::Memory => Arc::new(LruHotTier::new(m.hot_capacity, m.hot_ttl)),
-        StoreBackend::Redis => Arc::new(
-            RedisHotTier::connect(&m.redis_url, &m.redis_prefix, m.hot_capacity, m.hot_ttl).await?,
-        ),
-    };
-    let long: Arc<dyn LongTerm> = match m.long_term {
-        LongTermBackend::Edge => {
-            let dir = config.data_dir.join("memory").join("qdrant-edge");
-            let dimension = embedder.dimension();
-            Arc::new(
-                tokio::task::spawn_blocking(move || EdgeLongTerm::open(&dir, dimension)).await??,
-            )
-        }
-        LongTermBackend::Qdrant => Arc::new(
-            qdrant::QdrantLongTerm::connect(
-                &m.qdrant_url,
-                &m.qdrant_collection,
-                m.qdrant_api_key_env.as_deref(),
-                embedder.dimension(),
-            )
-            .await?,
-        ),
-    };
-    let tiers = Tiers::new(m, hot, long, embedder);
-    Ok(if m.encrypt {
-        let path = m
-            .key_file
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("memory.keys"));
-        let sealer = amaos_mesh::seal::open_configured(path, &config.secrets).await?;
-        tiers.with_sealer(Arc::new(sealer))
-    } else {
-        tiers
-    })
 }
 
 impl Memory {
