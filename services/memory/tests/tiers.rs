@@ -59,6 +59,22 @@ fn unique_tenant(name: &str) -> String {
     format!("{name}-{}", &amaos_mesh::new_id()[24..])
 }
 
+/// Polls `check` until it yields a value; fails naming `what` after ten
+/// seconds of wall-clock time (the tiers' clocks are the wall's and Redis's).
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn hot_conformance(tier: &dyn HotTier, capacity: usize) {
     let a = unique_tenant("a");
     let b = unique_tenant("b");
@@ -141,8 +157,12 @@ async fn a_due_memory_stays_in_the_redis_tier_until_removed() {
     let s = stored("soon due", "s", 0, now_ms());
     tier.put(&t, s.clone()).await.unwrap();
     assert!(tier.due(10).await.unwrap().is_empty());
-    tokio::time::sleep(Duration::from_millis(80)).await;
-    let due = tier.due(10).await.unwrap();
+    // Redis keeps its own clock: wait until the memory is due, not for a time.
+    let due = eventually("the memory is due", async || {
+        let due = tier.due(10).await.unwrap();
+        (!due.is_empty()).then_some(due)
+    })
+    .await;
     assert_eq!(due, [(t.clone(), s.clone())]);
     assert_eq!(tier.due(10).await.unwrap().len(), 1, "listed until removed");
     assert_eq!(tier.remove(&t, &[s.item.id]).await.unwrap(), 1);
@@ -517,23 +537,16 @@ async fn forget_removes_from_every_tier_and_retention_and_expiry_drop_old_memori
     let mut short = note("short-lived", "");
     short.ttl = Some(Duration::from_millis(200));
     tiers.remember("acme", short).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(
-        tiers
-            .recent("brief", &Filter::default(), 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "past retention is not served"
-    );
-    assert!(
-        tiers
-            .recent("acme", &Filter::default(), 10)
-            .await
-            .unwrap()
-            .is_empty(),
-        "past expiry is not served"
-    );
+    eventually("past retention is not served", async || {
+        let recent = tiers.recent("brief", &Filter::default(), 10).await.unwrap();
+        recent.is_empty().then_some(())
+    })
+    .await;
+    eventually("past expiry is not served", async || {
+        let recent = tiers.recent("acme", &Filter::default(), 10).await.unwrap();
+        recent.is_empty().then_some(())
+    })
+    .await;
     let swept = tiers.sweep().await.unwrap();
     assert!(swept.dropped >= 1, "{swept:?}");
     assert_eq!(long.count("brief").await.unwrap(), 0);

@@ -1,7 +1,9 @@
 //! One suite for both registry backends: in-process, and Redis at
 //! `AMAOS_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`), one test per
 //! scenario and backend. Time is real and short (a TTL and a cool-down of a
-//! few hundred milliseconds).
+//! few hundred milliseconds), and Redis keeps its own clock, so the suite
+//! waits on the condition an expiry or a cool-down brings ([`eventually`]),
+//! never for a fixed time.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +14,9 @@ use amaos_router::backend::WorkerRegistry;
 use amaos_router::breaker::State;
 use amaos_router::error::RouterError;
 use amaos_router::redis_registry::RedisRegistry;
-use amaos_router::registry::{BreakerPolicy, Outcome, Registration, Registry, RouteQuery};
+use amaos_router::registry::{
+    BreakerPolicy, Outcome, Registration, Registry, RouteQuery, WorkerView,
+};
 
 const TTL: Duration = Duration::from_millis(400);
 const POLICY: BreakerPolicy = BreakerPolicy {
@@ -34,6 +38,22 @@ fn reg(teams: &[&str]) -> Registration {
         capacity: 4,
         labels: HashMap::new(),
         owner: OWNER.into(),
+    }
+}
+
+/// Polls `check` until it yields a value; fails naming `what` after ten
+/// seconds of wall-clock time.
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -96,11 +116,14 @@ where
     ));
     r.heartbeat("a", OWNER, 0, false).await.unwrap();
     assert!(r.route(&query("crew")).await.is_ok());
-    tokio::time::sleep(TTL + Duration::from_millis(150)).await;
-    assert!(matches!(
-        r.route(&query("crew")).await,
-        Err(RouterError::NoLiveWorker(_))
-    ));
+    eventually("the worker's registration expires", async || {
+        matches!(
+            r.route(&query("crew")).await,
+            Err(RouterError::NoLiveWorker(_))
+        )
+        .then_some(())
+    })
+    .await;
     assert!(r.list(None, false).await.unwrap().is_empty());
     assert_eq!(r.list(None, true).await.unwrap().len(), 1);
     r.heartbeat("a", OWNER, 0, false).await.unwrap();
@@ -140,12 +163,8 @@ where
         r.route(&query("crew")).await,
         Err(RouterError::TeamBreakerOpen(_, _))
     ));
-    tokio::time::sleep(POLICY.cool_down + Duration::from_millis(100)).await;
-    r.heartbeat("a", OWNER, 0, false).await.unwrap();
-    r.heartbeat("b", OWNER, 0, false).await.unwrap();
-    let probe = r.route(&query("crew")).await;
-    assert!(probe.is_ok(), "one probe passes: {probe:?}");
-    r.report(&probe.unwrap().worker_id, "crew", Outcome::Success)
+    let probe = after_cool_down(&r, "one probe passes").await;
+    r.report(&probe.worker_id, "crew", Outcome::Success)
         .await
         .unwrap();
     assert!(r.route(&query("crew")).await.is_ok());
@@ -169,21 +188,28 @@ where
     }
     r.report("b", "crew", Outcome::TeamFailure).await.unwrap();
     r.report("b", "crew", Outcome::TeamFailure).await.unwrap();
-    tokio::time::sleep(POLICY.cool_down + Duration::from_millis(100)).await;
-    r.heartbeat("a", OWNER, 0, false).await.unwrap();
-    r.heartbeat("b", OWNER, 0, false).await.unwrap();
-    assert!(r.route(&query("crew")).await.is_ok(), "the probe");
+    after_cool_down(&r, "the probe passes").await;
     assert!(matches!(
         r.route(&query("crew")).await,
         Err(RouterError::TeamBreakerOpen(_, _))
     ));
-    tokio::time::sleep(POLICY.cool_down + Duration::from_millis(100)).await;
-    r.heartbeat("a", OWNER, 0, false).await.unwrap();
-    r.heartbeat("b", OWNER, 0, false).await.unwrap();
-    assert!(
-        r.route(&query("crew")).await.is_ok(),
-        "another probe once the first went unreported"
-    );
+    after_cool_down(&r, "another probe passes once the first went unreported").await;
+}
+
+/// The probe a team breaker lets through once its cool-down is over, with
+/// workers `a` and `b` kept alive meanwhile; until then the team's breaker
+/// refuses and nothing changes.
+async fn after_cool_down(r: &Arc<dyn WorkerRegistry>, what: &str) -> WorkerView {
+    eventually(what, async || {
+        r.heartbeat("a", OWNER, 0, false).await.unwrap();
+        r.heartbeat("b", OWNER, 0, false).await.unwrap();
+        match r.route(&query("crew")).await {
+            Ok(probe) => Some(probe),
+            Err(RouterError::TeamBreakerOpen(_, _)) => None,
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    })
+    .await
 }
 
 /// Session affinity sticks; the registry is bounded.
