@@ -1,4 +1,4 @@
-//! The backend conformance suite (`support/scenarios.rs`), one test per
+//! The backend conformance suite (`support/scenarios/`), one test per
 //! scenario and backend: the in-process backend, and the real Redis at
 //! `AMAOS_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`; `scripts/test`
 //! starts one when none runs). Then the rate limiters, and Redis-only checks
