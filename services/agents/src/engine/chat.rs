@@ -413,6 +413,31 @@ mod tests {
     }
 
     #[test]
+    fn a_single_participant_speaks_every_turn() {
+        for turn in [0, 1, 2, 1000] {
+            assert_eq!(round_robin(&["solo"], turn), "solo");
+        }
+    }
+
+    #[test]
+    fn a_selector_answer_in_any_quotes_or_brackets_names_the_participant() {
+        let names = ["writer"];
+        for answer in [
+            "«writer»",
+            "(writer)",
+            "[writer]!",
+            "“writer”",
+            "writer…",
+            "> writer",
+        ] {
+            assert_eq!(named_speaker(answer, &names), Some("writer"), "{answer:?}");
+        }
+        for answer in ["wri ter", "writer\neditor", "writer's", "ẅriter"] {
+            assert_eq!(named_speaker(answer, &names), None, "{answer:?}");
+        }
+    }
+
+    #[test]
     fn a_selector_answer_naming_nobody_on_the_list_is_none() {
         let names = ["writer", "editor"];
         for answer in ["Writer", "the writer", "writer, editor", "", "reviewer"] {

@@ -336,4 +336,31 @@ mod tests {
             assert_eq!(parse_decision(text), Decision::Final(text.into()), "{text}");
         }
     }
+
+    #[test]
+    fn braces_in_any_order_and_text_around_them_in_any_script_are_read_safely() {
+        // Byte offsets of `{` and `}` next to multi-byte characters, braces
+        // the wrong way round, unclosed objects: never a panic, always the
+        // whole answer as final.
+        for text in [
+            "}{",
+            "} é {",
+            "{é}",
+            "{{{{",
+            "}}}}",
+            "{\"delegate\": {\"to\": \"a\"",
+            "\u{1F600}{}",
+            "ß}",
+        ] {
+            assert_eq!(parse_decision(text), Decision::Final(text.into()), "{text}");
+        }
+        assert_eq!(
+            parse_decision("ü{\"final\": \"ß\"}ü"),
+            Decision::Final("ß".into())
+        );
+        assert_eq!(
+            parse_decision("→ {\"delegate\": {\"to\": \"é\", \"task\": \"ü\"}} ←"),
+            delegate("é", "ü")
+        );
+    }
 }

@@ -229,4 +229,26 @@ mod tests {
         assert_eq!(settle(Pass, 2, 2), Pass);
         assert_eq!(settle(Escalate, 0, 2), Escalate);
     }
+
+    #[test]
+    fn braces_in_any_order_and_text_around_them_in_any_script_are_read_safely() {
+        for text in [
+            "}{",
+            "} é {",
+            "{é}",
+            "{{{{",
+            "\u{1F600}{}",
+            "ß}",
+            "{\"verdict\": \"pass\"",
+        ] {
+            assert_eq!(parse_verdict(text, 0.5), None, "{text}");
+        }
+        assert_eq!(
+            parse_verdict(
+                "ü{\"verdict\": \"pass\", \"score\": 0.9, \"feedback\": \"ß\"}ü",
+                0.5
+            ),
+            judgement(pb::VerdictKind::Pass, 0.9, "ß")
+        );
+    }
 }
