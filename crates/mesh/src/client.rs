@@ -31,14 +31,22 @@ use crate::{context, telemetry};
 #[derive(Clone, Debug)]
 pub struct MeshChannel {
     connections: Arc<[Channel]>,
-    next: Arc<AtomicUsize>,
+    /// The round robin's position, and what all clones share.
+    shared: Arc<Shared>,
     inner: Channel,
     default_timeout: Duration,
     /// This service's own identity, sent on every call when set.
     credential: Option<Arc<crate::identity::ServiceCredential>>,
-    /// The peer's `host:port` when this channel speaks plaintext: a failed
-    /// connection is then checked for a peer that expects TLS.
-    plaintext_peer: Option<Arc<String>>,
+}
+
+/// What every clone of a [`MeshChannel`] shares.
+#[derive(Debug)]
+struct Shared {
+    /// The next connection of the round robin.
+    next: AtomicUsize,
+    /// The peer's `host:port` when the channel speaks plaintext: a failed
+    /// call is then checked for a peer that expects TLS.
+    plaintext_peer: Option<String>,
 }
 
 /// Why a channel could not be built.
@@ -138,15 +146,17 @@ impl Dialer {
             .collect();
         let plaintext_peer = match &self.tls {
             Some(_) => None,
-            None => endpoint.uri().authority().map(|a| Arc::new(a.to_string())),
+            None => endpoint.uri().authority().map(|a| a.to_string()),
         };
         Ok(MeshChannel {
             inner: connections[0].clone(),
             connections,
-            next: Arc::new(AtomicUsize::new(0)),
+            shared: Arc::new(Shared {
+                next: AtomicUsize::new(0),
+                plaintext_peer,
+            }),
             default_timeout: limits.request_timeout,
             credential: self.credential.clone(),
-            plaintext_peer,
         })
     }
 }
@@ -167,7 +177,7 @@ impl Service<http::Request<Body>> for MeshChannel {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Round robin: each call is readied (and then made) on the next connection.
         if self.connections.len() > 1 {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+            let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
             self.inner = self.connections[i].clone();
         }
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -191,7 +201,7 @@ impl Service<http::Request<Body>> for MeshChannel {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let credential = self.credential.clone();
-        let plaintext_peer = self.plaintext_peer.clone();
+        let shared = self.shared.clone();
         Box::pin(async move {
             if let Some(credential) = credential {
                 let token = credential
@@ -206,9 +216,9 @@ impl Service<http::Request<Body>> for MeshChannel {
             }
             match tokio::time::timeout(timeout, inner.call(request)).await {
                 Ok(Ok(response)) => Ok(response),
-                Ok(Err(error)) => match plaintext_peer {
-                    Some(peer) if speaks_tls(&peer).await => {
-                        Err(Box::new(tls_expected(&peer)) as BoxError)
+                Ok(Err(error)) => match &shared.plaintext_peer {
+                    Some(peer) if speaks_tls(peer).await => {
+                        Err(Box::new(tls_expected(peer)) as BoxError)
                     }
                     _ => Err(error.into()),
                 },
