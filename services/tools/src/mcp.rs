@@ -12,14 +12,19 @@
 //! its URL must pass `web_fetch`'s address policy and is connected to at
 //! the address that was checked (http) or verified by TLS (https), and a
 //! stdio server of a tenant gets a read-only working directory.
+//!
+//! # Layout
+//!
+//! - this file: the types, the registry and calls to its tools;
+//! - `check`: a registration's checks, before anything connects;
+//! - `connect`: starting or reaching a checked server and listing its tools.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::ServiceExt;
 use rmcp::model::CallToolRequestParams;
 use rmcp::service::{RoleClient, RunningService};
 use serde_json::{Map, Value};
@@ -28,6 +33,9 @@ use tokio::sync::RwLock;
 use crate::ToolError;
 use crate::sandbox::{Sandbox, SandboxProcess};
 use amaos_mesh::secrets::{Secret, SecretStore};
+
+mod check;
+mod connect;
 
 /// Most platform-wide MCP servers at once.
 pub const MAX_SERVERS: usize = 32;
@@ -238,312 +246,6 @@ impl Mcp {
     ) -> Result<Vec<(String, String, Map<String, Value>)>, ToolError> {
         let checked = self.check(scope, name, transport).await?;
         self.connect(checked).await
-    }
-
-    /// Room for `name` in `scope`, under the server limits.
-    fn room(
-        servers: &BTreeMap<(Scope, String), Arc<Server>>,
-        scope: &Scope,
-        name: &str,
-    ) -> Result<(), ToolError> {
-        if servers.contains_key(&(scope.clone(), name.to_owned())) {
-            return Ok(()); // a replacement
-        }
-        match scope {
-            Scope::Platform => {
-                let n = servers
-                    .keys()
-                    .filter(|(s, _)| *s == Scope::Platform)
-                    .count();
-                if n >= MAX_SERVERS {
-                    return Err(ToolError::Quota(format!(
-                        "at most {MAX_SERVERS} platform-wide MCP servers"
-                    )));
-                }
-            }
-            Scope::Tenant(tenant) => {
-                let own = servers.keys().filter(|(s, _)| s == scope).count();
-                if own >= MAX_SERVERS_PER_TENANT {
-                    return Err(ToolError::Quota(format!(
-                        "tenant `{tenant}` has {MAX_SERVERS_PER_TENANT} MCP servers, its limit"
-                    )));
-                }
-                let tenants = servers
-                    .keys()
-                    .filter(|(s, _)| *s != Scope::Platform)
-                    .count();
-                if tenants >= MAX_TENANT_SERVERS {
-                    return Err(ToolError::Quota(format!(
-                        "at most {MAX_TENANT_SERVERS} tenants' MCP servers in all"
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Refuses a secret a tenant's server may not name.
-    fn check_secret(scope: &Scope, field: &str, path: &str) -> Result<(), ToolError> {
-        match scope {
-            Scope::Platform => Ok(()),
-            Scope::Tenant(tenant) if tenant_secret(tenant, path) => Ok(()),
-            Scope::Tenant(tenant) => Err(ToolError::PermissionDenied(format!(
-                "{field}: a tenant's server may name only its tenant's secrets, \
-                 under `{TENANT_SECRETS}/{tenant}/`"
-            ))),
-        }
-    }
-
-    /// Checks a registration of `name` in `scope` without connecting: the
-    /// name, the server limits, the secrets it names (a tenant's server only
-    /// its tenant's), an HTTP URL against the address policy (resolved once;
-    /// an `http` URL is then used with the checked address).
-    pub async fn check(
-        &self,
-        scope: &Scope,
-        name: &str,
-        transport: Transport,
-    ) -> Result<Checked, ToolError> {
-        if !valid_name(name) {
-            return Err(ToolError::InvalidArgument {
-                field: "name".into(),
-                message: "must be 1 to 64 of a-z, 0-9, `-` and `_`".into(),
-            });
-        }
-        Self::room(&*self.servers.read().await, scope, name)?;
-        let http = match &transport {
-            Transport::Stdio {
-                argv,
-                secret_env,
-                read_only,
-            } => {
-                if argv.first().is_none_or(|c| !c.starts_with('/')) {
-                    return Err(ToolError::InvalidArgument {
-                        field: "stdio.command".into(),
-                        message: "must be an absolute path".into(),
-                    });
-                }
-                if let Some(why) = read_only.iter().find_map(|p| crate::sandbox::unshowable(p)) {
-                    return Err(ToolError::InvalidArgument {
-                        field: "stdio.read_only".into(),
-                        message: format!("the sandbox cannot show it read-only: {why}"),
-                    });
-                }
-                for entry in secret_env {
-                    let path = entry.split_once('=').map_or(entry.as_str(), |(_, p)| p);
-                    Self::check_secret(scope, "stdio.secret_env", path)?;
-                }
-                None
-            }
-            Transport::Http { url, bearer_secret } => {
-                if let Some(path) = bearer_secret {
-                    Self::check_secret(scope, "http.bearer_secret", path)?;
-                }
-                let mut parsed =
-                    reqwest::Url::parse(url).map_err(|e| ToolError::InvalidArgument {
-                        field: "http.url".into(),
-                        message: format!("is not a URL: {e}"),
-                    })?;
-                let platform = *scope == Scope::Platform;
-                let policy = &self.policy;
-                let exempt = |ip: IpAddr| {
-                    policy.exempt.contains(&ip)
-                        || (platform && policy.platform_exempt.iter().any(|n| n.contains(ip)))
-                };
-                let address =
-                    crate::web::check_url(&parsed, &exempt)
-                        .await
-                        .map_err(|e| match e {
-                            ToolError::PermissionDenied(m) => {
-                                ToolError::PermissionDenied(format!("http.url: {m}"))
-                            }
-                            ToolError::InvalidArgument { message, .. } => {
-                                ToolError::InvalidArgument {
-                                    field: "http.url".into(),
-                                    message,
-                                }
-                            }
-                            other => other,
-                        })?;
-                if parsed.scheme() == "http" {
-                    // Pinned: connect to the checked address, naming the host
-                    // in the Host header (a name that resolves elsewhere later
-                    // is never asked again). https cannot be pinned this way;
-                    // there the certificate must match the name, which an
-                    // internal address re-bound to it cannot present.
-                    let host = match parsed.port() {
-                        Some(port) => format!("{}:{port}", parsed.host_str().unwrap_or_default()),
-                        None => parsed.host_str().unwrap_or_default().to_owned(),
-                    };
-                    let header = http::HeaderValue::from_str(&host).map_err(|_| {
-                        ToolError::InvalidArgument {
-                            field: "http.url".into(),
-                            message: "has a host that cannot be sent".into(),
-                        }
-                    })?;
-                    parsed
-                        .set_ip_host(address.ip())
-                        .map_err(|()| ToolError::InvalidArgument {
-                            field: "http.url".into(),
-                            message: "cannot be pinned to its address".into(),
-                        })?;
-                    Some((parsed.to_string(), Some(header)))
-                } else {
-                    Some((url.clone(), None))
-                }
-            }
-        };
-        Ok(Checked {
-            scope: scope.clone(),
-            name: name.to_owned(),
-            transport,
-            http,
-        })
-    }
-
-    /// The working directory of a stdio server.
-    fn workdir(&self, scope: &Scope, name: &str) -> PathBuf {
-        match scope {
-            Scope::Platform => self.dir.join("platform").join(name),
-            Scope::Tenant(t) => self.dir.join("tenants").join(t).join(name),
-        }
-    }
-
-    /// Connects to a checked server, lists its tools and registers them
-    /// under its name in its scope (replacing a server of that name and
-    /// scope); returns the tools.
-    pub async fn connect(
-        &self,
-        checked: Checked,
-    ) -> Result<Vec<(String, String, Map<String, Value>)>, ToolError> {
-        let Checked {
-            scope,
-            name,
-            transport,
-            http,
-        } = checked;
-        let name = name.as_str();
-        let (client, process) = match transport {
-            Transport::Stdio {
-                argv,
-                read_only,
-                secret_env,
-            } => {
-                let sandbox = self.sandbox.clone().ok_or_else(|| {
-                    ToolError::Unimplemented(
-                        "stdio MCP servers need the sandbox, which is not available".into(),
-                    )
-                })?;
-                let mut env = BTreeMap::new();
-                for entry in &secret_env {
-                    let (var, path) = match entry.split_once('=') {
-                        Some((var, path)) => (var.to_owned(), path),
-                        None => (env_name_of(entry), entry.as_str()),
-                    };
-                    let secret = self.secret("stdio.secret_env", path).await?;
-                    env.insert(var, secret.expose().to_owned());
-                }
-                // A tenant's server cannot write to disk: its working
-                // directory is read-only to it (its /tmp is a small tmpfs).
-                let writable = scope == Scope::Platform;
-                let mut process = sandbox
-                    .spawn(
-                        &self.workdir(&scope, name),
-                        &argv,
-                        &read_only,
-                        &env,
-                        SERVER_CPU_SECONDS,
-                        writable,
-                    )
-                    .map_err(|e| unavailable(name, e))?;
-                let stdin = process
-                    .child
-                    .stdin
-                    .take()
-                    .ok_or_else(|| unavailable(name, "no stdin"))?;
-                let stdout = process
-                    .child
-                    .stdout
-                    .take()
-                    .ok_or_else(|| unavailable(name, "no stdout"))?;
-                let served = tokio::time::timeout(CONNECT_TIMEOUT, ().serve((stdout, stdin)))
-                    .await
-                    .map_err(|_| "did not initialize in time".to_owned())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                match served {
-                    Ok(client) => (client, Some(process)),
-                    // The sandbox's own reason (a path it could not bind, a
-                    // command it could not exec) rather than a closed pipe.
-                    Err(e) => {
-                        let why = process.failure(HELPER_EXIT_WAIT).await.unwrap_or(e);
-                        return Err(unavailable(name, why));
-                    }
-                }
-            }
-            Transport::Http { url, bearer_secret } => {
-                let (url, host) = http.unwrap_or((url, None));
-                amaos_mesh::install_crypto_provider();
-                let mut config = rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(url.as_str());
-                if let Some(host) = host {
-                    config = config.custom_headers(HashMap::from([(http::header::HOST, host)]));
-                }
-                if let Some(path) = &bearer_secret {
-                    let secret = self.secret("http.bearer_secret", path).await?;
-                    config = config.auth_header(secret.expose());
-                }
-                let transport = rmcp::transport::StreamableHttpClientTransport::from_config(config);
-                let client = tokio::time::timeout(CONNECT_TIMEOUT, ().serve(transport))
-                    .await
-                    .map_err(|_| unavailable(name, "did not initialize in time"))?
-                    .map_err(|e| unavailable(name, e))?;
-                (client, None)
-            }
-        };
-        let listed = tokio::time::timeout(CONNECT_TIMEOUT, client.list_all_tools())
-            .await
-            .map_err(|_| unavailable(name, "did not list its tools in time"))?
-            .map_err(|e| unavailable(name, e))?;
-        if listed.len() > MAX_TOOLS_PER_SERVER {
-            return Err(unavailable(
-                name,
-                format!(
-                    "offers {} tools; at most {MAX_TOOLS_PER_SERVER}",
-                    listed.len()
-                ),
-            ));
-        }
-        let mut tools = Vec::with_capacity(listed.len());
-        for tool in listed {
-            let schema: Map<String, Value> = (*tool.input_schema).clone();
-            let validator =
-                jsonschema::validator_for(&Value::Object(schema.clone())).map_err(|e| {
-                    unavailable(
-                        name,
-                        format!("tool `{}` has an invalid schema: {e}", tool.name),
-                    )
-                })?;
-            tools.push(McpTool {
-                full_name: format!("{name}.{}", tool.name),
-                name: tool.name.to_string(),
-                description: tool.description.map(|d| d.to_string()).unwrap_or_default(),
-                schema,
-                validator,
-            });
-        }
-        let summary = tools
-            .iter()
-            .map(|t| (t.full_name.clone(), t.description.clone(), t.schema.clone()))
-            .collect();
-        let server = Arc::new(Server {
-            client,
-            tools,
-            _process: process,
-        });
-        let mut servers = self.servers.write().await;
-        // Checked again under the lock: registrations may have raced.
-        Self::room(&servers, &scope, name)?;
-        servers.insert((scope, name.to_owned()), server);
-        Ok(summary)
     }
 
     /// The server `name` as `tenant` sees it: its tenant's, else the platform's.
