@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ struct Shared {
     /// The peer's `host:port` when the channel speaks plaintext: a failed
     /// call is then checked for a peer that expects TLS.
     plaintext_peer: Option<String>,
+    /// Set once the peer answered as a plaintext (h2c) server: its later
+    /// failures are not checked again.
+    plaintext_confirmed: AtomicBool,
 }
 
 /// Why a channel could not be built.
@@ -154,6 +157,7 @@ impl Dialer {
             shared: Arc::new(Shared {
                 next: AtomicUsize::new(0),
                 plaintext_peer,
+                plaintext_confirmed: AtomicBool::new(false),
             }),
             default_timeout: limits.request_timeout,
             credential: self.credential.clone(),
@@ -217,8 +221,15 @@ impl Service<http::Request<Body>> for MeshChannel {
             match tokio::time::timeout(timeout, inner.call(request)).await {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(error)) => match &shared.plaintext_peer {
-                    Some(peer) if speaks_tls(peer).await => {
-                        Err(Box::new(tls_expected(peer)) as BoxError)
+                    Some(peer) if !shared.plaintext_confirmed.load(Ordering::Relaxed) => {
+                        match speaks_tls(peer).await {
+                            Some(true) => Err(Box::new(tls_expected(peer)) as BoxError),
+                            Some(false) => {
+                                shared.plaintext_confirmed.store(true, Ordering::Relaxed);
+                                Err(error.into())
+                            }
+                            None => Err(error.into()),
+                        }
                     }
                     _ => Err(error.into()),
                 },
@@ -237,9 +248,9 @@ const TLS_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Whether the server at `peer` (`host:port`) answers an HTTP/2 connection
 /// preface with a TLS record (an alert, or a handshake): then it expects
 /// TLS, and a plaintext client cannot talk to it. An h2c server answers
-/// with a SETTINGS frame instead; a peer that is down or says nothing is
-/// not taken for a TLS one.
-async fn speaks_tls(peer: &str) -> bool {
+/// with a SETTINGS frame instead (`Some(false)`); a peer that is down or
+/// says nothing is not taken for a TLS one (`None`: nothing learned).
+async fn speaks_tls(peer: &str) -> Option<bool> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     /// TLS record content types: alert, handshake.
     const ALERT: u8 = 0x15;
@@ -258,7 +269,6 @@ async fn speaks_tls(peer: &str) -> bool {
         .await
         .ok()
         .flatten()
-        .unwrap_or(false)
 }
 
 /// The error of a plaintext call to a peer that expects TLS, naming the
