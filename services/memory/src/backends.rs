@@ -70,7 +70,7 @@ pub async fn tiers(config: &Config) -> Result<Tiers, BoxError> {
     };
     let long: Arc<dyn LongTerm> = match m.long_term {
         LongTermBackend::Edge => {
-            let dir = config.data_dir.join("memory").join("qdrant-edge");
+            let dir = m.edge_dir(&config.data_dir);
             let dimension = embedder.dimension();
             Arc::new(
                 tokio::task::spawn_blocking(move || EdgeLongTerm::open(&dir, dimension)).await??,

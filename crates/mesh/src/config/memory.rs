@@ -44,6 +44,10 @@ pub struct MemoryConfig {
     /// The long-term tier: `edge` (Qdrant's engine in this process, under
     /// the data directory) or `qdrant` (a Qdrant server).
     pub long_term: LongTermBackend,
+    /// Where qdrant-edge keeps the long-term tier, for `long_term = "edge"`;
+    /// unset for `<data_dir>/memory/qdrant-edge`. One process per
+    /// directory: replicas on a shared data volume each need their own.
+    pub edge_dir: Option<PathBuf>,
     /// The Qdrant server's gRPC URL, for `long_term = "qdrant"`.
     pub qdrant_url: String,
     /// The collection holding every tenant's memories.
@@ -123,6 +127,14 @@ impl MemoryConfig {
             .unwrap_or_else(|| data_dir.join("models").join("all-MiniLM-L6-v2"))
     }
 
+    /// The qdrant-edge directory: the configured one, else
+    /// `<data_dir>/memory/qdrant-edge`.
+    pub fn edge_dir(&self, data_dir: &Path) -> PathBuf {
+        self.edge_dir
+            .clone()
+            .unwrap_or_else(|| data_dir.join("memory").join("qdrant-edge"))
+    }
+
     /// How long `tenant`'s memories are kept.
     pub fn retention_of(&self, tenant: &str) -> Duration {
         self.tenant_retention
@@ -146,6 +158,7 @@ impl Default for MemoryConfig {
             hot_capacity: 1_000,
             hot_ttl: Duration::from_secs(15 * 60),
             long_term: LongTermBackend::Edge,
+            edge_dir: None,
             qdrant_url: "http://127.0.0.1:6334".into(),
             qdrant_collection: "amaos_memories".into(),
             qdrant_api_key_env: None,
