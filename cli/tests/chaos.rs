@@ -141,3 +141,25 @@ async fn a_watch_stream_outlives_the_replica_running_its_task_and_a_quiet_stretc
         "the killed replica was not running the task: {report:?}"
     );
 }
+
+#[tokio::test]
+async fn the_deployment_shape_survives_the_kill_of_one_replica_of_each_service() {
+    // Two replicas of router, memory, tools, orchestrator and gateway behind
+    // connection balancers, two agents workers, auth on its own; the batch
+    // and the six example teams (through the REST gateway) running; then a
+    // SIGKILL of one replica of each, auth killed and restarted, and the
+    // example teams submitted again while the survivors take over.
+    let report = survives(Fault::Deployment).await;
+    assert_eq!(report.acknowledged, BATCH);
+    assert_eq!(report.examples_acknowledged, 12);
+    assert_eq!(report.examples_succeeded, 12);
+    assert_eq!(report.replicas_used.len(), 5, "{report:?}");
+    assert!(
+        report.retried > 0,
+        "the kills interrupted no run: the test proved nothing"
+    );
+    assert!(
+        report.takeovers_stalled > 0,
+        "no attempt of the killed orchestrator replica was taken over"
+    );
+}

@@ -139,7 +139,9 @@ pub(super) async fn batch(
             cluster.proc_mut("orchestrator").child = None;
             at
         }
-        Fault::WatchQuiet => unreachable!("the watch runs no batch"),
+        Fault::WatchQuiet | Fault::Deployment => {
+            return Err(format!("{} runs no plain batch", fault.name()).into());
+        }
     };
     let tasks = settle(&mesh.survivor_url, &key, &acked, options.settle_timeout).await;
     count(&mut report, &acked, &tasks, &workspaces, fault_at);

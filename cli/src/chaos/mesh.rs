@@ -79,6 +79,8 @@ pub(super) struct Mesh {
     /// The replica that survives (tools and memory call it); equal to
     /// `first_url` with one replica.
     pub(super) survivor_url: String,
+    /// The balancers in front of replicated services (the deployment shape).
+    pub(super) balancers: Vec<super::balancer::Balancer>,
 }
 
 /// Starts the services for `fault`: two agents workers (one for the watch),
@@ -160,5 +162,6 @@ pub(super) async fn start(
         key,
         first_url,
         survivor_url,
+        balancers: Vec::new(),
     })
 }

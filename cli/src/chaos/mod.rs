@@ -18,7 +18,9 @@
 //! and [`run`]; `env` the services' environment, `cluster` their processes
 //! (killed, restarted), `mesh` starting a mesh of a fault's shape, `faults`
 //! each fault injected into a batch, `outcome` submitting, settling and
-//! counting, `report` the [`ChaosReport`] and its table.
+//! counting, `report` the [`ChaosReport`] and its table, `balancer` the
+//! connection balancer in front of replicas and `deployment` the
+//! deployment-shaped run.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -67,11 +69,16 @@ pub enum Fault {
     /// A `WatchTask` stream held on one replica across the SIGKILL of the
     /// replica running the task and a model call of 12 s.
     WatchQuiet,
+    /// The deployment shape — two replicas of every stateless service
+    /// behind connection balancers, auth, the example teams beside the
+    /// batch — and a SIGKILL of one replica of each service (auth
+    /// restarted) once every tool call has run.
+    Deployment,
 }
 
 impl Fault {
     /// Every fault, in the order the benchmark runs them.
-    pub const ALL: [Fault; 8] = [
+    pub const ALL: [Fault; 9] = [
         Fault::WorkerKill,
         Fault::ReplicaKill,
         Fault::WorkerThenReplica,
@@ -80,6 +87,7 @@ impl Fault {
         Fault::RedisCrash,
         Fault::ReplicaSigterm,
         Fault::WatchQuiet,
+        Fault::Deployment,
     ];
 
     /// The name `--fault` takes.
@@ -93,6 +101,7 @@ impl Fault {
             Fault::RedisCrash => "redis-crash",
             Fault::ReplicaSigterm => "replica-sigterm",
             Fault::WatchQuiet => "watch-quiet",
+            Fault::Deployment => "deployment",
         }
     }
 
@@ -116,6 +125,9 @@ impl Fault {
             }
             Fault::WatchQuiet => {
                 "a WatchTask stream across SIGKILL of the running replica and a 12 s model call"
+            }
+            Fault::Deployment => {
+                "two replicas of each stateless service behind balancers, the example teams too; SIGKILL of one replica of each service, auth restarted"
             }
         }
     }
@@ -165,7 +177,9 @@ impl ChaosOptions {
     }
 }
 
+mod balancer;
 mod cluster;
+mod deployment;
 mod env;
 mod faults;
 mod mesh;
@@ -331,8 +345,16 @@ pub async fn run(fault: Fault, options: &ChaosOptions) -> Result<ChaosReport, Bo
         None => bin_dir()?,
     };
     let mut cluster = Cluster::new(bins)?;
-    let result = match start(fault, options, &mut cluster).await {
+    let started = if fault == Fault::Deployment {
+        deployment::start(options, &mut cluster).await
+    } else {
+        start(fault, options, &mut cluster).await
+    };
+    let result = match started {
         Ok(mesh) if fault == Fault::WatchQuiet => watch_quiet(&mesh, &mut cluster).await,
+        Ok(mesh) if fault == Fault::Deployment => {
+            deployment::run(&mesh, &mut cluster, options).await
+        }
         Ok(mesh) => batch(fault, &mesh, &mut cluster, options).await,
         Err(error) => Err(error),
     };

@@ -4,6 +4,7 @@
 use super::*;
 
 /// One acknowledged submission.
+#[derive(Clone)]
 pub(super) struct Acked {
     pub(super) id: String,
     pub(super) at: SystemTime,

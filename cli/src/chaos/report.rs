@@ -62,6 +62,15 @@ pub struct ChaosReport {
     pub watch_final_state: Option<String>,
     /// How the held stream ended, when it ended with an error.
     pub watch_error: Option<String>,
+    /// Connections each balancer forwarded to each replica before the
+    /// kills, by service (the deployment shape).
+    pub replicas_used: Vec<(String, Vec<usize>)>,
+    /// Example-team tasks acknowledged (the deployment shape).
+    pub examples_acknowledged: usize,
+    /// Of those, the ones that ended SUCCEEDED with an output.
+    pub examples_succeeded: usize,
+    /// Example-team submissions refused and tasks that did not succeed.
+    pub example_errors: Vec<String>,
     /// The first failure seen, if any.
     pub first_failure: Option<String>,
     /// The data directory, kept when `AMAOS_CHAOS_KEEP` is set.
@@ -115,6 +124,20 @@ impl ChaosReport {
         }
         if let Some(error) = &self.watch_error {
             out.push(format!("the held watch stream broke: {error}"));
+        }
+        if !self.example_errors.is_empty() || self.examples_succeeded != self.examples_acknowledged
+        {
+            out.push(format!(
+                "{} of {} example-team tasks succeeded: {:?}",
+                self.examples_succeeded, self.examples_acknowledged, self.example_errors
+            ));
+        }
+        for (service, forwarded) in &self.replicas_used {
+            if forwarded.contains(&0) {
+                out.push(format!(
+                    "a {service} replica had no connection before the kills ({forwarded:?}): the run proved nothing for it"
+                ));
+            }
         }
         if let Some(state) = &self.watch_final_state
             && state != "SUCCEEDED"
@@ -182,6 +205,19 @@ impl ChaosReport {
         }
         if let Some(error) = &self.watch_error {
             notes.push(format!("watch error: {error}"));
+        }
+        if !self.replicas_used.is_empty() {
+            let used: Vec<String> = self
+                .replicas_used
+                .iter()
+                .map(|(s, f)| format!("{s} {f:?}"))
+                .collect();
+            notes.push(format!(
+                "{}/{} example tasks ok; connections per replica before the kills: {}",
+                self.examples_succeeded,
+                self.examples_acknowledged,
+                used.join(", ")
+            ));
         }
         if let Some(failure) = &self.first_failure {
             notes.push(format!("first failure: {failure}"));
