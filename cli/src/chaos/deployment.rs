@@ -39,33 +39,11 @@ const EXAMPLES: [(&str, &str); 6] = [
     ),
 ];
 
-/// As the window crew, with both agents remembering their results: the
+/// The window crew with both agents remembering their results: the
 /// batch's memory calls reach both memory replicas.
-const DEPLOY_CREW: &str = r#"name: chaos-deploy
-agents:
-  - name: a
-    role: r
-    goal: g
-    tools: [shell]
-    memory: true
-    replay_latency: 1s
-    replay:
-      - tool:
-          name: shell
-          args: { command: "echo {input} >> effects.txt" }
-      - say: "effect of {input} written"
-  - name: b
-    role: r
-    goal: g
-    memory: true
-    replay_latency: 6s
-    replay:
-      - say: "done with {input}"
-crew:
-  tasks:
-    - { name: one, description: "one {input}", agent: a }
-    - { name: two, description: "two {input}", agent: b, context: [one] }
-"#;
+fn deploy_crew() -> String {
+    WINDOW_CREW.replace("    goal: g\n", "    goal: g\n    memory: true\n")
+}
 
 fn port_of(env: &HashMap<String, String>, service: &str) -> Result<SocketAddr, BoxError> {
     let key = format!("AMAOS_{}__LISTEN", service.to_uppercase());
@@ -257,7 +235,7 @@ pub(super) async fn run(
     let (acked, errors) = submit_batch(
         std::slice::from_ref(&orchestrator),
         &key,
-        DEPLOY_CREW,
+        &deploy_crew(),
         options.tasks,
     )
     .await;

@@ -35,7 +35,7 @@ pub(super) async fn submit(
 pub(super) async fn submit_batch(
     urls: &[String],
     key: &str,
-    spec: &'static str,
+    spec: &str,
     n: usize,
 ) -> (Vec<Acked>, Vec<String>) {
     let clients: Vec<_> = urls.iter().map(|u| client(u)).collect();
