@@ -1,5 +1,8 @@
 //! `amaos`: run the whole mesh, submit and watch tasks, manage API keys.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

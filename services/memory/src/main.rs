@@ -1,5 +1,8 @@
 //! `amaos-memory`: the memory service as its own process.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     amaos_mesh::process::run_service(
         "memory",
