@@ -118,7 +118,9 @@ async fn a_delegation_that_no_longer_covers_a_run_is_renewed() {
             .count()
     };
     // Each run token lives 35 s (the task's 5 s plus the margin); the first
-    // delegation covers 40 s, so 11 s later a run needs a new one.
+    // delegation covers 40 s, so 11 s later a run needs a new one — and a
+    // delegation younger than 10 s (`DELEGATION_FRESH`) is never renewed,
+    // so the pause cannot be shorter: it is time that must pass.
     for (pause, expected) in [(0, 1), (11, 2)] {
         tokio::time::sleep(std::time::Duration::from_secs(pause)).await;
         let task = mesh.submit(&key, &common::research_crew(), "renewal").await;
