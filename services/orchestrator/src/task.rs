@@ -313,6 +313,44 @@ impl From<&Task> for pb::Task {
 }
 
 #[cfg(test)]
+impl Task {
+    /// A pending task of `tenant`, ready to store: the unit tests' fixture
+    /// (the conformance suite has its own, outside the crate).
+    pub(crate) fn sample(tenant: &str) -> Self {
+        let now = SystemTime::now();
+        Task {
+            id: amaos_mesh::new_id(),
+            tenant: tenant.into(),
+            submitted_by: "key-1".into(),
+            roles: vec!["developer".into()],
+            team: "crew".into(),
+            source: TeamSource::Named,
+            input: "in".into(),
+            session_id: String::new(),
+            labels: Default::default(),
+            state: TaskState::Pending,
+            attempt: 0,
+            stage_attempts: 0,
+            stage: 0,
+            retry: RetryPolicy::default(),
+            fallbacks: Vec::new(),
+            output: None,
+            error: None,
+            worker_id: String::new(),
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+            deadline: now + Duration::from_secs(600),
+            workflow_id: String::new(),
+            workflow_key: String::new(),
+            depends_on: Vec::new(),
+            dependents: Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -4,42 +4,20 @@ use super::*;
 use crate::task::{Fallback, RetryPolicy};
 
 fn task(stage_attempts: u32, stage: u32, fallbacks: Vec<Fallback>) -> Task {
-    let now = SystemTime::now();
-    Task {
-        id: "t".into(),
-        tenant: "acme".into(),
-        submitted_by: "u".into(),
-        roles: vec![],
-        team: "crew".into(),
-        source: TeamSource::Named,
-        input: String::new(),
-        session_id: String::new(),
-        labels: HashMap::new(),
-        state: TaskState::Running,
-        attempt: stage_attempts,
-        stage_attempts,
-        stage,
-        retry: RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            multiplier: 2.0,
-            retry_on: vec![ErrorClass::Transient],
-        },
-        fallbacks,
-        output: None,
-        error: None,
-        worker_id: String::new(),
-        created_at: now,
-        updated_at: now,
-        started_at: Some(now),
-        finished_at: None,
-        deadline: now + Duration::from_secs(60),
-        workflow_id: String::new(),
-        workflow_key: String::new(),
-        depends_on: vec![],
-        dependents: vec![],
-    }
+    let mut task = Task::sample("acme");
+    task.state = TaskState::Running;
+    task.attempt = stage_attempts;
+    task.stage_attempts = stage_attempts;
+    task.stage = stage;
+    task.retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        multiplier: 2.0,
+        retry_on: vec![ErrorClass::Transient],
+    };
+    task.fallbacks = fallbacks;
+    task
 }
 
 fn fail(class: ErrorClass) -> Failure {

@@ -1,10 +1,10 @@
 //! The sweep's repairs, with the backend's state broken by hand.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::MemoryBackend;
 use crate::backend::{Applied, BackendLimits, Claim, Claimed, Outcome, Swept, TaskBackend};
-use crate::task::{ErrorClass, RetryPolicy, Task, TaskError, TaskState, TeamSource};
+use crate::task::{ErrorClass, Task, TaskError};
 
 fn limits() -> BackendLimits {
     BackendLimits {
@@ -12,40 +12,6 @@ fn limits() -> BackendLimits {
         max_running_per_tenant: 2,
         retention: Duration::from_secs(600),
         max_tasks: 10_000,
-    }
-}
-
-/// A task of `tenant` ready to store (as the conformance suite's fixture).
-fn sample(tenant: &str) -> Task {
-    let now = SystemTime::now();
-    Task {
-        id: amaos_mesh::new_id(),
-        tenant: tenant.into(),
-        submitted_by: "key-1".into(),
-        roles: vec!["developer".into()],
-        team: "crew".into(),
-        source: TeamSource::Named,
-        input: "in".into(),
-        session_id: String::new(),
-        labels: Default::default(),
-        state: TaskState::Pending,
-        attempt: 0,
-        stage_attempts: 0,
-        stage: 0,
-        retry: RetryPolicy::default(),
-        fallbacks: Vec::new(),
-        output: None,
-        error: None,
-        worker_id: String::new(),
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-        deadline: now + Duration::from_secs(600),
-        workflow_id: String::new(),
-        workflow_key: String::new(),
-        depends_on: Vec::new(),
-        dependents: Vec::new(),
     }
 }
 
@@ -67,7 +33,11 @@ async fn claim(b: &MemoryBackend) -> Claim {
 #[tokio::test]
 async fn the_sweep_queues_stranded_tasks_again_a_few_at_a_time() {
     let b = MemoryBackend::new(limits());
-    let (retried, running, queued) = (sample("acme"), sample("acme"), sample("acme"));
+    let (retried, running, queued) = (
+        Task::sample("acme"),
+        Task::sample("acme"),
+        Task::sample("acme"),
+    );
     for t in [&retried, &running] {
         b.create("acme", &t.id, vec![t.clone()], None)
             .await
