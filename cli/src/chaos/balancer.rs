@@ -77,6 +77,7 @@ async fn forward(
     forwarded: Arc<[AtomicUsize]>,
     start: usize,
 ) {
+    let _ = inbound.set_nodelay(true);
     for i in 0..backends.len() {
         let at = (start + i) % backends.len();
         let connect = TcpStream::connect(backends[at]);
@@ -85,7 +86,6 @@ async fn forward(
             continue;
         };
         let _ = outbound.set_nodelay(true);
-        let _ = inbound.set_nodelay(true);
         forwarded[at].fetch_add(1, Ordering::Relaxed);
         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
         return;

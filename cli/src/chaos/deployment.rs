@@ -54,25 +54,18 @@ fn port_of(env: &HashMap<String, String>, service: &str) -> Result<SocketAddr, B
 /// service (each pair behind a balancer on the service's URL), two agents
 /// workers.
 pub(super) async fn start(options: &ChaosOptions, cluster: &mut Cluster) -> Result<Mesh, BoxError> {
-    let mut env = base_env(&cluster.path, options, &options.redis_url)?;
+    let env = base_env(&cluster.path, options, &options.redis_url)?;
+    // The gateway is not among the six the base environment gives ports.
+    let (mut env, gateway_url) = own_ports(&env, "gateway")?;
     let run = amaos_mesh::new_id();
-    let gateway_port = free_port()?;
     for (k, v) in [
+        ("AMAOS_GATEWAY__URL", gateway_url),
         ("AMAOS_AUTH__KEY_STORE", "redis".to_owned()),
         ("AMAOS_AUTH__REDIS_URL", options.redis_url.clone()),
         ("AMAOS_AUTH__REDIS_PREFIX", format!("amaos-chaos-{run}-a")),
         ("AMAOS_MEMORY__HOT", "redis".to_owned()),
         ("AMAOS_MEMORY__REDIS_URL", options.redis_url.clone()),
         ("AMAOS_MEMORY__REDIS_PREFIX", format!("amaos-chaos-{run}-m")),
-        ("AMAOS_GATEWAY__LISTEN", format!("127.0.0.1:{gateway_port}")),
-        (
-            "AMAOS_GATEWAY__URL",
-            format!("http://127.0.0.1:{gateway_port}"),
-        ),
-        (
-            "AMAOS_GATEWAY__ADMIN_LISTEN",
-            format!("127.0.0.1:{}", free_port()?),
-        ),
         // Calls are balanced per connection: enough of them that each
         // caller reaches both replicas of a service.
         ("AMAOS_LIMITS__CONNECTIONS_PER_SERVICE", "4".to_owned()),

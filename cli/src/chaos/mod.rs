@@ -345,19 +345,23 @@ pub async fn run(fault: Fault, options: &ChaosOptions) -> Result<ChaosReport, Bo
         None => bin_dir()?,
     };
     let mut cluster = Cluster::new(bins)?;
-    let started = if fault == Fault::Deployment {
-        deployment::start(options, &mut cluster).await
-    } else {
-        start(fault, options, &mut cluster).await
-    };
-    let result = match started {
-        Ok(mesh) if fault == Fault::WatchQuiet => watch_quiet(&mesh, &mut cluster).await,
-        Ok(mesh) if fault == Fault::Deployment => {
-            deployment::run(&mesh, &mut cluster, options).await
+    let result = async {
+        match fault {
+            Fault::Deployment => {
+                let mesh = deployment::start(options, &mut cluster).await?;
+                deployment::run(&mesh, &mut cluster, options).await
+            }
+            Fault::WatchQuiet => {
+                let mesh = start(fault, options, &mut cluster).await?;
+                watch_quiet(&mesh, &mut cluster).await
+            }
+            _ => {
+                let mesh = start(fault, options, &mut cluster).await?;
+                batch(fault, &mesh, &mut cluster, options).await
+            }
         }
-        Ok(mesh) => batch(fault, &mesh, &mut cluster, options).await,
-        Err(error) => Err(error),
-    };
+    }
+    .await;
     match result {
         Ok(mut report) => {
             report.kept_dir = cluster.keep();
