@@ -75,6 +75,28 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Show usage (tokens, cost, model and tool calls, wall time) and
+    /// budgets: this month by team, unless told otherwise.
+    Usage {
+        /// Another tenant, or `*` for all (an admin of the platform tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this team.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this task (all its attempts).
+        #[arg(long)]
+        task: Option<String>,
+        /// From this UTC day (2026-11-01) or this long ago (7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Up to this UTC day, inclusive.
+        #[arg(long)]
+        until: Option<String>,
+        /// How rows are grouped.
+        #[arg(long, value_enum, default_value_t = GroupArg::Team)]
+        by: GroupArg,
+    },
     /// Show one task.
     Task {
         /// The task id.
@@ -233,6 +255,13 @@ pub(crate) enum KeysCommand {
 pub(crate) enum BackendArg {
     Memory,
     Redis,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum GroupArg {
+    Tenant,
+    Team,
+    Day,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

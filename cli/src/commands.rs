@@ -452,3 +452,66 @@ pub async fn keys_revoke(client: &Client, key_id: String, json: bool) -> Result<
     }
     Ok(())
 }
+
+/// What `amaos usage` asks for.
+pub struct UsageArgs {
+    /// Another tenant, or `*`.
+    pub tenant: Option<String>,
+    /// Only this team.
+    pub team: Option<String>,
+    /// Only this task.
+    pub task: Option<String>,
+    /// From (a day or a duration ago).
+    pub since: Option<String>,
+    /// Until (a day or a duration ago).
+    pub until: Option<String>,
+    /// How rows are grouped.
+    pub group_by: pb::UsageGrouping,
+}
+
+/// A day (`2026-11-01`) or a time this long ago (`7d`), for `--since`.
+fn parse_when(flag: &str, text: &str) -> Result<std::time::SystemTime, Failure> {
+    let invalid = || Failure {
+        message: format!("{flag}: `{text}` is neither a day (2026-11-01) nor a duration (7d)"),
+        code: EXIT_INVALID,
+    };
+    if text.len() == 10 && text.as_bytes()[4] == b'-' {
+        return humantime::parse_rfc3339(&format!("{text}T00:00:00Z")).map_err(|_| invalid());
+    }
+    let ago = humantime::parse_duration(text).map_err(|_| invalid())?;
+    std::time::SystemTime::now()
+        .checked_sub(ago)
+        .ok_or_else(invalid)
+}
+
+/// `amaos usage`.
+pub async fn usage(client: &Client, args: UsageArgs, json: bool) -> Result<(), Failure> {
+    let since = args
+        .since
+        .as_deref()
+        .map(|s| parse_when("--since", s))
+        .transpose()?;
+    let until = args
+        .until
+        .as_deref()
+        .map(|s| parse_when("--until", s))
+        .transpose()?;
+    let response = client
+        .orchestrator()?
+        .get_usage(client.request(pb::GetUsageRequest {
+            tenant: args.tenant.unwrap_or_default(),
+            team: args.team.unwrap_or_default(),
+            task_id: args.task.clone().unwrap_or_default(),
+            since: since.map(amaos_proto::time::timestamp),
+            until: until.map(amaos_proto::time::timestamp),
+            group_by: args.group_by as i32,
+        })?)
+        .await?
+        .into_inner();
+    if json {
+        println!("{}", render::usage_json(&response));
+    } else {
+        print!("{}", render::usage_table(&response, args.task.is_some()));
+    }
+    Ok(())
+}

@@ -14,7 +14,10 @@ use clap::Parser;
 
 mod args;
 
-use args::{AuditCommand, BackendArg, CertsCommand, Cli, Command, ConfigCommand, KeysCommand};
+use amaos_proto::orchestrator::v1::UsageGrouping;
+use args::{
+    AuditCommand, BackendArg, CertsCommand, Cli, Command, ConfigCommand, GroupArg, KeysCommand,
+};
 
 /// `amaos audit verify`: exit 0 when every record is keyed, chains and
 /// agrees with the checkpoint; 1 when a record was edited, deleted, moved or
@@ -147,6 +150,28 @@ async fn dispatch(
         }
         Command::Tasks { state, team, limit } => {
             commands::tasks(&client(), state.map(Into::into), team, limit, json).await
+        }
+        Command::Usage {
+            tenant,
+            team,
+            task,
+            since,
+            until,
+            by,
+        } => {
+            let query = commands::UsageArgs {
+                tenant,
+                team,
+                task,
+                since,
+                until,
+                group_by: match by {
+                    GroupArg::Tenant => UsageGrouping::Tenant,
+                    GroupArg::Team => UsageGrouping::Team,
+                    GroupArg::Day => UsageGrouping::Day,
+                },
+            };
+            commands::usage(&client(), query, json).await
         }
         Command::Task { id } => commands::task(&client(), &id, json).await,
         Command::Watch { id, after } => commands::watch(&client(), &id, after, json).await,

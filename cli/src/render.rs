@@ -263,3 +263,99 @@ impl Progress {
         Some(format!("{elapsed:>7.2}s {step}{text}"))
     }
 }
+
+fn usage_value(u: &pb::Usage) -> Value {
+    let wall = u
+        .wall_time
+        .as_ref()
+        .and_then(amaos_proto::time::duration)
+        .unwrap_or_default();
+    json!({
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cost_usd": u.cost_usd,
+        "model_calls": u.model_calls,
+        "tool_calls": u.tool_calls,
+        "wall_time_s": wall.as_secs_f64(),
+        "attempts": u.attempts,
+    })
+}
+
+/// A GetUsage answer as one JSON object.
+pub fn usage_json(r: &pb::GetUsageResponse) -> Value {
+    let rows: Vec<Value> = r
+        .rows
+        .iter()
+        .map(|row| {
+            json!({
+                "tenant": row.tenant,
+                "team": row.team,
+                "day": row.day,
+                "usage": row.usage.as_ref().map(usage_value),
+            })
+        })
+        .collect();
+    let budgets: Vec<Value> = r
+        .budgets
+        .iter()
+        .map(|b| {
+            json!({
+                "scope": b.scope,
+                "limit_usd": b.limit_usd,
+                "spent_usd": b.spent_usd,
+                "config_key": b.config_key,
+            })
+        })
+        .collect();
+    json!({
+        "rows": rows,
+        "total": r.total.as_ref().map(usage_value),
+        "budgets": budgets,
+    })
+}
+
+/// A GetUsage answer as a table: one line per row, the total, the budgets.
+pub fn usage_table(r: &pb::GetUsageResponse, one_task: bool) -> String {
+    use std::fmt::Write;
+    let line = |label: &str, u: &pb::Usage| {
+        let wall = u
+            .wall_time
+            .as_ref()
+            .and_then(amaos_proto::time::duration)
+            .unwrap_or_default();
+        format!(
+            "{label:<40} {:>10} {:>10} {:>10.4} {:>7} {:>7} {:>9.1}s {:>8}\n",
+            u.input_tokens,
+            u.output_tokens,
+            u.cost_usd,
+            u.model_calls,
+            u.tool_calls,
+            wall.as_secs_f64(),
+            u.attempts
+        )
+    };
+    let mut out = format!(
+        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>7} {:>10} {:>8}\n",
+        "", "tokens in", "tokens out", "cost $", "models", "tools", "wall", "attempts"
+    );
+    if !one_task {
+        for row in &r.rows {
+            let label = [row.tenant.as_str(), row.team.as_str(), row.day.as_str()]
+                .iter()
+                .filter(|s| !s.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" / ");
+            out.push_str(&line(&label, &row.usage.unwrap_or_default()));
+        }
+    }
+    out.push_str(&line("total", &r.total.unwrap_or_default()));
+    for b in &r.budgets {
+        let _ = writeln!(
+            out,
+            "budget {}: ${:.2} of ${:.2} this month ({})",
+            b.scope, b.spent_usd, b.limit_usd, b.config_key
+        );
+    }
+    out
+}

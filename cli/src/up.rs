@@ -128,7 +128,7 @@ impl Mesh {
         let opened = amaos_auth::open(&config, policy.clone()).await?;
         let mut tasks = Vec::new();
         for (service, listener, admin_listener) in listeners {
-            let metrics = Metrics::new(service);
+            let metrics = Metrics::with_telemetry(service, &config.telemetry);
             if let Some(admin_listener) = admin_listener {
                 tokio::spawn(metrics::serve_admin(
                     admin_listener,

@@ -203,3 +203,156 @@ async fn an_unknown_model_alias_fails_the_run_with_a_clear_reason() {
     }
     mesh.stop().await;
 }
+
+fn priced_model(url: String) -> ModelConfig {
+    ModelConfig {
+        provider: ModelProvider::Openai,
+        base_url: url,
+        model: "tiny".into(),
+        api_key_env: None,
+        api_key_secret: None,
+        timeout: Duration::from_secs(5),
+        max_retries: 0,
+        fallbacks: vec![],
+        prompt_price_per_1k: 1.0,
+        completion_price_per_1k: 0.0,
+        stream: false,
+        max_tokens: None,
+        breaker_failures: 3,
+        breaker_cool_down: Duration::from_secs(30),
+    }
+}
+
+async fn usage(mesh: &TestMesh, key: &str, request: pb::GetUsageRequest) -> pb::GetUsageResponse {
+    mesh.orchestrator()
+        .get_usage(TestMesh::with_key(key, request))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn usage_is_counted_per_team_and_task_and_a_budget_stops_a_run_then_refuses_submissions() {
+    // The first answer costs $1.00 (1,000 prompt tokens at $1 per 1k): past
+    // the team's $0.50, so the run is stopped once that usage is recorded.
+    let (url, requests) = fake_model(vec![
+        json!({"choices": [{"message": {"content": null, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "file_write", "arguments": "{\"path\":\"out.md\",\"content\":\"x\"}"}
+        }]}}], "usage": {"prompt_tokens": 1000, "completion_tokens": 10}}),
+        json!({"choices": [{"message": {"content": "never asked for"}}],
+               "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+    ])
+    .await;
+    let mesh = TestMesh::start_with(|c| {
+        c.models.insert("local".into(), priced_model(url));
+        c.orchestrator
+            .team_budgets_usd
+            .insert("model-crew".into(), 0.5);
+    })
+    .await;
+    let key = mesh.create_key("acme", "developer").await;
+    let task_id = mesh.submit(&key, SPEC, "tides").await;
+    mesh.events(&key, &task_id).await;
+    let task = mesh.task(&key, &task_id).await;
+    assert_eq!(task.state, pb::TaskState::Failed as i32, "{task:?}");
+    let message = task.error.unwrap().message;
+    assert!(message.contains("stopped mid-run"), "{message}");
+    assert!(
+        message.contains("orchestrator.team_budgets_usd.model-crew"),
+        "{message}"
+    );
+    assert_eq!(task.attempt, 1, "a spent budget is not retried");
+    // A call already under way when the orchestrator stops the run may
+    // finish; nothing after it is asked.
+    assert!(requests.lock().unwrap().len() <= 2);
+
+    // The attempt's usage, by task and by team, with the budget.
+    let one = usage(
+        &mesh,
+        &key,
+        pb::GetUsageRequest {
+            task_id: task_id.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let total = one.total.unwrap();
+    assert_eq!((total.input_tokens, total.output_tokens), (1000, 10));
+    assert!((total.cost_usd - 1.0).abs() < 1e-9, "{total:?}");
+    assert_eq!((total.model_calls, total.attempts), (1, 1));
+    let month = usage(&mesh, &key, pb::GetUsageRequest::default()).await;
+    assert_eq!(month.rows.len(), 1);
+    assert_eq!(month.rows[0].team, "model-crew");
+    assert_eq!(month.rows[0].tenant, "acme");
+    let budget = &month.budgets[0];
+    assert_eq!(budget.scope, "team:model-crew");
+    assert!(
+        budget.spent_usd >= 1.0 && budget.limit_usd == 0.5,
+        "{budget:?}"
+    );
+
+    // Another tenant sees none of it, and may not ask for acme's.
+    let other = mesh.create_key("globex", "developer").await;
+    assert!(
+        usage(&mesh, &other, pb::GetUsageRequest::default())
+            .await
+            .rows
+            .is_empty()
+    );
+    let refused = mesh
+        .orchestrator()
+        .get_usage(TestMesh::with_key(
+            &other,
+            pb::GetUsageRequest {
+                tenant: "acme".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+
+    // The spend is read at most every 5 s: after that, a submission to the
+    // team is refused, naming the budget.
+    tokio::time::sleep(Duration::from_millis(5_200)).await;
+    let over = mesh
+        .orchestrator()
+        .submit_task(TestMesh::with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: Some(pb::TeamRef {
+                    team: Some(pb::team_ref::Team::SpecYaml(SPEC.into())),
+                }),
+                input: "again".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");
+    assert!(
+        over.message()
+            .contains("orchestrator.team_budgets_usd.model-crew"),
+        "{}",
+        over.message()
+    );
+    // Through the gateway, the same usage as JSON.
+    let body = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/usage?groupBy=USAGE_GROUPING_DAY",
+            mesh.config.gateway.url
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body.status(), 200);
+    let body: Value = body.json().await.unwrap();
+    assert_eq!(body["rows"][0]["team"], "model-crew", "{body}");
+    assert!(
+        !body["rows"][0]["day"].as_str().unwrap().is_empty(),
+        "{body}"
+    );
+    mesh.stop().await;
+}

@@ -259,6 +259,19 @@ impl TestMesh {
             .secret
     }
 
+    /// Each service's admin (`/metrics`) address, when it has one.
+    pub fn admin_addresses(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        self.mesh
+            .as_ref()
+            .map(|m| {
+                m.addresses
+                    .iter()
+                    .filter_map(|(service, _, admin)| admin.map(|a| (*service, a)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(mesh) = self.mesh.take() {

@@ -3,8 +3,14 @@
 //! The server stack ([`crate::server`]) records, per RPC: requests by final
 //! gRPC code, a latency histogram, requests in flight and requests shed.
 //! Services may register their own metrics with [`Metrics::register`].
+//!
+//! Label values that come from callers (tenant ids, team and tool names) go
+//! through [`Metrics::tenant`], [`Metrics::team`] or [`LabelBound`], so a
+//! family never grows past the allow-list or `telemetry.metric_label_limit`
+//! values: the rest are reported as `other`.
 
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -31,6 +37,71 @@ struct RpcCodeLabels {
 
 type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 
+/// The label value reported for values past a bound.
+pub const OTHER: &str = "other";
+
+/// Bounds one label's values: an allow-list, or else the first `limit`
+/// distinct values seen; everything else is [`OTHER`].
+#[derive(Debug)]
+pub struct LabelBound {
+    allowed: Option<HashSet<String>>,
+    limit: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl LabelBound {
+    /// Values in `allow` only when it is not empty, else the first `limit`.
+    pub fn new(allow: &[String], limit: usize) -> Self {
+        Self {
+            allowed: (!allow.is_empty()).then(|| allow.iter().cloned().collect()),
+            limit,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The label value to report for `value`.
+    pub fn label(&self, value: &str) -> String {
+        if let Some(allowed) = &self.allowed {
+            return if allowed.contains(value) {
+                value.to_owned()
+            } else {
+                OTHER.to_owned()
+            };
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(value) {
+            return value.to_owned();
+        }
+        if seen.len() < self.limit && value != OTHER {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        OTHER.to_owned()
+    }
+}
+
+/// Audit appends that failed in this process (every trail it writes).
+static AUDIT_APPEND_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Redis command and connection errors in this process's backends.
+static REDIS_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Counts an audit append that did not reach the trail.
+pub fn audit_append_failed() {
+    AUDIT_APPEND_FAILURES.inc();
+}
+
+/// Counts a Redis error seen by a backend.
+pub fn redis_error() {
+    REDIS_ERRORS.inc();
+}
+
+/// A latency histogram from 0.5 ms to about 16 s (the buckets every
+/// duration metric of the mesh shares, so dashboards and SLOs can name
+/// the same `le` values).
+pub fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 /// One service's metrics registry.
 #[derive(Clone)]
 pub struct Metrics {
@@ -43,16 +114,25 @@ struct Inner {
     latency: HistogramFamily,
     in_flight: Gauge,
     shed: Counter,
-}
-
-fn latency_histogram() -> Histogram {
-    // 0.5 ms to about 16 s.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    tenants: LabelBound,
+    teams: LabelBound,
+    limit: usize,
+    tenant_classes: BTreeMap<String, String>,
 }
 
 impl Metrics {
-    /// A registry whose metrics carry `service="<service>"`.
+    /// A registry whose metrics carry `service="<service>"`, with the
+    /// default label bounds.
     pub fn new(service: &'static str) -> Self {
+        Self::with_telemetry(service, &crate::config::TelemetryConfig::default())
+    }
+
+    /// A registry whose metrics carry `service="<service>"`, bounding
+    /// labels as `telemetry` says.
+    pub fn with_telemetry(
+        service: &'static str,
+        telemetry: &crate::config::TelemetryConfig,
+    ) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "amaos",
             [(
@@ -62,7 +142,7 @@ impl Metrics {
             .into_iter(),
         );
         let requests = Family::<RpcCodeLabels, Counter>::default();
-        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let latency: HistogramFamily = Family::new_with_constructor(seconds_histogram);
         let in_flight = Gauge::default();
         let shed = Counter::default();
         registry.register(
@@ -85,6 +165,17 @@ impl Metrics {
             "gRPC requests refused at the concurrency limit",
             shed.clone(),
         );
+        registry.register(
+            "audit_append_failures",
+            "audit records this process could not append to its trail (must stay 0)",
+            AUDIT_APPEND_FAILURES.clone(),
+        );
+        registry.register(
+            "redis_errors",
+            "Redis command and connection errors seen by this process's backends",
+            REDIS_ERRORS.clone(),
+        );
+        let limit = telemetry.metric_label_limit;
         Self {
             inner: Arc::new(Inner {
                 registry: Mutex::new(registry),
@@ -92,8 +183,37 @@ impl Metrics {
                 latency,
                 in_flight,
                 shed,
+                tenants: LabelBound::new(&telemetry.metric_tenants, limit),
+                teams: LabelBound::new(&telemetry.metric_teams, limit),
+                limit,
+                tenant_classes: telemetry.tenant_classes.clone(),
             }),
         }
+    }
+
+    /// The label value for tenant `tenant` (bounded).
+    pub fn tenant(&self, tenant: &str) -> String {
+        self.inner.tenants.label(tenant)
+    }
+
+    /// The label value for team `team` (bounded).
+    pub fn team(&self, team: &str) -> String {
+        self.inner.teams.label(team)
+    }
+
+    /// The SLO class of `tenant` (`standard` unless configured).
+    pub fn tenant_class(&self, tenant: &str) -> String {
+        self.inner
+            .tenant_classes
+            .get(tenant)
+            .cloned()
+            .unwrap_or_else(|| "standard".to_owned())
+    }
+
+    /// A new bound for another caller-named label (tool names), with this
+    /// registry's limit.
+    pub fn label_bound(&self) -> LabelBound {
+        LabelBound::new(&[], self.inner.limit)
     }
 
     /// Registers a service-specific metric.
@@ -178,4 +298,53 @@ pub async fn serve_admin(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_past_the_limit_are_reported_as_other() {
+        let bound = LabelBound::new(&[], 2);
+        assert_eq!(bound.label("a"), "a");
+        assert_eq!(bound.label("b"), "b");
+        assert_eq!(bound.label("c"), OTHER);
+        assert_eq!(bound.label("a"), "a", "a value seen before stays");
+        let listed = LabelBound::new(&["gold-tenant".into()], 100);
+        assert_eq!(listed.label("gold-tenant"), "gold-tenant");
+        assert_eq!(listed.label("someone"), OTHER);
+    }
+
+    #[test]
+    fn ten_thousand_tenants_make_at_most_the_limit_plus_one_series() {
+        let metrics = Metrics::new("test");
+        let family = Family::<RpcLabels, Counter>::default();
+        metrics.register("per_tenant", "test", family.clone());
+        for i in 0..10_000 {
+            family
+                .get_or_create(&RpcLabels {
+                    rpc: metrics.tenant(&format!("tenant-{i}")),
+                })
+                .inc();
+        }
+        let text = metrics.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("amaos_per_tenant_total{"))
+            .count();
+        assert_eq!(series, 21, "20 tenants and `other`");
+        assert!(text.contains(r#"rpc="other""#));
+    }
+
+    #[test]
+    fn tenants_have_their_configured_class() {
+        let mut telemetry = crate::config::TelemetryConfig::default();
+        telemetry
+            .tenant_classes
+            .insert("acme".into(), "gold".into());
+        let metrics = Metrics::with_telemetry("test", &telemetry);
+        assert_eq!(metrics.tenant_class("acme"), "gold");
+        assert_eq!(metrics.tenant_class("globex"), "standard");
+    }
 }

@@ -127,7 +127,7 @@ where
                 return ExitCode::from(EXIT_CONFIG as u8);
             }
         };
-        let metrics = Metrics::new(service);
+        let metrics = Metrics::with_telemetry(service, &config.telemetry);
         if let Some(admin) = ep.admin_listen() {
             match TcpListener::bind(admin).await {
                 Ok(admin_listener) => {

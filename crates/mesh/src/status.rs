@@ -43,6 +43,20 @@ pub fn exhausted_retry_after(message: impl Into<String>, retry_after: Duration) 
     )
 }
 
+/// RESOURCE_EXHAUSTED with a `QuotaFailure` detail naming the quota
+/// (`subject`, e.g. the config key that sets it) and what is over.
+pub fn exhausted_quota(
+    message: impl Into<String>,
+    subject: &str,
+    description: &str,
+) -> tonic::Status {
+    tonic::Status::with_error_details(
+        Code::ResourceExhausted,
+        message,
+        ErrorDetails::with_quota_failure_violation(subject, description),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

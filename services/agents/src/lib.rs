@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod engine;
 pub mod graph;
 mod http;
+pub mod metrics;
 pub mod model;
 pub mod openai;
 pub mod provider;
@@ -132,6 +133,7 @@ pub fn parse_spec(
 pub struct Agents {
     authn: Arc<Authenticator>,
     models: Arc<ModelSet>,
+    metrics: metrics::AgentMetrics,
     catalog: Catalog,
     services: Services,
     permits: Arc<Semaphore>,
@@ -149,7 +151,9 @@ impl Agents {
         dialer: &client::Dialer,
         catalog: Catalog,
         secrets: Arc<dyn amaos_mesh::secrets::SecretStore>,
+        metrics: &Metrics,
     ) -> Result<Self, BoxError> {
+        let agent_metrics = metrics::AgentMetrics::register(metrics);
         let tools = dialer.channel("tools", &config.tools.url)?;
         let memory = dialer.channel("memory", &config.memory.url)?;
         Ok(Self {
@@ -158,7 +162,11 @@ impl Agents {
                 &config.auth.url,
                 config.auth.key_cache_ttl,
             )?),
-            models: Arc::new(ModelSet::with_secrets(&config.models, Some(secrets))?),
+            models: Arc::new(
+                ModelSet::with_secrets(&config.models, Some(secrets))?
+                    .with_metrics(agent_metrics.clone()),
+            ),
+            metrics: agent_metrics,
             catalog,
             services: Services {
                 tools: ToolsServiceClient::new(tools),
@@ -320,12 +328,35 @@ impl AgentsService for Agents {
         let services = self.services.clone();
         let models = self.models.clone();
         let in_flight = self.in_flight.clone();
+        let agent_metrics = self.metrics.clone();
         in_flight.fetch_add(1, Ordering::Relaxed);
+        // The run goes on in a task of its own, under this RPC's span.
+        let parent = tracing::Span::current();
         tokio::spawn(async move {
             let _permit = permit;
-            let mut events = Emitter::new(tx, &run.run_id, run.attempt);
+            let mut events = Emitter::new(tx, &run.run_id, run.attempt)
+                .counting(agent_metrics.clone(), &run.tenant);
             let model = RunModels::new(&run.input, models, run.model_override.clone());
-            let work = engine::run_team(&spec, &run, &model, &services, &mut events);
+            let (task_id, attempt) = run
+                .caller
+                .task
+                .as_ref()
+                .map(|t| (t.task.clone(), t.attempt))
+                .unwrap_or_default();
+            let span = tracing::info_span!(
+                parent: &parent,
+                "run_team",
+                otel.name = %format!("run_team {}", spec.name),
+                amaos.team.name = %spec.name,
+                amaos.team.kind = spec.kind(),
+                amaos.task.id = %task_id,
+                amaos.task.attempt = attempt,
+                amaos.run.id = %run.run_id,
+            );
+            let work = tracing::Instrument::instrument(
+                engine::run_team(&spec, &run, &model, &services, &mut events),
+                span,
+            );
             let result = match run.max_wall_time {
                 Some(limit) => tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
                     Err(RunError::Budget(format!(
@@ -335,6 +366,7 @@ impl AgentsService for Agents {
                 }),
                 None => work.await,
             };
+            agent_metrics.run_ended(spec.kind(), &result);
             let end = match result {
                 Ok(output) => Some(Payload::RunCompleted(pb::RunCompleted { output })),
                 Err(RunError::Cancelled) => None,
@@ -410,7 +442,7 @@ pub async fn serve(
     // call proves the worker's own identity too.
     let dialer = client::Dialer::new(&config, "agents")?
         .for_service(&config.auth.url, config.worker_key_file())?;
-    let agents = Agents::new(&config, &dialer, catalog.clone(), secrets)?;
+    let agents = Agents::new(&config, &dialer, catalog.clone(), secrets, &metrics)?;
     let router: RouterServiceClient<MeshChannel> =
         RouterServiceClient::new(dialer.channel("router", &config.router.url)?);
     // Bound before the worker announces itself: the router must never route

@@ -19,9 +19,11 @@ use amaos_mesh::secrets::SecretStore;
 use amaos_teams::{AgentSpec, REPLAY_MODEL, ReplayTurn};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::anthropic::AnthropicChat;
+use crate::metrics::{AgentMetrics, CallOutcome};
 use crate::openai::OpenAiChat;
 pub use crate::provider::{
     ChatMessage, ChatModel, Completion, ModelError, Reply, ToolCallRequest, ToolSpec, Usage,
@@ -118,6 +120,14 @@ enum Provider {
 }
 
 impl Provider {
+    /// The provider's name in metrics.
+    fn name(&self) -> &'static str {
+        match self {
+            Provider::OpenAi(_) => "openai",
+            Provider::Anthropic(_) => "anthropic",
+        }
+    }
+
     async fn complete(
         &self,
         messages: &[ChatMessage],
@@ -160,6 +170,7 @@ impl Alias {
 #[derive(Default)]
 pub struct ModelSet {
     aliases: BTreeMap<String, Alias>,
+    metrics: Option<AgentMetrics>,
 }
 
 impl ModelSet {
@@ -197,7 +208,26 @@ impl ModelSet {
                 },
             );
         }
-        Ok(Self { aliases })
+        Ok(Self {
+            aliases,
+            metrics: None,
+        })
+    }
+
+    /// The same set, counting its calls in `metrics`.
+    pub fn with_metrics(mut self, metrics: AgentMetrics) -> Self {
+        // Every configured alias has its breaker series from the start.
+        for alias in self.aliases.keys() {
+            metrics.breaker(alias, false);
+        }
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, f: impl FnOnce(&AgentMetrics)) {
+        if let Some(metrics) = &self.metrics {
+            f(metrics);
+        }
     }
 
     /// True when `alias` can answer.
@@ -231,7 +261,23 @@ impl RunModels {
     }
 }
 
+impl ModelSet {
+    /// The provider behind `alias`.
+    pub fn provider_of(&self, alias: &str) -> &'static str {
+        if alias == REPLAY_MODEL {
+            return "replay";
+        }
+        self.aliases
+            .get(alias)
+            .map_or("unknown", |a| a.provider.name())
+    }
+}
+
 impl ChatModel for RunModels {
+    fn provider(&self, alias: &str) -> &'static str {
+        self.set.provider_of(alias)
+    }
+
     async fn complete(
         &self,
         agent: &AgentSpec,
@@ -249,7 +295,29 @@ impl ChatModel for RunModels {
             let alias = chain[i].clone();
             i += 1;
             if alias == REPLAY_MODEL {
-                return self.replay.complete(agent, messages, tools).await;
+                let started = Instant::now();
+                let answer = self.replay.complete(agent, messages, tools).await;
+                self.set.count(|m| match &answer {
+                    Ok(completion) => {
+                        m.model_call(REPLAY_MODEL, "replay", CallOutcome::Ok, started.elapsed());
+                        m.model_usage(
+                            REPLAY_MODEL,
+                            "replay",
+                            completion.usage.prompt_tokens,
+                            completion.usage.completion_tokens,
+                            completion.cost_usd,
+                        );
+                    }
+                    Err(_) => {
+                        m.model_call(
+                            REPLAY_MODEL,
+                            "replay",
+                            CallOutcome::Error,
+                            started.elapsed(),
+                        );
+                    }
+                });
+                return answer;
             }
             let Some(entry) = self.set.aliases.get(&alias) else {
                 last_error = Some(ModelError::UnknownAlias(alias));
@@ -260,7 +328,12 @@ impl ChatModel for RunModels {
                     chain.push(f.clone());
                 }
             }
+            let provider = entry.provider.name();
             if !entry.admit() {
+                self.set.count(|m| {
+                    m.model_call(&alias, provider, CallOutcome::BreakerOpen, Duration::ZERO);
+                    m.breaker(&alias, true);
+                });
                 tracing::warn!(model = %alias, "model breaker open; trying the next in its chain");
                 last_error = Some(ModelError::Provider {
                     model: alias,
@@ -268,13 +341,31 @@ impl ChatModel for RunModels {
                 });
                 continue;
             }
-            match entry.provider.complete(messages, tools).await {
+            let started = Instant::now();
+            let answer = entry.provider.complete(messages, tools).await;
+            let took = started.elapsed();
+            match answer {
                 Ok(completion) => {
                     entry.record(true);
+                    self.set.count(|m| {
+                        m.model_call(&alias, provider, CallOutcome::Ok, took);
+                        m.model_usage(
+                            &alias,
+                            provider,
+                            completion.usage.prompt_tokens,
+                            completion.usage.completion_tokens,
+                            completion.cost_usd,
+                        );
+                        m.breaker(&alias, false);
+                    });
                     return Ok(completion);
                 }
                 Err(error) => {
                     entry.record(false);
+                    self.set.count(|m| {
+                        m.model_call(&alias, provider, CallOutcome::Error, took);
+                        m.breaker(&alias, entry.breaker().state(Instant::now()) == State::Open);
+                    });
                     tracing::warn!(model = %alias, %error, "model call failed; trying the next in its chain");
                     last_error = Some(error);
                 }

@@ -115,6 +115,12 @@ pub trait ChatModel: Send + Sync {
         messages: &[ChatMessage],
         tools: &[ToolSpec],
     ) -> impl Future<Output = Result<Completion, ModelError>> + Send;
+
+    /// The provider behind `alias` (`openai`, `anthropic`, `replay`), for
+    /// traces and metrics.
+    fn provider(&self, _alias: &str) -> &'static str {
+        "unknown"
+    }
 }
 
 /// A rough token count (four characters a token), used where the provider

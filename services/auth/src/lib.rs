@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod redis_keys;
 mod service;
 pub mod signing;
@@ -70,6 +71,7 @@ pub struct AuthState {
     max_key_ttl: Duration,
     /// The RBAC policy keys are held to.
     policy: policy::Policy,
+    metrics: metrics::AuthMetrics,
 }
 
 /// What [`open`] found or made.
@@ -164,6 +166,7 @@ pub async fn open(config: &Config, policy: policy::Policy) -> Result<Opened, Aut
             cache_ttl: config.auth.key_cache_ttl,
             max_key_ttl: config.auth.max_key_ttl,
             policy,
+            metrics: metrics::AuthMetrics::default(),
         }),
         bootstrap_key_file,
     })
@@ -179,10 +182,17 @@ impl AuthState {
                 && at.elapsed() < self.cache_ttl
                 && key.usable(keys::now_ms())
             {
+                self.metrics.authenticated("ok");
                 return Ok(key.clone());
             }
         }
-        let key = self.keys.verify(presented).await?;
+        let verified = self.keys.verify(presented).await;
+        self.metrics.authenticated(match &verified {
+            Ok(_) => "ok",
+            Err(AuthError::InvalidKey) => "invalid",
+            Err(_) => "error",
+        });
+        let key = verified?;
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= MAX_CACHE_ENTRIES {
             cache.clear();
@@ -192,7 +202,10 @@ impl AuthState {
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<StoredKey, AuthError> {
-        let presented = caller::bearer(request.metadata()).ok_or(AuthError::MissingCredentials)?;
+        let Some(presented) = caller::bearer(request.metadata()) else {
+            self.metrics.authenticated("missing");
+            return Err(AuthError::MissingCredentials);
+        };
         self.verify(presented).await
     }
 
@@ -304,13 +317,17 @@ pub async fn serve_state(
                     () = tokio::time::sleep(every) => {}
                 }
                 match state.signer.rotate_if_due() {
-                    Ok(true) => tracing::info!("rotated the token signing key"),
+                    Ok(true) => {
+                        state.metrics.rotated();
+                        tracing::info!("rotated the token signing key");
+                    }
                     Ok(false) => {}
                     Err(error) => tracing::error!(%error, "rotating the token signing key failed"),
                 }
             }
         })
     };
+    state.metrics.register(&metrics);
     let service = grpc_service(state, &config.limits);
     let served = amaos_mesh::server::serve(service, listener, config, metrics, shutdown).await;
     rotation.abort();

@@ -2,6 +2,7 @@
 //! delegations, signing keys, authorization decisions and the audit query.
 
 use super::*;
+use crate::metrics::TokenKind;
 
 fn ms_timestamp(ms: u64) -> prost_types::Timestamp {
     timestamp(std::time::UNIX_EPOCH + Duration::from_millis(ms))
@@ -198,6 +199,7 @@ impl AuthService for Auth {
             audience: _,
         } = request.into_inner();
         if api_key.is_empty() {
+            self.state.metrics.authenticated("missing");
             return Err(AuthError::MissingCredentials.into());
         }
         let key = self.state.verify(&api_key).await?;
@@ -209,6 +211,7 @@ impl AuthService for Auth {
             "",
         );
         let expires_at = ms_timestamp(claims.exp * 1000);
+        self.state.metrics.issued(TokenKind::Access);
         Ok(Response::new(pb::AuthenticateResponse {
             principal: Some(principal(&key)),
             token: self.state.signer.sign(&claims),
@@ -323,6 +326,11 @@ impl AuthService for Auth {
         claims.attempt = attempt;
         claims.team = team;
         claims.session = session_id;
+        self.state.metrics.issued(if claims.task.is_empty() {
+            TokenKind::Service
+        } else {
+            TokenKind::Run
+        });
         Ok(Response::new(pb::IssueTokenResponse {
             token: self.state.signer.sign(&claims),
             expires_at: Some(ms_timestamp(claims.exp * 1000)),
@@ -376,6 +384,7 @@ impl AuthService for Auth {
             })
             .await
             .map_err(|e| AuthError::AuditDown(e.to_string()))?;
+        self.state.metrics.issued(TokenKind::Delegation);
         Ok(Response::new(pb::DelegateRunSigningResponse {
             delegation: self.state.signer.sign(&claims),
             expires_at: Some(ms_timestamp(claims.exp * 1000)),

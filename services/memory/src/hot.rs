@@ -300,6 +300,7 @@ pub struct RedisHotTier {
 }
 
 fn redis_error(e: impl ToString) -> TierError {
+    amaos_mesh::metrics::redis_error();
     TierError::new("redis", e)
 }
 

@@ -23,6 +23,7 @@ pub mod embed;
 pub mod hot;
 pub mod item;
 pub mod longterm;
+pub mod metrics;
 pub mod qdrant;
 pub mod tiers;
 
@@ -487,7 +488,11 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let tiers = Arc::new(tiers(&config).await?);
+    let tiers = Arc::new(
+        tiers(&config)
+            .await?
+            .with_metrics(metrics::MemoryMetrics::register(&metrics)),
+    );
     let sweeper = tokio::spawn(lifecycle(
         tiers.clone(),
         config.memory.sweep_interval,

@@ -78,6 +78,9 @@ pub struct Swept {
     pub dropped: u64,
 }
 
+/// Per tenant: (hot, long-term) items, and when they were counted.
+type Counts = HashMap<String, ((u64, u64), Instant)>;
+
 /// The tiers and the embedder.
 pub struct Tiers {
     hot: Arc<dyn HotTier>,
@@ -87,8 +90,9 @@ pub struct Tiers {
     tenant_retention: BTreeMap<String, Duration>,
     max_items: u64,
     hot_capacity: usize,
-    counts: Mutex<HashMap<String, (u64, Instant)>>,
+    counts: Mutex<Counts>,
     sealer: Option<Arc<amaos_mesh::seal::Sealer>>,
+    metrics: crate::metrics::MemoryMetrics,
 }
 
 impl Tiers {
@@ -109,7 +113,14 @@ impl Tiers {
             hot_capacity: config.hot_capacity,
             counts: Mutex::new(HashMap::new()),
             sealer: None,
+            metrics: Default::default(),
         }
+    }
+
+    /// The tiers, reporting in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::MemoryMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Stores texts sealed (encrypted at rest) with `sealer`, in every tier.
@@ -145,7 +156,10 @@ impl Tiers {
     }
 
     async fn embed_one(&self, text: &str) -> Result<Vec<f32>, TiersError> {
-        let mut vectors = self.embedder.embed(&[text.to_owned()]).await?;
+        let started = Instant::now();
+        let embedded = self.embedder.embed(&[text.to_owned()]).await;
+        self.metrics.embedded(1, started.elapsed());
+        let mut vectors = embedded?;
         vectors.pop().ok_or_else(|| {
             TiersError::Embed(crate::embed::EmbedError::Inference(
                 "the embedder returned no vector".into(),
@@ -161,14 +175,19 @@ impl Tiers {
             .get(tenant)
             && at.elapsed() < COUNT_TTL
         {
-            return Ok(*n);
+            return Ok(n.0 + n.1);
         }
-        let n = self.long.count(tenant).await? + self.hot.len(tenant).await?;
-        self.counts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.to_owned(), (n, Instant::now()));
-        Ok(n)
+        let long = self.long.count(tenant).await?;
+        let hot = self.hot.len(tenant).await?;
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        counts.insert(tenant.to_owned(), ((hot, long), Instant::now()));
+        let (all_hot, all_long) = counts
+            .values()
+            .fold((0u64, 0u64), |(h, l), ((hot, long), _)| {
+                (h.saturating_add(*hot), l.saturating_add(*long))
+            });
+        self.metrics.items(all_hot, all_long);
+        Ok(hot + long)
     }
 
     /// Stores a memory in the hot tier (embedded now); what that pushes
@@ -218,7 +237,7 @@ impl Tiers {
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(tenant)
         {
-            *n += 1;
+            n.0 += 1;
         }
         Ok(id)
     }
@@ -238,6 +257,7 @@ impl Tiers {
         let moved = live.len() as u64;
         if !live.is_empty() {
             self.long.upsert(tenant, live).await?;
+            self.metrics.moved_to_long_term(moved);
         }
         Ok((moved, total - moved))
     }
@@ -247,6 +267,22 @@ impl Tiers {
     /// the cosine similarity, blended with keyword overlap when the query
     /// shares words with the memory.
     pub async fn recall(
+        &self,
+        tenant: &str,
+        query: &str,
+        filter: &Filter,
+        top_k: usize,
+        min_score: f64,
+    ) -> Result<Vec<(Item, f64)>, TiersError> {
+        let started = Instant::now();
+        let recalled = self
+            .recall_ranked(tenant, query, filter, top_k, min_score)
+            .await;
+        self.metrics.recalled(started.elapsed());
+        recalled
+    }
+
+    async fn recall_ranked(
         &self,
         tenant: &str,
         query: &str,

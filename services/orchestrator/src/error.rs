@@ -43,6 +43,20 @@ pub enum OrchestratorError {
         /// When a retry is within the rate.
         retry_after: std::time::Duration,
     },
+    /// A monthly budget is spent.
+    #[error(
+        "{scope} has spent ${spent:.2} of its monthly budget of ${limit:.2} ({key}); it renews on the first of next month (UTC)"
+    )]
+    OverBudget {
+        /// Whose budget (`tenant `acme``, `team `research` of tenant `acme``).
+        scope: String,
+        /// Spent this month, in US dollars.
+        spent: f64,
+        /// The cap, in US dollars.
+        limit: f64,
+        /// The config key that sets it.
+        key: String,
+    },
     /// No worker has declared the team (the router's registry has none).
     #[error("router: no worker serves team `{0}`")]
     TeamNotServed(String),
@@ -87,6 +101,9 @@ impl From<OrchestratorError> for tonic::Status {
                 status::exhausted_retry_after(message, retry_after)
             }
             OrchestratorError::TeamNotServed(_) => tonic::Status::not_found(message),
+            OrchestratorError::OverBudget { ref key, .. } => {
+                status::exhausted_quota(message.clone(), key, &message)
+            }
             // The message says which service spoke; the code is classified.
             OrchestratorError::Dependency { service, status } => tonic::Status::new(
                 dependency_code(status.code()),

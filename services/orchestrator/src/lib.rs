@@ -21,8 +21,10 @@ pub mod authn;
 pub mod backend;
 pub mod dispatch;
 pub mod error;
+pub mod metrics;
 pub mod request;
 pub mod task;
+pub mod usage;
 pub mod workflow;
 
 use std::pin::Pin;
@@ -76,6 +78,8 @@ struct Inner {
     /// The RBAC policy callers are held to.
     policy: Policy,
     dispatcher: Arc<Dispatcher>,
+    metrics: metrics::TaskMetrics,
+    budgets: Arc<usage::Budgets>,
     task_timeout: Duration,
     max_input_bytes: usize,
     max_spec_bytes: usize,
@@ -84,10 +88,18 @@ struct Inner {
     team_rate: (f64, u32),
 }
 
-/// The configured task store and the rate limiter beside it.
-pub type Backends = (Arc<dyn TaskBackend>, Arc<dyn RateLimiter>);
+/// The configured task store, and the rate limiter and usage store beside it.
+pub struct Backends {
+    /// Tasks and the queue.
+    pub tasks: Arc<dyn TaskBackend>,
+    /// Submission rates.
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Usage by tenant, team, day and task.
+    pub usage: Arc<dyn usage::UsageStore>,
+}
 
-/// Opens the configured backend: the task store and its rate limiter.
+/// Opens the configured backend: the task store, its rate limiter and the
+/// usage store.
 pub async fn open_backend(config: &Config) -> Result<Backends, BoxError> {
     let o = &config.orchestrator;
     let limits = BackendLimits {
@@ -97,15 +109,17 @@ pub async fn open_backend(config: &Config) -> Result<Backends, BoxError> {
         max_tasks: o.max_tasks,
     };
     Ok(match o.backend {
-        StoreBackend::Memory => (
-            Arc::new(backend::memory::MemoryBackend::new(limits)),
-            Arc::new(backend::memory::MemoryRateLimiter::new()),
-        ),
+        StoreBackend::Memory => Backends {
+            tasks: Arc::new(backend::memory::MemoryBackend::new(limits)),
+            limiter: Arc::new(backend::memory::MemoryRateLimiter::new()),
+            usage: Arc::new(usage::MemoryUsage::new(o.usage_retention)),
+        },
         StoreBackend::Redis => {
             let backend =
                 backend::redis::RedisBackend::connect(&o.redis_url, &o.redis_prefix, limits)
                     .await?;
             let limiter = Arc::new(backend.rate_limiter());
+            let usage = Arc::new(backend.usage_store(o.usage_retention));
             let backend: Arc<dyn TaskBackend> = if o.encrypt {
                 let path = o
                     .key_file
@@ -116,7 +130,11 @@ pub async fn open_backend(config: &Config) -> Result<Backends, BoxError> {
             } else {
                 Arc::new(backend)
             };
-            (backend, limiter)
+            Backends {
+                tasks: backend,
+                limiter,
+                usage,
+            }
         }
     })
 }
@@ -124,13 +142,21 @@ pub async fn open_backend(config: &Config) -> Result<Backends, BoxError> {
 impl Orchestrator {
     /// An orchestrator over `backend`, limiting submissions with `limiter`,
     /// authorizing by `policy`, calling auth and the router as configured,
-    /// with its dispatcher (not yet running: see [`serve`]).
+    /// reporting in `metrics`, with its dispatcher (not yet running: see
+    /// [`serve`]).
     pub fn new(
         config: &Config,
         policy: Policy,
-        backend: Arc<dyn TaskBackend>,
-        limiter: Arc<dyn RateLimiter>,
+        backends: Backends,
+        metrics: &Metrics,
     ) -> Result<Self, BoxError> {
+        let Backends {
+            tasks: backend,
+            limiter,
+            usage,
+        } = backends;
+        let task_metrics = metrics::TaskMetrics::register(metrics);
+        let budgets = Arc::new(usage::Budgets::new(&config.orchestrator, usage));
         let dialer = client::Dialer::new(config, "orchestrator")?;
         let auth = AuthServiceClient::new(dialer.channel("auth", &config.auth.url)?);
         // Calls to the router and to workers prove the orchestrator's identity.
@@ -149,6 +175,10 @@ impl Orchestrator {
                 max_in_flight: o.max_in_flight,
                 claimers: o.claimers,
             },
+            dispatch::Accounting {
+                metrics: task_metrics.clone(),
+                budgets: budgets.clone(),
+            },
         );
         Ok(Self {
             inner: Arc::new(Inner {
@@ -160,6 +190,8 @@ impl Orchestrator {
                 authn: Authenticator::new(auth, config.auth.key_cache_ttl),
                 policy,
                 dispatcher,
+                metrics: task_metrics,
+                budgets,
                 task_timeout: o.task_timeout,
                 max_input_bytes: o.max_input_bytes,
                 max_spec_bytes: config.agents.max_spec_bytes,
@@ -197,6 +229,7 @@ impl OrchestratorService for Orchestrator {
         request: Request<pb::SubmitTaskRequest>,
     ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
         let inner = &self.inner;
+        let started = std::time::Instant::now();
         let caller = inner.authn.caller(request.metadata()).await?;
         inner
             .permitted(&caller, "submit", "task.submit", "tasks")
@@ -215,9 +248,21 @@ impl OrchestratorService for Orchestrator {
                 inner.check_team_served(&task.team).await?;
             }
             inner.admit(&caller, &[task.team.as_str()]).await?;
+            if inner.budgets.any() {
+                inner.budgets.check(&caller.tenant, &task.team, 0.0).await?;
+            }
             Ok::<_, OrchestratorError>(task)
         }
         .await;
+        match &checked {
+            Err(OrchestratorError::RateLimited { .. }) => inner
+                .metrics
+                .rejected(&caller.tenant, metrics::Rejected::RateLimit),
+            Err(OrchestratorError::OverBudget { .. }) => inner
+                .metrics
+                .rejected(&caller.tenant, metrics::Rejected::Budget),
+            _ => {}
+        }
         let task = inner
             .settle(&caller, "task.submit", "tasks", checked)
             .await?;
@@ -226,7 +271,14 @@ impl OrchestratorService for Orchestrator {
         let existing = inner
             .backend
             .create(&caller.tenant, &id, vec![task.clone()], idem)
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if let BackendError::Full(_) = e {
+                    inner
+                        .metrics
+                        .rejected(&caller.tenant, metrics::Rejected::Capacity);
+                }
+            })?;
         // A new task is stored queued, as built; only a duplicate needs reading back.
         let (task, deduplicated) = match existing {
             Some(existing) => (
@@ -237,13 +289,16 @@ impl OrchestratorService for Orchestrator {
                     .ok_or_else(|| OrchestratorError::TaskNotFound(existing.clone()))?,
                 true,
             ),
-            None => (
-                Task {
-                    state: TaskState::Queued,
-                    ..task
-                },
-                false,
-            ),
+            None => {
+                inner.metrics.submitted(&task, started.elapsed());
+                (
+                    Task {
+                        state: TaskState::Queued,
+                        ..task
+                    },
+                    false,
+                )
+            }
         };
         let task_id = task.id.clone();
         tracing::info!(task_id = %task.id, tenant = %task.tenant, team = %task.team, deduplicated, "task accepted");
@@ -428,7 +483,8 @@ impl OrchestratorService for Orchestrator {
             .await
             .map_err(OrchestratorError::from)
             .and_then(|t| t.ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone())));
-        self.inner
+        let before = self
+            .inner
             .settle(&caller, "task.cancel", &task_id, found)
             .await?;
         let reason = if reason.is_empty() {
@@ -443,11 +499,24 @@ impl OrchestratorService for Orchestrator {
             .await
             .map_err(OrchestratorError::from)?
             .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
+        if !before.state.is_terminal() && task.state == TaskState::Cancelled {
+            self.inner.metrics.finished(&task, TaskState::Cancelled);
+        }
         // Stop the attempt at once when it runs here; elsewhere the lease renewal notices.
         self.inner.dispatcher.stop_local(&task_id);
         Ok(Response::new(pb::CancelTaskResponse {
             task: Some((&task).into()),
         }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let caller = self.inner.authn.caller(request.metadata()).await?;
+        require(&self.inner.policy, &caller, "read")?;
+        let query = request::UsageQuery::try_from(request.into_inner())?;
+        Ok(Response::new(self.inner.usage(&caller, query).await?))
     }
 
     type WatchTaskStream = WatchStream;
@@ -526,8 +595,8 @@ pub async fn serve(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), BoxError> {
-    let (backend, limiter) = open_backend(&config).await?;
-    let orchestrator = Orchestrator::new(&config, policy, backend, limiter)?;
+    let backends = open_backend(&config).await?;
+    let orchestrator = Orchestrator::new(&config, policy, backends, &metrics)?;
     let dispatcher = tokio::spawn(
         orchestrator
             .dispatcher()

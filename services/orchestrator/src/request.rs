@@ -418,3 +418,83 @@ fn page_cursor(page_token: &str) -> Result<Option<&str>, OrchestratorError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whose usage a GetUsage asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsageTenant {
+    /// The caller's own tenant.
+    Own,
+    /// One named tenant (a platform admin's question).
+    Named(String),
+    /// Every tenant (a platform admin's question).
+    All,
+}
+
+/// A checked GetUsage.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UsageQuery {
+    /// Whose usage.
+    pub tenant: UsageTenant,
+    /// Only this team.
+    pub team: Option<String>,
+    /// Only this task.
+    pub task_id: Option<String>,
+    /// The first day (default: the first of this month).
+    pub from: Option<crate::usage::Day>,
+    /// The last day (default: today).
+    pub to: Option<crate::usage::Day>,
+    /// How rows are grouped.
+    pub group_by: pb::UsageGrouping,
+}
+
+impl TryFrom<pb::GetUsageRequest> for UsageQuery {
+    type Error = OrchestratorError;
+
+    fn try_from(request: pb::GetUsageRequest) -> Result<Self, Self::Error> {
+        let pb::GetUsageRequest {
+            tenant,
+            team,
+            task_id,
+            since,
+            until,
+            group_by,
+        } = request;
+        let day = |field: &'static str, ts: Option<prost_types::Timestamp>| {
+            ts.map(|ts| {
+                amaos_proto::time::system_time(&ts)
+                    .map(crate::usage::Day::of)
+                    .ok_or_else(|| invalid(field, "not a valid timestamp after 1970"))
+            })
+            .transpose()
+        };
+        let from = day("since", since)?;
+        let to = day("until", until)?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(invalid("since", "must not be after `until`"));
+        }
+        let group_by = pb::UsageGrouping::try_from(group_by)
+            .map_err(|_| invalid("group_by", format!("unknown grouping {group_by}")))?;
+        let tenant = match tenant.as_str() {
+            "" => UsageTenant::Own,
+            "*" => UsageTenant::All,
+            name if name.len() <= 128 => UsageTenant::Named(name.to_owned()),
+            _ => return Err(invalid("tenant", "at most 128 bytes")),
+        };
+        if team.len() > 128 {
+            return Err(invalid("team", "at most 128 bytes"));
+        }
+        if task_id.len() > 128 {
+            return Err(invalid("task_id", "at most 128 bytes"));
+        }
+        Ok(Self {
+            tenant,
+            team: Some(team).filter(|t| !t.is_empty()),
+            task_id: Some(task_id).filter(|t| !t.is_empty()),
+            from,
+            to,
+            group_by,
+        })
+    }
+}

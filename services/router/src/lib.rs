@@ -20,7 +20,9 @@ pub mod error;
 pub mod redis_registry;
 pub mod registry;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use amaos_mesh::authn::Authenticator;
 use amaos_mesh::config::{Cidr, Limits};
@@ -58,6 +60,9 @@ pub struct Router {
     heartbeat_interval: std::time::Duration,
     ttl: std::time::Duration,
     open_breakers: Family<ScopeLabel, Gauge>,
+    decisions: Family<DecisionLabels, prometheus_client::metrics::counter::Counter>,
+    live: Family<TeamLabel, Gauge>,
+    metrics: Metrics,
 }
 
 /// The label of the breaker gauge.
@@ -65,6 +70,22 @@ pub struct Router {
 struct ScopeLabel {
     scope: &'static str,
 }
+
+/// The labels of routing decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct DecisionLabels {
+    team: String,
+    outcome: &'static str,
+}
+
+/// The label of the live-worker gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct TeamLabel {
+    team: String,
+}
+
+/// How often the live-worker and breaker gauges are measured.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 impl Router {
     /// A router over `registry`, authenticating callers with `authn` and
@@ -82,6 +103,18 @@ impl Router {
             "circuit breakers open or half-open, by scope (worker, team)",
             open_breakers.clone(),
         );
+        let decisions = Family::default();
+        metrics.register(
+            "router_decisions",
+            "Route calls by team and outcome (routed, no_worker, error)",
+            decisions.clone(),
+        );
+        let live = Family::default();
+        metrics.register(
+            "router_live_workers",
+            "live workers not draining, by team they serve (measured every 5 s)",
+            live.clone(),
+        );
         Self {
             registry,
             authn,
@@ -97,6 +130,9 @@ impl Router {
             heartbeat_interval: config.router.heartbeat_interval,
             ttl: config.router.worker_ttl,
             open_breakers,
+            decisions,
+            live,
+            metrics: metrics.clone(),
         }
     }
 }
@@ -216,6 +252,60 @@ async fn check_address(address: &str, networks: &[Cidr]) -> Result<(), RouterErr
     }
 }
 
+impl Router {
+    /// Sets the breaker gauge from the registry.
+    async fn measure_breakers(&self) -> Result<(), RouterError> {
+        let (workers, teams) = self.registry.tripped().await?;
+        self.open_breakers
+            .get_or_create(&ScopeLabel { scope: "worker" })
+            .set(i64::try_from(workers).unwrap_or(i64::MAX));
+        self.open_breakers
+            .get_or_create(&ScopeLabel { scope: "team" })
+            .set(i64::try_from(teams).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    /// Measures live workers per team and the breakers every
+    /// [`GAUGES_EVERY`] until `shutdown` (breakers close with time, not only
+    /// on reports). A team no longer served drops to 0.
+    async fn measure(self, shutdown: CancellationToken) {
+        let mut teams_seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+        loop {
+            match self.registry.list(None, false).await {
+                Ok(workers) => {
+                    let mut live: HashMap<String, i64> = HashMap::new();
+                    for worker in workers.iter().filter(|w| !w.expired && !w.draining) {
+                        for team in &worker.registration.teams {
+                            *live.entry(self.metrics.team(team)).or_default() += 1;
+                        }
+                    }
+                    for team in teams_seen.iter() {
+                        if !live.contains_key(team) {
+                            self.live
+                                .get_or_create(&TeamLabel { team: team.clone() })
+                                .set(0);
+                        }
+                    }
+                    for (team, count) in live {
+                        self.live
+                            .get_or_create(&TeamLabel { team: team.clone() })
+                            .set(count);
+                        teams_seen.insert(team);
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "measuring live workers failed"),
+            }
+            if let Err(error) = self.measure_breakers().await {
+                tracing::debug!(%error, "measuring breakers failed");
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(GAUGES_EVERY) => {}
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RouterService for Router {
     async fn route(
@@ -242,7 +332,7 @@ impl RouterService for Router {
             }
             .into());
         }
-        let worker = self
+        let routed = self
             .registry
             .route(&RouteQuery {
                 team: &team,
@@ -251,7 +341,19 @@ impl RouterService for Router {
                 session_key: &session_key,
                 exclude: &exclude_worker_ids,
             })
-            .await?;
+            .await;
+        let outcome = match &routed {
+            Ok(_) => "routed",
+            Err(RouterError::NoLiveWorker(_)) => "no_worker",
+            Err(_) => "error",
+        };
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                team: self.metrics.team(&team),
+                outcome,
+            })
+            .inc();
+        let worker = routed?;
         let reason = if session_key.is_empty() {
             "least loaded live worker"
         } else {
@@ -400,13 +502,7 @@ impl RouterService for Router {
         if worker == State::Open || team_state == State::Open {
             tracing::warn!(%worker_id, %team, %error, ?worker, team_breaker = ?team_state, "circuit breaker open");
         }
-        let (workers, teams) = self.registry.tripped().await?;
-        self.open_breakers
-            .get_or_create(&ScopeLabel { scope: "worker" })
-            .set(workers as i64);
-        self.open_breakers
-            .get_or_create(&ScopeLabel { scope: "team" })
-            .set(teams as i64);
+        self.measure_breakers().await?;
         Ok(Response::new(pb::ReportOutcomeResponse {
             worker_breaker: breaker_to(worker) as i32,
             team_breaker: breaker_to(team_state) as i32,
@@ -485,10 +581,9 @@ pub async fn serve(
         &config.auth.url,
         config.auth.key_cache_ttl,
     )?);
-    let service = grpc_service(
-        Router::new(&config, &metrics, registry, authn, policy),
-        &config.limits,
-    );
+    let router = Router::new(&config, &metrics, registry, authn, policy);
+    tokio::spawn(router.clone().measure(shutdown.clone()));
+    let service = grpc_service(router, &config.limits);
     amaos_mesh::server::serve(service, listener, &config, metrics, shutdown).await?;
     Ok(())
 }

@@ -108,6 +108,7 @@ fn at(ms: u64) -> SystemTime {
 }
 
 fn store_error(e: redis::RedisError) -> RouterError {
+    amaos_mesh::metrics::redis_error();
     RouterError::Store(e.to_string())
 }
 

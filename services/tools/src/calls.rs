@@ -134,6 +134,7 @@ impl Tools {
             Err(ToolError::JournalDown(_)) => ("deny", "journal_down"),
             Err(ToolError::Unavailable(_)) => ("deny", "unavailable"),
         };
+        self.metrics.call(&tool, outcome, started.elapsed());
         tracing::info!(
             target: "audit",
             principal = %caller.principal,

@@ -28,6 +28,7 @@ mod calls;
 mod error;
 pub mod journal;
 pub mod mcp;
+pub mod metrics;
 mod registration;
 pub mod sandbox;
 pub mod shell;
@@ -91,6 +92,7 @@ pub struct Tools {
     live: Arc<amaos_mesh::live::LiveRuns>,
     /// The RBAC policy every call is held to (besides `role_tools`).
     policy: amaos_mesh::policy::Policy,
+    metrics: metrics::ToolMetrics,
 }
 
 impl Tools {
@@ -157,6 +159,7 @@ impl Tools {
             calls_per_minute: config.tools.calls_per_minute,
             call_rate: Arc::new(Limiter::new()),
             policy,
+            metrics: metrics::ToolMetrics::default(),
         })
     }
 
@@ -164,6 +167,13 @@ impl Tools {
     /// in-process one.
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Self {
         self.journal = journal;
+        self
+    }
+
+    /// The service, reporting its calls, sandbox and refusals in `metrics`.
+    pub fn with_metrics(mut self, metrics: &amaos_mesh::metrics::Metrics) -> Self {
+        self.metrics = metrics::ToolMetrics::register(metrics, self.web.refusals.clone());
+        self.metrics.sandbox(self.sandbox.is_some());
         self
     }
 
@@ -350,7 +360,10 @@ impl ToolsService for Tools {
         // lease ran out, and the retry would then run the call again.
         let tools = self.clone();
         let request = request.into_inner();
-        let call = tokio::spawn(async move { tools.invoke(&caller, request).await });
+        let call = tokio::spawn(tracing::Instrument::instrument(
+            async move { tools.invoke(&caller, request).await },
+            tracing::Span::current(),
+        ));
         match call.await {
             Ok(response) => Ok(Response::new(response?)),
             Err(join) => Err(Status::internal(format!("the tool call panicked: {join}"))),

@@ -34,7 +34,8 @@ pub async fn serve(
     let sandbox = start_sandbox(&config).await?;
     let secrets = amaos_mesh::secrets::open_audited(&config, "tools").await?;
     let tools = Tools::new(&config, policy, sandbox, Some(secrets))?
-        .with_journal(journal::open(&config).await?);
+        .with_journal(journal::open(&config).await?)
+        .with_metrics(&metrics);
     tools.register_configured(&config).await?;
     let sweeper = tokio::spawn(sweep_workspaces(
         config.workspace_dir(),

@@ -98,6 +98,8 @@ pub struct WebFetch {
     exempt: Vec<IpAddr>,
     /// Per tenant, the only domains it may fetch (and their subdomains).
     allow: BTreeMap<String, Vec<String>>,
+    /// Fetches refused by the address policy or the allowlist.
+    pub(crate) refusals: prometheus_client::metrics::counter::Counter,
 }
 
 fn denied(message: String) -> ToolError {
@@ -140,11 +142,20 @@ impl WebFetch {
             timeout,
             exempt,
             allow,
+            refusals: Default::default(),
         }
     }
 
     /// Checks `url` for `tenant` and returns the address to connect to.
     async fn check(&self, tenant: &str, url: &Url) -> Result<SocketAddr, ToolError> {
+        let checked = self.check_uncounted(tenant, url).await;
+        if let Err(ToolError::PermissionDenied(_)) = &checked {
+            self.refusals.inc();
+        }
+        checked
+    }
+
+    async fn check_uncounted(&self, tenant: &str, url: &Url) -> Result<SocketAddr, ToolError> {
         let (host, port) = check_form(url)?;
         if let Some(domains) = self.allow.get(tenant) {
             let name = match &host {

@@ -334,7 +334,10 @@ impl AuditLog {
         let draft = Self::draft(entry);
         match &self.writer {
             Some(writer) => {
-                let record = writer.submit(draft).await?;
+                let record = writer
+                    .submit(draft)
+                    .await
+                    .inspect_err(|_| crate::metrics::audit_append_failed())?;
                 self.remember(record.clone());
                 Ok(record)
             }
@@ -349,7 +352,8 @@ impl AuditLog {
         let draft = Self::draft(entry);
         match &self.writer {
             Some(writer) => {
-                let record = wait(writer.submit(draft))?;
+                let record = wait(writer.submit(draft))
+                    .inspect_err(|_| crate::metrics::audit_append_failed())?;
                 self.remember(record.clone());
                 Ok(record)
             }

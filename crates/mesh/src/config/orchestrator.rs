@@ -1,5 +1,6 @@
 //! `[orchestrator]`: tasks, their store and queue, admission and retries.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -75,6 +76,18 @@ pub struct OrchestratorConfig {
     /// The master key file (created 0600 if absent); unset for
     /// `<data_dir>/orchestrator.keys`. Replicas must share it.
     pub key_file: Option<PathBuf>,
+    /// Monthly model-cost caps in US dollars, by tenant: a submission once
+    /// the tenant's spend this UTC month reached its cap is refused, and a
+    /// run that crosses it stops.
+    pub tenant_budgets_usd: BTreeMap<String, f64>,
+    /// The cap of tenants not in `tenant_budgets_usd`; unset for none.
+    pub default_tenant_budget_usd: Option<f64>,
+    /// Monthly caps in US dollars by team name, applied to each tenant's
+    /// use of that team.
+    pub team_budgets_usd: BTreeMap<String, f64>,
+    /// How long usage by day is kept (Redis: the keys' TTL).
+    #[serde(with = "duration_text")]
+    pub usage_retention: Duration,
 }
 service_endpoint!(OrchestratorConfig);
 
@@ -106,6 +119,10 @@ impl Default for OrchestratorConfig {
             retry_initial_backoff: Duration::from_millis(200),
             retry_max_backoff: Duration::from_secs(30),
             service_key_file: None,
+            tenant_budgets_usd: BTreeMap::new(),
+            default_tenant_budget_usd: None,
+            team_budgets_usd: BTreeMap::new(),
+            usage_retention: Duration::from_secs(400 * 24 * 3600),
         }
     }
 }
@@ -181,6 +198,33 @@ impl OrchestratorConfig {
             return Err(ConfigError::new(
                 "orchestrator.retry_initial_backoff",
                 "must not exceed orchestrator.retry_max_backoff",
+            ));
+        }
+        let budgets = self
+            .tenant_budgets_usd
+            .iter()
+            .map(|(k, v)| (format!("orchestrator.tenant_budgets_usd.{k}"), *v))
+            .chain(
+                self.team_budgets_usd
+                    .iter()
+                    .map(|(k, v)| (format!("orchestrator.team_budgets_usd.{k}"), *v)),
+            )
+            .chain(
+                self.default_tenant_budget_usd
+                    .map(|v| ("orchestrator.default_tenant_budget_usd".to_owned(), v)),
+            );
+        for (key, cap) in budgets {
+            if !(cap.is_finite() && cap >= 0.0) {
+                return Err(ConfigError::new(
+                    &key,
+                    "must be a number of dollars, 0 or more",
+                ));
+            }
+        }
+        if self.usage_retention < Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(
+                "orchestrator.usage_retention",
+                "must be at least 1d",
             ));
         }
         Ok(())

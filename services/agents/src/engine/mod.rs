@@ -118,6 +118,8 @@ pub struct Emitter {
     run_id: String,
     attempt: u32,
     sequence: u64,
+    /// Counts usage and verdicts for this tenant.
+    metrics: Option<(crate::metrics::AgentMetrics, String)>,
 }
 
 impl Emitter {
@@ -128,11 +130,22 @@ impl Emitter {
             run_id: run_id.to_owned(),
             attempt,
             sequence: 0,
+            metrics: None,
         }
+    }
+
+    /// The same emitter, counting the run's usage and verdicts for `tenant`.
+    pub fn counting(mut self, metrics: crate::metrics::AgentMetrics, tenant: &str) -> Self {
+        self.metrics = Some((metrics, tenant.to_owned()));
+        self
     }
 
     /// Emits one event; fails when the receiver is gone.
     pub async fn emit(&mut self, agent: &str, payload: Payload) -> Result<(), RunError> {
+        if let Some((metrics, tenant)) = &self.metrics {
+            metrics.event(tenant, &payload);
+        }
+        decision_span(agent, &payload);
         self.sequence += 1;
         let event = pb::RunEvent {
             sequence: self.sequence,
@@ -144,6 +157,45 @@ impl Emitter {
         };
         self.tx.send(event).await.map_err(|_| RunError::Cancelled)
     }
+}
+
+/// A team-level decision as a span of its own under the run's (no GenAI
+/// convention covers them): a speaker chosen, a handoff or a delegation, a
+/// judge's verdict (a `revise` verdict starts a revision).
+fn decision_span(agent: &str, payload: &Payload) {
+    let span = match payload {
+        Payload::SpeakerSelected(s) => tracing::info_span!(
+            "select_speaker",
+            otel.name = %format!("select_speaker {}", s.speaker),
+            amaos.team.speaker = %s.speaker,
+            amaos.team.method = %s.method,
+        ),
+        Payload::Handoff(h) => tracing::info_span!(
+            "handoff",
+            otel.name = %format!("handoff {} -> {}", h.from, h.to),
+            amaos.team.from = %h.from,
+            amaos.team.to = %h.to,
+            amaos.team.delegation = !agent.is_empty() && agent == h.from && !h.reason.is_empty(),
+        ),
+        Payload::Verdict(v) => {
+            let verdict = match pb::VerdictKind::try_from(v.kind) {
+                Ok(pb::VerdictKind::Pass) => "pass",
+                Ok(pb::VerdictKind::Revise) => "revise",
+                Ok(pb::VerdictKind::Escalate) => "escalate",
+                _ => "unspecified",
+            };
+            tracing::info_span!(
+                "judge_verdict",
+                otel.name = %format!("judge_verdict {verdict}"),
+                amaos.judge.verdict = verdict,
+                amaos.judge.score = v.score,
+                amaos.judge.revision = v.revision,
+            )
+        }
+        _ => return,
+    };
+    // A decision has no duration of its own: the span marks it in the tree.
+    drop(span.enter());
 }
 
 /// Runs `spec` and returns the final output; every step is emitted.

@@ -74,9 +74,11 @@ pub(super) async fn converse_turn<M: ChatModel>(
 ) -> Result<Turn, RunError> {
     let span = tracing::info_span!(
         "invoke_agent",
+        otel.name = %format!("invoke_agent {}", agent.name),
         gen_ai.operation.name = "invoke_agent",
         gen_ai.agent.name = %agent.name,
         gen_ai.request.model = %agent.model,
+        amaos.step = %step,
     );
     converse_inner(ctx, agent, prompt, step, tools, handoffs, budget, events)
         .instrument(span)
@@ -157,11 +159,17 @@ async fn converse_inner<M: ChatModel>(
         budget.take_step()?;
         let chat_span = tracing::info_span!(
             "chat",
+            otel.name = %format!("chat {}", agent.model),
+            otel.kind = "client",
             gen_ai.operation.name = "chat",
+            gen_ai.provider.name = model.provider(&agent.model),
             gen_ai.agent.name = %agent.name,
             gen_ai.request.model = %agent.model,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
             gen_ai.usage.input_tokens = tracing::field::Empty,
             gen_ai.usage.output_tokens = tracing::field::Empty,
+            amaos.cost_usd = tracing::field::Empty,
         );
         let completion = model
             .complete(agent, &messages, &offered)
@@ -173,6 +181,15 @@ async fn converse_inner<M: ChatModel>(
             "gen_ai.usage.output_tokens",
             completion.usage.completion_tokens,
         );
+        chat_span.record("gen_ai.response.model", completion.model.as_str());
+        chat_span.record(
+            "gen_ai.response.finish_reasons",
+            match &completion.reply {
+                Reply::ToolCalls(_) => "tool_calls",
+                _ => "stop",
+            },
+        );
+        chat_span.record("amaos.cost_usd", completion.cost_usd);
         budget.add_usage(completion.usage);
         events
             .emit(
@@ -255,6 +272,7 @@ async fn call_tool<M: ChatModel>(
     let outcome = if agent.tools.contains(&name) {
         let span = tracing::info_span!(
             "execute_tool",
+            otel.name = %format!("execute_tool {name}"),
             gen_ai.operation.name = "execute_tool",
             gen_ai.tool.name = %name,
             gen_ai.tool.call.id = %call_id,

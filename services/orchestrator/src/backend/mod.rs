@@ -46,6 +46,7 @@ pub enum BackendError {
 
 impl From<::redis::RedisError> for BackendError {
     fn from(e: ::redis::RedisError) -> Self {
+        amaos_mesh::metrics::redis_error();
         BackendError::Unavailable(e.to_string())
     }
 }
@@ -295,6 +296,20 @@ pub trait TaskBackend: Send + Sync + 'static {
     ///
     /// For the dispatcher's maintenance loop, every few leases.
     async fn sweep(&self, lease: Duration, limit: usize) -> Result<Swept, BackendError>;
+
+    /// How many tasks wait for a dispatcher (queued, or delayed retries) and
+    /// how long the oldest queued one has waited. For the metrics; cheap
+    /// enough to call every few seconds.
+    async fn queue_stats(&self) -> Result<QueueStats, BackendError>;
+}
+
+/// The queue, as [`TaskBackend::queue_stats`] sees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Tasks queued and not yet claimed, plus delayed retries.
+    pub depth: u64,
+    /// How long the oldest queued task has waited (zero when none does).
+    pub oldest: Duration,
 }
 
 /// Why a takeover starts a new attempt.

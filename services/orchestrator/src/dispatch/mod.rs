@@ -22,7 +22,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Applied, Claim, Claimed, Lease, Outcome, Record, TaskBackend};
+use crate::metrics::TaskMetrics;
 use crate::task::{ErrorClass, Task, TaskError, TaskState, TeamSource};
+use crate::usage::{Budgets, Day, Usage};
 
 mod worker;
 
@@ -33,6 +35,14 @@ const MAX_BATCH: usize = 64;
 const SWEEP_LIMIT: usize = 500;
 /// Longest pause between asks for a worker while none can take a run.
 const MAX_ROUTE_WAIT: Duration = Duration::from_secs(1);
+/// How often the maintenance loop measures the queue for the metrics.
+const QUEUE_MEASURE_EVERY: Duration = Duration::from_secs(5);
+
+/// What a recorded outcome counts as in the metrics.
+enum Counted {
+    Final(TaskState),
+    Retry(bool),
+}
 
 /// Channels to agents workers, by address.
 pub struct WorkerChannels {
@@ -79,12 +89,23 @@ pub struct DispatchConfig {
     pub claimers: usize,
 }
 
+/// Where the dispatcher accounts for attempts: the metrics, and the usage
+/// store with the budgets held against it.
+pub struct Accounting {
+    /// The orchestrator's metrics.
+    pub metrics: TaskMetrics,
+    /// Usage and the monthly caps.
+    pub budgets: Arc<Budgets>,
+}
+
 /// A failure of one attempt, before the policy decides what follows.
 struct Failure {
     class: ErrorClass,
     message: String,
     /// Whose failure it was, for the circuit breakers.
     blame: Blame,
+    /// Ends the task whatever the retry policy says (a spent budget).
+    terminal: bool,
 }
 
 /// Whose failure ended an attempt, as the router's breakers count it.
@@ -104,7 +125,13 @@ impl Failure {
             class,
             message: message.into(),
             blame: Blame::None,
+            terminal: false,
         }
+    }
+
+    fn terminal(mut self) -> Self {
+        self.terminal = true;
+        self
     }
 
     fn blaming(mut self, blame: Blame) -> Self {
@@ -136,6 +163,8 @@ pub struct Dispatcher {
     tokens: crate::authn::RunTokens,
     router: RouterServiceClient<MeshChannel>,
     workers: WorkerChannels,
+    metrics: TaskMetrics,
+    budgets: Arc<Budgets>,
     config: DispatchConfig,
     /// Attempts running here: their claims (to hand back on drain) and the
     /// tokens that stop them.
@@ -155,11 +184,14 @@ impl Dispatcher {
         limits: Limits,
         dialer: client::Dialer,
         config: DispatchConfig,
+        Accounting { metrics, budgets }: Accounting,
     ) -> Arc<Self> {
         Arc::new(Self {
             backend,
             tokens,
             router,
+            metrics,
+            budgets,
             workers: WorkerChannels::new(limits, dialer),
             slots: Arc::new(Semaphore::new(config.max_in_flight)),
             config,
@@ -286,6 +318,7 @@ impl Dispatcher {
         let mut last_reclaim = tokio::time::Instant::now();
         let sweep_every = (self.config.lease * 2).max(Duration::from_secs(1));
         let mut last_sweep = tokio::time::Instant::now();
+        let mut last_measure: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -293,6 +326,13 @@ impl Dispatcher {
             }
             if let Err(error) = self.backend.promote().await {
                 tracing::warn!(%error, "promoting delayed retries failed");
+            }
+            if last_measure.is_none_or(|at| at.elapsed() >= QUEUE_MEASURE_EVERY) {
+                last_measure = Some(tokio::time::Instant::now());
+                match self.backend.queue_stats().await {
+                    Ok(stats) => self.metrics.queue(stats.depth, stats.oldest),
+                    Err(error) => tracing::debug!(%error, "measuring the queue failed"),
+                }
             }
             if last_sweep.elapsed() >= sweep_every {
                 last_sweep = tokio::time::Instant::now();
@@ -325,6 +365,7 @@ impl Dispatcher {
                         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                             break;
                         };
+                        self.metrics.took_over();
                         let me = self.clone();
                         tokio::spawn(async move {
                             me.run_attempt(claim).await;
@@ -346,7 +387,26 @@ impl Dispatcher {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), (claim.clone(), stop.clone()));
         let renewals = tokio::spawn(self.clone().keep_lease(claim.clone(), stop.clone()));
-        let outcome = self.attempt(&claim, &stop).await;
+        self.metrics.attempt_started(&claim.task);
+        let started = std::time::Instant::now();
+        let mut usage = Usage::default();
+        // One trace per attempt: its own root, which the route, the run on
+        // the worker and everything the run calls join.
+        let span = tracing::info_span!(
+            parent: None,
+            "task_attempt",
+            otel.name = %format!("task_attempt {}", claim.task.current_target().0),
+            amaos.task.id = %claim.task.id,
+            amaos.task.attempt = claim.attempt(),
+            amaos.team.name = %claim.task.current_target().0,
+            amaos.tenant = %claim.task.tenant,
+        );
+        let outcome =
+            tracing::Instrument::instrument(self.attempt(&claim, &stop, &mut usage), span).await;
+        self.metrics.attempt_ended();
+        usage.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        usage.attempts = 1;
+        self.add_usage(&claim.task, &usage).await;
         renewals.abort();
         self.running
             .lock()
@@ -368,8 +428,17 @@ impl Dispatcher {
                 },
             },
         };
+        let counted = match &outcome {
+            Outcome::Succeeded { .. } => Counted::Final(TaskState::Succeeded),
+            Outcome::Finished { state, .. } => Counted::Final(*state),
+            Outcome::Retry { next_stage, .. } => Counted::Retry(*next_stage),
+        };
         match self.backend.finish(&claim, outcome).await {
-            Ok(Applied::Recorded | Applied::Stale | Applied::LogFull) => {}
+            Ok(Applied::Recorded) => match counted {
+                Counted::Final(state) => self.metrics.finished(&claim.task, state),
+                Counted::Retry(next_stage) => self.metrics.retried(&claim.task, next_stage),
+            },
+            Ok(Applied::Stale | Applied::LogFull) => {}
             Err(error) => {
                 tracing::error!(task_id = %id, %error, "recording the outcome failed; the attempt will be reclaimed")
             }
@@ -392,7 +461,27 @@ impl Dispatcher {
     }
 
     /// Runs the attempt; `None` when it was stopped (cancelled or taken over).
-    async fn attempt(&self, claim: &Claim, stop: &CancellationToken) -> Option<Outcome> {
+    /// Adds an ended attempt's usage to its tenant, team, day and task. A
+    /// store that fails loses this attempt's usage, logged; the task goes on.
+    async fn add_usage(&self, task: &Task, usage: &Usage) {
+        let team = task.current_target().0;
+        let day = Day::of(SystemTime::now());
+        if let Err(error) = self
+            .budgets
+            .store()
+            .add(&task.tenant, &team, &task.id, day, usage)
+            .await
+        {
+            tracing::warn!(task_id = %task.id, %error, ?usage, "recording an attempt's usage failed");
+        }
+    }
+
+    async fn attempt(
+        &self,
+        claim: &Claim,
+        stop: &CancellationToken,
+        usage: &mut Usage,
+    ) -> Option<Outcome> {
         let task = &claim.task;
         if task.stage_attempts > task.retry.max_attempts {
             // Reclaimed once too often: its workers or dispatchers keep dying.
@@ -410,7 +499,7 @@ impl Dispatcher {
             return Some(timed_out());
         }
         let mut worker = None;
-        let run = self.run_on_worker(claim, &mut worker);
+        let run = self.run_on_worker(claim, &mut worker, usage);
         let result = tokio::select! {
             () = stop.cancelled() => return None,
             result = tokio::time::timeout(remaining, run) => result,
@@ -492,6 +581,12 @@ fn decide(task: &Task, failure: Failure, retryable: bool, jitter: f64) -> Outcom
     if failure.class == ErrorClass::Review {
         return Outcome::Finished {
             state: TaskState::NeedsReview,
+            error,
+        };
+    }
+    if failure.terminal {
+        return Outcome::Finished {
+            state: TaskState::Failed,
             error,
         };
     }

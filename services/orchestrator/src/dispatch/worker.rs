@@ -10,6 +10,7 @@ impl Dispatcher {
         &self,
         claim: &Claim,
         chosen: &mut Option<String>,
+        usage: &mut Usage,
     ) -> Result<String, Failure> {
         let task = &claim.task;
         let attempt = claim.attempt();
@@ -57,6 +58,7 @@ impl Dispatcher {
                 Err(Refusal::Failed(failure)) => return Err(failure),
             }
         };
+        let mut seen_first = false;
         loop {
             let first = match stream.message().await {
                 Ok(Some(response)) => response.event,
@@ -101,7 +103,30 @@ impl Dispatcher {
                 _ => None,
             });
             if !batch.is_empty() {
+                if !seen_first && attempt == 1 {
+                    self.metrics.first_event(task);
+                }
+                seen_first = true;
+                // What the run used is counted as it arrives: spent even if
+                // recording the events fails.
+                let used = Usage::of_events(&batch);
+                usage.add(&used);
                 self.record(&task.id, attempt, Record::Run(batch)).await?;
+                if used.cost_usd > 0.0 && self.budgets.any() {
+                    let team = task.current_target().0;
+                    if let Err(over) = self
+                        .budgets
+                        .check(&task.tenant, &team, usage.cost_usd)
+                        .await
+                    {
+                        // Ending the stream stops the run on the worker.
+                        return Err(Failure::new(
+                            ErrorClass::Budget,
+                            format!("stopped mid-run: {over}"),
+                        )
+                        .terminal());
+                    }
+                }
             }
             if let Some(end) = end {
                 return end;

@@ -92,6 +92,7 @@ pub struct RedisJournal {
 }
 
 fn store(e: impl std::fmt::Display) -> JournalError {
+    amaos_mesh::metrics::redis_error();
     JournalError::Store(e.to_string())
 }
 

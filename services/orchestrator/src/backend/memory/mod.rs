@@ -13,8 +13,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::{
-    Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, Record,
-    Swept, TaskBackend,
+    Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, QueueStats,
+    Record, Swept, TaskBackend,
 };
 use crate::task::{Task, TaskState};
 
@@ -175,5 +175,30 @@ impl TaskBackend for MemoryBackend {
 
     async fn sweep(&self, lease: Duration, limit: usize) -> Result<Swept, BackendError> {
         self.sweep_some(lease, limit).await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, BackendError> {
+        let inner = self.lock();
+        let now = std::time::SystemTime::now();
+        let mut stats = QueueStats {
+            depth: inner.delayed.len() as u64,
+            oldest: Duration::ZERO,
+        };
+        // `ready` is first in, first out: its first queued task waited longest.
+        for id in &inner.ready {
+            let Some(entry) = inner.tasks.get(id) else {
+                continue;
+            };
+            if entry.task.state != TaskState::Queued {
+                continue;
+            }
+            if stats.oldest.is_zero() {
+                stats.oldest = now
+                    .duration_since(entry.task.updated_at)
+                    .unwrap_or_default();
+            }
+            stats.depth += 1;
+        }
+        Ok(stats)
     }
 }

@@ -36,8 +36,10 @@ mod read;
 mod scripts;
 mod store;
 mod sweep;
+mod usage;
 
 pub use rate::RedisRateLimiter;
+pub use usage::RedisUsage;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -47,8 +49,8 @@ use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, FromRedisValue};
 
 use super::{
-    Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, Record,
-    Swept, TaskBackend,
+    Applied, BackendError, BackendLimits, Claim, Claimed, EventsPage, Lease, Outcome, QueueStats,
+    Record, Swept, TaskBackend,
 };
 use crate::task::{Task, TaskState};
 use scripts::Scripts;
@@ -280,5 +282,9 @@ impl TaskBackend for RedisBackend {
 
     async fn sweep(&self, lease: Duration, limit: usize) -> Result<Swept, BackendError> {
         self.sweep_some(lease, limit).await
+    }
+
+    async fn queue_stats(&self) -> Result<QueueStats, BackendError> {
+        self.measure_queue().await
     }
 }

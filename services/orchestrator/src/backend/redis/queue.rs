@@ -10,10 +10,59 @@ use super::store::{Cas, Change};
 use super::{
     CAP_DEFER_MS, CAS_RETRIES, CLAIM_BLOCK_MS, GROUP, RELEASED_IDLE_MS, RedisBackend, now_ms,
 };
-use crate::backend::{Applied, BackendError, Claim, Claimed, Lease, state_event, takeover_reason};
+use crate::backend::{
+    Applied, BackendError, Claim, Claimed, Lease, QueueStats, state_event, takeover_reason,
+};
 use crate::task::TaskState;
 
 impl RedisBackend {
+    /// The queue's depth and the age of its oldest undelivered entry: the
+    /// stream holds undelivered entries and delivered ones not yet acked
+    /// (acked entries are deleted), the group knows how many are pending
+    /// and the last id it delivered, and an entry's id is its enqueue time.
+    pub(super) async fn measure_queue(&self) -> Result<QueueStats, BackendError> {
+        let mut conn = self.conn.clone();
+        let (length, delayed, groups): (u64, u64, redis::streams::StreamInfoGroupsReply) =
+            redis::pipe()
+                .cmd("XLEN")
+                .arg(self.queue())
+                .cmd("ZCARD")
+                .arg(self.delayed())
+                .cmd("XINFO")
+                .arg("GROUPS")
+                .arg(self.queue())
+                .query_async(&mut conn)
+                .await?;
+        let Some(group) = groups.groups.iter().find(|g| g.name == GROUP) else {
+            return Ok(QueueStats {
+                depth: delayed,
+                oldest: Duration::ZERO,
+            });
+        };
+        let pending = group.pending as u64;
+        let waiting = length.saturating_sub(pending);
+        let mut oldest = Duration::ZERO;
+        if waiting > 0 {
+            let first: redis::streams::StreamRangeReply = conn
+                .xrange_count(
+                    self.queue(),
+                    format!("({}", group.last_delivered_id),
+                    "+",
+                    1,
+                )
+                .await?;
+            if let Some(entry) = first.ids.first()
+                && let Some(ms) = entry.id.split('-').next().and_then(|m| m.parse().ok())
+            {
+                oldest = Duration::from_millis(now_ms().saturating_sub(ms));
+            }
+        }
+        Ok(QueueStats {
+            depth: waiting + delayed,
+            oldest,
+        })
+    }
+
     pub(super) async fn ack(&self, entry: &str) -> Result<(), BackendError> {
         let _: () = redis::pipe()
             .cmd("XACK")
