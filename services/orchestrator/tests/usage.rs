@@ -48,7 +48,13 @@ async fn usage_adds_up(a: Arc<dyn UsageStore>, b: Arc<dyn UsageStore>) {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
         adds.push(tokio::spawn(async move {
             store
-                .add("acme", "crew", &format!("t{}", i % 5), day, &spent(0.25, 10))
+                .add(
+                    "acme",
+                    "crew",
+                    &format!("t{}", i % 5),
+                    day,
+                    &spent(0.25, 10),
+                )
                 .await
                 .unwrap();
         }));
@@ -63,10 +69,7 @@ async fn usage_adds_up(a: Arc<dyn UsageStore>, b: Arc<dyn UsageStore>) {
         .await
         .unwrap();
 
-    let rows = a
-        .days(&["acme".into()], day, Day(20_001))
-        .await
-        .unwrap();
+    let rows = a.days(&["acme".into()], day, Day(20_001)).await.unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     let crew = rows.iter().find(|r| r.team == "crew").unwrap();
     assert_eq!(crew.day, day);
@@ -76,11 +79,20 @@ async fn usage_adds_up(a: Arc<dyn UsageStore>, b: Arc<dyn UsageStore>) {
     assert_eq!(crew.usage.tool_calls, 100);
     assert_eq!(crew.usage.wall_ms, 5_000);
     assert!((crew.usage.cost_usd - 12.5).abs() < 1e-9, "{crew:?}");
-    assert!(a.days(&["acme".into()], Day(19_000), Day(19_999)).await.unwrap().is_empty());
+    assert!(
+        a.days(&["acme".into()], Day(19_000), Day(19_999))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let task = a.task("acme", "t0").await.unwrap().unwrap();
     assert_eq!(task.attempts, 10);
-    assert_eq!(a.task("globex", "t0").await.unwrap(), None, "tasks are per tenant");
+    assert_eq!(
+        a.task("globex", "t0").await.unwrap(),
+        None,
+        "tasks are per tenant"
+    );
     assert_eq!(a.tenants().await.unwrap(), ["acme", "globex"]);
 }
 
