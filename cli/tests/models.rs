@@ -68,25 +68,8 @@ async fn a_crew_runs_on_an_openai_compatible_model_with_tools() {
     ])
     .await;
     let mesh = TestMesh::start_with(|c| {
-        c.models.insert(
-            "local".into(),
-            ModelConfig {
-                provider: ModelProvider::Openai,
-                base_url: url,
-                model: "tiny".into(),
-                api_key_env: None,
-                api_key_secret: None,
-                timeout: Duration::from_secs(5),
-                max_retries: 0,
-                fallbacks: vec![],
-                prompt_price_per_1k: 0.5,
-                completion_price_per_1k: 1.5,
-                stream: false,
-                max_tokens: None,
-                breaker_failures: 3,
-                breaker_cool_down: Duration::from_secs(30),
-            },
-        );
+        c.models
+            .insert("local".into(), priced_model(url, (0.5, 1.5)));
     })
     .await;
     let key = mesh.create_key("acme", "developer").await;
@@ -204,7 +187,9 @@ async fn an_unknown_model_alias_fails_the_run_with_a_clear_reason() {
     mesh.stop().await;
 }
 
-fn priced_model(url: String) -> ModelConfig {
+/// The alias `local`: `url`'s Chat Completions at (prompt, completion)
+/// dollars per 1k tokens.
+fn priced_model(url: String, (prompt, completion): (f64, f64)) -> ModelConfig {
     ModelConfig {
         provider: ModelProvider::Openai,
         base_url: url,
@@ -214,8 +199,8 @@ fn priced_model(url: String) -> ModelConfig {
         timeout: Duration::from_secs(5),
         max_retries: 0,
         fallbacks: vec![],
-        prompt_price_per_1k: 1.0,
-        completion_price_per_1k: 0.0,
+        prompt_price_per_1k: prompt,
+        completion_price_per_1k: completion,
         stream: false,
         max_tokens: None,
         breaker_failures: 3,
@@ -245,7 +230,8 @@ async fn usage_is_counted_per_team_and_task_and_a_budget_stops_a_run_then_refuse
     ])
     .await;
     let mesh = TestMesh::start_with(|c| {
-        c.models.insert("local".into(), priced_model(url));
+        c.models
+            .insert("local".into(), priced_model(url, (1.0, 0.0)));
         c.orchestrator
             .team_budgets_usd
             .insert("model-crew".into(), 0.5);

@@ -99,7 +99,8 @@ async fn services_are_listed_and_described_through_reflection() {
             "GetTask",
             "ListTasks",
             "CancelTask",
-            "WatchTask"
+            "WatchTask",
+            "GetUsage"
         ]
     );
     let watch = service
@@ -144,18 +145,7 @@ async fn metrics_count_requests_by_rpc_and_code() {
         .unwrap()
         .2
         .unwrap();
-    // One plain HTTP/1.1 GET, by hand, to keep the test free of an HTTP client.
-    let body = {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        stream.read_to_string(&mut out).await.unwrap();
-        out
-    };
+    let body = common::scrape_metrics(admin).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(
         body.contains(r#"amaos_grpc_requests_total{service="router",rpc="/amaos.router.v1.RouterService/RegisterWorker",code="Ok"}"#),
@@ -283,7 +273,7 @@ async fn every_http_rule_and_the_error_details_are_served_through_reflection() {
         assert_eq!(with_rule, expected, "{service}");
         served_rules += with_rule.len();
     }
-    assert_eq!(served_rules, 22);
+    assert_eq!(served_rules, 23);
 
     // The error details (google.rpc.BadRequest, …) are described.
     let MessageResponse::FileDescriptorResponse(details) = ask(

@@ -686,22 +686,17 @@ mod tests {
             attempts: 1,
             ..Default::default()
         };
-        store
-            .add("acme", "a", "t1", Day(100), &u(1.0))
-            .await
-            .unwrap();
-        store
-            .add("acme", "b", "t2", Day(101), &u(3.0))
-            .await
-            .unwrap();
-        store
-            .add("acme", "a", "t3", Day(101), &u(1.0))
-            .await
-            .unwrap();
-        store
-            .add("globex", "a", "t4", Day(101), &u(9.0))
-            .await
-            .unwrap();
+        for (tenant, team, task, day, cost) in [
+            ("acme", "a", "t1", 100, 1.0),
+            ("acme", "b", "t2", 101, 3.0),
+            ("acme", "a", "t3", 101, 1.0),
+            ("globex", "a", "t4", 101, 9.0),
+        ] {
+            store
+                .add(tenant, team, task, Day(day), &u(cost))
+                .await
+                .unwrap();
+        }
         let rows = store
             .days(&["acme".into()], Day(100), Day(101))
             .await
