@@ -304,16 +304,7 @@ async fn usage_is_counted_per_team_and_task_and_a_budget_stops_a_run_then_refuse
     tokio::time::sleep(Duration::from_millis(5_200)).await;
     let over = mesh
         .orchestrator()
-        .submit_task(TestMesh::with_key(
-            &key,
-            pb::SubmitTaskRequest {
-                team: Some(pb::TeamRef {
-                    team: Some(pb::team_ref::Team::SpecYaml(SPEC.into())),
-                }),
-                input: "again".into(),
-                ..Default::default()
-            },
-        ))
+        .submit_task(TestMesh::with_key(&key, common::inline(SPEC, "again")))
         .await
         .unwrap_err();
     assert_eq!(over.code(), tonic::Code::ResourceExhausted, "{over:?}");

@@ -216,10 +216,6 @@ async fn every_service_exports_its_metrics_after_the_example_teams_ran() {
         .submit_task(TestMesh::with_key(
             &key,
             pb::SubmitTaskRequest {
-                team: Some(pb::TeamRef {
-                    team: Some(pb::team_ref::Team::SpecYaml(FLAKY.into())),
-                }),
-                input: "edge caching".into(),
                 retry: Some(pb::RetryPolicy {
                     max_attempts: 2,
                     initial_backoff: Some(prost_types::Duration {
@@ -231,7 +227,7 @@ async fn every_service_exports_its_metrics_after_the_example_teams_ran() {
                 fallbacks: vec![pb::Fallback {
                     target: Some(pb::fallback::Target::TeamName("research-crew".into())),
                 }],
-                ..Default::default()
+                ..common::inline(FLAKY, "edge caching")
             },
         ))
         .await
@@ -242,16 +238,7 @@ async fn every_service_exports_its_metrics_after_the_example_teams_ran() {
     // The same team again at once: over its submission rate.
     let refused = mesh
         .orchestrator()
-        .submit_task(TestMesh::with_key(
-            &key,
-            pb::SubmitTaskRequest {
-                team: Some(pb::TeamRef {
-                    team: Some(pb::team_ref::Team::SpecYaml(FLAKY.into())),
-                }),
-                input: "again".into(),
-                ..Default::default()
-            },
-        ))
+        .submit_task(TestMesh::with_key(&key, common::inline(FLAKY, "again")))
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted);

@@ -225,16 +225,7 @@ impl TestMesh {
     /// Submits an inline `spec` on `input` with `key`; returns the task id.
     pub async fn submit(&self, key: &str, spec: &str, input: &str) -> String {
         self.orchestrator()
-            .submit_task(Self::with_key(
-                key,
-                pb::SubmitTaskRequest {
-                    team: Some(pb::TeamRef {
-                        team: Some(pb::team_ref::Team::SpecYaml(spec.into())),
-                    }),
-                    input: input.into(),
-                    ..Default::default()
-                },
-            ))
+            .submit_task(Self::with_key(key, inline(spec, input)))
             .await
             .unwrap()
             .into_inner()
@@ -299,4 +290,15 @@ pub async fn scrape_metrics(admin: std::net::SocketAddr) -> String {
     let mut out = String::new();
     stream.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// A submission of the inline `spec` on `input`, nothing else set.
+pub fn inline(spec: &str, input: &str) -> pb::SubmitTaskRequest {
+    pb::SubmitTaskRequest {
+        team: Some(pb::TeamRef {
+            team: Some(pb::team_ref::Team::SpecYaml(spec.into())),
+        }),
+        input: input.into(),
+        ..Default::default()
+    }
 }

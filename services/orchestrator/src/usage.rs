@@ -329,11 +329,39 @@ impl UsageStore for MemoryUsage {
     }
 }
 
+/// What a cap holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CapScope {
+    /// A tenant's spend on every team.
+    Tenant,
+    /// A tenant's spend on this team.
+    Team(String),
+}
+
+impl CapScope {
+    /// The part of a tenant's month-to-date `spend` (by team) this cap holds.
+    pub fn spent(&self, spend: &BTreeMap<String, f64>) -> f64 {
+        match self {
+            CapScope::Tenant => spend.values().sum(),
+            CapScope::Team(team) => spend.get(team).copied().unwrap_or(0.0),
+        }
+    }
+}
+
+impl std::fmt::Display for CapScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CapScope::Tenant => f.write_str("tenant"),
+            CapScope::Team(team) => write!(f, "team:{team}"),
+        }
+    }
+}
+
 /// A monthly cap and where it is set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cap {
-    /// `tenant`, or `team:<name>`.
-    pub scope: String,
+    /// What it holds.
+    pub scope: CapScope,
     /// In US dollars.
     pub limit: f64,
     /// The config key.
@@ -379,14 +407,14 @@ impl Budgets {
         let mut caps = Vec::new();
         match self.tenants.get(tenant) {
             Some(limit) => caps.push(Cap {
-                scope: "tenant".into(),
+                scope: CapScope::Tenant,
                 limit: *limit,
                 key: format!("orchestrator.tenant_budgets_usd.{tenant}"),
             }),
             None => {
                 if let Some(limit) = self.default {
                     caps.push(Cap {
-                        scope: "tenant".into(),
+                        scope: CapScope::Tenant,
                         limit,
                         key: "orchestrator.default_tenant_budget_usd".into(),
                     });
@@ -396,7 +424,7 @@ impl Budgets {
         for (name, limit) in &self.teams {
             if team.is_none_or(|t| t == name) {
                 caps.push(Cap {
-                    scope: format!("team:{name}"),
+                    scope: CapScope::Team(name.clone()),
                     limit: *limit,
                     key: format!("orchestrator.team_budgets_usd.{name}"),
                 });
@@ -461,16 +489,11 @@ impl Budgets {
         }
         let spend = self.month_spend(tenant).await?;
         for cap in caps {
-            let spent = if cap.scope == "tenant" {
-                spend.values().sum::<f64>()
-            } else {
-                spend.get(team).copied().unwrap_or(0.0)
-            } + pending;
+            let spent = cap.scope.spent(&spend) + pending;
             if spent >= cap.limit {
-                let scope = if cap.scope == "tenant" {
-                    format!("tenant `{tenant}`")
-                } else {
-                    format!("team `{team}` of tenant `{tenant}`")
+                let scope = match cap.scope {
+                    CapScope::Tenant => format!("tenant `{tenant}`"),
+                    CapScope::Team(_) => format!("team `{team}` of tenant `{tenant}`"),
                 };
                 return Err(OrchestratorError::OverBudget {
                     scope,
@@ -574,14 +597,10 @@ impl crate::Inner {
             if !caps.is_empty() {
                 let spend = self.budgets.read_month_spend(tenant).await?;
                 for cap in caps {
-                    let spent = match cap.scope.strip_prefix("team:") {
-                        Some(team) => spend.get(team).copied().unwrap_or(0.0),
-                        None => spend.values().sum(),
-                    };
                     budgets.push(pb::BudgetStatus {
-                        scope: cap.scope,
+                        spent_usd: cap.scope.spent(&spend),
+                        scope: cap.scope.to_string(),
                         limit_usd: cap.limit,
-                        spent_usd: spent,
                         config_key: cap.key,
                     });
                 }

@@ -145,7 +145,7 @@ impl Emitter {
         if let Some((metrics, tenant)) = &self.metrics {
             metrics.event(tenant, &payload);
         }
-        decision_span(agent, &payload);
+        decision_span(&payload);
         self.sequence += 1;
         let event = pb::RunEvent {
             sequence: self.sequence,
@@ -162,7 +162,7 @@ impl Emitter {
 /// A team-level decision as a span of its own under the run's (no GenAI
 /// convention covers them): a speaker chosen, a handoff or a delegation, a
 /// judge's verdict (a `revise` verdict starts a revision).
-fn decision_span(agent: &str, payload: &Payload) {
+fn decision_span(payload: &Payload) {
     let span = match payload {
         Payload::SpeakerSelected(s) => tracing::info_span!(
             "select_speaker",
@@ -175,7 +175,6 @@ fn decision_span(agent: &str, payload: &Payload) {
             otel.name = %format!("handoff {} -> {}", h.from, h.to),
             amaos.team.from = %h.from,
             amaos.team.to = %h.to,
-            amaos.team.delegation = !agent.is_empty() && agent == h.from && !h.reason.is_empty(),
         ),
         Payload::Verdict(v) => {
             let verdict = match pb::VerdictKind::try_from(v.kind) {

@@ -390,15 +390,16 @@ impl Dispatcher {
         self.metrics.attempt_started(&claim.task);
         let started = std::time::Instant::now();
         let mut usage = Usage::default();
+        let team = claim.task.current_target().0;
         // One trace per attempt: its own root, which the route, the run on
         // the worker and everything the run calls join.
         let span = tracing::info_span!(
             parent: None,
             "task_attempt",
-            otel.name = %format!("task_attempt {}", claim.task.current_target().0),
+            otel.name = %format!("task_attempt {team}"),
             amaos.task.id = %claim.task.id,
             amaos.task.attempt = claim.attempt(),
-            amaos.team.name = %claim.task.current_target().0,
+            amaos.team.name = %team,
             amaos.tenant = %claim.task.tenant,
         );
         let outcome =
@@ -406,7 +407,6 @@ impl Dispatcher {
         self.metrics.attempt_ended();
         usage.wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         usage.attempts = 1;
-        self.add_usage(&claim.task, &usage).await;
         renewals.abort();
         self.running
             .lock()
@@ -418,7 +418,10 @@ impl Dispatcher {
             // attempt number until another replica takes it over, so a
             // "stopped" outcome written now would not be fenced and would
             // end the task CANCELLED. Write nothing; the taker frees the slot.
-            None if self.handed_back.load(std::sync::atomic::Ordering::SeqCst) => return,
+            None if self.handed_back.load(std::sync::atomic::Ordering::SeqCst) => {
+                self.add_usage(&claim.task, &team, &usage).await;
+                return;
+            }
             // Cancelled or taken over: release our hold; the write is fenced.
             None => Outcome::Finished {
                 state: TaskState::Cancelled,
@@ -443,6 +446,8 @@ impl Dispatcher {
                 tracing::error!(task_id = %id, %error, "recording the outcome failed; the attempt will be reclaimed")
             }
         }
+        // After the outcome, so recording it never waits on the usage store.
+        self.add_usage(&claim.task, &team, &usage).await;
     }
 
     async fn keep_lease(self: Arc<Self>, claim: Claim, stop: CancellationToken) {
@@ -460,22 +465,22 @@ impl Dispatcher {
         }
     }
 
-    /// Runs the attempt; `None` when it was stopped (cancelled or taken over).
-    /// Adds an ended attempt's usage to its tenant, team, day and task. A
-    /// store that fails loses this attempt's usage, logged; the task goes on.
-    async fn add_usage(&self, task: &Task, usage: &Usage) {
-        let team = task.current_target().0;
+    /// Adds an ended attempt's usage to its tenant, `team` (the one it ran),
+    /// day and task. A store that fails loses this attempt's usage, logged;
+    /// the task goes on.
+    async fn add_usage(&self, task: &Task, team: &str, usage: &Usage) {
         let day = Day::of(SystemTime::now());
         if let Err(error) = self
             .budgets
             .store()
-            .add(&task.tenant, &team, &task.id, day, usage)
+            .add(&task.tenant, team, &task.id, day, usage)
             .await
         {
             tracing::warn!(task_id = %task.id, %error, ?usage, "recording an attempt's usage failed");
         }
     }
 
+    /// Runs the attempt; `None` when it was stopped (cancelled or taken over).
     async fn attempt(
         &self,
         claim: &Claim,
