@@ -231,6 +231,7 @@ async fn dispatch(
                 model_latency: Duration::from_millis(model_latency_ms),
                 redis_url: config.orchestrator.redis_url.clone(),
                 embed_model_dir: config.memory.model_dir(&config.data_dir),
+                audit_durability: config.auth.audit_durability,
             };
             if rest {
                 let rounds = tasks.unwrap_or(1000) as usize;

@@ -125,7 +125,7 @@ impl KeyBackend for KeyStore {
         Ok(KeyStore::is_empty(self))
     }
     async fn create(&self, new: NewKey<'_>) -> Result<(StoredKey, Option<String>), AuthError> {
-        KeyStore::create(self, new)
+        KeyStore::create(self, new).await
     }
     async fn list(
         &self,
@@ -138,19 +138,23 @@ impl KeyBackend for KeyStore {
         KeyStore::revoke(self, key_id, tenant)
     }
     async fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
-        KeyStore::verify(self, presented)
+        KeyStore::verify(self, presented).await
     }
 }
 
 /// A new key record and its secret (`amaos_<prefix>_<secret>`).
-pub(crate) fn mint(new: NewKey<'_>) -> Result<(StoredKey, String), AuthError> {
+pub(crate) async fn mint(new: NewKey<'_>) -> Result<(StoredKey, String), AuthError> {
     let prefix = random_hex(6);
     let secret = random_hex(32);
     let salt = SaltString::generate(&mut OsRng);
-    let hash = Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map_err(|e| AuthError::Store(format!("hashing failed: {e}")))?
-        .to_string();
+    let hashed = secret.clone();
+    let hash = hashing::run(move || {
+        Argon2::default()
+            .hash_password(hashed.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AuthError::Store(format!("hashing failed: {e}")))
+    })
+    .await??;
     let now = now_ms();
     let key = StoredKey {
         key_id: new.key_id,
@@ -188,7 +192,22 @@ pub(crate) fn decoy_hash() -> &'static str {
     })
 }
 
-pub(crate) fn verify_secret(secret: &str, hash: &str) -> bool {
+/// Checks `secret` against the PHC `hash` (through the hashing gate).
+pub(crate) async fn verify_secret(secret: &str, hash: &str) -> bool {
+    let (secret, hash) = (secret.to_owned(), hash.to_owned());
+    hashing::run(move || hash_matches(&secret, &hash))
+        .await
+        .unwrap_or(false)
+}
+
+/// Spends what checking `secret` against a stored hash would, for a key
+/// that does not exist.
+pub(crate) async fn verify_decoy(secret: &str) {
+    let secret = secret.to_owned();
+    let _ = hashing::run(move || hash_matches(&secret, decoy_hash())).await;
+}
+
+fn hash_matches(secret: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
         .map(|parsed| {
             Argon2::default()
@@ -196,6 +215,54 @@ pub(crate) fn verify_secret(secret: &str, hash: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// Where argon2 runs: on the blocking pool, never on a runtime thread (a
+/// hash takes tens of milliseconds, and a caller sending wrong keys would
+/// otherwise stall every request sharing the thread), and at most
+/// [`hashing::limit`] at once, so the memory hashing takes (19 MiB per hash
+/// with argon2's default parameters) is bounded however many keys arrive.
+pub(crate) mod hashing {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::sync::Semaphore;
+
+    use crate::error::AuthError;
+
+    static GATE: OnceLock<Semaphore> = OnceLock::new();
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Hashes run at once: one per core, at most four.
+    pub(crate) fn limit() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+    }
+
+    /// The most hashes seen running at once in this process.
+    pub(crate) fn peak() -> usize {
+        PEAK.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` (one hash) once a place is free.
+    pub(crate) async fn run<T: Send + 'static>(
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let gate = GATE.get_or_init(|| Semaphore::new(limit()));
+        let _permit = gate
+            .acquire()
+            .await
+            .map_err(|_| AuthError::Store("the hashing gate is closed".into()))?;
+        tokio::task::spawn_blocking(move || {
+            let now = RUNNING.fetch_add(1, Ordering::AcqRel) + 1;
+            PEAK.fetch_max(now, Ordering::AcqRel);
+            let out = work();
+            RUNNING.fetch_sub(1, Ordering::AcqRel);
+            out
+        })
+        .await
+        .map_err(|_| AuthError::Store("a key hash stopped".into()))
+    }
 }
 
 impl KeyStore {
@@ -246,7 +313,7 @@ impl KeyStore {
 
     /// Creates a key and returns it with its secret; a repeated idempotency key
     /// returns the first key and no secret.
-    pub fn create(&self, new: NewKey<'_>) -> Result<(StoredKey, Option<String>), AuthError> {
+    pub async fn create(&self, new: NewKey<'_>) -> Result<(StoredKey, Option<String>), AuthError> {
         if let Some(idem) = new.idempotency_key {
             let file = self.lock();
             if let Some(existing) = file
@@ -257,7 +324,7 @@ impl KeyStore {
                 return Ok((existing.clone(), None));
             }
         }
-        let (key, secret) = mint(new)?;
+        let (key, secret) = mint(new).await?;
         let mut file = self.lock();
         if file.keys.len() >= MAX_KEYS {
             return Err(AuthError::Store(format!(
@@ -306,9 +373,9 @@ impl KeyStore {
     }
 
     /// Verifies a presented key; the hash check runs outside the lock.
-    pub fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
+    pub async fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
         let Some((prefix, secret)) = split_key(presented) else {
-            verify_secret("", decoy_hash());
+            verify_decoy("").await;
             return Err(AuthError::InvalidKey);
         };
         let found = self
@@ -318,10 +385,10 @@ impl KeyStore {
             .find(|k| k.prefix == prefix)
             .cloned();
         let Some(key) = found else {
-            verify_secret(secret, decoy_hash());
+            verify_decoy(secret).await;
             return Err(AuthError::InvalidKey);
         };
-        if !verify_secret(secret, &key.hash) {
+        if !verify_secret(secret, &key.hash).await {
             return Err(AuthError::InvalidKey);
         }
         let now = now_ms();
@@ -389,31 +456,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_created_key_verifies_and_is_stored_hashed() {
+    #[tokio::test]
+    async fn a_created_key_verifies_and_is_stored_hashed() {
         let (dir, store) = store();
-        let (key, secret) = store.create(new_key("acme", None)).unwrap();
+        let (key, secret) = store.create(new_key("acme", None)).await.unwrap();
         let secret = secret.unwrap();
-        assert_eq!(store.verify(&secret).unwrap().key_id, key.key_id);
+        assert_eq!(store.verify(&secret).await.unwrap().key_id, key.key_id);
         let on_disk = std::fs::read_to_string(dir.path().join("keys.json")).unwrap();
         assert!(!on_disk.contains(secret.rsplit('_').next().unwrap()));
         assert!(on_disk.contains("$argon2id$"));
         // Reopened from disk, it still verifies.
         let reopened = KeyStore::open(&dir.path().join("keys.json")).unwrap();
-        assert!(reopened.verify(&secret).is_ok());
+        assert!(reopened.verify(&secret).await.is_ok());
     }
 
-    #[test]
-    fn wrong_malformed_and_revoked_keys_fail() {
+    #[tokio::test]
+    async fn wrong_malformed_and_revoked_keys_fail() {
         let (_dir, store) = store();
-        let (key, secret) = store.create(new_key("acme", None)).unwrap();
+        let (key, secret) = store.create(new_key("acme", None)).await.unwrap();
         let secret = secret.unwrap();
         let mut wrong = secret.clone();
         wrong.pop();
         wrong.push('x');
-        assert!(matches!(store.verify(&wrong), Err(AuthError::InvalidKey)));
         assert!(matches!(
-            store.verify("nonsense"),
+            store.verify(&wrong).await,
+            Err(AuthError::InvalidKey)
+        ));
+        assert!(matches!(
+            store.verify("nonsense").await,
             Err(AuthError::InvalidKey)
         ));
         assert!(matches!(
@@ -421,17 +491,62 @@ mod tests {
             Err(AuthError::KeyNotFound(_))
         ));
         store.revoke(&key.key_id, Some("acme")).unwrap();
-        assert!(matches!(store.verify(&secret), Err(AuthError::InvalidKey)));
+        assert!(matches!(
+            store.verify(&secret).await,
+            Err(AuthError::InvalidKey)
+        ));
     }
 
-    #[test]
-    fn the_same_idempotency_key_returns_the_same_key_once() {
+    #[tokio::test]
+    async fn the_same_idempotency_key_returns_the_same_key_once() {
         let (_dir, store) = store();
-        let (first, secret) = store.create(new_key("acme", Some("k1"))).unwrap();
+        let (first, secret) = store.create(new_key("acme", Some("k1"))).await.unwrap();
         assert!(secret.is_some());
-        let (again, secret) = store.create(new_key("acme", Some("k1"))).unwrap();
+        let (again, secret) = store.create(new_key("acme", Some("k1"))).await.unwrap();
         assert_eq!(first.key_id, again.key_id);
         assert!(secret.is_none());
         assert_eq!(store.list(Some("acme"), false).len(), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_key_is_hashed_off_the_runtime_thread() {
+        let (_dir, store) = store();
+        let (_, secret) = store.create(new_key("acme", None)).await.unwrap();
+        let mut wrong = secret.unwrap();
+        wrong.pop();
+        wrong.push('x');
+        // Hashing on the async thread would finish the whole check in the
+        // first poll, stalling every other request on the thread meanwhile.
+        let mut check = Box::pin(KeyBackend::verify(&store, &wrong));
+        assert!(
+            futures::FutureExt::now_or_never(&mut check).is_none(),
+            "the argon2 check ran on the runtime thread"
+        );
+        assert!(matches!(check.await, Err(AuthError::InvalidKey)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn hashes_run_a_bounded_number_at_once() {
+        let (_dir, store) = store();
+        let store = std::sync::Arc::new(store);
+        let checks: Vec<_> = (0..24)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let wrong = format!("amaos_{:012x}_{}", i, "0".repeat(64));
+                    store.verify(&wrong).await
+                })
+            })
+            .collect();
+        for check in checks {
+            assert!(matches!(check.await.unwrap(), Err(AuthError::InvalidKey)));
+        }
+        assert!(hashing::peak() >= 1);
+        assert!(
+            hashing::peak() <= hashing::limit(),
+            "{} hashes ran at once, more than the limit of {}",
+            hashing::peak(),
+            hashing::limit()
+        );
     }
 }

@@ -104,7 +104,7 @@ impl KeyBackend for RedisKeys {
     }
 
     async fn create(&self, new: NewKey<'_>) -> Result<(StoredKey, Option<String>), AuthError> {
-        let (key, secret) = mint(new)?;
+        let (key, secret) = mint(new).await?;
         let json = serde_json::to_string(&key).map_err(store_error)?;
         let (code, id): (i64, String) = self
             .create
@@ -179,7 +179,7 @@ impl KeyBackend for RedisKeys {
 
     async fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
         let Some((prefix, secret)) = split_key(presented) else {
-            crate::keys::verify_secret("", crate::keys::decoy_hash());
+            crate::keys::verify_decoy("").await;
             return Err(AuthError::InvalidKey);
         };
         let id: Option<String> = redis::cmd("GET")
@@ -192,10 +192,10 @@ impl KeyBackend for RedisKeys {
             None => None,
         };
         let Some(key) = key else {
-            crate::keys::verify_secret(secret, crate::keys::decoy_hash());
+            crate::keys::verify_decoy(secret).await;
             return Err(AuthError::InvalidKey);
         };
-        if !crate::keys::verify_secret(secret, &key.hash) {
+        if !crate::keys::verify_secret(secret, &key.hash).await {
             return Err(AuthError::InvalidKey);
         }
         // Read again: the key may have been revoked while its hash was checked.
