@@ -240,6 +240,7 @@ pub(crate) mod hashing {
     }
 
     /// The most hashes seen running at once in this process.
+    #[cfg(test)]
     pub(crate) fn peak() -> usize {
         PEAK.load(Ordering::Relaxed)
     }
