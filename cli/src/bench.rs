@@ -439,8 +439,8 @@ mod tests {
 
     #[test]
     fn cpu_seconds_counts_this_process_work() {
+        // A fresh test process may not have used one 10 ms tick yet.
         let before = cpu_seconds();
-        assert!(before > 0.0, "start-up alone uses some CPU");
         // Spin for 300 ms of wall time on this thread: the counter, kept in
         // 10 ms ticks, must see most of it.
         let start = Instant::now();
