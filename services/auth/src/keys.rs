@@ -147,14 +147,15 @@ pub(crate) async fn mint(new: NewKey<'_>) -> Result<(StoredKey, String), AuthErr
     let prefix = random_hex(6);
     let secret = random_hex(32);
     let salt = SaltString::generate(&mut OsRng);
-    let hashed = secret.clone();
-    let hash = hashing::run(move || {
-        Argon2::default()
-            .hash_password(hashed.as_bytes(), &salt)
+    let (secret, hash) = hashing::run(move || {
+        let hash = Argon2::default()
+            .hash_password(secret.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|e| AuthError::Store(format!("hashing failed: {e}")))
+            .map_err(|e| AuthError::Store(format!("hashing failed: {e}")));
+        (secret, hash)
     })
-    .await??;
+    .await?;
+    let hash = hash?;
     let now = now_ms();
     let key = StoredKey {
         key_id: new.key_id,
