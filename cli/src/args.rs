@@ -179,6 +179,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Tool calls waiting for a person: list, approve, reject.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -264,6 +269,43 @@ pub(crate) enum GroupArg {
     Day,
 }
 
+#[derive(Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// List pending approvals of your tenant (newest first).
+    List {
+        /// Only this team's.
+        #[arg(long)]
+        team: Option<String>,
+        /// Only this task's.
+        #[arg(long)]
+        task: Option<String>,
+        /// Decided ones too.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a waiting call: it runs with exactly the shown arguments.
+    Approve {
+        /// The task id.
+        task: String,
+        /// The approval id.
+        approval: String,
+        /// Why.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a waiting call: the model receives the rejection (or the
+    /// task fails, per its spec).
+    Reject {
+        /// The task id.
+        task: String,
+        /// The approval id.
+        approval: String,
+        /// Why; the model sees it.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum StateArg {
     Pending,
@@ -273,6 +315,7 @@ pub(crate) enum StateArg {
     Failed,
     Cancelled,
     TimedOut,
+    InputRequired,
 }
 
 impl From<StateArg> for TaskState {
@@ -285,6 +328,7 @@ impl From<StateArg> for TaskState {
             StateArg::Failed => TaskState::Failed,
             StateArg::Cancelled => TaskState::Cancelled,
             StateArg::TimedOut => TaskState::TimedOut,
+            StateArg::InputRequired => TaskState::InputRequired,
         }
     }
 }

@@ -351,6 +351,72 @@ pub async fn cancel(
     Ok(())
 }
 
+/// `amaos approvals list`.
+pub async fn approvals_list(
+    client: &Client,
+    team: Option<String>,
+    task: Option<String>,
+    all: bool,
+    json: bool,
+) -> Result<(), Failure> {
+    let approvals = client
+        .orchestrator()?
+        .list_approvals(client.request(pb::ListApprovalsRequest {
+            team: team.unwrap_or_default(),
+            task_id: task.unwrap_or_default(),
+            include_decided: all,
+            page_size: 0,
+        })?)
+        .await?
+        .into_inner()
+        .approvals;
+    for a in &approvals {
+        if json {
+            println!("{}", render::approval_json(a));
+        } else {
+            println!("{}", render::approval_line(a));
+        }
+    }
+    if approvals.is_empty() && !json {
+        eprintln!("no approvals");
+    }
+    Ok(())
+}
+
+/// `amaos approvals approve|reject`.
+pub async fn approvals_decide(
+    client: &Client,
+    task_id: String,
+    approval_id: String,
+    approve: bool,
+    comment: Option<String>,
+    json: bool,
+) -> Result<(), Failure> {
+    let answer = client
+        .orchestrator()?
+        .decide_approval(client.request(pb::DecideApprovalRequest {
+            task_id,
+            approval_id,
+            decision: if approve {
+                pb::Decision::Approve
+            } else {
+                pb::Decision::Reject
+            } as i32,
+            comment: comment.unwrap_or_default(),
+        })?)
+        .await?
+        .into_inner();
+    let approval = answer
+        .approval
+        .ok_or_else(|| Failure::new(EXIT_RPC, "the orchestrator returned no approval"))?;
+    if json {
+        println!("{}", render::approval_json(&approval));
+    } else {
+        println!("{}", render::approval_line(&approval));
+    }
+    Ok(())
+}
+
 fn key_json(k: &auth::ApiKey) -> serde_json::Value {
     serde_json::json!({
         "key_id": k.key_id, "name": k.name, "tenant": k.tenant, "roles": k.roles, "prefix": k.prefix,

@@ -16,7 +16,8 @@ mod args;
 
 use amaos_proto::orchestrator::v1::UsageGrouping;
 use args::{
-    AuditCommand, BackendArg, CertsCommand, Cli, Command, ConfigCommand, GroupArg, KeysCommand,
+    ApprovalsCommand, AuditCommand, BackendArg, CertsCommand, Cli, Command, ConfigCommand,
+    GroupArg, KeysCommand,
 };
 
 /// `amaos audit verify`: exit 0 when every record is keyed, chains and
@@ -259,6 +260,21 @@ async fn dispatch(
             let path = file.unwrap_or_else(|| config.audit_file());
             audit_verify(&config, &path).await
         }
+        Command::Approvals { command } => match command {
+            ApprovalsCommand::List { team, task, all } => {
+                commands::approvals_list(&client(), team, task, all, json).await
+            }
+            ApprovalsCommand::Approve {
+                task,
+                approval,
+                comment,
+            } => commands::approvals_decide(&client(), task, approval, true, comment, json).await,
+            ApprovalsCommand::Reject {
+                task,
+                approval,
+                comment,
+            } => commands::approvals_decide(&client(), task, approval, false, comment, json).await,
+        },
         Command::Keys { command } => match command {
             KeysCommand::Create {
                 name,

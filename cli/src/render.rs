@@ -21,7 +21,63 @@ pub fn state_name(state: i32) -> &'static str {
         pb::TaskState::Cancelled => "CANCELLED",
         pb::TaskState::TimedOut => "TIMED_OUT",
         pb::TaskState::NeedsReview => "NEEDS_REVIEW",
+        pb::TaskState::InputRequired => "INPUT_REQUIRED",
     }
+}
+
+/// The contract's name of an approval state, without the prefix.
+pub fn approval_state_name(state: i32) -> &'static str {
+    match pb::ApprovalState::try_from(state).unwrap_or(pb::ApprovalState::Unspecified) {
+        pb::ApprovalState::Unspecified => "UNSPECIFIED",
+        pb::ApprovalState::Pending => "PENDING",
+        pb::ApprovalState::Approved => "APPROVED",
+        pb::ApprovalState::Rejected => "REJECTED",
+        pb::ApprovalState::Expired => "EXPIRED",
+    }
+}
+
+/// An approval as JSON.
+pub fn approval_json(a: &pb::Approval) -> Value {
+    json!({
+        "approval_id": a.approval_id,
+        "task_id": a.task_id,
+        "team": a.team,
+        "attempt": a.attempt,
+        "agent": a.agent,
+        "tool": a.tool,
+        "arguments": a.arguments.as_ref().map(|s| Value::Object(struct_to_map(s))),
+        "arguments_sha256": a.arguments_sha256,
+        "reason": a.reason,
+        "state": approval_state_name(a.state),
+        "requested_at": time(&a.requested_at),
+        "expires_at": time(&a.expires_at),
+        "decided_by": a.decided_by,
+        "comment": a.comment,
+        "decided_at": time(&a.decided_at),
+    })
+}
+
+/// An approval as one readable line.
+pub fn approval_line(a: &pb::Approval) -> String {
+    let arguments = a
+        .arguments
+        .as_ref()
+        .map(|s| Value::Object(struct_to_map(s)).to_string())
+        .unwrap_or_default();
+    let mut line = format!(
+        "{} {} {} {} {}: {} {}",
+        a.task_id,
+        a.approval_id,
+        approval_state_name(a.state),
+        a.team,
+        a.agent,
+        a.tool,
+        clip(&arguments, 80)
+    );
+    if !a.decided_by.is_empty() {
+        line.push_str(&format!(" — by {}", a.decided_by));
+    }
+    line
 }
 
 fn time(ts: &Option<prost_types::Timestamp>) -> Value {
@@ -126,6 +182,11 @@ pub fn event_json(e: &pb::TaskEvent) -> Value {
                 Some(Payload::Handoff(p)) => {
                     json!({"type": "handoff", "from": p.from, "to": p.to, "reason": p.reason})
                 }
+                Some(Payload::ApprovalRequested(p)) => json!({
+                    "type": "approval_requested", "call_id": p.call_id, "tool": p.tool,
+                    "arguments": p.arguments.as_ref().map(|a| Value::Object(struct_to_map(a))),
+                    "arguments_sha256": p.arguments_sha256, "reason": p.reason,
+                }),
                 Some(Payload::SpeakerSelected(p)) => {
                     json!({"type": "speaker_selected", "speaker": p.speaker, "method": p.method})
                 }
@@ -205,6 +266,9 @@ impl Progress {
                         format!("{who}says {}", clip(&p.content, 100))
                     }
                     Some(Payload::Message(_)) => return None,
+                    Some(Payload::ApprovalRequested(p)) => {
+                        format!("{who}waits for approval of {}: {}", p.tool, p.reason)
+                    }
                     Some(Payload::ToolCall(p)) => format!(
                         "{who}calls {} {}",
                         p.tool,

@@ -36,6 +36,18 @@ pub struct RunScope {
     pub team: String,
     /// The session the task belongs to (empty: none).
     pub session: String,
+    /// The gated tool calls a person approved for this attempt, as
+    /// [`crate::approval::grant`]s.
+    pub approved: Vec<String>,
+}
+
+impl RunScope {
+    /// Whether a person approved the call with idempotency key `call_id`
+    /// and arguments fingerprint `sha256` (hex) for this attempt.
+    pub fn approves(&self, call_id: &str, sha256: &str) -> bool {
+        let wanted = crate::approval::grant(call_id, sha256);
+        self.approved.contains(&wanted)
+    }
 }
 
 impl Caller {

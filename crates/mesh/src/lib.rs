@@ -35,6 +35,7 @@
 //! - [`process`]: the life of a one-service binary (config, bind, serve, drain).
 
 pub mod api_client;
+pub mod approval;
 pub mod audit;
 pub mod authn;
 pub mod breaker;

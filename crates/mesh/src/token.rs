@@ -79,6 +79,11 @@ pub struct Claims {
     /// lets sign run tokens (RFC 7800's `cnf`, as a bare key).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cnf: String,
+    /// The gated tool calls a run token's attempt may make, approved by a
+    /// person: `<arguments sha256 hex>:<call id>` each
+    /// ([`crate::approval::grant`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apv: Vec<String>,
 }
 
 impl Claims {
@@ -89,6 +94,7 @@ impl Claims {
             attempt: self.attempt,
             team: self.team.clone(),
             session: self.session.clone(),
+            approved: self.apv.clone(),
         })
     }
 }
@@ -226,6 +232,7 @@ pub fn claims_for(
         team: String::new(),
         session: String::new(),
         cnf: String::new(),
+        apv: Vec::new(),
     }
 }
 

@@ -63,6 +63,8 @@ use crate::engine::{Emitter, RunError, RunInput, Services};
 use crate::model::{ModelSet, RunModels};
 
 /// Events buffered per run before the engine waits for the caller.
+/// Most approval decisions a run carries (the orchestrator keeps as many per task).
+const MAX_APPROVALS: usize = 64;
 const EVENT_BUFFER: usize = 64;
 
 /// What can go wrong in the agents service before a run starts.
@@ -226,7 +228,15 @@ impl AgentsService for Agents {
             context,
             budget,
             model_alias_override,
+            approvals,
         } = request.into_inner();
+        if approvals.len() > MAX_APPROVALS {
+            return Err(AgentsError::InvalidArgument {
+                field: "approvals",
+                message: format!("at most {MAX_APPROVALS} decisions"),
+            }
+            .into());
+        }
         if run_id.is_empty() || run_id.len() > 128 {
             return Err(AgentsError::InvalidArgument {
                 field: "run_id",
@@ -323,6 +333,10 @@ impl AgentsService for Agents {
                 .into_iter()
                 .chain(spec.budget.max_wall_time)
                 .min(),
+            approvals: approvals
+                .into_iter()
+                .map(|d| (d.call_id.clone(), d))
+                .collect(),
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let services = self.services.clone();
@@ -370,6 +384,13 @@ impl AgentsService for Agents {
             let end = match result {
                 Ok(output) => Some(Payload::RunCompleted(pb::RunCompleted { output })),
                 Err(RunError::Cancelled) => None,
+                Err(RunError::InputRequired { agent, asked }) => {
+                    tracing::info!(run_id = %run.run_id, tool = %asked.tool, "run waits for an approval");
+                    let _ = events
+                        .emit(&agent, Payload::ApprovalRequested(*asked))
+                        .await;
+                    None
+                }
                 Err(error) => {
                     tracing::info!(run_id = %run.run_id, %error, "run failed");
                     Some(Payload::RunFailed(pb::RunFailed {

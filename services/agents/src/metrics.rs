@@ -294,6 +294,8 @@ fn stop_reason(result: &Result<String, RunError>) -> &'static str {
         Err(RunError::Provider(_) | RunError::Dependency(_)) => "error",
         Err(RunError::Cancelled) => "cancelled",
         Err(RunError::NeedsReview(_)) => "review",
+        Err(RunError::InputRequired { .. }) => "input_required",
+        Err(RunError::Rejected(_)) => "rejected",
     }
 }
 

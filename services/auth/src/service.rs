@@ -235,7 +235,22 @@ impl AuthService for Auth {
             attempt,
             team,
             session_id,
+            approved_calls,
         } = request.into_inner();
+        if approved_calls.len() > 64 || approved_calls.iter().any(|g| g.len() > 512) {
+            return Err(AuthError::InvalidArgument {
+                field: "approved_calls",
+                message: "at most 64, each at most 512 bytes".into(),
+            }
+            .into());
+        }
+        if task_id.is_empty() && !approved_calls.is_empty() {
+            return Err(AuthError::InvalidArgument {
+                field: "approved_calls",
+                message: "only a token scoped to a task carries approved calls".into(),
+            }
+            .into());
+        }
         if task_id.is_empty() && !(team.is_empty() && session_id.is_empty()) {
             return Err(AuthError::InvalidArgument {
                 field: if team.is_empty() {
@@ -283,6 +298,15 @@ impl AuthService for Auth {
             }
             tenant
         } else {
+            if !approved_calls.is_empty() {
+                self.state
+                    .refused(&key, "tokens.issue", "approved_calls")
+                    .await;
+                return Err(AuthError::Forbidden(
+                    "only the platform's service key grants approved calls".into(),
+                )
+                .into());
+            }
             self.state.scope(&key, &tenant, "tokens.issue").await?
         };
         if subject.is_empty() || subject.len() > 256 {
@@ -326,6 +350,7 @@ impl AuthService for Auth {
         claims.attempt = attempt;
         claims.team = team;
         claims.session = session_id;
+        claims.apv = approved_calls;
         self.state.metrics.issued(if claims.task.is_empty() {
             TokenKind::Service
         } else {

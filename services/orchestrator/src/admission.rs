@@ -100,6 +100,7 @@ impl Inner {
             workflow_key: String::new(),
             depends_on: Vec::new(),
             dependents: Vec::new(),
+            approvals: Vec::new(),
         })
     }
 

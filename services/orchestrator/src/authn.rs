@@ -125,6 +125,7 @@ impl RunTokens {
         claims.attempt = run.attempt;
         claims.team = run.team.clone();
         claims.session = run.session.clone();
+        claims.apv = run.approved.clone();
         match self.delegation(claims.exp).await {
             Ok(Some(delegation)) => Ok(token::sign_delegated(
                 &claims,
@@ -234,6 +235,7 @@ impl RunTokens {
             attempt: run.attempt,
             team: run.team.clone(),
             session_id: run.session.clone(),
+            approved_calls: run.approved.clone(),
         });
         caller::set_bearer(request.metadata_mut(), &self.service_key().await?)
             .map_err(|s| s.message().to_owned())?;

@@ -32,6 +32,10 @@ pub enum OrchestratorError {
     /// The task does not exist in the caller's tenant.
     #[error("task `{0}` not found")]
     TaskNotFound(String),
+    /// A decision on an approval that is not pending (decided, expired, of
+    /// an older attempt, or the task waits for none).
+    #[error("{0}")]
+    StaleDecision(String),
     /// The task store failed or is full.
     #[error("{0}")]
     Backend(crate::backend::BackendError),
@@ -90,6 +94,7 @@ impl From<OrchestratorError> for tonic::Status {
                     .collect(),
             ),
             OrchestratorError::TaskNotFound(_) => tonic::Status::not_found(message),
+            OrchestratorError::StaleDecision(_) => tonic::Status::failed_precondition(message),
             OrchestratorError::AuditDown(_) => tonic::Status::unavailable(message),
             OrchestratorError::Backend(crate::backend::BackendError::Full(_)) => {
                 tonic::Status::resource_exhausted(message)

@@ -17,6 +17,7 @@
 //! - this file: the gRPC service and [`serve`].
 
 mod admission;
+mod approvals;
 pub mod authn;
 pub mod backend;
 pub mod dispatch;
@@ -174,6 +175,7 @@ impl Orchestrator {
                 lease: o.lease,
                 max_in_flight: o.max_in_flight,
                 claimers: o.claimers,
+                approval_ttl: o.approval_ttl,
             },
             dispatch::Accounting {
                 metrics: task_metrics.clone(),
@@ -505,6 +507,83 @@ impl OrchestratorService for Orchestrator {
         // Stop the attempt at once when it runs here; elsewhere the lease renewal notices.
         self.inner.dispatcher.stop_local(&task_id);
         Ok(Response::new(pb::CancelTaskResponse {
+            task: Some((&task).into()),
+        }))
+    }
+
+    async fn list_approvals(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let caller = self.inner.authn.caller(request.metadata()).await?;
+        require(&self.inner.policy, &caller, "read")?;
+        let query = request::ApprovalQuery::try_from(request.into_inner())?;
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals: self.inner.approvals(&caller, query).await?,
+        }))
+    }
+
+    async fn decide_approval(
+        &self,
+        request: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
+        let caller = self.inner.authn.caller(request.metadata()).await?;
+        let request::DecisionRequest {
+            task_id,
+            approval_id,
+            decision,
+        } = request::DecisionRequest::try_from(request.into_inner(), &caller.principal)?;
+        let object = format!("{task_id}/{approval_id}");
+        // Who may decide is a permission on the task's team; another
+        // tenant's task (or none) is NOT_FOUND, recorded as refused.
+        let found = self
+            .inner
+            .backend
+            .get(&caller.tenant, &task_id)
+            .await
+            .map_err(OrchestratorError::from)
+            .and_then(|t| t.ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone())));
+        let found = found.and_then(|task| {
+            let team = task.current_target().0;
+            match self.inner.policy.allows(
+                &caller.principal,
+                &caller.roles,
+                &caller.tenant,
+                &format!("teams/{team}"),
+                "approve",
+            ) {
+                Some(_) => Ok(task),
+                None => Err(OrchestratorError::Forbidden(format!(
+                    "roles [{}] may not `approve` calls of team `{team}`",
+                    caller.roles.join(", ")
+                ))),
+            }
+        });
+        self.inner
+            .settle(&caller, "task.approve", &object, found)
+            .await?;
+        let decided = self
+            .inner
+            .backend
+            .decide(&caller.tenant, &task_id, &approval_id, &decision)
+            .await
+            .map_err(OrchestratorError::from)?
+            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
+        let (decided, task) =
+            decided.map_err(|refused| OrchestratorError::StaleDecision(refused.to_string()))?;
+        let approval = task
+            .approvals
+            .iter()
+            .find(|a| a.id == approval_id)
+            .map(|a| a.to_proto(&task.id));
+        if let task::Decided::Expired(reason) = decided {
+            return Err(OrchestratorError::StaleDecision(format!(
+                "{reason}; the task resumes with it"
+            ))
+            .into());
+        }
+        Ok(Response::new(pb::DecideApprovalResponse {
+            approval,
             task: Some((&task).into()),
         }))
     }

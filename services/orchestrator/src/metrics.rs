@@ -204,7 +204,10 @@ impl TaskMetrics {
             TaskState::Cancelled => "cancelled",
             TaskState::TimedOut => "timed_out",
             TaskState::NeedsReview => "needs_review",
-            TaskState::Pending | TaskState::Queued | TaskState::Running => return,
+            TaskState::Pending
+            | TaskState::Queued
+            | TaskState::Running
+            | TaskState::InputRequired => return,
         };
         let team = self.metrics.team(&task.team);
         self.finished

@@ -399,6 +399,109 @@ impl TryFrom<pb::ListTasksRequest> for ListQuery {
     }
 }
 
+/// A ListApprovals request, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalQuery {
+    /// Only this team's.
+    pub team: Option<String>,
+    /// Only this task's.
+    pub task_id: Option<String>,
+    /// Decided ones too.
+    pub include_decided: bool,
+    /// Most approvals (1 to [`MAX_PAGE_SIZE`]).
+    pub limit: usize,
+}
+
+impl TryFrom<pb::ListApprovalsRequest> for ApprovalQuery {
+    type Error = OrchestratorError;
+
+    fn try_from(request: pb::ListApprovalsRequest) -> Result<Self, OrchestratorError> {
+        let pb::ListApprovalsRequest {
+            team,
+            task_id,
+            include_decided,
+            page_size,
+        } = request;
+        let limit = match page_size {
+            0 => 100,
+            n if n <= MAX_PAGE_SIZE => n as usize,
+            _ => return Err(invalid("page_size", "at most 1000")),
+        };
+        Ok(Self {
+            team: Some(team).filter(|t| !t.is_empty()),
+            task_id: Some(id_field("task_id", task_id, true)?).filter(|t| !t.is_empty()),
+            include_decided,
+            limit,
+        })
+    }
+}
+
+/// Longest comment on a decision, in bytes.
+pub const MAX_COMMENT_BYTES: usize = 4096;
+
+/// A DecideApproval request, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionRequest {
+    /// The task.
+    pub task_id: String,
+    /// The approval.
+    pub approval_id: String,
+    /// The decision, by the caller.
+    pub decision: crate::task::Decision,
+}
+
+impl DecisionRequest {
+    /// Checks `request`, decided by `principal`.
+    pub fn try_from(
+        request: pb::DecideApprovalRequest,
+        principal: &str,
+    ) -> Result<Self, OrchestratorError> {
+        let pb::DecideApprovalRequest {
+            task_id,
+            approval_id,
+            decision,
+            comment,
+        } = request;
+        let approve = match pb::Decision::try_from(decision) {
+            Ok(pb::Decision::Approve) => true,
+            Ok(pb::Decision::Reject) => false,
+            _ => {
+                return Err(invalid("decision", "DECISION_APPROVE or DECISION_REJECT"));
+            }
+        };
+        if comment.len() > MAX_COMMENT_BYTES {
+            return Err(invalid(
+                "comment",
+                format!("at most {MAX_COMMENT_BYTES} bytes"),
+            ));
+        }
+        Ok(Self {
+            task_id: id_field("task_id", task_id, false)?,
+            approval_id: id_field("approval_id", approval_id, false)?,
+            decision: crate::task::Decision {
+                approve,
+                by: principal.to_owned(),
+                comment,
+            },
+        })
+    }
+}
+
+/// An id field: at most 128 bytes, not empty unless `optional`.
+fn id_field(
+    field: &'static str,
+    value: String,
+    optional: bool,
+) -> Result<String, OrchestratorError> {
+    if value.is_empty() && !optional {
+        return Err(invalid(field, "required"));
+    }
+    if value.len() > 128 {
+        return Err(invalid(field, "at most 128 bytes"));
+    }
+    Ok(value)
+}
+
 /// The task id a `page_token` continues after: the tokens ListTasks hands
 /// out are task ids (UUIDs in their hyphenated lowercase form). Anything
 /// else is refused rather than read as a position in the listing, where

@@ -29,6 +29,8 @@ pub enum TaskState {
     TimedOut,
     /// A judge escalated the output: a person must review it.
     NeedsReview,
+    /// A tool call waits for a person's approval; no worker holds it.
+    InputRequired,
 }
 
 impl TaskState {
@@ -55,6 +57,7 @@ impl TaskState {
             pb::TaskState::Cancelled => TaskState::Cancelled,
             pb::TaskState::TimedOut => TaskState::TimedOut,
             pb::TaskState::NeedsReview => TaskState::NeedsReview,
+            pb::TaskState::InputRequired => TaskState::InputRequired,
             pb::TaskState::Unspecified => return None,
         })
     }
@@ -71,6 +74,7 @@ impl From<TaskState> for pb::TaskState {
             TaskState::Cancelled => pb::TaskState::Cancelled,
             TaskState::TimedOut => pb::TaskState::TimedOut,
             TaskState::NeedsReview => pb::TaskState::NeedsReview,
+            TaskState::InputRequired => pb::TaskState::InputRequired,
         }
     }
 }
@@ -265,6 +269,229 @@ pub struct Task {
     pub depends_on: Vec<String>,
     /// Ids of the tasks that depend on it.
     pub dependents: Vec<String>,
+    /// Its gated tool calls, in order; the last is pending while the task
+    /// is INPUT_REQUIRED.
+    #[serde(default)]
+    pub approvals: Vec<Approval>,
+}
+
+/// Most approvals one task asks for; the next gated call fails the task.
+pub const MAX_APPROVALS: usize = 64;
+
+/// Where an approval stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovalState {
+    /// Waiting for a person.
+    Pending,
+    /// Approved.
+    Approved,
+    /// Rejected by a person.
+    Rejected,
+    /// Nobody decided in time: a rejection.
+    Expired,
+}
+
+/// A gated tool call of a task, and its decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Its id (UUIDv7).
+    pub id: String,
+    /// The attempt that asked.
+    pub attempt: u32,
+    /// The team the attempt ran.
+    pub team: String,
+    /// The agent that called the tool.
+    pub agent: String,
+    /// The tool.
+    pub tool: String,
+    /// The arguments, as JSON text.
+    pub arguments: String,
+    /// SHA-256 (hex) of the tool and its canonical arguments.
+    pub arguments_sha256: String,
+    /// The call's idempotency key.
+    pub call_id: String,
+    /// Why it needs approval.
+    pub reason: String,
+    /// When it was asked for.
+    pub requested_at: SystemTime,
+    /// When it expires.
+    pub expires_at: SystemTime,
+    /// Where it stands.
+    pub state: ApprovalState,
+    /// Who decided, or [`amaos_mesh::approval::EXPIRY`].
+    pub decided_by: String,
+    /// The decider's comment.
+    pub comment: String,
+    /// When it was decided.
+    pub decided_at: Option<SystemTime>,
+}
+
+/// A person's decision on an approval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Approve (true) or reject.
+    pub approve: bool,
+    /// Who decides (a principal).
+    pub by: String,
+    /// Why.
+    pub comment: String,
+}
+
+/// What deciding an approval did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// Recorded; the task resumes. The reason for its state event.
+    Recorded(String),
+    /// The approval had expired: recorded as expired (a rejection) instead
+    /// of the decision, and the task resumes.
+    Expired(String),
+}
+
+/// Why a decision was refused, changing nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The task waits for no approval.
+    #[error("the task is {0:?}, not waiting for an approval")]
+    NotWaiting(TaskState),
+    /// The approval is not the one the task waits for.
+    #[error("approval `{0}` is not the one the task waits for")]
+    NotPending(String),
+}
+
+impl Task {
+    /// The approval the task waits for, when INPUT_REQUIRED.
+    pub fn pending_approval(&self) -> Option<&Approval> {
+        (self.state == TaskState::InputRequired)
+            .then(|| self.approvals.last())
+            .flatten()
+            .filter(|a| a.state == ApprovalState::Pending)
+    }
+
+    /// Records `decision` on the pending approval `approval_id` at `now`
+    /// (an expired one as expired instead); the caller then queues the task.
+    /// A decision on anything but the pending approval changes nothing.
+    pub fn decide(
+        &mut self,
+        approval_id: &str,
+        decision: &Decision,
+        now: SystemTime,
+    ) -> Result<Decided, Refused> {
+        if self.state != TaskState::InputRequired {
+            return Err(Refused::NotWaiting(self.state));
+        }
+        let Some(approval) = self
+            .approvals
+            .last_mut()
+            .filter(|a| a.id == approval_id && a.state == ApprovalState::Pending)
+        else {
+            return Err(Refused::NotPending(approval_id.to_owned()));
+        };
+        approval.decided_at = Some(now);
+        if approval.expires_at <= now {
+            approval.state = ApprovalState::Expired;
+            approval.decided_by = amaos_mesh::approval::EXPIRY.to_owned();
+            return Ok(Decided::Expired(format!(
+                "approval of `{}` expired: the call is rejected",
+                approval.tool
+            )));
+        }
+        approval.state = if decision.approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Rejected
+        };
+        approval.decided_by = decision.by.clone();
+        approval.comment = decision.comment.clone();
+        Ok(Decided::Recorded(format!(
+            "`{}` {} the call of `{}`",
+            decision.by,
+            if decision.approve {
+                "approved"
+            } else {
+                "rejected"
+            },
+            approval.tool
+        )))
+    }
+
+    /// Expires the pending approval if its time has come at `now`.
+    pub fn expire_approval(&mut self, now: SystemTime) -> Option<String> {
+        let id = self
+            .pending_approval()
+            .filter(|a| a.expires_at <= now)?
+            .id
+            .clone();
+        match self.decide(&id, &Decision::expiry(), now) {
+            Ok(Decided::Expired(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The decisions a run of this task is given, and the grants its run
+    /// token carries (approved calls only).
+    pub fn decisions(&self) -> (Vec<amaos_proto::agents::v1::ApprovalDecision>, Vec<String>) {
+        let decided = self
+            .approvals
+            .iter()
+            .filter(|a| a.state != ApprovalState::Pending);
+        let decisions = decided
+            .clone()
+            .map(|a| amaos_proto::agents::v1::ApprovalDecision {
+                call_id: a.call_id.clone(),
+                arguments_sha256: a.arguments_sha256.clone(),
+                approved: a.state == ApprovalState::Approved,
+                decided_by: a.decided_by.clone(),
+                comment: a.comment.clone(),
+            })
+            .collect();
+        let grants = decided
+            .filter(|a| a.state == ApprovalState::Approved)
+            .map(|a| amaos_mesh::approval::grant(&a.call_id, &a.arguments_sha256))
+            .collect();
+        (decisions, grants)
+    }
+}
+
+impl Decision {
+    fn expiry() -> Self {
+        Decision {
+            approve: false,
+            by: amaos_mesh::approval::EXPIRY.to_owned(),
+            comment: String::new(),
+        }
+    }
+}
+
+impl Approval {
+    /// The contract's form, for task `task_id`.
+    pub fn to_proto(&self, task_id: &str) -> pb::Approval {
+        pb::Approval {
+            approval_id: self.id.clone(),
+            task_id: task_id.to_owned(),
+            team: self.team.clone(),
+            attempt: self.attempt,
+            agent: self.agent.clone(),
+            tool: self.tool.clone(),
+            arguments: serde_json::from_str::<serde_json::Value>(&self.arguments)
+                .ok()
+                .and_then(|v| v.as_object().map(amaos_proto::json::map_to_struct)),
+            arguments_sha256: self.arguments_sha256.clone(),
+            call_id: self.call_id.clone(),
+            reason: self.reason.clone(),
+            required_permission: "approve".into(),
+            requested_at: Some(timestamp(self.requested_at)),
+            expires_at: Some(timestamp(self.expires_at)),
+            state: match self.state {
+                ApprovalState::Pending => pb::ApprovalState::Pending,
+                ApprovalState::Approved => pb::ApprovalState::Approved,
+                ApprovalState::Rejected => pb::ApprovalState::Rejected,
+                ApprovalState::Expired => pb::ApprovalState::Expired,
+            } as i32,
+            decided_by: self.decided_by.clone(),
+            comment: self.comment.clone(),
+            decided_at: self.decided_at.map(timestamp),
+        }
+    }
 }
 
 impl Task {
@@ -308,6 +535,7 @@ impl From<&Task> for pb::Task {
             started_at: t.started_at.map(timestamp),
             finished_at: t.finished_at.map(timestamp),
             deadline: Some(timestamp(t.deadline)),
+            approvals: t.approvals.iter().map(|a| a.to_proto(&t.id)).collect(),
         }
     }
 }
@@ -346,6 +574,7 @@ impl Task {
             workflow_key: String::new(),
             depends_on: Vec::new(),
             dependents: Vec::new(),
+            approvals: Vec::new(),
         }
     }
 }

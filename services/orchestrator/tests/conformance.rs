@@ -85,6 +85,9 @@ conformance! {
     the_sweep_times_out_pending_tasks_past_their_deadline,
     the_sweep_leaves_healthy_tasks_alone,
     a_released_lease_is_taken_over_at_once,
+    a_waiting_task_resumes_once_decided,
+    an_expired_approval_resumes_the_task_rejected,
+    a_waiting_task_times_out_at_its_deadline_and_can_be_cancelled,
 }
 
 #[tokio::test]

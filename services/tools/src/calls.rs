@@ -125,6 +125,7 @@ impl Tools {
             Err(ToolError::InvalidArgument { .. }) => ("deny", "invalid_argument"),
             Err(ToolError::NotFound(_)) => ("deny", "not_found"),
             Err(ToolError::KeyReused(_)) => ("deny", "key_reused"),
+            Err(ToolError::ApprovalRequired(..)) => ("deny", "approval_required"),
             Err(ToolError::TooLarge(_)) => ("allow", "too_large"),
             Err(ToolError::Timeout(_)) => ("allow", "timeout"),
             Err(ToolError::Unimplemented(_)) => ("deny", "unimplemented"),
@@ -246,6 +247,20 @@ impl Tools {
                 return Err(error);
             }
         };
+        // A gated tool runs only for a run token carrying a person's grant
+        // for exactly this call: its idempotency key and its arguments.
+        if let Some(why) = self.gated(&caller.tenant, &tool) {
+            let sha256 = hex(fingerprint);
+            let granted = !idempotency_key.is_empty()
+                && caller
+                    .task
+                    .as_ref()
+                    .is_some_and(|run| run.approves(&idempotency_key, &sha256));
+            if !granted {
+                let _ = self.audit_call(caller, &tool, false).await;
+                return Err(ToolError::ApprovalRequired(tool, why));
+            }
+        }
         self.audit_call(caller, &tool, true).await?;
         // A keyed call reserves its key (or replays the recorded result,
         // waiting while another attempt runs it), runs, then records its

@@ -25,6 +25,10 @@ pub enum ToolError {
     /// A file or content is over its limit.
     #[error("{0}")]
     TooLarge(String),
+    /// The tool needs a person's approval and the caller holds no grant for
+    /// this call: the tool, and why it is gated.
+    #[error("`{0}` needs a person's approval: {1}")]
+    ApprovalRequired(String, &'static str),
     /// The idempotency key was used for a different call.
     #[error("idempotency key reused: {0}")]
     KeyReused(String),
@@ -63,6 +67,7 @@ impl From<ToolError> for Status {
             ToolError::NotFound(_) => Status::not_found(message),
             ToolError::TooLarge(_) => Status::resource_exhausted(message),
             ToolError::KeyReused(_) => Status::failed_precondition(message),
+            ToolError::ApprovalRequired(tool, why) => amaos_mesh::approval::required(&tool, why),
             ToolError::Timeout(_) => Status::deadline_exceeded(message),
             ToolError::Unimplemented(_) => Status::unimplemented(message),
             ToolError::Io(_) => Status::internal(message),

@@ -81,6 +81,8 @@ pub struct Tools {
     web: Arc<web::WebFetch>,
     mcp: Arc<mcp::Mcp>,
     role_tools: Arc<BTreeMap<String, Vec<String>>>,
+    /// Tools whose calls need a person's approval (`tools.approval_required`).
+    approval_required: Arc<Vec<String>>,
     quotas: Arc<Mutex<Quotas>>,
     max_sandboxes_per_tenant: usize,
     calls_per_minute: u32,
@@ -154,6 +156,7 @@ impl Tools {
                 config.tools.web_allow.clone(),
             )),
             role_tools: Arc::new(config.tools.role_tools.clone()),
+            approval_required: Arc::new(config.tools.approval_required.clone()),
             quotas: Arc::new(Mutex::new(Quotas::default())),
             max_sandboxes_per_tenant: config.tools.max_sandboxes_per_tenant,
             calls_per_minute: config.tools.calls_per_minute,
@@ -178,14 +181,29 @@ impl Tools {
     }
 
     fn allowed(&self, roles: &[String], tool: &str) -> bool {
-        let server_wildcard = tool.split_once('.').map(|(s, _)| format!("{s}.*"));
         roles.iter().any(|r| {
-            self.role_tools.get(r).is_some_and(|tools| {
-                tools
-                    .iter()
-                    .any(|t| t == "*" || t == tool || Some(t) == server_wildcard.as_ref())
-            })
+            self.role_tools
+                .get(r)
+                .is_some_and(|tools| names_tool(tools, tool))
         })
+    }
+
+    /// Why a call of `tool` in `tenant` needs a person's approval, if it
+    /// does: the platform's `tools.approval_required`, or the tenant's
+    /// policy (`p, approval, <tenant>, tools/<tool>, required`).
+    fn gated(&self, tenant: &str, tool: &str) -> Option<&'static str> {
+        if names_tool(&self.approval_required, tool) {
+            return Some("tools.approval_required names it");
+        }
+        self.policy
+            .allows(
+                "",
+                &["approval".to_owned()],
+                tenant,
+                &format!("tools/{tool}"),
+                "required",
+            )
+            .map(|_| "the tenant's policy requires approval")
     }
 
     /// Registers the MCP servers of `config` (`tools.mcp_servers`), platform-wide.
@@ -379,4 +397,12 @@ impl ToolsService for Tools {
             self.register_server(&caller, request.into_inner()).await?,
         ))
     }
+}
+
+/// Whether `patterns` (names, `server.*`, `*`) name `tool`.
+fn names_tool(patterns: &[String], tool: &str) -> bool {
+    let server_wildcard = tool.split_once('.').map(|(s, _)| format!("{s}.*"));
+    patterns
+        .iter()
+        .any(|t| t == "*" || t == tool || Some(t) == server_wildcard.as_ref())
 }

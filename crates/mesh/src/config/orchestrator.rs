@@ -25,6 +25,10 @@ pub struct OrchestratorConfig {
     /// How long a task may take when the submitter gives no timeout.
     #[serde(with = "duration_text")]
     pub task_timeout: Duration,
+    /// How long a gated tool call waits for a person's decision before it
+    /// expires (a rejection); never past the task's deadline.
+    #[serde(with = "duration_text")]
+    pub approval_ttl: Duration,
     /// Largest task input, in bytes.
     pub max_input_bytes: usize,
     /// Tasks kept in the embedded store; the oldest finished ones are dropped first.
@@ -98,6 +102,7 @@ impl Default for OrchestratorConfig {
             admin_listen: Some(addr(9601)),
             url: url(50051),
             task_timeout: Duration::from_secs(600),
+            approval_ttl: Duration::from_secs(24 * 3600),
             max_input_bytes: 256 * 1024,
             max_tasks: 100_000,
             max_events_per_task: 10_000,
@@ -131,6 +136,7 @@ impl OrchestratorConfig {
     /// Checks the values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive("orchestrator.task_timeout", self.task_timeout)?;
+        positive("orchestrator.approval_ttl", self.approval_ttl)?;
         in_range(
             "orchestrator.max_input_bytes",
             self.max_input_bytes,

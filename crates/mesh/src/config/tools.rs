@@ -78,6 +78,13 @@ pub struct ToolsConfig {
     /// Which tools each role may call (`*` for all); a caller may call a
     /// tool when any of its roles allows it.
     pub role_tools: BTreeMap<String, Vec<String>>,
+    /// Tools whose every call waits for a person's approval, for every
+    /// tenant: names, or `server.*` for all of an MCP server's tools (`*`
+    /// for every tool). A tenant gates more with Casbin lines
+    /// `p, approval, <tenant>, tools/<tool>, required`. A gated call runs
+    /// only for a run token carrying the person's grant for exactly its
+    /// idempotency key and arguments.
+    pub approval_required: Vec<String>,
     /// Largest body `web_fetch` reads, bytes; more is cut and marked.
     pub web_fetch_max_bytes: usize,
     /// Longest a `web_fetch` may take, redirects included per hop.
@@ -164,6 +171,7 @@ impl Default for ToolsConfig {
             workspace_max_files: 10_000,
             max_workspaces_per_tenant: 128,
             workspace_retention: Duration::from_secs(60 * 60),
+            approval_required: Vec::new(),
             role_tools: BTreeMap::from([
                 ("admin".to_owned(), vec!["*".to_owned()]),
                 ("agent".to_owned(), vec!["*".to_owned()]),

@@ -10,8 +10,8 @@ use super::doc::{
     ProcessDoc, TaskDoc, TeamDoc, TurnDoc,
 };
 use super::{
-    AgentSpec, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec, Manager,
-    NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination,
+    AgentSpec, Approval, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec,
+    Manager, NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination,
 };
 
 fn problem<T>(field: impl Into<String>, message: &str) -> Result<T, Problem> {
@@ -34,6 +34,8 @@ impl TryFrom<TeamDoc> for TeamSpec {
             budget,
             teams,
             input,
+            approval,
+            on_rejection,
         } = doc;
         let shape = match (crew, group_chat) {
             (Some(crew), None) => Shape::Crew(crew_spec(crew, "crew")?),
@@ -52,7 +54,7 @@ impl TryFrom<TeamDoc> for TeamSpec {
             agents: agents
                 .into_iter()
                 .enumerate()
-                .map(|(i, a)| agent_spec(a, &format!("agents[{i}]")))
+                .map(|(i, a)| agent_spec(a, approval, &format!("agents[{i}]")))
                 .collect::<Result<_, _>>()?,
             shape,
             judge: judge.map(judge_spec),
@@ -63,6 +65,7 @@ impl TryFrom<TeamDoc> for TeamSpec {
                 .map(|(i, t)| nested_team(t, &format!("teams[{i}]")))
                 .collect::<Result<_, _>>()?,
             input,
+            on_rejection,
         })
     }
 }
@@ -244,7 +247,7 @@ fn judge_spec(doc: JudgeDoc) -> JudgeSpec {
     }
 }
 
-fn agent_spec(doc: AgentDoc, at: &str) -> Result<AgentSpec, Problem> {
+fn agent_spec(doc: AgentDoc, team_approval: Approval, at: &str) -> Result<AgentSpec, Problem> {
     let AgentDoc {
         name,
         role,
@@ -255,6 +258,7 @@ fn agent_spec(doc: AgentDoc, at: &str) -> Result<AgentSpec, Problem> {
         memory,
         replay,
         replay_latency,
+        approval,
     } = doc;
     let replay = replay
         .into_iter()
@@ -288,6 +292,11 @@ fn agent_spec(doc: AgentDoc, at: &str) -> Result<AgentSpec, Problem> {
         memory,
         replay,
         replay_latency,
+        approval: if team_approval == Approval::Required {
+            Approval::Required
+        } else {
+            approval
+        },
     })
 }
 

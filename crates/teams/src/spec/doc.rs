@@ -32,6 +32,10 @@ pub(crate) struct TeamDoc {
     pub teams: Vec<NestedDoc>,
     #[serde(default)]
     pub input: super::Input,
+    #[serde(default)]
+    pub approval: super::Approval,
+    #[serde(default)]
+    pub on_rejection: super::OnRejection,
 }
 
 /// A nested team as written.
@@ -139,6 +143,8 @@ pub(crate) struct AgentDoc {
     pub replay: Vec<TurnDoc>,
     #[serde(default)]
     pub replay_latency: Option<String>,
+    #[serde(default)]
+    pub approval: super::Approval,
 }
 
 fn default_model() -> String {

@@ -45,6 +45,35 @@ pub struct TeamSpec {
     pub teams: Vec<NestedTeam>,
     /// Whether a task for this team must carry an input.
     pub input: Input,
+    /// What a rejected tool call does to the run.
+    pub on_rejection: OnRejection,
+}
+
+/// Whether an agent's tool calls wait for a person's approval
+/// (`approval:` on the team or on an agent).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(expecting = "enum Approval")]
+pub enum Approval {
+    /// Calls run without asking (the default).
+    #[default]
+    None,
+    /// Every tool call stops the run until a person approves it.
+    Required,
+}
+
+/// What a rejected (or expired) tool call does to the run
+/// (`on_rejection:` in the spec).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(expecting = "enum OnRejection")]
+pub enum OnRejection {
+    /// The model receives the rejection as the tool's result and goes on
+    /// (the default).
+    #[default]
+    Continue,
+    /// The task fails.
+    Fail,
 }
 
 /// Whether a team's tasks must carry an input (`input:` in the spec).
@@ -173,6 +202,9 @@ pub struct AgentSpec {
     pub replay: Vec<ReplayTurn>,
     /// Simulated latency of each `replay` model call (at most 10 minutes).
     pub replay_latency: Option<Duration>,
+    /// Whether its tool calls wait for a person's approval (the team's
+    /// `approval` or its own).
+    pub approval: Approval,
 }
 
 /// One scripted response of the `replay` model. `{input}` in any text is
@@ -289,6 +321,7 @@ impl TeamSpec {
             budget: self.budget.clone(),
             teams: Vec::new(),
             input: self.input,
+            on_rejection: self.on_rejection,
         }
     }
 

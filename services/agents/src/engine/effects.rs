@@ -62,19 +62,28 @@ fn platform_failure(code: tonic::Code) -> bool {
     )
 }
 
+/// Why a tool call did not give the model a result.
+pub(super) enum Halt {
+    /// The platform could not run it: the attempt ends as transient.
+    Platform(String),
+    /// The tools service gates the tool: a person must approve the call.
+    NeedsApproval(String),
+}
+
 /// Calls a tool; a failure of the call becomes text for the model, never a
-/// crash; a failure of the platform is an `Err` of the outer result.
+/// crash; a failure of the platform, or a call that needs approval, is an
+/// `Err` of the outer result.
 pub(super) async fn invoke(
     services: &Services,
     caller: &Caller,
     input: &RunInput,
     call_id: &str,
     tool: &str,
-    args: serde_json::Map<String, serde_json::Value>,
-) -> Result<Result<serde_json::Value, String>, String> {
+    args: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Result<serde_json::Value, String>, Halt> {
     let request = caller.request(tools::InvokeToolRequest {
         tool: tool.to_owned(),
-        arguments: Some(map_to_struct(&args)),
+        arguments: Some(map_to_struct(args)),
         task_id: input.run_id.clone(),
         // Stable across attempts, so a retried run replays recorded side effects.
         idempotency_key: call_id.to_owned(),
@@ -87,11 +96,14 @@ pub(super) async fn invoke(
             .as_ref()
             .map(value_to_json)
             .unwrap_or(serde_json::Value::Null))),
-        Err(status) if platform_failure(status.code()) => Err(format!(
+        Err(status) if platform_failure(status.code()) => Err(Halt::Platform(format!(
             "tools service could not run `{tool}`: {:?}: {}",
             status.code(),
             status.message()
-        )),
+        ))),
+        Err(status) if amaos_mesh::approval::is_required(&status) => {
+            Err(Halt::NeedsApproval(status.message().to_owned()))
+        }
         Err(status) => Ok(Err(format!("{:?}: {}", status.code(), status.message()))),
     }
 }

@@ -62,6 +62,18 @@ pub enum RunError {
     /// The judge escalated the output to a person.
     #[error("the judge escalated the output: {0}")]
     NeedsReview(String),
+    /// A tool call needs a person's approval: the run stops before it.
+    #[error("`{}` waits for a person's approval: {}", .asked.tool, .asked.reason)]
+    InputRequired {
+        /// The agent that called the tool.
+        agent: String,
+        /// The call.
+        asked: Box<pb::ApprovalRequested>,
+    },
+    /// A person rejected a tool call (or nobody decided in time), and the
+    /// spec says a rejection fails the task.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl RunError {
@@ -73,6 +85,8 @@ impl RunError {
             RunError::Dependency(_) => "transient",
             RunError::Cancelled => "cancelled",
             RunError::NeedsReview(_) => "needs_review",
+            RunError::InputRequired { .. } => "input_required",
+            RunError::Rejected(_) => "tool",
         }
     }
 }
@@ -110,6 +124,8 @@ pub struct RunInput {
     pub max_tokens: Option<u64>,
     /// Longest wall time.
     pub max_wall_time: Option<Duration>,
+    /// People's decisions on the task's gated tool calls, by call id.
+    pub approvals: std::collections::HashMap<String, pb::ApprovalDecision>,
 }
 
 /// Sends numbered events of one run.

@@ -1,13 +1,15 @@
 //! One agent's turn: its conversation with its model until it answers with
 //! text or hands off, calling the tools it asks for in between.
 
+use amaos_mesh::approval::{self, EXPIRY};
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::run_event::Payload;
-use amaos_proto::json::{json_to_value, map_to_struct};
-use amaos_teams::AgentSpec;
+use amaos_proto::json::{json_to_value, map_to_struct, struct_to_map};
+use amaos_teams::{AgentSpec, Approval, OnRejection};
 use tracing::Instrument;
 
 use super::budget::Budget;
+use super::effects::Halt;
 use super::step::StepId;
 use super::{Ctx, Emitter, RunError, effects};
 use crate::provider::{ChatMessage, ChatModel, Reply, ToolCallRequest, ToolSpec};
@@ -270,16 +272,66 @@ async fn call_tool<M: ChatModel>(
         )
         .await?;
     let outcome = if agent.tools.contains(&name) {
-        let span = tracing::info_span!(
-            "execute_tool",
-            otel.name = %format!("execute_tool {name}"),
-            gen_ai.operation.name = "execute_tool",
-            gen_ai.tool.name = %name,
-            gen_ai.tool.call.id = %call_id,
-        );
-        effects::invoke(ctx.services, ctx.caller, ctx.input, &call_id, &name, args)
-            .instrument(span)
-            .await
+        // The arguments as the tools service will see them (through a
+        // protobuf Struct), so both fingerprint the same thing.
+        let args = struct_to_map(&map_to_struct(&args));
+        let sha256 = approval::arguments_sha256(&name, &args);
+        let asked = |reason: String| RunError::InputRequired {
+            agent: agent.name.clone(),
+            asked: Box::new(pb::ApprovalRequested {
+                call_id: call_id.clone(),
+                tool: name.clone(),
+                arguments: Some(map_to_struct(&args)),
+                arguments_sha256: sha256.clone(),
+                reason,
+            }),
+        };
+        match ctx.input.approvals.get(&call_id) {
+            // Fail closed: a decision covers exactly the arguments decided on.
+            Some(decision) if decision.arguments_sha256 != sha256 => Ok(Err(format!(
+                "refused: the call's arguments differ from the ones `{}` decided on",
+                decision.decided_by
+            ))),
+            Some(decision) if !decision.approved => {
+                let why = if decision.decided_by == EXPIRY {
+                    "nobody approved the call in time".to_owned()
+                } else if decision.comment.is_empty() {
+                    format!("`{}` rejected the call", decision.decided_by)
+                } else {
+                    format!(
+                        "`{}` rejected the call: {}",
+                        decision.decided_by, decision.comment
+                    )
+                };
+                if ctx.spec.on_rejection == OnRejection::Fail {
+                    return Err(RunError::Rejected(format!("`{name}`: {why}")));
+                }
+                Ok(Err(format!("rejected: {why}")))
+            }
+            None if agent.approval == Approval::Required => {
+                return Err(asked(format!(
+                    "the team spec requires approval of agent `{}`'s tool calls",
+                    agent.name
+                )));
+            }
+            _ => {
+                let span = tracing::info_span!(
+                    "execute_tool",
+                    otel.name = %format!("execute_tool {name}"),
+                    gen_ai.operation.name = "execute_tool",
+                    gen_ai.tool.name = %name,
+                    gen_ai.tool.call.id = %call_id,
+                );
+                match effects::invoke(ctx.services, ctx.caller, ctx.input, &call_id, &name, &args)
+                    .instrument(span)
+                    .await
+                {
+                    Ok(outcome) => Ok(outcome),
+                    Err(Halt::NeedsApproval(reason)) => return Err(asked(reason)),
+                    Err(Halt::Platform(failure)) => Err(failure),
+                }
+            }
+        }
     } else {
         Ok(Err(format!(
             "tool `{name}` is not allowed for agent `{}`",
@@ -403,6 +455,7 @@ mod tests {
             memory: false,
             replay: Vec::new(),
             replay_latency: None,
+            approval: amaos_teams::Approval::None,
         };
         let agent = AgentSpec {
             role: "Writer".into(),

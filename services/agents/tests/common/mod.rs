@@ -99,6 +99,7 @@ pub fn agent(model: &str) -> AgentSpec {
         memory: false,
         replay: Vec::new(),
         replay_latency: None,
+        approval: amaos_teams::Approval::None,
     }
 }
 

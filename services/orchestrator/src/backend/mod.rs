@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use amaos_proto::agents::v1::RunEvent;
 use amaos_proto::orchestrator::v1 as pb;
 
-use crate::task::{Task, TaskError, TaskState};
+use crate::task::{Approval, Decided, Decision, Refused, Task, TaskError, TaskState};
 
 /// A backend failure.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,9 @@ pub enum Outcome {
         /// Move to the next fallback stage.
         next_stage: bool,
     },
+    /// A tool call waits for a person: INPUT_REQUIRED with this pending
+    /// approval; the attempt ends and the task holds no worker or slot.
+    AwaitInput(Box<Approval>),
     /// Give up: FAILED or TIMED_OUT, with dependents failed too.
     Finished {
         /// The terminal state.
@@ -150,8 +153,12 @@ pub struct Swept {
     /// Unfinished tasks found in no structure (queue, delayed set, a held
     /// lease) and queued again.
     pub requeued: usize,
-    /// PENDING or QUEUED tasks past their deadline, ended TIMED_OUT.
+    /// PENDING, QUEUED or INPUT_REQUIRED tasks past their deadline, ended
+    /// TIMED_OUT.
     pub timed_out: usize,
+    /// INPUT_REQUIRED tasks whose approval expired, queued to resume with
+    /// the call rejected.
+    pub expired: usize,
     /// Dependents left pending by a dependency that did not succeed (the
     /// cascade was interrupted), ended as the cascade would have.
     pub ended: usize,
@@ -162,7 +169,7 @@ pub struct Swept {
 impl Swept {
     /// Tasks changed: requeued, timed out or ended.
     pub fn repaired(&self) -> usize {
-        self.requeued + self.timed_out + self.ended
+        self.requeued + self.timed_out + self.ended + self.expired
     }
 }
 
@@ -241,6 +248,19 @@ pub trait TaskBackend: Send + Sync + 'static {
     /// fails the dependents too.
     async fn finish(&self, claim: &Claim, outcome: Outcome) -> Result<Applied, BackendError>;
 
+    /// Records a person's decision on approval `approval_id` of a task of
+    /// `tenant` waiting in INPUT_REQUIRED and queues the task to resume
+    /// (a new attempt, on any worker). An approval past its expiry is
+    /// recorded as expired instead. `None` when the tenant has no such task;
+    /// a refusal changes nothing.
+    async fn decide(
+        &self,
+        tenant: &str,
+        id: &str,
+        approval_id: &str,
+        decision: &Decision,
+    ) -> Result<Option<Result<(Decided, Task), Refused>>, BackendError>;
+
     /// Cancels a task of `tenant` that has not finished (and its dependents);
     /// returns the task as it is afterwards.
     async fn cancel(
@@ -283,8 +303,11 @@ pub trait TaskBackend: Send + Sync + 'static {
     ///   delivered and pending), not in the delayed set, not holding a lease,
     ///   not waiting for unfinished dependencies — is queued again (a RUNNING
     ///   one with a new attempt number, fencing out whoever held it);
-    /// - a PENDING or QUEUED task past its deadline ends TIMED_OUT (its
-    ///   dependents fail);
+    /// - a PENDING, QUEUED or INPUT_REQUIRED task past its deadline ends
+    ///   TIMED_OUT (its dependents fail);
+    /// - an INPUT_REQUIRED task whose approval expired is queued to resume
+    ///   with the call rejected (an INPUT_REQUIRED task is in no structure
+    ///   by design: it waits for a person);
     /// - a pending dependent of a dependency that failed or was cancelled
     ///   ends as the interrupted cascade would have ended it;
     /// - consumers of the queue's group idle for ten leases with nothing
@@ -326,6 +349,10 @@ pub(crate) fn takeover_reason(previous: u32, released: bool) -> String {
         )
     }
 }
+
+/// Why a task waiting for a person timed out.
+pub(crate) const DEADLINE_WHILE_WAITING: &str =
+    "its deadline passed while it waited for an approval";
 
 /// The event recording a state change.
 pub fn state_event(

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Applied, Claim, Claimed, Lease, Outcome, Record, TaskBackend};
 use crate::metrics::TaskMetrics;
-use crate::task::{ErrorClass, Task, TaskError, TaskState, TeamSource};
+use crate::task::{
+    Approval, ApprovalState, ErrorClass, MAX_APPROVALS, Task, TaskError, TaskState, TeamSource,
+};
 use crate::usage::{Budgets, Day, Usage};
 
 mod worker;
@@ -42,6 +44,15 @@ const QUEUE_MEASURE_EVERY: Duration = Duration::from_secs(5);
 enum Counted {
     Final(TaskState),
     Retry(bool),
+    Waiting,
+}
+
+/// How a run on a worker ended without failing.
+enum Ended {
+    /// The team's output.
+    Output(String),
+    /// A tool call needs a person's approval (the agent that called it).
+    Input(agents::ApprovalRequested, String),
 }
 
 /// Channels to agents workers, by address.
@@ -87,6 +98,8 @@ pub struct DispatchConfig {
     pub max_in_flight: usize,
     /// Parallel claim loops.
     pub claimers: usize,
+    /// How long a gated tool call waits for a person.
+    pub approval_ttl: Duration,
 }
 
 /// Where the dispatcher accounts for attempts: the metrics, and the usage
@@ -435,11 +448,13 @@ impl Dispatcher {
             Outcome::Succeeded { .. } => Counted::Final(TaskState::Succeeded),
             Outcome::Finished { state, .. } => Counted::Final(*state),
             Outcome::Retry { next_stage, .. } => Counted::Retry(*next_stage),
+            Outcome::AwaitInput(_) => Counted::Waiting,
         };
         match self.backend.finish(&claim, outcome).await {
             Ok(Applied::Recorded) => match counted {
                 Counted::Final(state) => self.metrics.finished(&claim.task, state),
                 Counted::Retry(next_stage) => self.metrics.retried(&claim.task, next_stage),
+                Counted::Waiting => {}
             },
             Ok(Applied::Stale | Applied::LogFull) => {}
             Err(error) => {
@@ -511,7 +526,10 @@ impl Dispatcher {
         };
         let outcome = match result {
             Err(_) => timed_out(),
-            Ok(Ok(output)) => Outcome::Succeeded { output },
+            Ok(Ok(Ended::Output(output))) => Outcome::Succeeded { output },
+            Ok(Ok(Ended::Input(asked, agent))) => {
+                self.await_input(task, claim.attempt(), asked, agent)
+            }
             Ok(Err(failure)) => {
                 if let Some(worker) = worker.take() {
                     // Only the worker's or the team's own failures feed the
@@ -557,6 +575,63 @@ impl Dispatcher {
                 tracing::debug!(code = ?status.code(), "reporting an outcome to the router failed");
             }
         });
+    }
+}
+
+impl Dispatcher {
+    /// The outcome of an attempt that stopped for a person: INPUT_REQUIRED
+    /// with a new pending approval, or a failure when the request cannot be
+    /// one (too many approvals, or a call already decided asked again).
+    fn await_input(
+        &self,
+        task: &Task,
+        attempt: u32,
+        asked: agents::ApprovalRequested,
+        agent: String,
+    ) -> Outcome {
+        let fail = |message: String| Outcome::Finished {
+            state: TaskState::Failed,
+            error: TaskError {
+                class: ErrorClass::Invalid,
+                message,
+            },
+        };
+        if task.approvals.len() >= MAX_APPROVALS {
+            return fail(format!(
+                "the run asked for more than {MAX_APPROVALS} approvals"
+            ));
+        }
+        if asked.call_id.is_empty() || task.approvals.iter().any(|a| a.call_id == asked.call_id) {
+            // A decided call asked again: the worker ignored the decision.
+            return fail(format!(
+                "the run asked again for a decided call `{}`",
+                asked.call_id
+            ));
+        }
+        let now = SystemTime::now();
+        let expires_at = (now + self.config.approval_ttl).min(task.deadline);
+        let arguments = asked
+            .arguments
+            .as_ref()
+            .map(|s| serde_json::Value::Object(amaos_proto::json::struct_to_map(s)))
+            .unwrap_or_else(|| serde_json::json!({}));
+        Outcome::AwaitInput(Box::new(Approval {
+            id: amaos_mesh::new_id(),
+            attempt,
+            team: task.current_target().0,
+            agent,
+            tool: asked.tool,
+            arguments: arguments.to_string(),
+            arguments_sha256: asked.arguments_sha256,
+            call_id: asked.call_id,
+            reason: asked.reason,
+            requested_at: now,
+            expires_at,
+            state: ApprovalState::Pending,
+            decided_by: String::new(),
+            comment: String::new(),
+            decided_at: None,
+        }))
     }
 }
 

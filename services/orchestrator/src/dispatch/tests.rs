@@ -69,6 +69,7 @@ fn the_error_is_kept_whatever_is_decided() {
         let error = match outcome {
             Outcome::Retry { error, .. } | Outcome::Finished { error, .. } => error,
             Outcome::Succeeded { .. } => panic!("a failure never succeeds"),
+            Outcome::AwaitInput(_) => panic!("a failure never waits for a person"),
         };
         assert_eq!(error.message, "boom");
     }

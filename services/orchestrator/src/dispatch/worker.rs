@@ -11,7 +11,7 @@ impl Dispatcher {
         claim: &Claim,
         chosen: &mut Option<String>,
         usage: &mut Usage,
-    ) -> Result<String, Failure> {
+    ) -> Result<Ended, Failure> {
         let task = &claim.task;
         let attempt = claim.attempt();
         // Workers that answered "at capacity" during this attempt. A refusal
@@ -86,7 +86,10 @@ impl Dispatcher {
                 }
             }
             let end = batch.iter().find_map(|event| match &event.payload {
-                Some(Payload::RunCompleted(done)) => Some(Ok(done.output.clone())),
+                Some(Payload::RunCompleted(done)) => Some(Ok(Ended::Output(done.output.clone()))),
+                Some(Payload::ApprovalRequested(asked)) => {
+                    Some(Ok(Ended::Input(asked.clone(), event.agent.clone())))
+                }
                 Some(Payload::RunFailed(failed)) => {
                     let class = ErrorClass::from_run(&failed.class);
                     // A live worker reported the failure: the team's, if anyone's.
@@ -202,11 +205,15 @@ impl Dispatcher {
             .deadline
             .duration_since(SystemTime::now())
             .unwrap_or_default();
+        // The decisions so far go to the run; the approved calls' grants go
+        // into its token, which the tools service holds a gated call to.
+        let (approvals, approved) = task.decisions();
         let run = RunScope {
             task: task.id.clone(),
             attempt,
             team: team.clone(),
             session: task.session_id.clone(),
+            approved,
         };
         let token = self
             .tokens
@@ -238,6 +245,7 @@ impl Dispatcher {
             context,
             budget: None,
             model_alias_override: model_override.unwrap_or_default(),
+            approvals,
         });
         if let Ok(left) = task.deadline.duration_since(SystemTime::now()) {
             request.set_timeout(left);

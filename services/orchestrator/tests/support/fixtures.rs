@@ -46,5 +46,6 @@ pub fn sample(tenant: &str) -> Task {
         workflow_key: String::new(),
         depends_on: Vec::new(),
         dependents: Vec::new(),
+        approvals: Vec::new(),
     }
 }

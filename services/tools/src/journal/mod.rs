@@ -23,22 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use amaos_mesh::retry::Backoff;
-use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-/// A hash of a call: the tool and its arguments.
-pub fn fingerprint(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(tool.as_bytes());
-    h.update([0]);
-    // serde_json maps are ordered by key, so this is canonical.
-    h.update(
-        serde_json::Value::Object(args.clone())
-            .to_string()
-            .as_bytes(),
-    );
-    h.finalize().into()
-}
+pub use amaos_mesh::approval::fingerprint;
 
 /// How much a journal keeps, and how long.
 #[derive(Clone, Copy, Debug)]

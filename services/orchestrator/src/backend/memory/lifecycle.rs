@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{Entry, IDEMPOTENCY_WINDOW, Inner, MemoryBackend};
 use crate::backend::{Applied, BackendError, Claim, Outcome, Record, event, state_event};
-use crate::task::{ErrorClass, Task, TaskError, TaskState};
+use crate::task::{Decided, Decision, ErrorClass, Refused, Task, TaskError, TaskState};
 
 impl Inner {
     /// Appends an event; terminal state changes are always kept.
@@ -130,7 +130,12 @@ impl Inner {
 
     /// Ends a task that never started in time TIMED_OUT, failing its dependents.
     pub(super) fn time_out(&mut self, id: &str, max: usize) {
-        let message = "the task did not start before its deadline";
+        self.time_out_because(id, "the task did not start before its deadline", max);
+    }
+
+    /// Ends a task past its deadline TIMED_OUT for `message`, failing its
+    /// dependents.
+    pub(super) fn time_out_because(&mut self, id: &str, message: &str, max: usize) {
         if let Some(e) = self.tasks.get_mut(id) {
             e.task.error = Some(TaskError {
                 class: ErrorClass::Transient,
@@ -319,6 +324,16 @@ impl MemoryBackend {
                     .delayed
                     .push(Reverse((Instant::now() + after, id.to_owned())));
             }
+            Outcome::AwaitInput(approval) => {
+                let reason = format!(
+                    "attempt {attempt} waits for a person to approve `{}` (approval {})",
+                    approval.tool, approval.id
+                );
+                if let Some(e) = inner.tasks.get_mut(id) {
+                    e.task.approvals.push(*approval);
+                }
+                inner.set_state(id, TaskState::InputRequired, &reason, max);
+            }
             Outcome::Finished { state, error } => {
                 let message = error.message.clone();
                 if let Some(e) = inner.tasks.get_mut(id) {
@@ -338,6 +353,36 @@ impl MemoryBackend {
             self.ready.notify_one();
         }
         Ok(Applied::Recorded)
+    }
+
+    /// Records a decision on a task waiting for one, and queues the task.
+    pub(super) async fn decide_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        approval_id: &str,
+        decision: &Decision,
+    ) -> Result<Option<Result<(Decided, Task), Refused>>, BackendError> {
+        let max = self.limits.max_events_per_task;
+        let mut inner = self.lock();
+        let Some(entry) = inner.tasks.get_mut(id).filter(|e| e.task.tenant == tenant) else {
+            return Ok(None);
+        };
+        let mut next = entry.task.clone();
+        let decided = match next.decide(approval_id, decision, std::time::SystemTime::now()) {
+            Ok(decided) => decided,
+            Err(refused) => return Ok(Some(Err(refused))),
+        };
+        entry.task = next;
+        let reason = match &decided {
+            Decided::Recorded(reason) | Decided::Expired(reason) => reason.clone(),
+        };
+        inner.set_state(id, TaskState::Queued, &reason, max);
+        inner.ready.push_back(id.to_owned());
+        let task = inner.tasks.get(id).map(|e| e.task.clone());
+        drop(inner);
+        self.ready.notify_one();
+        Ok(task.map(|task| Ok((decided, task))))
     }
 
     /// Cancels an unfinished task of `tenant` and its dependents.

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use std::time::{Duration, SystemTime};
 
 use super::MemoryBackend;
-use crate::backend::{BackendError, Swept};
+use crate::backend::{BackendError, DEADLINE_WHILE_WAITING, Swept};
 use crate::task::{ErrorClass, TaskError, TaskState};
 
 impl MemoryBackend {
@@ -48,6 +48,26 @@ impl MemoryBackend {
                 continue;
             };
             if task.state.is_terminal() {
+                continue;
+            }
+            if task.state == TaskState::InputRequired {
+                // It waits for a person, in no structure by design, until its
+                // deadline or its approval's expiry.
+                if task.deadline <= now {
+                    inner.time_out_because(&id, DEADLINE_WHILE_WAITING, max);
+                    swept.timed_out += 1;
+                    continue;
+                }
+                let mut next = task.clone();
+                if let Some(reason) = next.expire_approval(now)
+                    && let Some(e) = inner.tasks.get_mut(&id)
+                {
+                    e.task = next;
+                    inner.set_state(&id, TaskState::Queued, &reason, max);
+                    inner.ready.push_back(id);
+                    swept.expired += 1;
+                    wake = true;
+                }
                 continue;
             }
             if matches!(task.state, TaskState::Pending | TaskState::Queued) && task.deadline <= now

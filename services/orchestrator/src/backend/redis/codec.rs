@@ -21,6 +21,7 @@ pub(super) fn state_name(state: TaskState) -> &'static str {
         TaskState::Cancelled => "Cancelled",
         TaskState::TimedOut => "TimedOut",
         TaskState::NeedsReview => "NeedsReview",
+        TaskState::InputRequired => "InputRequired",
     }
 }
 
@@ -34,6 +35,7 @@ pub(super) fn parse_state(name: &str) -> Option<TaskState> {
         "Cancelled" => TaskState::Cancelled,
         "TimedOut" => TaskState::TimedOut,
         "NeedsReview" => TaskState::NeedsReview,
+        "InputRequired" => TaskState::InputRequired,
         _ => return None,
     })
 }

@@ -10,7 +10,7 @@ use super::codec::state_name;
 use super::store::{Cas, Change, Loaded};
 use super::{CAS_RETRIES, IDEMPOTENCY_TTL_S, NOT_STARTED, RedisBackend, now_ms};
 use crate::backend::{Applied, BackendError, Claim, Outcome, Record, state_event};
-use crate::task::{ErrorClass, Task, TaskError, TaskState};
+use crate::task::{Decided, Decision, ErrorClass, Refused, Task, TaskError, TaskState};
 
 impl RedisBackend {
     /// Stores new tasks (and a workflow's members) in one script; the id stored
@@ -218,6 +218,18 @@ impl RedisBackend {
                         state_event(Some(from), TaskState::Pending, &reason, attempt),
                     )?);
                 }
+                Outcome::AwaitInput(approval) => {
+                    let reason = format!(
+                        "attempt {attempt} waits for a person to approve `{}` (approval {})",
+                        approval.tool, approval.id
+                    );
+                    next.approvals.push((**approval).clone());
+                    next.state = TaskState::InputRequired;
+                    change.events.push(self.blob(
+                        id,
+                        state_event(Some(from), TaskState::InputRequired, &reason, attempt),
+                    )?);
+                }
                 Outcome::Finished { state, error } => {
                     next.error = Some(error.clone());
                     next.state = *state;
@@ -246,6 +258,60 @@ impl RedisBackend {
         Err(BackendError::Unavailable(format!(
             "task {id} is too contended to finish"
         )))
+    }
+
+    /// Records a decision on a task waiting for one, and queues the task.
+    pub(super) async fn decide_approval(
+        &self,
+        tenant: &str,
+        id: &str,
+        approval_id: &str,
+        decision: &Decision,
+    ) -> Result<Option<Result<(Decided, Task), Refused>>, BackendError> {
+        for _ in 0..CAS_RETRIES {
+            let Some(loaded) = self.load(id).await? else {
+                return Ok(None);
+            };
+            if loaded.task.tenant != tenant {
+                return Ok(None);
+            }
+            let mut next = loaded.task.clone();
+            let decided = match next.decide(approval_id, decision, SystemTime::now()) {
+                Ok(decided) => decided,
+                Err(refused) => return Ok(Some(Err(refused))),
+            };
+            if let Cas::Done = self.resume(&loaded, &mut next, &decided).await? {
+                return Ok(Some(Ok((decided, next))));
+            }
+        }
+        Err(BackendError::Unavailable(format!(
+            "task {id} is too contended to decide"
+        )))
+    }
+
+    /// Queues `next` (decided from INPUT_REQUIRED) to resume.
+    pub(super) async fn resume(
+        &self,
+        loaded: &Loaded,
+        next: &mut Task,
+        decided: &Decided,
+    ) -> Result<Cas, BackendError> {
+        let reason = match decided {
+            Decided::Recorded(reason) | Decided::Expired(reason) => reason,
+        };
+        next.state = TaskState::Queued;
+        next.updated_at = SystemTime::now();
+        let mut change = Change::events(vec![self.blob(
+            &next.id,
+            state_event(
+                Some(TaskState::InputRequired),
+                TaskState::Queued,
+                reason,
+                next.attempt,
+            ),
+        )?]);
+        change.enqueue = true;
+        self.cas(loaded, next, change).await
     }
 
     /// Cancels an unfinished task of `tenant` and its dependents.
@@ -340,11 +406,22 @@ impl RedisBackend {
         loaded: &Loaded,
         ack: Option<&str>,
     ) -> Result<Cas, BackendError> {
+        self.time_out_because(loaded, ack, NOT_STARTED).await
+    }
+
+    /// Ends an unstarted task (PENDING, QUEUED or INPUT_REQUIRED: it holds
+    /// no slot) TIMED_OUT for `why` (acking `ack`), then fails its dependents.
+    pub(super) async fn time_out_because(
+        &self,
+        loaded: &Loaded,
+        ack: Option<&str>,
+        why: &str,
+    ) -> Result<Cas, BackendError> {
         let mut next = loaded.task.clone();
         let now = SystemTime::now();
         next.error = Some(TaskError {
             class: ErrorClass::Transient,
-            message: NOT_STARTED.to_owned(),
+            message: why.to_owned(),
         });
         next.state = TaskState::TimedOut;
         next.finished_at = Some(now);
@@ -354,7 +431,7 @@ impl RedisBackend {
             state_event(
                 Some(loaded.task.state),
                 TaskState::TimedOut,
-                NOT_STARTED,
+                why,
                 next.attempt,
             ),
         )?]);
@@ -362,12 +439,8 @@ impl RedisBackend {
         change.expire = true;
         let done = self.cas(loaded, &next, change).await?;
         if let Cas::Done = done {
-            self.end_dependents(
-                &next,
-                TaskState::Failed,
-                &format!("did not succeed: {NOT_STARTED}"),
-            )
-            .await?;
+            self.end_dependents(&next, TaskState::Failed, &format!("did not succeed: {why}"))
+                .await?;
         }
         Ok(done)
     }

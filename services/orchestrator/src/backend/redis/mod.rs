@@ -253,6 +253,18 @@ impl TaskBackend for RedisBackend {
         self.finish_attempt(claim, outcome).await
     }
 
+    async fn decide(
+        &self,
+        tenant: &str,
+        id: &str,
+        approval_id: &str,
+        decision: &crate::task::Decision,
+    ) -> Result<Option<Result<(crate::task::Decided, Task), crate::task::Refused>>, BackendError>
+    {
+        self.decide_approval(tenant, id, approval_id, decision)
+            .await
+    }
+
     async fn cancel(
         &self,
         tenant: &str,

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use super::store::{Cas, Change};
 use super::{CAS_RETRIES, GROUP, RedisBackend};
-use crate::backend::{BackendError, Swept, state_event};
-use crate::task::{Task, TaskState};
+use crate::backend::{BackendError, DEADLINE_WHILE_WAITING, Swept, state_event};
+use crate::task::{Decided, Task, TaskState};
 
 /// Where the sweep's walk over task keys stands between calls.
 #[derive(Default)]
@@ -26,6 +26,37 @@ impl RedisBackend {
             let task = &loaded.task;
             if task.state.is_terminal() {
                 return Ok(());
+            }
+            if task.state == TaskState::InputRequired {
+                // It waits for a person, in no structure by design, until its
+                // deadline or its approval's expiry.
+                let now = SystemTime::now();
+                if task.deadline <= now {
+                    match self
+                        .time_out_because(&loaded, None, DEADLINE_WHILE_WAITING)
+                        .await?
+                    {
+                        Cas::Done => {
+                            swept.timed_out += 1;
+                            return Ok(());
+                        }
+                        _ => continue,
+                    }
+                }
+                let mut next = task.clone();
+                let Some(reason) = next.expire_approval(now) else {
+                    return Ok(());
+                };
+                match self
+                    .resume(&loaded, &mut next, &Decided::Expired(reason))
+                    .await?
+                {
+                    Cas::Done => {
+                        swept.expired += 1;
+                        return Ok(());
+                    }
+                    _ => continue,
+                }
             }
             let waiting = matches!(task.state, TaskState::Pending | TaskState::Queued);
             if waiting && task.deadline <= SystemTime::now() {

@@ -3,12 +3,14 @@
 //! the same behaviour. `tests/conformance.rs` runs each scenario as its own
 //! test on each backend; the rate limiters have their own scenario.
 
+mod approvals;
 mod deadlines;
 mod lifecycle;
 mod limits;
 mod watching;
 mod workflows;
 
+pub use approvals::*;
 pub use deadlines::*;
 pub use lifecycle::*;
 pub use limits::*;
@@ -78,6 +80,7 @@ async fn sweep(b: &dyn TaskBackend) -> Swept {
         total.requeued += s.requeued;
         total.timed_out += s.timed_out;
         total.ended += s.ended;
+        total.expired += s.expired;
         total.consumers_removed += s.consumers_removed;
     }
     total

@@ -1,0 +1,53 @@
+//! Listing the tool calls that wait for a person (and the decided ones).
+
+use amaos_mesh::caller::Caller;
+use amaos_proto::orchestrator::v1 as pb;
+
+use crate::error::OrchestratorError;
+use crate::request::ApprovalQuery;
+use crate::task::{ApprovalState, Task, TaskState};
+
+impl crate::Inner {
+    /// The approvals of `caller`'s tenant that `query` asks for, newest first.
+    pub(crate) async fn approvals(
+        &self,
+        caller: &Caller,
+        query: ApprovalQuery,
+    ) -> Result<Vec<pb::Approval>, OrchestratorError> {
+        let tasks: Vec<Task> = match &query.task_id {
+            Some(id) => self
+                .backend
+                .get(&caller.tenant, id)
+                .await?
+                .into_iter()
+                .collect(),
+            None => {
+                self.backend
+                    .list(
+                        &caller.tenant,
+                        None,
+                        (!query.include_decided).then_some(TaskState::InputRequired),
+                        query.team.as_deref(),
+                        query.limit,
+                    )
+                    .await?
+            }
+        };
+        Ok(tasks
+            .iter()
+            .flat_map(|task| {
+                task.approvals
+                    .iter()
+                    .rev()
+                    .filter(|a| {
+                        query.include_decided
+                            || (a.state == ApprovalState::Pending
+                                && task.state == TaskState::InputRequired)
+                    })
+                    .filter(|a| query.team.as_ref().is_none_or(|team| &a.team == team))
+                    .map(|a| a.to_proto(&task.id))
+            })
+            .take(query.limit)
+            .collect())
+    }
+}
