@@ -202,6 +202,8 @@ async fn every_service_exports_its_metrics_after_the_example_teams_ran() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        // It waits for a person's approval (tests/approvals.rs runs it).
+        .filter(|p| !p.ends_with("approved-payout.yaml"))
         .collect();
     files.sort();
     assert_eq!(files.len(), 6, "{files:?}");

@@ -100,7 +100,9 @@ async fn services_are_listed_and_described_through_reflection() {
             "ListTasks",
             "CancelTask",
             "WatchTask",
-            "GetUsage"
+            "GetUsage",
+            "ListApprovals",
+            "DecideApproval"
         ]
     );
     let watch = service
@@ -273,7 +275,7 @@ async fn every_http_rule_and_the_error_details_are_served_through_reflection() {
         assert_eq!(with_rule, expected, "{service}");
         served_rules += with_rule.len();
     }
-    assert_eq!(served_rules, 23);
+    assert_eq!(served_rules, 25);
 
     // The error details (google.rpc.BadRequest, …) are described.
     let MessageResponse::FileDescriptorResponse(details) = ask(

@@ -16,20 +16,51 @@ pub const EXPIRY: &str = "expiry";
 /// The `ErrorInfo` domain of [`REASON`].
 pub const DOMAIN: &str = "tools.amaos.io";
 
-/// SHA-256 of a tool's name and its arguments as canonical JSON (serde_json
-/// maps are ordered by key). The tools journal keys calls by it, and an
-/// approval holds it: the approved call must run with exactly these
-/// arguments.
+/// SHA-256 of a tool's name and its arguments as canonical JSON: object
+/// keys sorted at every depth, whatever order the map keeps (serde_json's
+/// `preserve_order` may be on in a build). The tools journal keys calls by
+/// it, and an approval holds it: the approved call must run with exactly
+/// these arguments.
 pub fn fingerprint(tool: &str, args: &serde_json::Map<String, serde_json::Value>) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(tool.as_bytes());
     h.update([0]);
-    h.update(
-        serde_json::Value::Object(args.clone())
-            .to_string()
-            .as_bytes(),
-    );
+    let mut text = String::new();
+    canonical_object(args, &mut text);
+    h.update(text.as_bytes());
     h.finalize().into()
+}
+
+fn canonical_object(map: &serde_json::Map<String, serde_json::Value>, out: &mut String) {
+    let mut entries: Vec<_> = map.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (key, value)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&serde_json::Value::String(key.clone()).to_string());
+        out.push(':');
+        canonical(value, out);
+    }
+    out.push('}');
+}
+
+fn canonical(value: &serde_json::Value, out: &mut String) {
+    match value {
+        serde_json::Value::Object(map) => canonical_object(map, out),
+        serde_json::Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
 }
 
 /// [`fingerprint`] as lowercase hex: what approvals and grants carry.
@@ -83,6 +114,18 @@ mod tests {
             arguments_sha256("file_write", &map(a.clone())),
             arguments_sha256("file_read", &map(a))
         );
+    }
+
+    #[test]
+    fn the_fingerprint_of_sorted_arguments_is_their_plain_json_hash() {
+        // What the journal recorded before keys were sorted explicitly
+        // (arguments arrive through a protobuf Struct, sorted) still matches.
+        let args = serde_json::json!({"a": {"x": 1, "y": [true, null]}, "b": "t"});
+        let mut h = Sha256::new();
+        h.update(b"tool\0");
+        h.update(args.to_string().as_bytes());
+        let plain: [u8; 32] = h.finalize().into();
+        assert_eq!(fingerprint("tool", args.as_object().unwrap()), plain);
     }
 
     #[test]
