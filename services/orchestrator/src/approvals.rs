@@ -8,6 +8,18 @@ use crate::request::ApprovalQuery;
 use crate::task::{ApprovalState, Task, TaskState};
 
 impl crate::Inner {
+    /// Task `id` of `caller`'s tenant; NOT_FOUND when it has none.
+    pub(crate) async fn task_of(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Task, OrchestratorError> {
+        self.backend
+            .get(&caller.tenant, id)
+            .await?
+            .ok_or_else(|| OrchestratorError::TaskNotFound(id.to_owned()))
+    }
+
     /// The approvals of `caller`'s tenant that `query` asks for, newest first.
     pub(crate) async fn approvals(
         &self,

@@ -478,13 +478,7 @@ impl OrchestratorService for Orchestrator {
             .permitted(&caller, "cancel", "task.cancel", &task_id)
             .await?;
         // Another tenant's task (or none) is refused and recorded as such.
-        let found = self
-            .inner
-            .backend
-            .get(&caller.tenant, &task_id)
-            .await
-            .map_err(OrchestratorError::from)
-            .and_then(|t| t.ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone())));
+        let found = self.inner.task_of(&caller, &task_id).await;
         let before = self
             .inner
             .settle(&caller, "task.cancel", &task_id, found)
@@ -538,27 +532,24 @@ impl OrchestratorService for Orchestrator {
         // tenant's task (or none) is NOT_FOUND, recorded as refused.
         let found = self
             .inner
-            .backend
-            .get(&caller.tenant, &task_id)
+            .task_of(&caller, &task_id)
             .await
-            .map_err(OrchestratorError::from)
-            .and_then(|t| t.ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone())));
-        let found = found.and_then(|task| {
-            let team = task.current_target().0;
-            match self.inner.policy.allows(
-                &caller.principal,
-                &caller.roles,
-                &caller.tenant,
-                &format!("teams/{team}"),
-                "approve",
-            ) {
-                Some(_) => Ok(task),
-                None => Err(OrchestratorError::Forbidden(format!(
-                    "roles [{}] may not `approve` calls of team `{team}`",
-                    caller.roles.join(", ")
-                ))),
-            }
-        });
+            .and_then(|task| {
+                let team = task.current_target().0;
+                match self.inner.policy.allows(
+                    &caller.principal,
+                    &caller.roles,
+                    &caller.tenant,
+                    &format!("teams/{team}"),
+                    "approve",
+                ) {
+                    Some(_) => Ok(task),
+                    None => Err(OrchestratorError::Forbidden(format!(
+                        "roles [{}] may not `approve` calls of team `{team}`",
+                        caller.roles.join(", ")
+                    ))),
+                }
+            });
         self.inner
             .settle(&caller, "task.approve", &object, found)
             .await?;

@@ -379,11 +379,7 @@ impl TryFrom<pb::ListTasksRequest> for ListQuery {
             state,
             team,
         } = request;
-        let limit = match page_size {
-            0 => 100,
-            n if n <= MAX_PAGE_SIZE => n as usize,
-            _ => return Err(invalid("page_size", "at most 1000")),
-        };
+        let limit = page_limit(page_size)?;
         let state = match state {
             0 => None,
             s => {
@@ -422,11 +418,7 @@ impl TryFrom<pb::ListApprovalsRequest> for ApprovalQuery {
             include_decided,
             page_size,
         } = request;
-        let limit = match page_size {
-            0 => 100,
-            n if n <= MAX_PAGE_SIZE => n as usize,
-            _ => return Err(invalid("page_size", "at most 1000")),
-        };
+        let limit = page_limit(page_size)?;
         Ok(Self {
             team: Some(team).filter(|t| !t.is_empty()),
             task_id: Some(id_field("task_id", task_id, true)?).filter(|t| !t.is_empty()),
@@ -484,6 +476,15 @@ impl DecisionRequest {
                 comment,
             },
         })
+    }
+}
+
+/// A page size: 0 for the default (100), at most [`MAX_PAGE_SIZE`].
+fn page_limit(page_size: u32) -> Result<usize, OrchestratorError> {
+    match page_size {
+        0 => Ok(100),
+        n if n <= MAX_PAGE_SIZE => Ok(n as usize),
+        _ => Err(invalid("page_size", "at most 1000")),
     }
 }
 

@@ -347,6 +347,15 @@ pub enum Decided {
     Expired(String),
 }
 
+impl Decided {
+    /// Why the task resumes: the reason of its state event.
+    pub fn reason(&self) -> &str {
+        match self {
+            Decided::Recorded(reason) | Decided::Expired(reason) => reason,
+        }
+    }
+}
+
 /// Why a decision was refused, changing nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {

@@ -236,6 +236,20 @@ impl Tools {
                     })?,
                 None => DEFAULT_TIMEOUT,
             };
+            // A gated tool runs only for a run token carrying a person's
+            // grant for exactly this call: its idempotency key and its
+            // arguments. Checked before the quota, which a refusal spends not.
+            if let Some(why) = self.gated(&caller.tenant, &tool) {
+                let sha256 = hex(fingerprint);
+                let granted = !idempotency_key.is_empty()
+                    && caller
+                        .task
+                        .as_ref()
+                        .is_some_and(|run| run.approves(&idempotency_key, &sha256));
+                if !granted {
+                    return Err(ToolError::ApprovalRequired(tool.clone(), why));
+                }
+            }
             self.count_call(&caller.tenant)?;
             Ok::<_, ToolError>((call, timeout))
         }
@@ -247,20 +261,6 @@ impl Tools {
                 return Err(error);
             }
         };
-        // A gated tool runs only for a run token carrying a person's grant
-        // for exactly this call: its idempotency key and its arguments.
-        if let Some(why) = self.gated(&caller.tenant, &tool) {
-            let sha256 = hex(fingerprint);
-            let granted = !idempotency_key.is_empty()
-                && caller
-                    .task
-                    .as_ref()
-                    .is_some_and(|run| run.approves(&idempotency_key, &sha256));
-            if !granted {
-                let _ = self.audit_call(caller, &tool, false).await;
-                return Err(ToolError::ApprovalRequired(tool, why));
-            }
-        }
         self.audit_call(caller, &tool, true).await?;
         // A keyed call reserves its key (or replays the recorded result,
         // waiting while another attempt runs it), runs, then records its

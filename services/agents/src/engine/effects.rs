@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use amaos_mesh::caller::Caller;
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::run_event::Payload;
-use amaos_proto::json::{map_to_struct, value_to_json};
+use amaos_proto::json::value_to_json;
 use amaos_proto::memory::v1 as mem;
 use amaos_proto::tools::v1 as tools;
 use amaos_teams::{AgentSpec, TeamSpec};
@@ -79,11 +79,11 @@ pub(super) async fn invoke(
     input: &RunInput,
     call_id: &str,
     tool: &str,
-    args: &serde_json::Map<String, serde_json::Value>,
+    arguments: prost_types::Struct,
 ) -> Result<Result<serde_json::Value, String>, Halt> {
     let request = caller.request(tools::InvokeToolRequest {
         tool: tool.to_owned(),
-        arguments: Some(map_to_struct(args)),
+        arguments: Some(arguments),
         task_id: input.run_id.clone(),
         // Stable across attempts, so a retried run replays recorded side effects.
         idempotency_key: call_id.to_owned(),

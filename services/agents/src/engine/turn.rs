@@ -261,34 +261,35 @@ async fn call_tool<M: ChatModel>(
     events: &mut Emitter,
 ) -> Result<ChatMessage, RunError> {
     let ToolCallRequest { id, name, args } = call;
+    // The arguments as the tools service sees them: a protobuf Struct.
+    let arguments = map_to_struct(&args);
     events
         .emit(
             &agent.name,
             Payload::ToolCall(pb::ToolCall {
                 call_id: call_id.clone(),
                 tool: name.clone(),
-                arguments: Some(map_to_struct(&args)),
+                arguments: Some(arguments.clone()),
             }),
         )
         .await?;
     let outcome = if agent.tools.contains(&name) {
-        // The arguments as the tools service will see them (through a
-        // protobuf Struct), so both fingerprint the same thing.
-        let args = struct_to_map(&map_to_struct(&args));
-        let sha256 = approval::arguments_sha256(&name, &args);
+        // Fingerprinted as the tools service does (from the Struct), and
+        // only when a gate is involved: ungated calls skip the hash.
+        let sha256 = || approval::arguments_sha256(&name, &struct_to_map(&arguments));
         let asked = |reason: String| RunError::InputRequired {
             agent: agent.name.clone(),
             asked: Box::new(pb::ApprovalRequested {
                 call_id: call_id.clone(),
                 tool: name.clone(),
-                arguments: Some(map_to_struct(&args)),
-                arguments_sha256: sha256.clone(),
+                arguments: Some(arguments.clone()),
+                arguments_sha256: sha256(),
                 reason,
             }),
         };
         match ctx.input.approvals.get(&call_id) {
             // Fail closed: a decision covers exactly the arguments decided on.
-            Some(decision) if decision.arguments_sha256 != sha256 => Ok(Err(format!(
+            Some(decision) if decision.arguments_sha256 != sha256() => Ok(Err(format!(
                 "refused: the call's arguments differ from the ones `{}` decided on",
                 decision.decided_by
             ))),
@@ -322,9 +323,16 @@ async fn call_tool<M: ChatModel>(
                     gen_ai.tool.name = %name,
                     gen_ai.tool.call.id = %call_id,
                 );
-                match effects::invoke(ctx.services, ctx.caller, ctx.input, &call_id, &name, &args)
-                    .instrument(span)
-                    .await
+                match effects::invoke(
+                    ctx.services,
+                    ctx.caller,
+                    ctx.input,
+                    &call_id,
+                    &name,
+                    arguments.clone(),
+                )
+                .instrument(span)
+                .await
                 {
                     Ok(outcome) => Ok(outcome),
                     Err(Halt::NeedsApproval(reason)) => return Err(asked(reason)),

@@ -374,10 +374,7 @@ impl MemoryBackend {
             Err(refused) => return Ok(Some(Err(refused))),
         };
         entry.task = next;
-        let reason = match &decided {
-            Decided::Recorded(reason) | Decided::Expired(reason) => reason.clone(),
-        };
-        inner.set_state(id, TaskState::Queued, &reason, max);
+        inner.set_state(id, TaskState::Queued, decided.reason(), max);
         inner.ready.push_back(id.to_owned());
         let task = inner.tasks.get(id).map(|e| e.task.clone());
         drop(inner);

@@ -296,9 +296,7 @@ impl RedisBackend {
         next: &mut Task,
         decided: &Decided,
     ) -> Result<Cas, BackendError> {
-        let reason = match decided {
-            Decided::Recorded(reason) | Decided::Expired(reason) => reason,
-        };
+        let reason = decided.reason();
         next.state = TaskState::Queued;
         next.updated_at = SystemTime::now();
         let mut change = Change::events(vec![self.blob(
