@@ -47,6 +47,8 @@ async fn services_are_listed_and_described_through_reflection() {
         (&c.tools.url, "amaos.tools.v1.ToolsService"),
         (&c.memory.url, "amaos.memory.v1.MemoryService"),
         (&c.auth.url, "amaos.auth.v1.AuthService"),
+        // A2A, beside the orchestrator on its port.
+        (&c.orchestrator.url, "lf.a2a.v1.A2AService"),
     ];
     for (url, name) in services {
         let MessageResponse::ListServicesResponse(list) = ask(
@@ -102,7 +104,8 @@ async fn services_are_listed_and_described_through_reflection() {
             "WatchTask",
             "GetUsage",
             "ListApprovals",
-            "DecideApproval"
+            "DecideApproval",
+            "GetAgentCard"
         ]
     );
     let watch = service
@@ -275,7 +278,7 @@ async fn every_http_rule_and_the_error_details_are_served_through_reflection() {
         assert_eq!(with_rule, expected, "{service}");
         served_rules += with_rule.len();
     }
-    assert_eq!(served_rules, 25);
+    assert_eq!(served_rules, 26);
 
     // The error details (google.rpc.BadRequest, …) are described.
     let MessageResponse::FileDescriptorResponse(details) = ask(

@@ -15,6 +15,7 @@ const FILES: &[&str] = &[
     "amaos/tools/v1/tools.proto",
     "amaos/memory/v1/memory.proto",
     "amaos/auth/v1/auth.proto",
+    "lf/a2a/v1/a2a.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -35,9 +36,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    // The A2A package is generated on its own and referred to by path from
+    // the AMAOS packages: prost's relative paths assume a module tree that
+    // mirrors every package from a common root, which `amaos_proto` (one
+    // module per service, no `amaos` level) does not have. The AMAOS pass
+    // runs first without the A2A service, so the A2A pass writes the whole
+    // `lf.a2a.v1.rs` last.
+    let is_a2a = |f: &prost_types::FileDescriptorProto| f.package() == "lf.a2a.v1";
+    let mut amaos = fds.clone();
+    for file in amaos.file.iter_mut().filter(|f| is_a2a(f)) {
+        file.service.clear();
+    }
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(fds)?;
+        .extern_path(".lf.a2a.v1", "crate::lf::a2a::v1")
+        .compile_fds(amaos)?;
+    let mut a2a = fds;
+    a2a.file
+        .retain(|f| is_a2a(f) || f.package() == "google.protobuf");
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(a2a)?;
     Ok(())
 }

@@ -74,6 +74,24 @@ impl GrpcService {
             reflection: true,
         }
     }
+
+    /// This service, also hosting `server` on the same port (e.g. the
+    /// orchestrator's A2A service beside its own).
+    pub fn with<S>(mut self, server: S) -> Self
+    where
+        S: Service<http::Request<Body>, Error = Infallible>
+            + tonic::server::NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.grpc_names.push(S::NAME);
+        self.routes = self.routes.add_service(server);
+        self
+    }
 }
 
 /// Where a service serves: a listener bound already (`amaos up` and tests

@@ -57,6 +57,21 @@ pub fn exhausted_quota(
     )
 }
 
+/// `code` with an `ErrorInfo` detail: a machine-readable `reason` within
+/// `domain` (e.g. A2A's `TASK_NOT_FOUND` in `a2a-protocol.org`).
+pub fn with_reason(
+    code: Code,
+    message: impl Into<String>,
+    reason: &str,
+    domain: &str,
+) -> tonic::Status {
+    tonic::Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, domain, std::collections::HashMap::new()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

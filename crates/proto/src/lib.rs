@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //!
-//! One module per `proto/amaos/<svc>/v1` package, plus [`FILE_DESCRIPTOR_SET`]
+//! One module per `proto/amaos/<svc>/v1` package, [`lf::a2a::v1`] (A2A), [`FILE_DESCRIPTOR_SET`]
 //! (the encoded descriptors, for reflection and the REST gateway) and
 //! [`json`], the conversions between `google.protobuf.Struct`/`Value` and
 //! `serde_json`, and [`time`], those between `Timestamp`/`Duration` and std
@@ -67,6 +67,18 @@ pub mod auth {
     /// Version 1.
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/amaos.auth.v1.rs"));
+    }
+}
+
+/// The Agent2Agent protocol (A2A v1.0, gRPC binding), which the
+/// orchestrator serves and the agents service calls.
+pub mod lf {
+    /// `lf.a2a`.
+    pub mod a2a {
+        /// Version 1.
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/lf.a2a.v1.rs"));
+        }
     }
 }
 

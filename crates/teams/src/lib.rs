@@ -21,8 +21,8 @@ use std::fmt;
 
 pub use spec::{
     AgentSpec, Approval, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, Input,
-    JudgeSpec, Manager, NestedTeam, OnRejection, Process, ReplayTurn, Shape, TeamSpec, Termination,
-    ToolTurn, valid_name,
+    JudgeSpec, Manager, NestedTeam, OnRejection, Process, RemoteAgent, ReplayTurn, Shape, TeamSpec,
+    Termination, ToolTurn, valid_name,
 };
 
 /// The model alias of the built-in deterministic scripted model.

@@ -297,3 +297,44 @@ fn input_is_optional_unless_the_spec_requires_it() {
     };
     assert_eq!(errors.0[0].field, "input", "{errors}");
 }
+
+/// GOOD with its researcher replaced by `agent` (YAML lines, indented).
+fn with_researcher(agent: &str) -> String {
+    let start = GOOD.find("  - name: researcher").unwrap();
+    let end = GOOD.find("  - name: writer").unwrap();
+    format!("{}{agent}{}", &GOOD[..start], &GOOD[end..])
+}
+
+#[test]
+fn a_remote_agent_names_its_url_and_has_no_model_of_its_own() {
+    let spec = parse(&with_researcher(
+        "  - name: researcher\n    role: Partner\n    goal: Research\n    kind: a2a\n    url: http://partner:50051\n    skill: research-crew\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        spec.agents[0].remote,
+        Some(RemoteAgent {
+            url: "http://partner:50051".into(),
+            skill: Some("research-crew".into()),
+        })
+    );
+    assert_eq!(spec.agents[1].remote, None);
+}
+
+#[test]
+fn a_remote_agent_is_refused_without_a_url_or_with_tools() {
+    let errors = |agent: &str| parse(&with_researcher(agent)).unwrap_err().to_string();
+    let no_url = errors("  - name: researcher\n    role: R\n    goal: G\n    kind: a2a\n");
+    assert!(no_url.contains("agents[0].url"), "{no_url}");
+    let tools = errors(
+        "  - name: researcher\n    role: R\n    goal: G\n    kind: a2a\n    url: http://p:1\n    tools: [file_write]\n",
+    );
+    assert!(tools.contains("agents[0].kind"), "{tools}");
+    let not_remote = errors(
+        "  - name: researcher\n    role: R\n    goal: G\n    url: http://p:1\n    replay: [{ say: x }]\n",
+    );
+    assert!(not_remote.contains("kind: a2a"), "{not_remote}");
+    let scheme =
+        errors("  - name: researcher\n    role: R\n    goal: G\n    kind: a2a\n    url: ftp://p\n");
+    assert!(scheme.contains("http://"), "{scheme}");
+}

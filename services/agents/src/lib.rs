@@ -18,6 +18,7 @@
 //!   concern).
 //! - [`graph`]: a team's shape as nodes and edges, for `TeamSummary.graph`.
 //! - [`registration`]: registering and heartbeating with the router.
+//! - [`remote`]: remote agents of other systems over A2A (`kind: a2a`).
 //! - this file: the gRPC service, its errors and their mapping, [`serve`].
 //!
 //! The modules import each other without a cycle: `provider` ← `http` ←
@@ -33,6 +34,7 @@ pub mod model;
 pub mod openai;
 pub mod provider;
 pub mod registration;
+pub mod remote;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -165,7 +167,7 @@ impl Agents {
                 config.auth.key_cache_ttl,
             )?),
             models: Arc::new(
-                ModelSet::with_secrets(&config.models, Some(secrets))?
+                ModelSet::with_secrets(&config.models, Some(secrets.clone()))?
                     .with_metrics(agent_metrics.clone()),
             ),
             metrics: agent_metrics,
@@ -173,6 +175,11 @@ impl Agents {
             services: Services {
                 tools: ToolsServiceClient::new(tools),
                 memory: MemoryServiceClient::new(memory),
+                remotes: Arc::new(remote::Remotes::new(
+                    &config.agents.a2a_remotes,
+                    Some(&secrets),
+                    config.limits.max_message_bytes,
+                )?),
             },
             permits: Arc::new(Semaphore::new(config.agents.capacity as usize)),
             capacity: config.agents.capacity,

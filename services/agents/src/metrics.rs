@@ -292,6 +292,7 @@ fn stop_reason(result: &Result<String, RunError>) -> &'static str {
         Err(RunError::Budget(message)) if message.starts_with("loop detected") => "loop",
         Err(RunError::Budget(_)) => "budget",
         Err(RunError::Provider(_) | RunError::Dependency(_)) => "error",
+        Err(RunError::Invalid(_)) => "invalid",
         Err(RunError::Cancelled) => "cancelled",
         Err(RunError::NeedsReview(_)) => "review",
         Err(RunError::InputRequired { .. }) => "input_required",

@@ -13,9 +13,12 @@
 //! - [`dispatch`]: claiming work, running attempts on workers, retries.
 //! - [`request`]: requests into domain types (`TryFrom`), in one place.
 //! - [`workflow`]: DAG checks for SubmitWorkflow.
+//! - [`a2a`]: the Agent2Agent protocol (`lf.a2a.v1`) over the same tasks,
+//!   and the agent card.
 //! - [`error`]: the orchestrator's errors and their mapping to gRPC codes.
 //! - this file: the gRPC service and [`serve`].
 
+pub mod a2a;
 mod admission;
 mod approvals;
 pub mod authn;
@@ -87,6 +90,8 @@ struct Inner {
     default_retry: RetryPolicy,
     tenant_rate: (f64, u32),
     team_rate: (f64, u32),
+    /// The A2A agent card's source.
+    card: a2a::Card,
 }
 
 /// The configured task store, and the rate limiter and usage store beside it.
@@ -205,6 +210,7 @@ impl Orchestrator {
                 },
                 tenant_rate: (o.tenant_rate, o.tenant_burst),
                 team_rate: (o.team_rate, o.team_burst),
+                card: a2a::Card::new(&o.a2a, &o.url),
             }),
         })
     }
@@ -221,22 +227,18 @@ impl From<BackendError> for OrchestratorError {
     }
 }
 
-type WatchStream =
-    Pin<Box<dyn Stream<Item = Result<pb::WatchTaskResponse, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl OrchestratorService for Orchestrator {
-    async fn submit_task(
+impl Inner {
+    /// Admits and stores one task for `caller` (SubmitTask, and A2A's
+    /// SendMessage): the task as stored, and whether the idempotency key
+    /// matched an earlier submission.
+    async fn submit(
         &self,
-        request: Request<pb::SubmitTaskRequest>,
-    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
-        let inner = &self.inner;
+        caller: &amaos_mesh::caller::Caller,
+        request: pb::SubmitTaskRequest,
+    ) -> Result<(Task, bool), Status> {
         let started = std::time::Instant::now();
-        let caller = inner.authn.caller(request.metadata()).await?;
-        inner
-            .permitted(&caller, "submit", "task.submit", "tasks")
+        self.permitted(caller, "submit", "task.submit", "tasks")
             .await?;
-        let request = request.into_inner();
         let idempotency_key = request.idempotency_key.clone();
         let checked = async {
             let TaskSubmission {
@@ -245,54 +247,50 @@ impl OrchestratorService for Orchestrator {
                 idempotency_key: _,
                 labels,
             } = TaskSubmission::try_from(request)?;
-            let task = inner.build_task(&caller, task, &session_id, labels).await?;
+            let task = self.build_task(caller, task, &session_id, labels).await?;
             if task.source == TeamSource::Named {
-                inner.check_team_served(&task.team).await?;
+                self.check_team_served(&task.team).await?;
             }
-            inner.admit(&caller, &[task.team.as_str()]).await?;
-            if inner.budgets.any() {
-                inner.budgets.check(&caller.tenant, &task.team, 0.0).await?;
+            self.admit(caller, &[task.team.as_str()]).await?;
+            if self.budgets.any() {
+                self.budgets.check(&caller.tenant, &task.team, 0.0).await?;
             }
             Ok::<_, OrchestratorError>(task)
         }
         .await;
         match &checked {
-            Err(OrchestratorError::RateLimited { .. }) => inner
+            Err(OrchestratorError::RateLimited { .. }) => self
                 .metrics
                 .rejected(&caller.tenant, metrics::Rejected::RateLimit),
-            Err(OrchestratorError::OverBudget { .. }) => inner
+            Err(OrchestratorError::OverBudget { .. }) => self
                 .metrics
                 .rejected(&caller.tenant, metrics::Rejected::Budget),
             _ => {}
         }
-        let task = inner
-            .settle(&caller, "task.submit", "tasks", checked)
-            .await?;
+        let task = self.settle(caller, "task.submit", "tasks", checked).await?;
         let idem = Some(idempotency_key.as_str()).filter(|k| !k.is_empty());
         let id = task.id.clone();
-        let existing = inner
+        let existing = self
             .backend
             .create(&caller.tenant, &id, vec![task.clone()], idem)
             .await
             .inspect_err(|e| {
                 if let BackendError::Full(_) = e {
-                    inner
-                        .metrics
+                    self.metrics
                         .rejected(&caller.tenant, metrics::Rejected::Capacity);
                 }
             })?;
         // A new task is stored queued, as built; only a duplicate needs reading back.
         let (task, deduplicated) = match existing {
             Some(existing) => (
-                inner
-                    .backend
+                self.backend
                     .get(&caller.tenant, &existing)
                     .await?
                     .ok_or_else(|| OrchestratorError::TaskNotFound(existing.clone()))?,
                 true,
             ),
             None => {
-                inner.metrics.submitted(&task, started.elapsed());
+                self.metrics.submitted(&task, started.elapsed());
                 (
                     Task {
                         state: TaskState::Queued,
@@ -302,10 +300,111 @@ impl OrchestratorService for Orchestrator {
                 )
             }
         };
-        let task_id = task.id.clone();
         tracing::info!(task_id = %task.id, tenant = %task.tenant, team = %task.team, deduplicated, "task accepted");
-        Ok(Response::new(pb::SubmitTaskResponse {
+        Ok((task, deduplicated))
+    }
+
+    /// Cancels `caller`'s task `task_id` (CancelTask, A2A's CancelTask): the
+    /// task after the request; a finished task is returned unchanged.
+    async fn cancel(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        task_id: &str,
+        reason: &str,
+    ) -> Result<Task, Status> {
+        self.permitted(caller, "cancel", "task.cancel", task_id)
+            .await?;
+        // Another tenant's task (or none) is refused and recorded as such.
+        let found = self.task_of(caller, task_id).await;
+        let before = self.settle(caller, "task.cancel", task_id, found).await?;
+        let reason = if reason.is_empty() {
+            format!("cancelled by {}", caller.principal)
+        } else {
+            reason.chars().take(1024).collect()
+        };
+        let task = self
+            .backend
+            .cancel(&caller.tenant, task_id, &reason)
+            .await
+            .map_err(OrchestratorError::from)?
+            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.to_owned()))?;
+        if !before.state.is_terminal() && task.state == TaskState::Cancelled {
+            self.metrics.finished(&task, TaskState::Cancelled);
+        }
+        // Stop the attempt at once when it runs here; elsewhere the lease renewal notices.
+        self.dispatcher.stop_local(task_id);
+        Ok(task)
+    }
+
+    /// Decides a pending approval of `caller`'s task (DecideApproval, and an
+    /// A2A message answering a task in INPUT_REQUIRED): the approval as
+    /// decided and the task after it.
+    async fn decide(
+        &self,
+        caller: &amaos_mesh::caller::Caller,
+        request: request::DecisionRequest,
+    ) -> Result<(Option<pb::Approval>, Task), Status> {
+        let request::DecisionRequest {
             task_id,
+            approval_id,
+            decision,
+        } = request;
+        let object = format!("{task_id}/{approval_id}");
+        // Who may decide is a permission on the task's team; another
+        // tenant's task (or none) is NOT_FOUND, recorded as refused.
+        let found = self.task_of(caller, &task_id).await.and_then(|task| {
+            let team = task.current_target().0;
+            match self.policy.allows(
+                &caller.principal,
+                &caller.roles,
+                &caller.tenant,
+                &format!("teams/{team}"),
+                "approve",
+            ) {
+                Some(_) => Ok(task),
+                None => Err(OrchestratorError::Forbidden(format!(
+                    "roles [{}] may not `approve` calls of team `{team}`",
+                    caller.roles.join(", ")
+                ))),
+            }
+        });
+        self.settle(caller, "task.approve", &object, found).await?;
+        let decided = self
+            .backend
+            .decide(&caller.tenant, &task_id, &approval_id, &decision)
+            .await
+            .map_err(OrchestratorError::from)?
+            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
+        let (decided, task) =
+            decided.map_err(|refused| OrchestratorError::StaleDecision(refused.to_string()))?;
+        let approval = task
+            .approvals
+            .iter()
+            .find(|a| a.id == approval_id)
+            .map(|a| a.to_proto(&task.id));
+        if let task::Decided::Expired(reason) = decided {
+            return Err(OrchestratorError::StaleDecision(format!(
+                "{reason}; the task resumes with it"
+            ))
+            .into());
+        }
+        Ok((approval, task))
+    }
+}
+
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchTaskResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl OrchestratorService for Orchestrator {
+    async fn submit_task(
+        &self,
+        request: Request<pb::SubmitTaskRequest>,
+    ) -> Result<Response<pb::SubmitTaskResponse>, Status> {
+        let caller = self.inner.authn.caller(request.metadata()).await?;
+        let (task, deduplicated) = self.inner.submit(&caller, request.into_inner()).await?;
+        Ok(Response::new(pb::SubmitTaskResponse {
+            task_id: task.id.clone(),
             deduplicated,
             task: Some((&task).into()),
         }))
@@ -474,32 +573,7 @@ impl OrchestratorService for Orchestrator {
             reason,
             idempotency_key: _,
         } = request.into_inner();
-        self.inner
-            .permitted(&caller, "cancel", "task.cancel", &task_id)
-            .await?;
-        // Another tenant's task (or none) is refused and recorded as such.
-        let found = self.inner.task_of(&caller, &task_id).await;
-        let before = self
-            .inner
-            .settle(&caller, "task.cancel", &task_id, found)
-            .await?;
-        let reason = if reason.is_empty() {
-            format!("cancelled by {}", caller.principal)
-        } else {
-            reason.chars().take(1024).collect()
-        };
-        let task = self
-            .inner
-            .backend
-            .cancel(&caller.tenant, &task_id, &reason)
-            .await
-            .map_err(OrchestratorError::from)?
-            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
-        if !before.state.is_terminal() && task.state == TaskState::Cancelled {
-            self.inner.metrics.finished(&task, TaskState::Cancelled);
-        }
-        // Stop the attempt at once when it runs here; elsewhere the lease renewal notices.
-        self.inner.dispatcher.stop_local(&task_id);
+        let task = self.inner.cancel(&caller, &task_id, &reason).await?;
         Ok(Response::new(pb::CancelTaskResponse {
             task: Some((&task).into()),
         }))
@@ -522,57 +596,8 @@ impl OrchestratorService for Orchestrator {
         request: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
         let caller = self.inner.authn.caller(request.metadata()).await?;
-        let request::DecisionRequest {
-            task_id,
-            approval_id,
-            decision,
-        } = request::DecisionRequest::try_from(request.into_inner(), &caller.principal)?;
-        let object = format!("{task_id}/{approval_id}");
-        // Who may decide is a permission on the task's team; another
-        // tenant's task (or none) is NOT_FOUND, recorded as refused.
-        let found = self
-            .inner
-            .task_of(&caller, &task_id)
-            .await
-            .and_then(|task| {
-                let team = task.current_target().0;
-                match self.inner.policy.allows(
-                    &caller.principal,
-                    &caller.roles,
-                    &caller.tenant,
-                    &format!("teams/{team}"),
-                    "approve",
-                ) {
-                    Some(_) => Ok(task),
-                    None => Err(OrchestratorError::Forbidden(format!(
-                        "roles [{}] may not `approve` calls of team `{team}`",
-                        caller.roles.join(", ")
-                    ))),
-                }
-            });
-        self.inner
-            .settle(&caller, "task.approve", &object, found)
-            .await?;
-        let decided = self
-            .inner
-            .backend
-            .decide(&caller.tenant, &task_id, &approval_id, &decision)
-            .await
-            .map_err(OrchestratorError::from)?
-            .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
-        let (decided, task) =
-            decided.map_err(|refused| OrchestratorError::StaleDecision(refused.to_string()))?;
-        let approval = task
-            .approvals
-            .iter()
-            .find(|a| a.id == approval_id)
-            .map(|a| a.to_proto(&task.id));
-        if let task::Decided::Expired(reason) = decided {
-            return Err(OrchestratorError::StaleDecision(format!(
-                "{reason}; the task resumes with it"
-            ))
-            .into());
-        }
+        let decision = request::DecisionRequest::try_from(request.into_inner(), &caller.principal)?;
+        let (approval, task) = self.inner.decide(&caller, decision).await?;
         Ok(Response::new(pb::DecideApprovalResponse {
             approval,
             task: Some((&task).into()),
@@ -587,6 +612,19 @@ impl OrchestratorService for Orchestrator {
         require(&self.inner.policy, &caller, "read")?;
         let query = request::UsageQuery::try_from(request.into_inner())?;
         Ok(Response::new(self.inner.usage(&caller, query).await?))
+    }
+
+    async fn get_agent_card(
+        &self,
+        _request: Request<pb::GetAgentCardRequest>,
+    ) -> Result<Response<amaos_proto::lf::a2a::v1::AgentCard>, Status> {
+        // Public by design: A2A discovery reads it before it has credentials.
+        if !self.inner.card.enabled() {
+            return Err(Status::unimplemented(
+                "A2A is turned off here (orchestrator.a2a.enabled = false)",
+            ));
+        }
+        Ok(Response::new(self.inner.agent_card().await?))
     }
 
     type WatchTaskStream = WatchStream;
@@ -650,10 +688,19 @@ impl OrchestratorService for Orchestrator {
 
 /// The orchestrator, ready for [`amaos_mesh::server::serve`].
 pub fn grpc_service(orchestrator: Orchestrator, limits: &Limits) -> GrpcService {
-    GrpcService::public(
+    let a2a = orchestrator
+        .inner
+        .card
+        .enabled()
+        .then(|| a2a::A2a::new(&orchestrator));
+    let service = GrpcService::public(
         "orchestrator",
         limit_messages!(OrchestratorServiceServer::new(orchestrator), limits),
-    )
+    );
+    match a2a {
+        Some(a2a) => service.with(limit_messages!(a2a.server(), limits)),
+        None => service,
+    }
 }
 
 /// Serves the orchestrator on `listener` until `shutdown`, authorizing by

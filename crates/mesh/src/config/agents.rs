@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{ConfigError, addr, in_range, service_endpoint, url};
+use std::time::Duration;
+
+use super::common::{ConfigError, addr, http_url, in_range, service_endpoint, url};
+use super::duration::duration_text;
 
 /// The agents service.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,8 +32,41 @@ pub struct AgentsConfig {
     /// service token it registers with; unset for `<data_dir>/worker.key`,
     /// which auth writes when it creates the first keys.
     pub service_key_file: Option<PathBuf>,
+    /// The remote A2A agents team members (`kind: a2a`) may call: a spec's
+    /// `url` must be one of these, and the credential comes from here, never
+    /// from the spec.
+    pub a2a_remotes: Vec<A2aRemote>,
 }
 service_endpoint!(AgentsConfig);
+
+/// `[[agents.a2a_remotes]]`: one remote A2A agent and how to call it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct A2aRemote {
+    /// Its A2A gRPC address, exactly as specs name it.
+    pub url: String,
+    /// The environment variable holding the bearer credential; unset for none.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// The secret-store path of the bearer credential, read at each call.
+    #[serde(default)]
+    pub api_key_secret: Option<String>,
+    /// Longest wait for one answer (the remote runs its task meanwhile).
+    #[serde(default = "remote_timeout", with = "duration_text")]
+    pub timeout: Duration,
+    /// Retries on UNAVAILABLE and transport errors (the same message id,
+    /// so a remote that deduplicates runs it once).
+    #[serde(default = "remote_retries")]
+    pub max_retries: u32,
+}
+
+fn remote_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn remote_retries() -> u32 {
+    2
+}
 
 impl Default for AgentsConfig {
     fn default() -> Self {
@@ -43,6 +79,7 @@ impl Default for AgentsConfig {
             max_steps: 32,
             max_spec_bytes: 256 * 1024,
             service_key_file: None,
+            a2a_remotes: Vec::new(),
         }
     }
 }
@@ -58,6 +95,29 @@ impl AgentsConfig {
             64,
             16 * 1024 * 1024,
         )?;
+        for (i, remote) in self.a2a_remotes.iter().enumerate() {
+            let key = format!("agents.a2a_remotes[{i}].url");
+            http_url(&key, &remote.url)?;
+            if !remote.url.starts_with("http://") {
+                return Err(ConfigError::new(
+                    &key,
+                    "only http:// remotes for now; reach an https:// one through a TLS \
+                     proxy or the service mesh (Linkerd) on a local http:// address",
+                ));
+            }
+            if remote.timeout.is_zero() {
+                return Err(ConfigError::new(
+                    &format!("agents.a2a_remotes[{i}].timeout"),
+                    "must be positive",
+                ));
+            }
+            in_range(
+                &format!("agents.a2a_remotes[{i}].max_retries"),
+                remote.max_retries as usize,
+                0,
+                10,
+            )?;
+        }
         Ok(())
     }
 }

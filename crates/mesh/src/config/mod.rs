@@ -44,14 +44,14 @@ mod telemetry;
 mod tls;
 mod tools;
 
-pub use agents::AgentsConfig;
+pub use agents::{A2aRemote, AgentsConfig};
 pub use auth::{AuthConfig, Durability, KeyStoreBackend};
 pub use common::{ConfigError, ServiceEndpoint, StoreBackend};
 pub use gateway::GatewayConfig;
 pub use limits::Limits;
 pub use memory::{EmbedderBackend, LongTermBackend, MemoryConfig};
 pub use models::{ModelConfig, ModelProvider};
-pub use orchestrator::OrchestratorConfig;
+pub use orchestrator::{A2aConfig, OrchestratorConfig};
 pub use router::{Cidr, RouterConfig};
 pub use secrets::{SecretsBackend, SecretsConfig, VaultAuthMethod};
 pub use telemetry::{LogConfig, LogFormat, TelemetryConfig};

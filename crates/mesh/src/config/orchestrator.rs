@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    ConfigError, StoreBackend, addr, in_range, positive, rate, redis_url, service_endpoint, url,
+    ConfigError, StoreBackend, addr, http_url, in_range, positive, rate, redis_url,
+    service_endpoint, url,
 };
 use super::duration::duration_text;
 
@@ -92,8 +93,46 @@ pub struct OrchestratorConfig {
     /// How long usage by day is kept (Redis: the keys' TTL).
     #[serde(with = "duration_text")]
     pub usage_retention: Duration,
+    /// The Agent2Agent interface (`lf.a2a.v1.A2AService`, served on the
+    /// gRPC port) and its agent card.
+    pub a2a: A2aConfig,
 }
 service_endpoint!(OrchestratorConfig);
+
+/// `[orchestrator.a2a]`: how the mesh presents itself to A2A clients.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct A2aConfig {
+    /// Serve `lf.a2a.v1.A2AService` beside the orchestrator's own service.
+    pub enabled: bool,
+    /// The gRPC address A2A clients reach it at, published in the agent
+    /// card; unset for `orchestrator.url`.
+    pub url: Option<String>,
+    /// The agent's name in the card.
+    pub name: String,
+    /// What it does, in the card.
+    pub description: String,
+    /// Who runs it, in the card's provider; empty for none.
+    pub organization: String,
+    /// The team a message runs when it names no skill (metadata `skill`);
+    /// unset: such a message is refused with the list of skills.
+    pub default_skill: Option<String>,
+}
+
+impl Default for A2aConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            name: "AMAOS".into(),
+            description: "Teams of AI agents (crews, group chats, hybrids) run durably by AMAOS; \
+                          each skill is a team."
+                .into(),
+            organization: String::new(),
+            default_skill: None,
+        }
+    }
+}
 
 impl Default for OrchestratorConfig {
     fn default() -> Self {
@@ -128,6 +167,7 @@ impl Default for OrchestratorConfig {
             default_tenant_budget_usd: None,
             team_budgets_usd: BTreeMap::new(),
             usage_retention: Duration::from_secs(400 * 24 * 3600),
+            a2a: A2aConfig::default(),
         }
     }
 }
@@ -180,6 +220,21 @@ impl OrchestratorConfig {
             1_000_000,
         )?;
         positive("orchestrator.retention", self.retention)?;
+        if let Some(url) = &self.a2a.url {
+            http_url("orchestrator.a2a.url", url)?;
+        }
+        if self.a2a.name.trim().is_empty() || self.a2a.name.len() > 256 {
+            return Err(ConfigError::new(
+                "orchestrator.a2a.name",
+                "must be 1 to 256 characters",
+            ));
+        }
+        if self.a2a.description.len() > 4096 {
+            return Err(ConfigError::new(
+                "orchestrator.a2a.description",
+                "must be at most 4096 bytes",
+            ));
+        }
         rate("orchestrator.tenant_rate", self.tenant_rate)?;
         rate("orchestrator.team_rate", self.team_rate)?;
         in_range(

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::doc::{ChatDoc, CrewDoc, ManagerDoc, ProcessDoc, TeamDoc};
+use super::doc::{AgentKindDoc, ChatDoc, CrewDoc, ManagerDoc, ProcessDoc, TeamDoc};
 use crate::REPLAY_MODEL;
 
 /// Most agents in a team.
@@ -174,6 +174,14 @@ impl TeamDoc {
             (_, Some(m)) if self.agent(m).is_none() => {
                 problem(format!("{at}.manager"), format!("no agent is named `{m}`"))
             }
+            (ProcessDoc::Hierarchical, Some(m))
+                if self.agent(m).is_some_and(|a| a.kind == AgentKindDoc::A2a) =>
+            {
+                problem(
+                    format!("{at}.manager"),
+                    "the manager delegates with tool calls: it must be a model-driven agent, not `kind: a2a`".into(),
+                )
+            }
             (ProcessDoc::Hierarchical, Some(m)) if self.agents.iter().all(|a| &a.name == m) => {
                 problem(
                     format!("{at}.manager"),
@@ -284,7 +292,10 @@ impl TeamDoc {
             // Which aliases exist is the worker's configuration, checked when a run starts.
             if agent.model.is_empty() || agent.model.len() > 64 {
                 problem(format!("{at}.model"), "must name a model alias".into());
-            } else if agent.model == REPLAY_MODEL && agent.replay.is_empty() {
+            } else if agent.model == REPLAY_MODEL
+                && agent.replay.is_empty()
+                && agent.kind == AgentKindDoc::Llm
+            {
                 problem(
                     format!("{at}.replay"),
                     "the `replay` model needs at least one scripted turn".into(),
@@ -384,11 +395,16 @@ impl TeamDoc {
             self.chat_problems(chat, "group_chat", false, &mut problem);
         }
         if let Some(judge) = &self.judge {
-            if self.agent(&judge.agent).is_none() {
-                problem(
+            match self.agent(&judge.agent) {
+                None => problem(
                     "judge.agent".into(),
                     format!("no agent is named `{}`", judge.agent),
-                );
+                ),
+                Some(a) if a.kind == AgentKindDoc::A2a => problem(
+                    "judge.agent".into(),
+                    "the judge scores with a model: it must not be `kind: a2a`".into(),
+                ),
+                Some(_) => {}
             }
             if judge.criteria.is_empty() || judge.criteria.iter().any(|c| c.trim().is_empty()) {
                 problem(

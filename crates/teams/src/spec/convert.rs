@@ -6,12 +6,12 @@
 
 use super::check::{Problem, parse_duration};
 use super::doc::{
-    AgentDoc, BudgetDoc, ChatDoc, ConditionDoc, CrewDoc, JudgeDoc, ManagerDoc, NestedDoc,
-    ProcessDoc, TaskDoc, TeamDoc, TurnDoc,
+    AgentDoc, AgentKindDoc, BudgetDoc, ChatDoc, ConditionDoc, CrewDoc, JudgeDoc, ManagerDoc,
+    NestedDoc, ProcessDoc, TaskDoc, TeamDoc, TurnDoc,
 };
 use super::{
     AgentSpec, Approval, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec,
-    Manager, NestedTeam, Process, ReplayTurn, Shape, TeamSpec, Termination,
+    Manager, NestedTeam, Process, RemoteAgent, ReplayTurn, Shape, TeamSpec, Termination,
 };
 
 fn problem<T>(field: impl Into<String>, message: &str) -> Result<T, Problem> {
@@ -259,7 +259,48 @@ fn agent_spec(doc: AgentDoc, team_approval: Approval, at: &str) -> Result<AgentS
         replay,
         replay_latency,
         approval,
+        kind,
+        url,
+        skill,
     } = doc;
+    let remote = match kind {
+        AgentKindDoc::Llm => {
+            if url.is_some() || skill.is_some() {
+                return problem(
+                    format!("{at}.url"),
+                    "`url` and `skill` belong to a remote agent: add `kind: a2a`",
+                );
+            }
+            None
+        }
+        AgentKindDoc::A2a => {
+            let Some(url) = url else {
+                return problem(
+                    format!("{at}.url"),
+                    "a `kind: a2a` agent needs the `url` of its A2A gRPC endpoint",
+                );
+            };
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 {
+                return problem(
+                    format!("{at}.url"),
+                    &format!("`{url}` is not an http:// or https:// URL"),
+                );
+            }
+            if !tools.is_empty() || !replay.is_empty() {
+                return problem(
+                    format!("{at}.kind"),
+                    "a remote agent has no `tools` or `replay` of its own: the remote system runs it",
+                );
+            }
+            if skill
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || s.len() > 256)
+            {
+                return problem(format!("{at}.skill"), "1 to 256 characters");
+            }
+            Some(RemoteAgent { url, skill })
+        }
+    };
     let replay = replay
         .into_iter()
         .enumerate()
@@ -297,6 +338,7 @@ fn agent_spec(doc: AgentDoc, team_approval: Approval, at: &str) -> Result<AgentS
         } else {
             approval
         },
+        remote,
     })
 }
 

@@ -145,6 +145,24 @@ pub(crate) struct AgentDoc {
     pub replay_latency: Option<String>,
     #[serde(default)]
     pub approval: super::Approval,
+    #[serde(default)]
+    pub kind: AgentKindDoc,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub skill: Option<String>,
+}
+
+/// What runs an agent, as written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(expecting = "enum AgentKind")]
+pub(crate) enum AgentKindDoc {
+    /// A model (the default).
+    #[default]
+    Llm,
+    /// A remote agent reached over A2A.
+    A2a,
 }
 
 fn default_model() -> String {

@@ -205,6 +205,21 @@ pub struct AgentSpec {
     /// Whether its tool calls wait for a person's approval (the team's
     /// `approval` or its own).
     pub approval: Approval,
+    /// A remote agent of another system (`kind: a2a`) that takes this
+    /// agent's turns instead of a model; `None` for a model-driven agent.
+    pub remote: Option<RemoteAgent>,
+}
+
+/// A remote agent reached over the Agent2Agent protocol (A2A v1.0, gRPC):
+/// each turn is one message to it, and its answer is the agent's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteAgent {
+    /// Its A2A gRPC address (`http://host:port`); the worker must list it
+    /// in `agents.a2a_remotes`, which also holds its credential.
+    pub url: String,
+    /// The remote skill to ask for (metadata `skill`); unset for the
+    /// remote's default.
+    pub skill: Option<String>,
 }
 
 /// One scripted response of the `replay` model. `{input}` in any text is

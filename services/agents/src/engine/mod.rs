@@ -74,6 +74,10 @@ pub enum RunError {
     /// spec says a rejection fails the task.
     #[error("{0}")]
     Rejected(String),
+    /// The spec asks for something this worker refuses (a remote agent it
+    /// may not call); retrying cannot help.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl RunError {
@@ -87,6 +91,7 @@ impl RunError {
             RunError::NeedsReview(_) => "needs_review",
             RunError::InputRequired { .. } => "input_required",
             RunError::Rejected(_) => "tool",
+            RunError::Invalid(_) => "invalid",
         }
     }
 }
@@ -98,6 +103,8 @@ pub struct Services {
     pub tools: ToolsServiceClient<MeshChannel>,
     /// The memory service.
     pub memory: MemoryServiceClient<MeshChannel>,
+    /// The remote A2A agents members may be (`kind: a2a`).
+    pub remotes: std::sync::Arc<crate::remote::Remotes>,
 }
 
 /// One run's inputs.

@@ -82,9 +82,64 @@ pub(super) async fn converse_turn<M: ChatModel>(
         gen_ai.request.model = %agent.model,
         amaos.step = %step,
     );
+    if let Some(remote) = &agent.remote {
+        return remote_turn(ctx, agent, remote, prompt, step, budget, events)
+            .instrument(span)
+            .await
+            .map(Turn::Said);
+    }
     converse_inner(ctx, agent, prompt, step, tools, handoffs, budget, events)
         .instrument(span)
         .await
+}
+
+/// A remote agent's turn: one A2A message with the prompt, answered by the
+/// remote task's output. It counts as a step of the budget; the message id
+/// is the run's and the step's, the same on every attempt.
+async fn remote_turn<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &AgentSpec,
+    remote: &amaos_teams::RemoteAgent,
+    prompt: &str,
+    step: StepId,
+    budget: &mut Budget,
+    events: &mut Emitter,
+) -> Result<String, RunError> {
+    budget.take_step()?;
+    events
+        .emit(
+            &agent.name,
+            Payload::Message(pb::Message {
+                role: "user".into(),
+                content: prompt.to_owned(),
+            }),
+        )
+        .await?;
+    let message_id = format!("amaos:{}:{}:{step}", ctx.input.run_id, agent.name);
+    let context = if ctx.input.session_id.is_empty() {
+        ctx.input.run_id.clone()
+    } else {
+        ctx.input.session_id.clone()
+    };
+    let said = ctx
+        .services
+        .remotes
+        .ask(remote, &message_id, &context, prompt)
+        .await
+        .map_err(|e| match e {
+            crate::remote::RemoteError::NotAllowed(_) => RunError::Invalid(e.to_string()),
+            crate::remote::RemoteError::Call { .. } => RunError::Provider(e.to_string()),
+        })?;
+    events
+        .emit(
+            &agent.name,
+            Payload::Message(pb::Message {
+                role: "assistant".into(),
+                content: said.clone(),
+            }),
+        )
+        .await?;
+    Ok(said)
 }
 
 /// The handoff tool offered with `handoffs` as its targets.
@@ -464,6 +519,7 @@ mod tests {
             replay: Vec::new(),
             replay_latency: None,
             approval: amaos_teams::Approval::None,
+            remote: None,
         };
         let agent = AgentSpec {
             role: "Writer".into(),

@@ -100,6 +100,7 @@ pub fn agent(model: &str) -> AgentSpec {
         replay: Vec::new(),
         replay_latency: None,
         approval: amaos_teams::Approval::None,
+        remote: None,
     }
 }
 
