@@ -527,3 +527,149 @@ async fn a_draining_replica_finishes_its_attempts_before_it_exits() {
     assert_eq!(task.attempt, 1, "the draining replica finished it itself");
     assert_attempts_never_overlap(&events);
 }
+
+/// A crew whose second agent's call waits for a person: the first agent
+/// appends to `log.txt`, the gated one to `pay.txt`, so each file counts how
+/// often its call really ran.
+const GATED_CREW: &str = r#"name: gated-crew
+on_rejection: fail
+agents:
+  - name: logger
+    role: r
+    goal: g
+    tools: [file_write]
+    replay:
+      - tool: { name: file_write, args: { path: log.txt, content: "start {input}\n", append: true } }
+      - say: "logged"
+  - name: payer
+    role: r
+    goal: g
+    tools: [file_write]
+    approval: required
+    replay:
+      - tool: { name: file_write, args: { path: pay.txt, content: "pay {input}\n", append: true } }
+      - say: "paid {input}"
+crew:
+  tasks:
+    - { name: log, description: "log {input}", agent: logger }
+    - { name: pay, description: "pay {input}", agent: payer }
+"#;
+
+#[tokio::test]
+async fn an_approval_outlives_the_kill_of_its_worker_and_its_call_runs_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = fault_env(dir.path(), &redis_url());
+    let mut processes = Processes(Vec::new());
+    for service in [
+        "auth",
+        "router",
+        "memory",
+        "tools",
+        "agents",
+        "orchestrator",
+    ] {
+        processes.0.push((service, spawn(service, &env)));
+    }
+    wait_until_serving(&env).await;
+    let key = admin_key(dir.path());
+    let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
+    let mut orchestrator = client(&url);
+    let id = orchestrator
+        .submit_task(with_key(
+            &key,
+            pb::SubmitTaskRequest {
+                team: Some(pb::TeamRef {
+                    team: Some(pb::team_ref::Team::SpecYaml(GATED_CREW.into())),
+                }),
+                input: "invoice 7".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .task_id;
+
+    // The run stops before the gated call; the task waits holding no worker.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let waiting = loop {
+        let task = orchestrator
+            .get_task(with_key(
+                &key,
+                pb::GetTaskRequest {
+                    task_id: id.clone(),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .task
+            .unwrap();
+        if task.state == pb::TaskState::InputRequired as i32 {
+            break task;
+        }
+        assert!(Instant::now() < deadline, "never INPUT_REQUIRED: {task:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let workspace = dir
+        .path()
+        .join("workspaces")
+        .join(&waiting.tenant)
+        .join(&id);
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("log.txt")).unwrap(),
+        "start invoice 7\n"
+    );
+    assert!(!workspace.join("pay.txt").exists(), "the gated call ran");
+
+    // The only worker dies while the person thinks; a new one takes its place.
+    let (_, child) = processes
+        .0
+        .iter_mut()
+        .find(|(name, _)| *name == "agents")
+        .unwrap();
+    kill9(child);
+    processes.0.push(("agents-2", spawn("agents", &env)));
+
+    let approvals = orchestrator
+        .list_approvals(with_key(
+            &key,
+            pb::ListApprovalsRequest {
+                task_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0].tool, "file_write");
+    orchestrator
+        .decide_approval(with_key(
+            &key,
+            pb::DecideApprovalRequest {
+                task_id: id.clone(),
+                approval_id: approvals[0].approval_id.clone(),
+                decision: pb::Decision::Approve as i32,
+                comment: "checked".into(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let (task, events) = wait_finished(&url, &key, &id).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    assert_eq!(task.output, "paid invoice 7");
+    assert_ne!(task.worker_id, waiting.worker_id, "a new worker resumed it");
+    // The logger's call replayed from the Redis journal; the approved call ran once.
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("log.txt")).unwrap(),
+        "start invoice 7\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(workspace.join("pay.txt")).unwrap(),
+        "pay invoice 7\n"
+    );
+    assert_attempts_never_overlap(&events);
+}
