@@ -10,7 +10,8 @@ It checks, in order:
 3. a message to the research crew, streamed by the SDK to completion;
 4. a task of a slow team, sent without waiting, then cancelled;
 5. a gated tool call: the task stops in INPUT_REQUIRED and a reply
-   `approve` resumes it to completion;
+   `approve` resumes it to completion, streamed; a blocking `reject`
+   answer returns once the resumed run is done;
 6. GetTask, ListTasks, the extended card, TASK_NOT_FOUND as the SDK's own
    error class, and a call without credentials refused.
 
@@ -38,7 +39,7 @@ from a2a.client import (
 )
 from a2a.client.errors import A2AClientError
 from a2a.types import a2a_pb2, a2a_pb2_grpc
-from a2a.utils.errors import TaskNotFoundError
+from a2a.utils.errors import TaskNotFoundError, UnsupportedOperationError
 
 
 def ok(what):
@@ -234,6 +235,25 @@ async def run(args):
     state = last_task_state(resumed)
     assert state == a2a_pb2.TASK_STATE_COMPLETED, state_name(state)
     ok(f"approval: INPUT_REQUIRED, then `approve` resumed {gated_id} to COMPLETED")
+
+    # The same without streaming: a blocking answer waits for the resumed
+    # run (here a rejection the crew is told of and carries on after).
+    asked = await collect(polling, a2a_pb2.SendMessageRequest(
+        message=message("Grace Hopper", skill=args.gated_skill)))
+    state = last_task_state(asked)
+    assert state == a2a_pb2.TASK_STATE_INPUT_REQUIRED, state_name(state)
+    rejected_id = asked[0].task.id
+    answered = await collect(polling, a2a_pb2.SendMessageRequest(
+        message=message("reject: not this month", task_id=rejected_id)))
+    state = last_task_state(answered)
+    assert state == a2a_pb2.TASK_STATE_COMPLETED, state_name(state)
+    ok(f"a blocking `reject` answer returned {rejected_id} once COMPLETED")
+    try:
+        await polling.send_message(a2a_pb2.SendMessageRequest(
+            message=message("approve", task_id=rejected_id))).__anext__()
+        sys.exit("a finished task took an answer")
+    except UnsupportedOperationError:
+        ok("an answer to a finished task is the SDK's UnsupportedOperationError")
 
     # 6. Listing, the extended card, errors.
     listed = await polling.list_tasks(a2a_pb2.ListTasksRequest(page_size=10))

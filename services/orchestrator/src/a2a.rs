@@ -347,11 +347,12 @@ impl A2a {
     }
 
     /// Waits until `task` stops (finished, or waiting for a person).
-    async fn settle(&self, caller: &Caller, task: Task) -> Result<Task, Status> {
+    /// Events up to `after` are the past (an answered task's earlier wait).
+    async fn settle(&self, caller: &Caller, task: Task, after: u64) -> Result<Task, Status> {
         if settled(task.state) {
             return Ok(task);
         }
-        let mut cursor = 0;
+        let mut cursor = after;
         loop {
             let page = self
                 .inner
@@ -370,6 +371,27 @@ impl A2a {
             if stopped {
                 return self.task(caller, &task.id).await;
             }
+            // Nothing new for a while: the task as it stands decides.
+            if page.events.is_empty() {
+                let now = self.task(caller, &task.id).await?;
+                if settled(now.state) {
+                    return Ok(now);
+                }
+            }
+        }
+    }
+
+    /// Where a message's updates start: for an answer to a waiting task, after
+    /// everything the task recorded before it (taken before the answer, so
+    /// nothing it causes is missed); for a new task, the beginning.
+    async fn start_of(
+        &self,
+        caller: &Caller,
+        request: &a2a::SendMessageRequest,
+    ) -> Result<u64, Status> {
+        match request.message.as_ref().map(|m| m.task_id.as_str()) {
+            Some(id) if !id.is_empty() => self.last_sequence(caller, id).await,
+            _ => Ok(0),
         }
     }
 
@@ -477,11 +499,12 @@ impl A2aService for A2a {
             .as_ref()
             .map_or((None, false), |c| (c.history_length, c.return_immediately));
         let history = history_length(history)?;
+        let after = self.start_of(&caller, &request).await?;
         let task = self.send(&caller, request).await?;
         let task = if immediately {
             task
         } else {
-            self.settle(&caller, task).await?
+            self.settle(&caller, task, after).await?
         };
         Ok(Response::new(a2a::SendMessageResponse {
             payload: Some(a2a::send_message_response::Payload::Task(to_a2a(
@@ -500,17 +523,9 @@ impl A2aService for A2a {
             .caller(request.metadata(), &request.get_ref().tenant)
             .await?;
         let request = request.into_inner();
-        let answering = request
-            .message
-            .as_ref()
-            .is_some_and(|m| !m.task_id.is_empty());
-        let task = self.send(&caller, request).await?;
         // An answer resumes a task: its updates from now on, not its past.
-        let after = if answering {
-            self.last_sequence(&caller, &task.id).await?
-        } else {
-            0
-        };
+        let after = self.start_of(&caller, &request).await?;
+        let task = self.send(&caller, request).await?;
         Ok(Response::new(self.stream(caller, task, after)))
     }
 
