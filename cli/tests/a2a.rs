@@ -11,20 +11,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestMesh, repo_root, research_crew};
+use common::{TestMesh, python, repo_root, research_crew, run_client};
 
 /// How long the script may take: three team runs, a cancel, the checks.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn python() -> PathBuf {
-    std::env::var_os("AMAOS_PYTHON").map_or_else(
-        || repo_root().join(".amaos/venv-grpc/bin/python"),
-        PathBuf::from,
-    )
-}
 
 fn has_sdk(python: &PathBuf) -> bool {
     std::process::Command::new(python)
@@ -74,27 +66,13 @@ async fn the_reference_a2a_sdk_discovers_streams_cancels_and_approves() {
     // A developer may submit, read, cancel and approve its team's calls.
     let key = mesh.create_key("acme", "developer").await;
 
-    let run = tokio::process::Command::new(&python)
+    let mut client = tokio::process::Command::new(&python);
+    client
         .arg(repo_root().join("clients/python/a2a_client.py"))
         .args(["--gateway", &mesh.config.gateway.url, "--key", &key])
         .arg("--proto-root")
-        .arg(repo_root().join("proto"))
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, run)
-        .await
-        .expect("the A2A client did not finish in time")
-        .expect("python could not be started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "the A2A client failed ({}): {stderr}",
-        output.status
-    );
+        .arg(repo_root().join("proto"));
+    let stdout = run_client(client, SCRIPT_TIMEOUT, "the A2A client").await;
     assert!(stdout.contains("a2a client: all checks passed"), "{stdout}");
     mesh.stop().await;
 }

@@ -4,7 +4,12 @@
 //! from the page, watches its timeline reach SUCCEEDED live, opens the team
 //! graph, the workers and the audit trail (whose chain must verify), and
 //! saves screenshots — 1280×800 light and dark, and a phone's width — to
-//! `target/dashboard-screenshots/`.
+//! `target/dashboard-screenshots/`. It also runs the example team
+//! `approved-payout`, whose second agent's tool call waits for a person:
+//! the task shows INPUT_REQUIRED, the Approvals page lists the call, a
+//! viewer's Approve is refused (403) and a decision made elsewhere is
+//! refused as stale, both visibly; the admin's Approve resumes the task to
+//! SUCCEEDED.
 //!
 //! This test uses outside resources: Node, `/usr/bin/chromium` (or
 //! `$CHROMIUM`) and the npm packages of the browser test. `scripts/test`
@@ -86,6 +91,10 @@ async fn the_dashboard_runs_a_crew_in_a_real_browser() {
         missing.join(", ")
     );
     let mesh = TestMesh::start().await;
+    // A viewer of the admin's tenant: may list approvals, may not decide.
+    let viewer = mesh
+        .create_key(amaos_mesh::identity::PLATFORM_TENANT, "viewer")
+        .await;
     let out = screenshots();
     let _ = std::fs::remove_dir_all(&out);
 
@@ -94,6 +103,7 @@ async fn the_dashboard_runs_a_crew_in_a_real_browser() {
         .arg(&mesh.config.gateway.url)
         .arg(&mesh.admin_key)
         .arg(&out)
+        .arg(&viewer)
         .env("CHROMIUM", chromium())
         .current_dir(browser_dir())
         .stdin(Stdio::null())
@@ -123,6 +133,12 @@ async fn the_dashboard_runs_a_crew_in_a_real_browser() {
         "teams-light.png",
         "workers-light.png",
         "audit-light.png",
+        "task-approval-light.png",
+        "approvals-light.png",
+        "approvals-refused-light.png",
+        "approvals-decided-light.png",
+        "approvals-dark.png",
+        "approvals-phone.png",
     ] {
         assert!(
             shots.iter().any(|s| s == wanted),

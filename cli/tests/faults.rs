@@ -195,6 +195,23 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The six services as processes on `env`, once they all serve.
+async fn start_services(env: &HashMap<String, String>) -> Processes {
+    let mut processes = Processes(Vec::new());
+    for service in [
+        "auth",
+        "router",
+        "memory",
+        "tools",
+        "agents",
+        "orchestrator",
+    ] {
+        processes.0.push((service, spawn(service, env)));
+    }
+    wait_until_serving(env).await;
+    processes
+}
+
 fn redis_url() -> String {
     std::env::var("AMAOS_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -338,18 +355,7 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
 async fn a_task_survives_the_kill_of_its_orchestrator_replica() {
     let dir = tempfile::tempdir().unwrap();
     let env = fault_env(dir.path(), &redis_url());
-    let mut processes = Processes(Vec::new());
-    for service in [
-        "auth",
-        "router",
-        "memory",
-        "tools",
-        "agents",
-        "orchestrator",
-    ] {
-        processes.0.push((service, spawn(service, &env)));
-    }
-    wait_until_serving(&env).await;
+    let mut processes = start_services(&env).await;
     let key = admin_key(dir.path());
     let first_url = env["AMAOS_ORCHESTRATOR__URL"].clone();
     let mut first = client(&first_url);
@@ -427,18 +433,7 @@ async fn no_acknowledged_task_is_lost_when_redis_restarts() {
     let mut redis = start_redis();
     let redis_url = format!("redis://127.0.0.1:{redis_port}");
     let env = fault_env(dir.path(), &redis_url);
-    let mut processes = Processes(Vec::new());
-    for service in [
-        "auth",
-        "router",
-        "memory",
-        "tools",
-        "agents",
-        "orchestrator",
-    ] {
-        processes.0.push((service, spawn(service, &env)));
-    }
-    wait_until_serving(&env).await;
+    let processes = start_services(&env).await;
     let key = admin_key(dir.path());
     let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
     let mut orchestrator = client(&url);
@@ -469,18 +464,7 @@ async fn a_draining_replica_finishes_its_attempts_before_it_exits() {
     // A long lease, so only the drain (not a takeover) can finish the task.
     env.insert("AMAOS_ORCHESTRATOR__LEASE".into(), "60s".into());
     env.insert("AMAOS_LIMITS__DRAIN_TIMEOUT".into(), "15s".into());
-    let mut processes = Processes(Vec::new());
-    for service in [
-        "auth",
-        "router",
-        "memory",
-        "tools",
-        "agents",
-        "orchestrator",
-    ] {
-        processes.0.push((service, spawn(service, &env)));
-    }
-    wait_until_serving(&env).await;
+    let mut processes = start_services(&env).await;
     let key = admin_key(dir.path());
     let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
     let mut orchestrator = client(&url);
@@ -559,18 +543,7 @@ crew:
 async fn an_approval_outlives_the_kill_of_its_worker_and_its_call_runs_once() {
     let dir = tempfile::tempdir().unwrap();
     let env = fault_env(dir.path(), &redis_url());
-    let mut processes = Processes(Vec::new());
-    for service in [
-        "auth",
-        "router",
-        "memory",
-        "tools",
-        "agents",
-        "orchestrator",
-    ] {
-        processes.0.push((service, spawn(service, &env)));
-    }
-    wait_until_serving(&env).await;
+    let mut processes = start_services(&env).await;
     let key = admin_key(dir.path());
     let url = env["AMAOS_ORCHESTRATOR__URL"].clone();
     let mut orchestrator = client(&url);

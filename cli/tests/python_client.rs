@@ -11,20 +11,12 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::{TestMesh, repo_root, research_crew};
+use common::{TestMesh, python, repo_root, research_crew, run_client};
 
 /// How long the script may take: stub generation, a crew run and a cancel.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn python() -> PathBuf {
-    std::env::var_os("AMAOS_PYTHON").map_or_else(
-        || repo_root().join(".amaos/venv-grpc/bin/python"),
-        PathBuf::from,
-    )
-}
 
 /// Whether `python` can import the generator and the runtime.
 fn has_grpc(python: &PathBuf) -> bool {
@@ -62,28 +54,14 @@ async fn a_generated_python_client_submits_watches_and_cancels() {
         .trim_start_matches("http://")
         .to_owned();
 
-    let run = tokio::process::Command::new(&python)
+    let mut client = tokio::process::Command::new(&python);
+    client
         .arg(repo_root().join("clients/python/smoke.py"))
         .args(["--target", &target, "--key", &key, "--proto-root"])
         .arg(repo_root().join("proto"))
         .arg("--slow-spec")
-        .arg(&slow_spec)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, run)
-        .await
-        .expect("the Python client did not finish in time")
-        .expect("python could not be started");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    eprintln!("{stderr}");
-    assert!(
-        output.status.success(),
-        "the Python client failed ({}): {stderr}",
-        output.status
-    );
+        .arg(&slow_spec);
+    let stdout = run_client(client, SCRIPT_TIMEOUT, "the Python client").await;
     assert!(stdout.contains("TASK_STATE_CANCELLED"), "{stdout}");
     mesh.stop().await;
 }

@@ -39,6 +39,46 @@ pub fn model_dir() -> PathBuf {
     )
 }
 
+/// The Python that runs the outside clients (`clients/python/*.py`):
+/// `$AMAOS_PYTHON`, else `.amaos/venv-grpc/bin/python`, which scripts/test
+/// makes with grpcio, grpcio-tools and a2a-sdk.
+#[allow(dead_code)]
+pub fn python() -> PathBuf {
+    std::env::var_os("AMAOS_PYTHON").map_or_else(
+        || repo_root().join(".amaos/venv-grpc/bin/python"),
+        PathBuf::from,
+    )
+}
+
+/// Runs an outside client (`command`, killed if the test ends first) to its
+/// end within `timeout`, prints what it said, and returns its stdout;
+/// panics naming `what` if it fails.
+#[allow(dead_code)]
+pub async fn run_client(
+    mut command: tokio::process::Command,
+    timeout: std::time::Duration,
+    what: &str,
+) -> String {
+    let run = command
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(timeout, run)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in time"))
+        .unwrap_or_else(|e| panic!("{what} could not be started: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    eprintln!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {stderr}",
+        output.status
+    );
+    stdout
+}
+
 /// A config on port 0 everywhere, without admin listeners, in `dir`.
 pub fn test_config(dir: &Path) -> Config {
     let mut config = Config {

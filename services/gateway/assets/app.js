@@ -1,14 +1,14 @@
 // The AMAOS dashboard: a small single-page app over the REST API (served
 // by services/gateway/src/dashboard.rs; no build step). Hash routes:
-//   #/signin  #/tasks  #/tasks/<id>  #/submit  #/teams  #/teams/<name>
-//   #/workers  #/audit
+//   #/signin  #/tasks  #/tasks/<id>  #/approvals  #/submit  #/teams
+//   #/teams/<name>  #/workers  #/audit
 // Each page renders into #app and returns a function that stops its timers
 // and streams when the page is left.
 
 import { api, ApiError, session, setUnauthenticatedHandler, watchTask } from "./api.js";
 import {
   h, fill, icon, ICONS, badge, stateBadge, enumLabel, TASK_STATES, TERMINAL, num, fmtInt, fmtUsd,
-  ago, fmtTime, fmtDuration, parseTime, clip, shortId,
+  ago, until, refreshTimes, fmtTime, fmtDuration, parseTime, clip, shortId, pretty,
 } from "./dom.js";
 import { drawGraph, LEGEND, kindName } from "./graph.js";
 import { Timeline, GROUPS } from "./timeline.js";
@@ -95,8 +95,9 @@ function renderShell(route) {
 
 // ---- errors ----
 
-/** A visible error: the API's message, its code and field violations. */
-function errorBanner(error, { onClose } = {}) {
+/** A visible error: the API's message, its code and field violations, and
+ * a `hint` saying what it means here, when the page knows. */
+function errorBanner(error, { onClose, hint } = {}) {
   const e = error instanceof ApiError ? error : new ApiError(0, { message: String(error && error.message ? error.message : error) });
   const violations = e.violations();
   const banner = h(
@@ -106,6 +107,7 @@ function errorBanner(error, { onClose } = {}) {
       "div",
       null,
       h("div", { class: "title" }, e.status ? `Error ${e.status}${e.code !== undefined ? ` (code ${e.code})` : ""}` : "Error"),
+      hint ? h("div", { class: "body hint", testid: "error-hint" }, hint) : null,
       h("div", { class: "body", testid: "error-message" }, e.message),
       violations.length ? h("ul", { class: "body" }, violations.map((v) => h("li", null, v))) : null,
     ),
@@ -117,7 +119,7 @@ function errorBanner(error, { onClose } = {}) {
 /** A slot for one error at a time. */
 function errorSlot() {
   const slot = h("div", { class: "error-slot" });
-  slot.show = (error) => fill(slot, error ? errorBanner(error) : null);
+  slot.show = (error, hint) => fill(slot, error ? errorBanner(error, { hint }) : null);
   slot.clear = () => fill(slot);
   return slot;
 }
@@ -161,6 +163,7 @@ function route() {
   const pages = {
     signin: () => signInPage(),
     tasks: () => (parts[1] ? taskPage(parts[1]) : tasksPage(query)),
+    approvals: () => approvalsPage(query),
     submit: () => submitPage(query),
     teams: () => teamsPage(parts[1]),
     workers: () => workersPage(),
@@ -397,6 +400,34 @@ function taskPage(taskId) {
   filter.addEventListener("change", () => timeline.setFilter(filter.value));
   const cancel = h("button", { class: "danger", type: "button", testid: "task-cancel", disabled: true }, "Cancel task");
   const empty = h("div", { class: "empty", testid: "timeline-empty" }, "Waiting for the first event…");
+  // The task's pending approvals, decided here as on the Approvals page.
+  const outcome = h("div", { testid: "approval-outcome-slot" });
+  const approvalCards = h("div", { class: "approvals" });
+  const approvalsBox = h(
+    "section",
+    { class: "task-approvals", testid: "task-approvals", hidden: true },
+    h(
+      "div",
+      { class: "banner warn" },
+      h(
+        "div",
+        null,
+        h("div", { class: "title" }, "Waiting for a person"),
+        h("div", { class: "body" }, "The run stopped before a tool call that needs approval. Approve it to run the call with exactly these arguments, or reject it. ", h("a", { href: `#/approvals?task=${encodeURIComponent(taskId)}` }, "All of this task's approvals")),
+      ),
+    ),
+    approvalCards,
+  );
+  const showApprovals = approvalList(approvalCards, {
+    onDecided(answer, decision) {
+      fill(outcome, outcomeBanner(answer, decision, () => fill(outcome)));
+      loadTask();
+    },
+    onStale(e, hint) {
+      errors.show(e, hint);
+      loadTask();
+    },
+  });
 
   let task = null;
   let stopped = false;
@@ -425,6 +456,11 @@ function taskPage(taskId) {
       ),
     );
     cancel.disabled = TERMINAL.has(task.state);
+    const pending = (task.approvals || [])
+      .filter((a) => a.state === "APPROVAL_STATE_PENDING")
+      .map((a) => ({ ...a, taskId: a.taskId || task.taskId, team: a.team || task.team }));
+    showApprovals(pending);
+    approvalsBox.hidden = pending.length === 0;
     fill(
       facts,
       fact("Attempt", String(num(task.attempt) || "—"), "task-attempt"),
@@ -482,6 +518,8 @@ function taskPage(taskId) {
       h("div", { class: "muted" }, h("a", { href: "#/tasks" }, "← Tasks")),
       header,
       errors,
+      outcome,
+      approvalsBox,
       facts,
       h(
         "div",
@@ -537,6 +575,363 @@ function taskPage(taskId) {
     stopped = true;
     clearTimeout(refreshTimer);
     stop();
+  };
+}
+
+// ---- approvals ----
+
+const APPROVAL_TONE = {
+  APPROVAL_STATE_PENDING: "attn",
+  APPROVAL_STATE_APPROVED: "ok",
+  APPROVAL_STATE_REJECTED: "err",
+  APPROVAL_STATE_EXPIRED: "warn",
+};
+
+function approvalBadge(state) {
+  const value = state || "APPROVAL_STATE_UNSPECIFIED";
+  return badge(enumLabel(value, "APPROVAL_STATE_"), APPROVAL_TONE[value] || "", { testid: "approval-state", dataset: { state: value } });
+}
+
+/** A refused decision because the approval is no longer pending (FAILED_PRECONDITION, or a 409). */
+function staleDecision(error) {
+  return error instanceof ApiError && (error.code === 9 || error.status === 409);
+}
+
+/** What a refused decision means, in words. */
+function decisionHint(error, approval) {
+  if (!(error instanceof ApiError)) return null;
+  if (error.status === 403) {
+    return `You may not decide this call: it needs the "${approval.requiredPermission || "approve"}" permission on the team ${approval.team || ""}. Ask someone who has it.`;
+  }
+  if (staleDecision(error)) {
+    return "This call is no longer waiting: someone else decided it, it expired, or the task moved on.";
+  }
+  if (error.status === 404) return "The task or the approval is gone (or belongs to another tenant).";
+  return null;
+}
+
+/** A time as "in 5h" (or "5m ago") that refreshTimes keeps current, with the date as its title. */
+function relTime(value, future) {
+  return h(
+    "span",
+    { title: fmtTime(value), dataset: future ? { until: value || "" } : { ago: value || "" } },
+    future ? until(value) : ago(value),
+  );
+}
+
+/**
+ * One approval as a card: the call (tool, agent, task, team), its exact
+ * arguments, why it waits and until when; while it is pending, a comment
+ * and the Reject / Approve buttons. `onDecided(answer, decision)` after a
+ * decision, `onStale(error, hint)` when it was no longer pending; other
+ * refusals (403 among them) show on the card itself.
+ */
+function approvalCard(a, { onDecided, onStale }) {
+  const pending = a.state === "APPROVAL_STATE_PENDING";
+  const errors = errorSlot();
+  const taskHref = `#/tasks/${encodeURIComponent(a.taskId || "")}`;
+  const comment = h("input", {
+    type: "text",
+    maxlength: 4096,
+    placeholder: "Optional; the agent sees it with a rejection",
+    testid: "approval-comment",
+  });
+  const approve = h("button", { class: "primary", type: "button", testid: "approval-approve" }, icon(...ICONS.done), "Approve");
+  const reject = h("button", { class: "danger", type: "button", testid: "approval-reject" }, icon(...ICONS.fail), "Reject");
+
+  const decide = async (decision) => {
+    errors.clear();
+    approve.disabled = true;
+    reject.disabled = true;
+    card.dataset.busy = "true";
+    try {
+      const answer = await api(
+        "POST",
+        `/v1/tasks/${encodeURIComponent(a.taskId)}/approvals/${encodeURIComponent(a.approvalId)}:decide`,
+        { decision, comment: comment.value.trim() },
+      );
+      onDecided && onDecided(answer, decision);
+    } catch (e) {
+      approve.disabled = false;
+      reject.disabled = false;
+      if (staleDecision(e) && onStale) onStale(e, decisionHint(e, a));
+      else errors.show(e, decisionHint(e, a));
+    } finally {
+      delete card.dataset.busy;
+    }
+  };
+  approve.addEventListener("click", () => decide("DECISION_APPROVE"));
+  reject.addEventListener("click", () => decide("DECISION_REJECT"));
+
+  const decided = !pending && a.decidedAt;
+  const card = h(
+    "section",
+    {
+      class: `panel approval${pending ? " pending" : ""}`,
+      testid: "approval-card",
+      dataset: { approvalId: a.approvalId || "", taskId: a.taskId || "", state: a.state || "" },
+    },
+    h(
+      "div",
+      { class: "panel-title" },
+      h("span", { class: "approval-what" }, h("strong", null, a.agent || "An agent"), " calls ", h("code", { testid: "approval-tool" }, a.tool || "—")),
+      approvalBadge(a.state),
+    ),
+    h(
+      "div",
+      { class: "approval-body" },
+      h(
+        "div",
+        { class: "facts" },
+        fact("Task", h("a", { class: "mono", href: taskHref, title: a.taskId || "" }, shortId(a.taskId)), "approval-task"),
+        fact("Team", a.team ? h("a", { href: `#/teams/${encodeURIComponent(a.team)}` }, a.team) : "—", "approval-team"),
+        fact("Agent", a.agent || "—", "approval-agent"),
+        fact("Attempt", String(num(a.attempt) || "—")),
+        fact("Requested", relTime(a.requestedAt, false)),
+        pending
+          ? fact("Expires", relTime(a.expiresAt, true), "approval-expires")
+          : fact("Decided", decided ? relTime(a.decidedAt, false) : "—"),
+      ),
+      a.reason ? h("div", null, h("h3", null, "Why it waits"), h("div", { testid: "approval-reason" }, a.reason)) : null,
+      h(
+        "div",
+        null,
+        h("h3", null, "Arguments"),
+        h("pre", { class: "text-block code-block", testid: "approval-arguments" }, pretty(a.arguments || {}, Infinity)),
+        a.argumentsSha256
+          ? h("div", { class: "hash hash-line", title: "SHA-256 of the tool's name and its canonical JSON arguments: the call runs only with exactly these" }, `sha256 ${a.argumentsSha256}`)
+          : null,
+      ),
+      pending
+        ? null
+        : h(
+            "div",
+            { class: "approval-decision", testid: "approval-decision" },
+            `${enumLabel(a.state, "APPROVAL_STATE_")} by `,
+            h("strong", null, a.decidedBy || "—"),
+            a.comment ? h("div", { class: "quote", testid: "approval-decision-comment" }, a.comment) : null,
+          ),
+      errors,
+    ),
+    pending
+      ? h(
+          "div",
+          { class: "approval-foot" },
+          h("label", null, "Comment", comment),
+          h("div", { class: "actions" }, reject, approve),
+        )
+      : null,
+  );
+  return card;
+}
+
+/**
+ * Keeps the approval cards in `container` in step with a listing: a card
+ * whose approval did not change stays as it is (with a comment being
+ * typed), new ones come in, gone ones leave. Returns `update(approvals)`.
+ */
+function approvalList(container, handlers) {
+  let cards = new Map();
+  return (approvals) => {
+    const next = new Map();
+    const wanted = [];
+    for (const a of approvals) {
+      const key = JSON.stringify([a.state, a.decidedAt, a.expiresAt, a.attempt, a.argumentsSha256]);
+      const old = cards.get(a.approvalId);
+      const card = old && old.key === key ? old.card : approvalCard(a, handlers);
+      next.set(a.approvalId, { key, card });
+      wanted.push(card);
+    }
+    const keep = new Set(wanted);
+    for (const el of [...container.children]) if (!keep.has(el)) el.remove();
+    let at = container.firstChild;
+    for (const card of wanted) {
+      if (card === at) at = at.nextSibling;
+      else container.insertBefore(card, at);
+    }
+    cards = next;
+    refreshTimes(container);
+  };
+}
+
+/** What a decision did: the approval as decided and where the task went. */
+function outcomeBanner(answer, decision, onClose) {
+  const a = answer.approval || {};
+  const t = answer.task || {};
+  const approved = decision === "DECISION_APPROVE";
+  const taskId = t.taskId || a.taskId || "";
+  const banner = h(
+    "div",
+    {
+      class: `banner ${approved ? "ok" : "warn"}`,
+      role: "status",
+      testid: "approval-outcome",
+      dataset: { decision, state: a.state || "", taskId },
+    },
+    h(
+      "div",
+      null,
+      h("div", { class: "title" }, `${approved ? "Approved" : "Rejected"}: `, h("code", null, a.tool || "the call"), a.agent ? ` of ${a.agent}` : ""),
+      h(
+        "div",
+        { class: "body" },
+        approved ? "The task resumes on a new attempt and runs the call with exactly these arguments. " : "The task resumes without the call. ",
+        "Task ",
+        h("a", { class: "mono", href: `#/tasks/${encodeURIComponent(taskId)}`, testid: "approval-outcome-task" }, shortId(taskId)),
+        " is now ",
+        stateBadge(t.state),
+        a.comment ? h("div", { class: "muted" }, `Comment: ${a.comment}`) : null,
+      ),
+    ),
+    h("button", { class: "close", type: "button", "aria-label": "Dismiss", onclick: () => onClose() }, "×"),
+  );
+  return banner;
+}
+
+function approvalsPage(query) {
+  const team = query.get("team") || "";
+  const taskId = query.get("task") || "";
+  const decided = query.get("decided") === "1";
+  let auto = true;
+  let timer = null;
+  let stopped = false;
+  let loading = false;
+  let again = false;
+
+  // Errors of listing (cleared by the next good listing) and of decisions
+  // (kept until dismissed or the next decision).
+  const loadErrors = errorSlot();
+  const errors = errorSlot();
+  const outcome = h("div", { testid: "approval-outcome-slot" });
+  const list = h("div", { class: "approvals", testid: "approvals-list", dataset: { busy: "false" } });
+  const empty = h("div", { class: "panel empty", testid: "approvals-empty", hidden: true }, "");
+  const count = h("span", { testid: "approvals-count" }, "");
+
+  const teamSelect = h("select", { testid: "approvals-team", "aria-label": "Team" }, h("option", { value: "" }, "All teams"));
+  if (team) teamSelect.append(h("option", { value: team }, team));
+  teamSelect.value = team;
+  const decidedBox = h("input", { type: "checkbox", checked: decided, testid: "approvals-decided" });
+  const autoBox = h("input", { type: "checkbox", checked: true, testid: "approvals-auto" });
+  const apply = (changes = {}) => {
+    const q = new URLSearchParams();
+    const wanted = { team: teamSelect.value, task: taskId, decided: decidedBox.checked ? "1" : "", ...changes };
+    for (const [k, v] of Object.entries(wanted)) if (v) q.set(k, v);
+    go(`#/approvals${q.toString() ? `?${q}` : ""}`);
+  };
+  teamSelect.addEventListener("change", () => apply());
+  decidedBox.addEventListener("change", () => apply());
+  autoBox.addEventListener("change", () => {
+    auto = autoBox.checked;
+    schedule();
+  });
+  api("GET", "/v1/teams")
+    .then((answer) => {
+      for (const t of answer.teams || []) {
+        if (t.name !== team) teamSelect.append(h("option", { value: t.name }, t.name));
+      }
+    })
+    .catch(() => {});
+  const refresh = h("button", { class: "icon", type: "button", title: "Refresh", "aria-label": "Refresh", testid: "approvals-refresh", onclick: () => load() }, icon(...ICONS.refresh));
+
+  const update = approvalList(list, {
+    onDecided(answer, decision) {
+      errors.clear();
+      fill(outcome, outcomeBanner(answer, decision, () => fill(outcome)));
+      load();
+    },
+    onStale(e, hint) {
+      fill(outcome);
+      errors.show(e, `${hint} The list has been refreshed.`);
+      load();
+    },
+  });
+
+  async function load() {
+    clearTimeout(timer);
+    // One listing at a time; a call meanwhile asks for one more after it.
+    if (loading) {
+      again = true;
+      return;
+    }
+    loading = true;
+    list.dataset.busy = "true";
+    try {
+      const answer = await api("GET", "/v1/approvals", null, {
+        team,
+        taskId,
+        includeDecided: decided ? "true" : "",
+        pageSize: 100,
+      });
+      if (stopped) return;
+      loadErrors.clear();
+      const approvals = answer.approvals || [];
+      update(approvals);
+      const waiting = approvals.filter((a) => a.state === "APPROVAL_STATE_PENDING").length;
+      count.textContent = `${waiting} waiting${decided ? ` · ${approvals.length - waiting} decided` : ""}`;
+      empty.hidden = approvals.length > 0;
+      empty.textContent = team || taskId
+        ? "No tool call of these filters waits for a person."
+        : decided
+          ? "No tool call has needed a person yet."
+          : "No tool call waits for a person. Calls of agents with `approval: required` (or of gated tools) show here.";
+    } catch (e) {
+      if (!stopped) loadErrors.show(e);
+    } finally {
+      loading = false;
+    }
+    if (stopped) return;
+    if (again) {
+      again = false;
+      load();
+      return;
+    }
+    list.dataset.busy = "false";
+    schedule();
+  }
+
+  function schedule() {
+    clearTimeout(timer);
+    if (auto && !stopped) timer = setTimeout(load, REFRESH_MS);
+  }
+
+  fill(
+    app,
+    h(
+      "div",
+      { class: "page", testid: "approvals-page" },
+      pageHead(
+        "Approvals",
+        "Tool calls that wait for a person before they run, newest first. Approving runs the call with exactly the arguments shown.",
+      ),
+      loadErrors,
+      errors,
+      outcome,
+      h(
+        "div",
+        { class: "panel approvals-bar" },
+        h(
+          "div",
+          { class: "panel-title" },
+          h(
+            "div",
+            { class: "filters" },
+            teamSelect,
+            taskId
+              ? h("a", { class: "chip", href: "#", testid: "approvals-task-filter", title: "Show every task's approvals", onclick: (ev) => { ev.preventDefault(); apply({ task: "" }); } }, `Task ${shortId(taskId)} ×`)
+              : null,
+            h("label", { class: "toggle" }, decidedBox, "Show decided"),
+          ),
+          h("div", { class: "actions" }, count, h("label", { class: "toggle" }, autoBox, "Auto-refresh"), refresh),
+        ),
+      ),
+      list,
+      empty,
+    ),
+  );
+  load();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
   };
 }
 

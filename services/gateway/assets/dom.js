@@ -60,6 +60,7 @@ export const ICONS = {
   refresh: ["M20 11a8 8 0 1 0-2.3 5.7", "M20 4v7h-7"],
   sun: ["M12 8a4 4 0 1 0 0 8a4 4 0 0 0 0-8z", "M12 2v2", "M12 20v2", "M4.9 4.9l1.4 1.4", "M17.7 17.7l1.4 1.4", "M2 12h2", "M20 12h2", "M4.9 19.1l1.4-1.4", "M17.7 6.3l1.4-1.4"],
   moon: ["M21 12.8A9 9 0 1 1 11.2 3a7 7 0 0 0 9.8 9.8z"],
+  approval: ["M12 3l8 3v6c0 4.8-3.4 8-8 9-4.6-1-8-4.2-8-9V6z", "M9 12l2 2 4-4"],
 };
 
 /** Replaces the children of `el`. */
@@ -86,6 +87,13 @@ const STATE_TONE = {
   TASK_STATE_CANCELLED: "warn",
   TASK_STATE_TIMED_OUT: "err",
   TASK_STATE_NEEDS_REVIEW: "violet",
+  TASK_STATE_INPUT_REQUIRED: "attn live",
+};
+
+/** What a state means, where its name alone does not say. */
+const STATE_HINT = {
+  TASK_STATE_INPUT_REQUIRED: "A tool call waits for a person's approval",
+  TASK_STATE_NEEDS_REVIEW: "A judge escalated the output for a person to review",
 };
 
 export const TERMINAL = new Set([
@@ -100,6 +108,7 @@ export const TASK_STATES = [
   "TASK_STATE_PENDING",
   "TASK_STATE_QUEUED",
   "TASK_STATE_RUNNING",
+  "TASK_STATE_INPUT_REQUIRED",
   "TASK_STATE_SUCCEEDED",
   "TASK_STATE_FAILED",
   "TASK_STATE_CANCELLED",
@@ -112,7 +121,7 @@ export function stateBadge(state, testid) {
   const value = state || "TASK_STATE_UNSPECIFIED";
   return h(
     "span",
-    { class: `badge ${STATE_TONE[value] || ""}`, testid, dataset: { state: value } },
+    { class: `badge ${STATE_TONE[value] || ""}`, testid, title: STATE_HINT[value], dataset: { state: value } },
     enumLabel(value, "TASK_STATE_"),
   );
 }
@@ -155,6 +164,24 @@ export function ago(value, now = Date.now()) {
   if (secs < 3600) return `${Math.floor(secs / 60)}m ago`;
   if (secs < 86400) return `${Math.floor(secs / 3600)}h ago`;
   return new Date(t).toLocaleDateString(undefined, { month: "short", day: "numeric" });
+}
+
+/** A time to come as "in 40s", "in 12m", "in 5h", "in 3d"; "passed" once it has. */
+export function until(value, now = Date.now()) {
+  const t = parseTime(value);
+  if (t === null) return "—";
+  const secs = Math.round((t - now) / 1000);
+  if (secs <= 0) return "passed";
+  if (secs < 60) return `in ${secs}s`;
+  if (secs < 3600) return `in ${Math.floor(secs / 60)}m`;
+  if (secs < 86400) return `in ${Math.floor(secs / 3600)}h`;
+  return `in ${Math.floor(secs / 86400)}d`;
+}
+
+/** Re-renders the relative times under `root` (elements with data-ago or data-until). */
+export function refreshTimes(root, now = Date.now()) {
+  for (const el of root.querySelectorAll("[data-ago]")) el.textContent = ago(el.dataset.ago, now);
+  for (const el of root.querySelectorAll("[data-until]")) el.textContent = until(el.dataset.until, now);
 }
 
 /** A duration in ms as "850 ms", "4.2 s", "3 m 10 s". */

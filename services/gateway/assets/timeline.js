@@ -1,6 +1,7 @@
 // One task's events as a timeline: state changes and everything its team
 // run emitted (messages, tool calls and results, memory, handoffs, speaker
-// choices, verdicts, token usage), grouped by attempt.
+// choices, verdicts, token usage, tool calls stopped for a person's
+// approval), grouped by attempt.
 
 import { h, icon, ICONS, enumLabel, fmtInt, fmtUsd, num, parseTime, pretty, stateBadge, clip } from "./dom.js";
 
@@ -76,6 +77,23 @@ function describe(event) {
       body: p.isError
         ? h("div", { class: "err-text" }, p.error || "failed")
         : h("pre", { class: "text-block", testid: "tool-result" }, pretty(p.result ?? null)),
+    };
+  }
+  if (r.approvalRequested) {
+    const p = r.approvalRequested;
+    return {
+      ...base,
+      kind: "approval",
+      group: "tools",
+      icon: ICONS.approval,
+      what: h("span", null, "Waiting for approval of ", h("code", null, p.tool)),
+      body: h(
+        "div",
+        null,
+        p.reason ? h("div", { class: "muted" }, p.reason) : null,
+        h("pre", { class: "text-block", testid: "approval-request-arguments" }, pretty(p.arguments || {})),
+        h("a", { href: `#/approvals?task=${encodeURIComponent(event.taskId || "")}` }, "Review it under Approvals"),
+      ),
     };
   }
   if (r.memoryRecalled) {
