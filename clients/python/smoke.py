@@ -35,11 +35,13 @@ DEADLINE = 60
 
 
 def generate(proto_root: pathlib.Path, out: pathlib.Path) -> None:
-    """Generates the amaos protos and the google.api annotations they import."""
+    """Generates the amaos protos and what they import: the A2A contract
+    (lf/a2a, whose AgentCard the orchestrator returns) and the google.api
+    annotations."""
     files = sorted(
         str(p.relative_to(proto_root))
         for p in proto_root.rglob("*.proto")
-        if p.relative_to(proto_root).parts[0] in ("amaos", "google")
+        if p.relative_to(proto_root).parts[0] in ("amaos", "google", "lf")
     )
     # The well-known types (google/protobuf/*.proto) ship with grpcio-tools.
     well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
