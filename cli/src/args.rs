@@ -184,6 +184,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: ApprovalsCommand,
     },
+    /// Answer a task waiting for a person's message (a swarm that handed
+    /// the conversation to `user`); the conversation goes on with it.
+    Input {
+        /// The task id.
+        task: String,
+        /// The message.
+        message: String,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]

@@ -417,6 +417,28 @@ pub async fn approvals_decide(
     Ok(())
 }
 
+/// `amaos input`: a person's message to a task waiting for one.
+pub async fn send_input(
+    client: &Client,
+    task_id: String,
+    message: String,
+    json: bool,
+) -> Result<(), Failure> {
+    let task = client
+        .orchestrator()?
+        .send_input(client.request(pb::SendInputRequest { task_id, message })?)
+        .await?
+        .into_inner()
+        .task
+        .ok_or_else(|| Failure::new(EXIT_RPC, "the orchestrator returned no task"))?;
+    if json {
+        println!("{}", render::task_json(&task));
+    } else {
+        println!("{}", render::task_line(&task));
+    }
+    Ok(())
+}
+
 fn key_json(k: &auth::ApiKey) -> serde_json::Value {
     serde_json::json!({
         "key_id": k.key_id, "name": k.name, "tenant": k.tenant, "roles": k.roles, "prefix": k.prefix,

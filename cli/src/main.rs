@@ -275,6 +275,9 @@ async fn dispatch(
                 comment,
             } => commands::approvals_decide(&client(), task, approval, false, comment, json).await,
         },
+        Command::Input { task, message } => {
+            commands::send_input(&client(), task, message, json).await
+        }
         Command::Keys { command } => match command {
             KeysCommand::Create {
                 name,

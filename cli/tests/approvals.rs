@@ -325,3 +325,92 @@ async fn the_tools_service_gates_configured_tools_for_every_caller() {
     );
     mesh.stop().await;
 }
+
+/// A swarm whose triage agent asks the customer for the order number, then
+/// answers once it has it.
+const HELPDESK: &str = r#"name: helpdesk
+agents:
+  - name: triage
+    role: Triage
+    goal: Help the customer
+    replay:
+      - tool: { name: handoff, args: { to: user, reason: "need the order number" } }
+      - say: "Refund issued for {input}."
+group_chat:
+  manager: swarm
+  task: "Customer asks about {input}."
+  handoff_to_user: wait
+  termination:
+    any:
+      - max_messages: 1
+"#;
+
+#[tokio::test]
+async fn a_swarm_waits_for_a_persons_message_and_carries_on_with_it() {
+    let mesh = TestMesh::start_with(redis_mesh).await;
+    let developer = mesh.create_key("acme", "developer").await;
+    let viewer = mesh.create_key("acme", "viewer").await;
+    let task_id = mesh.submit(&developer, HELPDESK, "a refund").await;
+    let waiting = reaches(&mesh, &developer, &task_id, pb::TaskState::InputRequired).await;
+    assert_eq!(waiting.approvals.len(), 1, "{waiting:?}");
+    assert_eq!(waiting.approvals[0].tool, "user");
+    assert_eq!(waiting.approvals[0].agent, "triage");
+
+    let send = |key: &str, task_id: &str, message: &str| {
+        let request = TestMesh::with_key(
+            key,
+            pb::SendInputRequest {
+                task_id: task_id.into(),
+                message: message.into(),
+            },
+        );
+        let mut orchestrator = mesh.orchestrator();
+        async move { orchestrator.send_input(request).await }
+    };
+    // A viewer may not answer; an empty message is no answer.
+    let refused = send(&viewer, &task_id, "order 1042").await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let empty = send(&developer, &task_id, "  ").await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument, "{empty:?}");
+    // A task waiting for a tool call's approval takes no message.
+    let gated = mesh.submit(&developer, &gated_spec("continue"), "7").await;
+    reaches(&mesh, &developer, &gated, pb::TaskState::InputRequired).await;
+    let wrong = send(&developer, &gated, "hello").await.unwrap_err();
+    assert_eq!(wrong.code(), Code::FailedPrecondition, "{wrong:?}");
+
+    let answered = send(&developer, &task_id, "order 1042").await.unwrap();
+    assert_ne!(
+        answered.into_inner().task.unwrap().state,
+        pb::TaskState::InputRequired as i32
+    );
+    let events = mesh.events(&developer, &task_id).await;
+    let task = mesh.task(&developer, &task_id).await;
+    assert_eq!(task.state, pb::TaskState::Succeeded as i32, "{task:?}");
+    assert_eq!(task.output, "Refund issued for a refund.");
+    // The person's message joined the conversation the agent answered.
+    let said: Vec<(String, String)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::RunEvent(r)) => match &r.payload {
+                Some(Payload::Message(m)) => Some((m.role.clone(), m.content.clone())),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert!(
+        said.iter()
+            .any(|(role, text)| role == "user" && text == "order 1042"),
+        "{said:?}"
+    );
+    assert!(
+        said.iter().any(|(role, text)| role == "user"
+            && text.contains("order 1042")
+            && text.contains("triage")),
+        "the agent's prompt carries the message: {said:?}"
+    );
+    // A second answer finds nothing waiting.
+    let stale = send(&developer, &task_id, "again").await.unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition, "{stale:?}");
+    mesh.stop().await;
+}

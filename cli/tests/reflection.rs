@@ -105,6 +105,7 @@ async fn services_are_listed_and_described_through_reflection() {
             "GetUsage",
             "ListApprovals",
             "DecideApproval",
+            "SendInput",
             "GetAgentCard"
         ]
     );
@@ -278,7 +279,7 @@ async fn every_http_rule_and_the_error_details_are_served_through_reflection() {
         assert_eq!(with_rule, expected, "{service}");
         served_rules += with_rule.len();
     }
-    assert_eq!(served_rules, 26);
+    assert_eq!(served_rules, 27);
 
     // The error details (google.rpc.BadRequest, …) are described.
     let MessageResponse::FileDescriptorResponse(details) = ask(

@@ -255,6 +255,20 @@ async def run(args):
     except UnsupportedOperationError:
         ok("an answer to a finished task is the SDK's UnsupportedOperationError")
 
+    # A swarm that hands the conversation to a person waits for a message;
+    # the reply is that message, and the conversation goes on with it.
+    asked = await collect(polling, a2a_pb2.SendMessageRequest(
+        message=message("a refund", skill=args.input_skill)))
+    state = last_task_state(asked)
+    assert state == a2a_pb2.TASK_STATE_INPUT_REQUIRED, state_name(state)
+    helpdesk_id = asked[0].task.id
+    assert "handed the conversation" in asked[-1].task.status.message.parts[0].text, asked[-1]
+    replied = await collect(streaming, a2a_pb2.SendMessageRequest(
+        message=message("order 1042", task_id=helpdesk_id)))
+    state = last_task_state(replied)
+    assert state == a2a_pb2.TASK_STATE_COMPLETED, state_name(state)
+    ok(f"a swarm waited for a person's message; the reply resumed {helpdesk_id} to COMPLETED")
+
     # 6. Listing, the extended card, errors.
     listed = await polling.list_tasks(a2a_pb2.ListTasksRequest(page_size=10))
     ids = {t.id for t in listed.tasks}
@@ -293,6 +307,7 @@ def main():
     p.add_argument("--skill", default="research-crew")
     p.add_argument("--slow-skill", default="slow-crew")
     p.add_argument("--gated-skill", default="approved-payout")
+    p.add_argument("--input-skill", default="helpdesk")
     args = p.parse_args()
     check_wire(args.proto_root)
     try:

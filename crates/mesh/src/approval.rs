@@ -13,6 +13,11 @@ pub const REASON: &str = "APPROVAL_REQUIRED";
 /// Who "decided" an approval nobody decided before it expired.
 pub const EXPIRY: &str = "expiry";
 
+/// The `tool` of a request for a person's message rather than a tool call:
+/// a swarm's handoff to `user` that waits (`handoff_to_user: wait`). Its
+/// approval's comment is the person's message.
+pub const INPUT: &str = "user";
+
 /// The `ErrorInfo` domain of [`REASON`].
 pub const DOMAIN: &str = "tools.amaos.io";
 

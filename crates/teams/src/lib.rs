@@ -20,9 +20,9 @@ pub mod spec;
 use std::fmt;
 
 pub use spec::{
-    AgentSpec, Approval, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, Input,
-    JudgeSpec, Manager, NestedTeam, OnRejection, Process, RemoteAgent, ReplayTurn, Shape, TeamSpec,
-    Termination, ToolTurn, valid_name,
+    AgentSpec, Approval, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec,
+    HandoffToUser, Input, JudgeSpec, Manager, NestedTeam, OnRejection, Process, RemoteAgent,
+    ReplayTurn, Shape, TeamSpec, Termination, ToolTurn, valid_name,
 };
 
 /// The model alias of the built-in deterministic scripted model.

@@ -316,6 +316,13 @@ impl A2a {
             .rev()
             .find(|a| a.state == ApprovalState::Pending)
             .filter(|_| task.state == TaskState::InputRequired);
+        if pending.is_some_and(|p| p.tool == amaos_mesh::approval::INPUT) {
+            // The swarm waits for a person's message: this is it.
+            return self
+                .inner
+                .answer_input(caller, task_id, text.to_owned())
+                .await;
+        }
         let Some(pending) = pending else {
             return Err(unsupported(format!(
                 "task `{task_id}` is {} and takes no message; only a task in \
@@ -839,6 +846,17 @@ fn status_message(task: &Task) -> Option<a2a::Message> {
                 "reason": pending.reason,
                 "expires_at": humantime::format_rfc3339_seconds(pending.expires_at).to_string(),
             });
+            if pending.tool == amaos_mesh::approval::INPUT {
+                return message(vec![text_part(format!(
+                    "Agent `{}` handed the conversation to you; answer this task with a message \
+                     to continue it. Its last message: {}",
+                    pending.agent,
+                    arguments
+                        .get("last_message")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                ))]);
+            }
             message(vec![
                 text_part(format!(
                     "Agent `{}` wants to call `{}`, which needs a person's approval ({}). \

@@ -614,6 +614,18 @@ impl OrchestratorService for Orchestrator {
         Ok(Response::new(self.inner.usage(&caller, query).await?))
     }
 
+    async fn send_input(
+        &self,
+        request: Request<pb::SendInputRequest>,
+    ) -> Result<Response<pb::SendInputResponse>, Status> {
+        let caller = self.inner.authn.caller(request.metadata()).await?;
+        let pb::SendInputRequest { task_id, message } = request.into_inner();
+        let task = self.inner.answer_input(&caller, &task_id, message).await?;
+        Ok(Response::new(pb::SendInputResponse {
+            task: Some((&task).into()),
+        }))
+    }
+
     async fn get_agent_card(
         &self,
         _request: Request<pb::GetAgentCardRequest>,

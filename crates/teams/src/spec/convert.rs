@@ -10,8 +10,9 @@ use super::doc::{
     NestedDoc, ProcessDoc, TaskDoc, TeamDoc, TurnDoc,
 };
 use super::{
-    AgentSpec, Approval, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec, JudgeSpec,
-    Manager, NestedTeam, Process, RemoteAgent, ReplayTurn, Shape, TeamSpec, Termination,
+    AgentSpec, Approval, Assignee, Budget, Condition, CrewSpec, CrewTask, GroupChatSpec,
+    HandoffToUser, JudgeSpec, Manager, NestedTeam, Process, RemoteAgent, ReplayTurn, Shape,
+    TeamSpec, Termination,
 };
 
 fn problem<T>(field: impl Into<String>, message: &str) -> Result<T, Problem> {
@@ -162,7 +163,14 @@ fn chat_spec(doc: ChatDoc, speakers: Vec<String>, at: &str) -> Result<GroupChatS
         task,
         selector,
         termination,
+        handoff_to_user,
     } = doc;
+    if handoff_to_user == HandoffToUser::Wait && manager != ManagerDoc::Swarm {
+        return problem(
+            format!("{at}.handoff_to_user"),
+            "only a swarm hands off to `user`: `wait` needs `manager: swarm`",
+        );
+    }
     let manager = match (manager, selector) {
         (ManagerDoc::RoundRobin, _) => Manager::RoundRobin,
         (ManagerDoc::Swarm, _) => Manager::Swarm,
@@ -194,6 +202,7 @@ fn chat_spec(doc: ChatDoc, speakers: Vec<String>, at: &str) -> Result<GroupChatS
             any: conditions("any", termination.any)?,
             all: conditions("all", termination.all)?,
         },
+        handoff_to_user,
     })
 }
 

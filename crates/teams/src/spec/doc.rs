@@ -74,6 +74,8 @@ pub(crate) struct ChatDoc {
     #[serde(default)]
     pub selector: Option<String>,
     pub termination: TerminationDoc,
+    #[serde(default)]
+    pub handoff_to_user: super::HandoffToUser,
 }
 
 /// Stop conditions as written.

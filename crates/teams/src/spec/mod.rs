@@ -143,6 +143,22 @@ pub struct GroupChatSpec {
     pub task: String,
     /// When the chat stops.
     pub termination: Termination,
+    /// What a swarm's handoff to `user` does.
+    pub handoff_to_user: HandoffToUser,
+}
+
+/// What a swarm's handoff to `user` does (`handoff_to_user:` in the spec).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[serde(expecting = "enum HandoffToUser")]
+pub enum HandoffToUser {
+    /// The chat ends with what was said so far (the default).
+    #[default]
+    End,
+    /// The task waits in INPUT_REQUIRED, holding no worker, for a person's
+    /// message (SendInput); the agent that handed over then continues the
+    /// conversation with it.
+    Wait,
 }
 
 /// When a group chat stops: when any of `any` holds, or when all of `all`

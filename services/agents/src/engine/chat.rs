@@ -2,16 +2,56 @@
 //! a swarm whose speaker keeps the floor until it hands off; composable stop
 //! conditions.
 
+use amaos_mesh::approval::INPUT;
 use amaos_proto::agents::v1 as pb;
 use amaos_proto::agents::v1::run_event::Payload;
 
-use amaos_teams::{Condition, Manager, Termination};
+use amaos_teams::{Condition, HandoffToUser, Manager, Termination};
 
 use super::budget::Budget;
 use super::step::StepId;
 use super::turn::{HUMAN, Turn, converse, converse_turn};
 use super::{Ctx, Emitter, RunError, effects};
 use crate::provider::ChatModel;
+
+/// A person's answer to `agent`'s handoff to `user` at `step`: the message
+/// when one was sent (SendInput), `None` when the wait ended without one
+/// (expiry, or a rejection), and INPUT_REQUIRED when nobody was asked yet:
+/// the run stops and the task waits for a person, holding no worker.
+fn person_answer<M: ChatModel>(
+    ctx: &Ctx<'_, M>,
+    agent: &amaos_teams::AgentSpec,
+    step: StepId,
+    budget: &Budget,
+    last: &str,
+) -> Result<Option<String>, RunError> {
+    // Stable across attempts, as tool calls' keys are.
+    let call_id = format!("{}:{step}:{HUMAN}:{}", ctx.input.run_id, budget.steps);
+    match ctx.input.approvals.get(&call_id) {
+        Some(decision) if decision.approved => Ok(Some(decision.comment.clone())),
+        Some(_) => Ok(None),
+        None => {
+            let mut arguments = serde_json::Map::new();
+            arguments.insert(
+                "last_message".into(),
+                last.chars().take(2_000).collect::<String>().into(),
+            );
+            Err(RunError::InputRequired {
+                agent: agent.name.clone(),
+                asked: Box::new(pb::ApprovalRequested {
+                    call_id,
+                    tool: INPUT.into(),
+                    arguments_sha256: amaos_mesh::approval::arguments_sha256(INPUT, &arguments),
+                    arguments: Some(amaos_proto::json::map_to_struct(&arguments)),
+                    reason: format!(
+                        "agent `{}` handed the conversation to a person: answer with a message",
+                        agent.name
+                    ),
+                }),
+            })
+        }
+    }
+}
 
 /// A group chat; returns the last message and the agent that wrote it (for
 /// a nested crew's message, the crew's last agent).
@@ -100,9 +140,31 @@ pub(super) async fn run_chat<M: ChatModel>(
                     text
                 }
                 Turn::Handoff { to } if to == HUMAN => {
-                    // A handoff to a person ends the chat with what was said so far.
                     let (_, last) = transcript.last().cloned().unwrap_or_default();
-                    return Ok((last, producer));
+                    if chat.handoff_to_user == HandoffToUser::End {
+                        // A handoff to a person ends the chat with what was said so far.
+                        return Ok((last, producer));
+                    }
+                    match person_answer(ctx, agent, StepId::ChatTurn(calls), budget, &last)? {
+                        Some(message) => {
+                            // The person's message joins the conversation;
+                            // the agent that handed over keeps the floor.
+                            events
+                                .emit(
+                                    "",
+                                    Payload::Message(pb::Message {
+                                        role: "user".into(),
+                                        content: message.clone(),
+                                    }),
+                                )
+                                .await?;
+                            transcript.push(("user".into(), message));
+                            holder = speaker.clone();
+                            continue;
+                        }
+                        // Nobody answered in time, or a person declined.
+                        None => return Ok((last, producer)),
+                    }
                 }
                 Turn::Handoff { to } => {
                     holder = to;
