@@ -595,14 +595,27 @@ async fn an_approval_outlives_the_kill_of_its_worker_and_its_call_runs_once() {
     );
     assert!(!workspace.join("pay.txt").exists(), "the gated call ran");
 
-    // The only worker dies while the person thinks; a new one takes its place.
+    // The only worker dies while the person thinks; a new one, elsewhere,
+    // takes its place (the dead one's registration lingers until its TTL:
+    // a route to it finds nobody and the attempt goes to the new one).
     let (_, child) = processes
         .0
         .iter_mut()
         .find(|(name, _)| *name == "agents")
         .unwrap();
     kill9(child);
-    processes.0.push(("agents-2", spawn("agents", &env)));
+    let mut second = env.clone();
+    let port = free_port();
+    second.insert("AMAOS_AGENTS__LISTEN".into(), format!("127.0.0.1:{port}"));
+    second.insert(
+        "AMAOS_AGENTS__URL".into(),
+        format!("http://127.0.0.1:{port}"),
+    );
+    second.insert(
+        "AMAOS_AGENTS__ADMIN_LISTEN".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    processes.0.push(("agents-2", spawn("agents", &second)));
 
     let approvals = orchestrator
         .list_approvals(with_key(
