@@ -48,26 +48,7 @@ fn teams_dir(dir: &std::path::Path) -> PathBuf {
     assert!(slow.contains("slow-crew") && slow.contains("replay_latency"));
     std::fs::write(teams.join("slow-crew.yaml"), slow).unwrap();
     // A swarm that asks the customer for the order number.
-    std::fs::write(
-        teams.join("helpdesk.yaml"),
-        r#"name: helpdesk
-agents:
-  - name: triage
-    role: Triage
-    goal: Help the customer
-    replay:
-      - tool: { name: handoff, args: { to: user, reason: "need the order number" } }
-      - say: "Refund issued for {input}."
-group_chat:
-  manager: swarm
-  task: "Customer asks about {input}."
-  handoff_to_user: wait
-  termination:
-    any:
-      - max_messages: 1
-"#,
-    )
-    .unwrap();
+    std::fs::write(teams.join("helpdesk.yaml"), common::HELPDESK).unwrap();
     teams
 }
 

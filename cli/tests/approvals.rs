@@ -326,31 +326,12 @@ async fn the_tools_service_gates_configured_tools_for_every_caller() {
     mesh.stop().await;
 }
 
-/// A swarm whose triage agent asks the customer for the order number, then
-/// answers once it has it.
-const HELPDESK: &str = r#"name: helpdesk
-agents:
-  - name: triage
-    role: Triage
-    goal: Help the customer
-    replay:
-      - tool: { name: handoff, args: { to: user, reason: "need the order number" } }
-      - say: "Refund issued for {input}."
-group_chat:
-  manager: swarm
-  task: "Customer asks about {input}."
-  handoff_to_user: wait
-  termination:
-    any:
-      - max_messages: 1
-"#;
-
 #[tokio::test]
 async fn a_swarm_waits_for_a_persons_message_and_carries_on_with_it() {
     let mesh = TestMesh::start_with(redis_mesh).await;
     let developer = mesh.create_key("acme", "developer").await;
     let viewer = mesh.create_key("acme", "viewer").await;
-    let task_id = mesh.submit(&developer, HELPDESK, "a refund").await;
+    let task_id = mesh.submit(&developer, common::HELPDESK, "a refund").await;
     let waiting = reaches(&mesh, &developer, &task_id, pb::TaskState::InputRequired).await;
     assert_eq!(waiting.approvals.len(), 1, "{waiting:?}");
     assert_eq!(waiting.approvals[0].tool, "user");

@@ -195,6 +195,37 @@ fn kill9(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// The current state of task `id`.
+async fn task_now(
+    orchestrator: &mut OrchestratorServiceClient<Channel>,
+    key: &str,
+    id: &str,
+) -> pb::Task {
+    orchestrator
+        .get_task(with_key(key, pb::GetTaskRequest { task_id: id.into() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap()
+}
+
+/// `env` for one more agents worker, on ports of its own.
+fn another_worker(env: &HashMap<String, String>) -> HashMap<String, String> {
+    let mut second = env.clone();
+    let port = free_port();
+    second.insert("AMAOS_AGENTS__LISTEN".into(), format!("127.0.0.1:{port}"));
+    second.insert(
+        "AMAOS_AGENTS__URL".into(),
+        format!("http://127.0.0.1:{port}"),
+    );
+    second.insert(
+        "AMAOS_AGENTS__ADMIN_LISTEN".into(),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    second
+}
+
 /// The six services as processes on `env`, once they all serve.
 async fn start_services(env: &HashMap<String, String>) -> Processes {
     let mut processes = Processes(Vec::new());
@@ -248,17 +279,7 @@ async fn start_with_two_workers(
     ] {
         processes.0.push((service, spawn(service, env)));
     }
-    let mut second = env.clone();
-    let port = free_port();
-    second.insert("AMAOS_AGENTS__LISTEN".into(), format!("127.0.0.1:{port}"));
-    second.insert(
-        "AMAOS_AGENTS__URL".into(),
-        format!("http://127.0.0.1:{port}"),
-    );
-    second.insert(
-        "AMAOS_AGENTS__ADMIN_LISTEN".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let second = another_worker(env);
     processes.0.push(("agents-2", spawn("agents", &second)));
     wait_until_serving(env).await;
     let mut router = RouterServiceClient::new(
@@ -297,18 +318,7 @@ async fn a_task_survives_the_kill_of_its_agents_worker() {
     wait_until_running(&mut orchestrator, &key, &id).await;
 
     // Kill the worker running it.
-    let task = orchestrator
-        .get_task(with_key(
-            &key,
-            pb::GetTaskRequest {
-                task_id: id.clone(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .task
-        .unwrap();
+    let task = task_now(&mut orchestrator, &key, &id).await;
     let workers = router
         .list_workers(with_key(
             &admin_key(dir.path()),
@@ -566,18 +576,7 @@ async fn an_approval_outlives_the_kill_of_its_worker_and_its_call_runs_once() {
     // The run stops before the gated call; the task waits holding no worker.
     let deadline = Instant::now() + Duration::from_secs(60);
     let waiting = loop {
-        let task = orchestrator
-            .get_task(with_key(
-                &key,
-                pb::GetTaskRequest {
-                    task_id: id.clone(),
-                },
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .task
-            .unwrap();
+        let task = task_now(&mut orchestrator, &key, &id).await;
         if task.state == pb::TaskState::InputRequired as i32 {
             break task;
         }
@@ -604,17 +603,7 @@ async fn an_approval_outlives_the_kill_of_its_worker_and_its_call_runs_once() {
         .find(|(name, _)| *name == "agents")
         .unwrap();
     kill9(child);
-    let mut second = env.clone();
-    let port = free_port();
-    second.insert("AMAOS_AGENTS__LISTEN".into(), format!("127.0.0.1:{port}"));
-    second.insert(
-        "AMAOS_AGENTS__URL".into(),
-        format!("http://127.0.0.1:{port}"),
-    );
-    second.insert(
-        "AMAOS_AGENTS__ADMIN_LISTEN".into(),
-        format!("127.0.0.1:{}", free_port()),
-    );
+    let second = another_worker(&env);
     processes.0.push(("agents-2", spawn("agents", &second)));
 
     let approvals = orchestrator

@@ -24,6 +24,25 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
+/// A swarm whose triage agent asks the customer for the order number, then
+/// answers once it has it.
+pub const HELPDESK: &str = r#"name: helpdesk
+agents:
+  - name: triage
+    role: Triage
+    goal: Help the customer
+    replay:
+      - tool: { name: handoff, args: { to: user, reason: "need the order number" } }
+      - say: "Refund issued for {input}."
+group_chat:
+  manager: swarm
+  task: "Customer asks about {input}."
+  handoff_to_user: wait
+  termination:
+    any:
+      - max_messages: 1
+"#;
+
 /// The example research crew spec.
 pub fn research_crew() -> String {
     std::fs::read_to_string(repo_root().join("examples/teams/research-crew.yaml")).unwrap()
