@@ -910,8 +910,10 @@ pub fn to_a2a(task: &Task, history: Option<usize>, artifacts: bool) -> a2a::Task
         parts: vec![text_part(task.input.clone())],
         ..Default::default()
     };
+    // Built once: the status carries it, and the history ends with it.
+    let status = status_message(task);
     let mut messages = vec![input];
-    messages.extend(status_message(task));
+    messages.extend(status.clone());
     let keep = history.unwrap_or(messages.len()).min(messages.len());
     let history = messages.split_off(messages.len() - keep);
     a2a::Task {
@@ -919,7 +921,7 @@ pub fn to_a2a(task: &Task, history: Option<usize>, artifacts: bool) -> a2a::Task
         context_id,
         status: Some(a2a::TaskStatus {
             state: a2a_state(task.state) as i32,
-            message: status_message(task),
+            message: status,
             timestamp: Some(timestamp(task.updated_at)),
         }),
         artifacts: if artifacts {
