@@ -164,6 +164,10 @@ pub struct Swept {
     pub ended: usize,
     /// Dead consumers removed from the queue's consumer group.
     pub consumers_removed: usize,
+    /// This step reached the end of the store: the next starts a new pass
+    /// from the top. A whole pass over what existed before a call is done
+    /// once two steps from then on have ended a pass.
+    pub pass_ended: bool,
 }
 
 impl Swept {

@@ -34,6 +34,8 @@ impl MemoryBackend {
         // A short page ends the pass: the next call starts from the top.
         if ids.len() == limit.max(1) {
             inner.sweep_cursor = ids.last().cloned();
+        } else {
+            swept.pass_ended = true;
         }
         let queued: HashSet<String> = inner
             .ready

@@ -205,6 +205,7 @@ impl RedisBackend {
             due.extend(keys.by_ref().take(limit - due.len()));
             // Bounded: one SCAN reply at most, replaced before it could grow.
             state.pending.extend(keys);
+            swept.pass_ended = next == 0 && state.pending.is_empty();
         }
         let task_prefix = self.key("task", "");
         for key in &due {
