@@ -85,6 +85,22 @@ static AUDIT_APPEND_FAILURES: LazyLock<Counter> = LazyLock::new(Counter::default
 /// Redis command and connection errors in this process's backends.
 static REDIS_ERRORS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
+/// Round trips to Redis from this process's backends (a pipeline is one).
+static REDIS_ROUND_TRIPS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Commands sent to Redis by this process's backends (a script call is one).
+static REDIS_COMMANDS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Counts one round trip to Redis carrying `commands` commands.
+pub fn redis_sent(commands: u64) {
+    REDIS_ROUND_TRIPS.inc();
+    REDIS_COMMANDS.inc_by(commands);
+}
+
+/// Round trips to Redis and commands sent so far by this process.
+pub fn redis_sent_so_far() -> (u64, u64) {
+    (REDIS_ROUND_TRIPS.get(), REDIS_COMMANDS.get())
+}
+
 /// Counts an audit append that did not reach the trail.
 pub fn audit_append_failed() {
     AUDIT_APPEND_FAILURES.inc();
@@ -174,6 +190,16 @@ impl Metrics {
             "redis_errors",
             "Redis command and connection errors seen by this process's backends",
             REDIS_ERRORS.clone(),
+        );
+        registry.register(
+            "redis_round_trips",
+            "round trips to Redis from this process's backends (a pipeline counts once)",
+            REDIS_ROUND_TRIPS.clone(),
+        );
+        registry.register(
+            "redis_commands",
+            "commands sent to Redis by this process's backends (a script call counts once)",
+            REDIS_COMMANDS.clone(),
         );
         let limit = telemetry.metric_label_limit;
         Self {

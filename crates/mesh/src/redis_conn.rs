@@ -10,7 +10,47 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// A backend's connection: managed, and counted in the process's
+/// `redis_round_trips` and `redis_commands` metrics.
+pub type Conn = Counted<ConnectionManager>;
+
+/// A connection whose round trips and commands are counted
+/// ([`crate::metrics::redis_sent`]), so the benchmark and the dashboards can
+/// say what a task costs in Redis traffic.
+#[derive(Clone)]
+pub struct Counted<C>(C);
+
+impl<C> Counted<C> {
+    /// Counts what goes through `conn`.
+    pub fn new(conn: C) -> Self {
+        Self(conn)
+    }
+}
+
+impl<C: ConnectionLike + Send> ConnectionLike for Counted<C> {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        crate::metrics::redis_sent(1);
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        // A transaction is MULTI, the commands and EXEC: count what Redis runs.
+        crate::metrics::redis_sent(pipeline.len() as u64);
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
 
 /// How long one command may take before the call fails.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,7 +58,7 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client for `url` and a managed connection to it.
-pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), String> {
+pub async fn connect(url: &str) -> Result<(redis::Client, Conn), String> {
     let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -30,5 +70,5 @@ pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), St
     .await
     .map_err(|_| format!("no answer from {url} within {}s", CONNECT_TIMEOUT.as_secs()))?
     .map_err(|e| format!("{url}: {e}"))?;
-    Ok((client, conn))
+    Ok((client, Counted(conn)))
 }

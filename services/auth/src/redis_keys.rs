@@ -12,8 +12,8 @@
 //! indexes move together); revocation is `HSETNX`, so the first revocation
 //! time stays.
 
+use amaos_mesh::redis_conn::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use crate::error::AuthError;
 use crate::keys::{KeyBackend, MAX_KEYS, NewKey, StoredKey, mint, now_ms, split_key};
@@ -36,7 +36,7 @@ return {1, id}
 
 /// API keys in Redis.
 pub struct RedisKeys {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     create: Script,
 }

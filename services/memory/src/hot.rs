@@ -15,8 +15,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use amaos_mesh::redis_conn::Conn;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::time::Instant;
 
@@ -292,7 +292,7 @@ return out
 /// set by write time; one sorted set of due times across tenants for the
 /// sweep; idempotency keys as strings with a TTL.
 pub struct RedisHotTier {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     capacity: usize,
     ttl: Duration,

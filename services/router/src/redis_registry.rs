@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use amaos_mesh::breaker::Breaker;
 
-use redis::aio::ConnectionManager;
+use amaos_mesh::redis_conn::Conn;
 use redis::{AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 
@@ -87,7 +87,7 @@ struct Stored {
 
 /// The Redis registry.
 pub struct RedisRegistry {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     ttl: Duration,
     max_workers: usize,

@@ -22,7 +22,7 @@ enum Op {
     Trip,
 }
 
-async fn server_now(conn: &mut ConnectionManager) -> u64 {
+async fn server_now(conn: &mut Conn) -> u64 {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
     secs * 1000 + micros / 1000
 }

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use amaos_mesh::redis_conn::Conn;
 use amaos_mesh::seal::Sealer;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use super::{Journal, JournalError, JournalLimits, Recorded, Reserve, hex};
@@ -81,7 +81,7 @@ return 'ok'
 
 /// The Redis journal.
 pub struct RedisJournal {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     limits: JournalLimits,
     sealer: Option<Arc<Sealer>>,

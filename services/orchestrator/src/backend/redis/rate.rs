@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use amaos_mesh::rate::Rate;
+use amaos_mesh::redis_conn::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::RedisBackend;
 use crate::backend::{BackendError, RateLimiter};
@@ -15,7 +15,7 @@ use crate::backend::{BackendError, RateLimiter};
 /// under `P:rate:<key>`, stepped by one script with the server's clock.
 #[derive(Clone)]
 pub struct RedisRateLimiter {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     /// One GCRA step with the server's clock.
     script: Script,

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use amaos_mesh::redis_conn::Conn;
 
 use super::RedisBackend;
 use crate::backend::BackendError;
@@ -16,7 +16,7 @@ use crate::usage::{Day, DayRow, FieldValue, MAX_TENANTS, Usage, UsageStore};
 /// Usage kept in Redis.
 #[derive(Clone)]
 pub struct RedisUsage {
-    conn: ConnectionManager,
+    conn: Conn,
     prefix: String,
     retention: Duration,
 }
