@@ -652,19 +652,24 @@ impl OrchestratorService for Orchestrator {
             after_sequence,
         } = request.into_inner();
         let backend = self.inner.backend.clone();
-        // Fail fast on an unknown task, before the stream starts.
-        backend
-            .get(&caller.tenant, &task_id)
+        // Fail fast on an unknown task, before the stream starts: the first
+        // page, read without waiting, is also the stream's start.
+        let first = backend
+            .events(&caller.tenant, &task_id, after_sequence, Duration::ZERO)
             .await
             .map_err(OrchestratorError::from)?
             .ok_or_else(|| OrchestratorError::TaskNotFound(task_id.clone()))?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut cursor = after_sequence;
+            let mut first = Some(first);
             loop {
-                let page = tokio::select! {
-                    page = backend.events(&caller.tenant, &task_id, cursor, WATCH_POLL) => page,
-                    () = tx.closed() => return,
+                let page = match first.take() {
+                    Some(page) => Ok(Some(page)),
+                    None => tokio::select! {
+                        page = backend.events(&caller.tenant, &task_id, cursor, WATCH_POLL) => page,
+                        () = tx.closed() => return,
+                    },
                 };
                 let page = match page {
                     Ok(Some(page)) => page,

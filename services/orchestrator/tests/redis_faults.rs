@@ -164,7 +164,50 @@ async fn a_retry_rescheduled_during_its_promotion_is_not_stranded() {
     assert_eq!(third.task.state, TaskState::Running);
 }
 
-/// Sweeps (`limit` tasks a call) until `done` holds of the running total.
+/// A replica remembers the tasks it changed last, to skip reading them back.
+/// What it remembers goes stale when another replica changes the task: here
+/// replica A scheduled a retry (A remembers it PENDING), replica B promoted
+/// it (QUEUED, a new queue entry), and A reads that entry. A must start the
+/// attempt, not take its stale memory for "not queued" and drop the entry,
+/// which would strand the task.
+#[tokio::test]
+async fn a_replica_does_not_trust_its_memory_of_a_task_another_changed() {
+    let url = redis_url();
+    let prefix = prefix();
+    let a = backend(&url, &prefix).await;
+    let b = backend(&url, &prefix).await;
+    let task = fixtures::sample("acme");
+    a.create("acme", &task.id, vec![task.clone()], None)
+        .await
+        .unwrap();
+    let first = claim(a.as_ref(), "a").await;
+    a.finish(&first, retry(Duration::ZERO)).await.unwrap();
+    assert_eq!(b.promote().await.unwrap(), 1);
+    let second = claim(a.as_ref(), "a").await;
+    assert_eq!(second.attempt(), 2);
+    assert_eq!(second.task.state, TaskState::Running);
+
+    // B cancels the attempt A remembers running; A's finish is then stale
+    // and the task stays cancelled.
+    b.cancel("acme", &task.id, "stop").await.unwrap();
+    let finished = a
+        .finish(
+            &second,
+            Outcome::Succeeded {
+                output: "late".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(finished, Applied::Stale);
+    let stored = b.get("acme", &task.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, TaskState::Cancelled);
+    assert_eq!(stored.output, None);
+}
+
+/// Sweeps (`limit` tasks a call) until `done` holds of the running total,
+/// for at most two whole passes: how many calls that takes depends on what
+/// else the Redis holds, which other tests and runs may have filled.
 async fn sweep_until(
     b: &dyn TaskBackend,
     lease: Duration,
@@ -172,8 +215,10 @@ async fn sweep_until(
     done: impl Fn(&Swept) -> bool,
 ) -> Swept {
     let mut total = Swept::default();
-    for _ in 0..2_000 {
+    let mut ends = 0;
+    while ends < 3 {
         let s = b.sweep(lease, limit).await.unwrap();
+        ends += usize::from(s.pass_ended);
         assert!(s.examined <= limit, "{s:?} over the limit {limit}");
         total.examined += s.examined;
         total.requeued += s.requeued;

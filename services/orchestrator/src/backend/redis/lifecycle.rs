@@ -40,6 +40,7 @@ impl RedisBackend {
             .arg(handle)
             .arg(IDEMPOTENCY_TTL_S)
             .arg(tasks.len());
+        let mut stored_now = Vec::new();
         for task in &tasks {
             let ready = task.depends_on.is_empty();
             let mut stored = task.clone();
@@ -51,6 +52,9 @@ impl RedisBackend {
             let data = serde_json::to_vec(&stored)
                 .map_err(|e| BackendError::Unavailable(e.to_string()))?;
             let data = self.seal(&task.id, data)?;
+            if data.len() <= super::RECENT_MAX_BYTES {
+                stored_now.push(stored.clone());
+            }
             let mut events = vec![self.blob(
                 &task.id,
                 state_event(None, TaskState::Pending, "accepted", 0),
@@ -80,6 +84,9 @@ impl RedisBackend {
         let existing: String = invocation.invoke_async(&mut self.conn.clone()).await?;
         if !existing.is_empty() {
             return Ok(Some(existing));
+        }
+        for task in &stored_now {
+            self.recent.put(task, 0);
         }
         if let Some(first) = tasks.first().filter(|t| !t.workflow_id.is_empty()) {
             let members: Vec<(String, String)> = tasks
@@ -143,10 +150,14 @@ impl RedisBackend {
         let id = &claim.task.id;
         let attempt = claim.attempt();
         for _ in 0..CAS_RETRIES {
-            let Some(loaded) = self.load(id).await? else {
+            let Some(loaded) = self.load_for_change(id).await? else {
                 self.ack(&claim.entry).await?;
                 return Ok(Applied::Stale);
             };
+            if loaded.task.attempt != attempt && loaded.guessed {
+                self.recent.forget(id);
+                continue;
+            }
             if loaded.task.attempt != attempt {
                 // Taken over: the new owner holds the entry and the slot.
                 return Ok(Applied::Stale);

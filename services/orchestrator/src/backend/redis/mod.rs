@@ -33,6 +33,7 @@ mod lifecycle;
 mod queue;
 mod rate;
 mod read;
+mod recent;
 mod scripts;
 mod store;
 mod sweep;
@@ -44,8 +45,9 @@ pub use usage::RedisUsage;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use amaos_mesh::redis_conn::Conn;
 use amaos_mesh::seal::Sealer;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue};
 
 use super::{
@@ -72,6 +74,11 @@ const NOT_STARTED: &str = "the task did not start before its deadline";
 const BLOCK_MARGIN: Duration = Duration::from_secs(5);
 /// Blocking connections kept for reuse.
 const MAX_IDLE_BLOCKING: usize = 64;
+/// Tasks a replica remembers as it last stored them ([`recent::Recent`]).
+const RECENT_TASKS: usize = 1024;
+/// Tasks whose stored data is larger than this are not remembered: the
+/// memory [`RECENT_TASKS`] takes stays under 16 MiB.
+const RECENT_MAX_BYTES: usize = 16 * 1024;
 /// Blocking reads (watchers waiting for events) at once; more poll instead,
 /// so thousands of watchers do not open thousands of connections.
 const MAX_BLOCKING_READS: usize = 256;
@@ -79,7 +86,7 @@ const MAX_BLOCKING_READS: usize = 256;
 /// The Redis backend.
 pub struct RedisBackend {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: Conn,
     blocking: Mutex<Vec<MultiplexedConnection>>,
     blocking_reads: tokio::sync::Semaphore,
     prefix: String,
@@ -91,6 +98,8 @@ pub struct RedisBackend {
     sweep_cursor: Mutex<SweepCursor>,
     /// Seals task data and event payloads at rest, when encryption is on.
     sealer: Option<Arc<Sealer>>,
+    /// The tasks this replica stored last, for its next change to them.
+    recent: recent::Recent,
 }
 
 fn now_ms() -> u64 {
@@ -120,6 +129,7 @@ impl RedisBackend {
             scripts: Scripts::load(),
             sweep_cursor: Mutex::new(SweepCursor::default()),
             sealer: None,
+            recent: recent::Recent::new(RECENT_TASKS),
         };
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -167,6 +177,7 @@ impl RedisBackend {
     ) -> Result<T, BackendError> {
         let mut conn = self.blocking_conn().await?;
         let limit = block + BLOCK_MARGIN;
+        amaos_mesh::metrics::redis_sent(1);
         match tokio::time::timeout(limit, cmd.query_async::<T>(&mut conn)).await {
             Ok(Ok(value)) => {
                 self.return_conn(conn);

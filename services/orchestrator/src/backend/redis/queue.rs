@@ -87,10 +87,15 @@ impl RedisBackend {
         consumer: &str,
     ) -> Result<Option<Claim>, BackendError> {
         for _ in 0..CAS_RETRIES {
-            let Some(loaded) = self.load(id).await? else {
+            let Some(loaded) = self.load_for_change(id).await? else {
                 self.ack(entry).await?;
                 return Ok(None);
             };
+            if loaded.task.state != TaskState::Queued && loaded.guessed {
+                // Another replica may have queued it since: read it.
+                self.recent.forget(id);
+                continue;
+            }
             if loaded.task.state != TaskState::Queued {
                 // A duplicate entry, or a task cancelled while queued.
                 self.ack(entry).await?;

@@ -102,10 +102,25 @@ impl RedisBackend {
         after: u64,
         wait: Duration,
     ) -> Result<Option<EventsPage>, BackendError> {
-        let (owner, state): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        let stream = self.key("events", id);
+        // One round trip, one moment: who owns the task, where it stands,
+        // and its events after `after`. A task finished at that moment has
+        // all its events in the stream, so the page says whether it is the
+        // last without another read.
+        type Head = (Option<String>, Option<String>, Option<u64>);
+        let ((owner, state, seq), range): (Head, StreamRangeReply) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
             .arg(self.key("task", id))
             .arg("tenant")
             .arg("state")
+            .arg("seq")
+            .cmd("XRANGE")
+            .arg(&stream)
+            .arg(format!("(0-{after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
             .query_async(&mut self.conn.clone())
             .await?;
         if owner.as_deref() != Some(tenant) {
@@ -115,55 +130,51 @@ impl RedisBackend {
             .as_deref()
             .and_then(parse_state)
             .is_some_and(TaskState::is_terminal);
-        let stream = self.key("events", id);
-        let range: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("(0-{after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut self.conn.clone())
-            .await?;
         let mut events: Vec<pb::TaskEvent> = range
             .ids
             .iter()
             .filter_map(|e| self.decode_event(id, e))
             .collect();
-        if events.is_empty() && !was_terminal && !wait.is_zero() {
-            if let Ok(_slot) = self.blocking_reads.try_acquire() {
-                // BLOCK 0 would mean forever.
-                let block = wait.max(Duration::from_millis(1));
-                let mut read = redis::cmd("XREAD");
-                read.arg("COUNT")
-                    .arg(1000)
-                    .arg("BLOCK")
-                    .arg(block.as_millis() as u64)
-                    .arg("STREAMS")
-                    .arg(&stream)
-                    .arg(format!("0-{after}"));
-                let reply: Option<StreamReadReply> = self.blocking(&read, block).await?;
-                if let Some(reply) = reply {
-                    for key in reply.keys {
-                        events.extend(key.ids.iter().filter_map(|e| self.decode_event(id, e)));
-                    }
+        if !events.is_empty() || was_terminal || wait.is_zero() {
+            let last = events.last().map(|e| e.sequence).unwrap_or(after);
+            return Ok(Some(EventsPage {
+                finished: was_terminal && seq.is_none_or(|s| last >= s),
+                events,
+            }));
+        }
+        if let Ok(_slot) = self.blocking_reads.try_acquire() {
+            // BLOCK 0 would mean forever.
+            let block = wait.max(Duration::from_millis(1));
+            let mut read = redis::cmd("XREAD");
+            read.arg("COUNT")
+                .arg(1000)
+                .arg("BLOCK")
+                .arg(block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(format!("0-{after}"));
+            let reply: Option<StreamReadReply> = self.blocking(&read, block).await?;
+            if let Some(reply) = reply {
+                for key in reply.keys {
+                    events.extend(key.ids.iter().filter_map(|e| self.decode_event(id, e)));
                 }
-            } else {
-                // Every blocking slot is taken: poll once after a short pause.
-                tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
-                let range: StreamRangeReply = redis::cmd("XRANGE")
-                    .arg(&stream)
-                    .arg(format!("(0-{after}"))
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut self.conn.clone())
-                    .await?;
-                events = range
-                    .ids
-                    .iter()
-                    .filter_map(|e| self.decode_event(id, e))
-                    .collect();
             }
+        } else {
+            // Every blocking slot is taken: poll once after a short pause.
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+            let range: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(format!("(0-{after}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            events = range
+                .ids
+                .iter()
+                .filter_map(|e| self.decode_event(id, e))
+                .collect();
         }
         // Finished only once the log is read to its end.
         let (state, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")

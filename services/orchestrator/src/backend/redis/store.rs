@@ -10,6 +10,10 @@ use crate::task::Task;
 pub(super) struct Loaded {
     pub(super) task: Task,
     pub(super) ver: String,
+    /// From this replica's memory ([`super::recent::Recent`]), not read: a
+    /// decision made without a compare-and-set (acknowledge and drop, stale)
+    /// must read the task first.
+    pub(super) guessed: bool,
 }
 
 /// A change to make with compare-and-set.
@@ -82,7 +86,20 @@ impl RedisBackend {
         if let Some(worker) = worker {
             task.worker_id = worker;
         }
-        Ok(Some(Loaded { task, ver }))
+        Ok(Some(Loaded {
+            task,
+            ver,
+            guessed: false,
+        }))
+    }
+
+    /// The task as this replica last stored it, else as Redis has it: the
+    /// start of a change, which the compare-and-set checks.
+    pub(super) async fn load_for_change(&self, id: &str) -> Result<Option<Loaded>, BackendError> {
+        match self.recent.get(id) {
+            Some(loaded) => Ok(Some(loaded)),
+            None => self.load(id).await,
+        }
     }
 
     pub(super) async fn cas(
@@ -94,6 +111,7 @@ impl RedisBackend {
         let data =
             serde_json::to_vec(task).map_err(|e| BackendError::Unavailable(e.to_string()))?;
         let data = self.seal(&task.id, data)?;
+        let size = data.len();
         let mut invocation = self.scripts.cas.prepare_invoke();
         invocation
             .key(self.key("task", &task.id))
@@ -134,12 +152,28 @@ impl RedisBackend {
         for (dependent, e) in &change.release {
             invocation.arg(dependent).arg(e.as_slice());
         }
-        let result: i64 = invocation.invoke_async(&mut self.conn.clone()).await?;
-        Ok(match result {
-            -1 => Cas::Conflict,
-            -2 => Cas::OverCap,
-            -4 => Cas::Moved,
-            _ => Cas::Done,
-        })
+        let result = invocation.invoke_async::<i64>(&mut self.conn.clone()).await;
+        // Dependents released here changed under their versions.
+        for (dependent, _) in &change.release {
+            self.recent.forget(dependent);
+        }
+        let outcome = match result {
+            Ok(-1) => Cas::Conflict,
+            Ok(-2) => Cas::OverCap,
+            Ok(-4) => Cas::Moved,
+            Ok(_) => Cas::Done,
+            Err(e) => {
+                // Whether it was applied is unknown.
+                self.recent.forget(&task.id);
+                return Err(e.into());
+            }
+        };
+        match (&outcome, loaded.ver.parse::<u64>()) {
+            (Cas::Done, Ok(ver)) if size <= super::RECENT_MAX_BYTES => {
+                self.recent.put(task, ver + 1)
+            }
+            _ => self.recent.forget(&task.id),
+        }
+        Ok(outcome)
     }
 }
