@@ -166,6 +166,12 @@ pub(crate) enum Command {
         /// How long the replay model waits per call.
         #[arg(long, default_value_t = 0)]
         model_latency_ms: u64,
+        /// For `crew` and `group_chat`: the services in this process
+        /// (`in-process`), or as separate processes on Redis with two
+        /// orchestrator replicas and two agents workers (`processes`; needs
+        /// `--backend redis` and the built `amaos-<service>` binaries).
+        #[arg(long, value_enum, default_value = "in-process")]
+        topology: TopologyArg,
     },
     /// Check the configuration (the --config file and the AMAOS_* variables):
     /// every section, as all the services together read it, without
@@ -268,6 +274,12 @@ pub(crate) enum KeysCommand {
 pub(crate) enum BackendArg {
     Memory,
     Redis,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum TopologyArg {
+    InProcess,
+    Processes,
 }
 
 #[derive(Clone, Copy, ValueEnum)]

@@ -44,6 +44,19 @@ pub struct BenchOptions {
     /// When the audit trail's appends reach the disk (the configured
     /// `auth.audit_durability`: `always` by default).
     pub audit_durability: amaos_mesh::config::Durability,
+    /// The services in this process, or as separate processes.
+    pub topology: Topology,
+}
+
+/// How the mesh under test runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// Every service in the benchmark's own process, on loopback gRPC.
+    #[default]
+    InProcess,
+    /// The services as separate processes on Redis: two orchestrator
+    /// replicas and two agents workers, as a cluster runs them.
+    Processes,
 }
 
 /// The figures of one run.
@@ -80,6 +93,36 @@ pub struct BenchReport {
     pub ideal_tasks_per_s: Option<f64>,
     /// The first failure seen, if any.
     pub first_error: Option<String>,
+    /// What the mesh sent to Redis, per finished task (`backend = redis`).
+    pub redis: Option<RedisCost>,
+    /// `in-process` or `processes`.
+    pub topology: String,
+    /// Per service process (`--topology processes`): peak RSS and CPU.
+    pub processes: Vec<ServiceUse>,
+}
+
+/// What one service process used during a run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ServiceUse {
+    /// `orchestrator`, `orchestrator-2`, `agents`, …
+    pub name: String,
+    /// Peak resident memory since it started, MiB.
+    pub peak_rss_mib: f64,
+    /// CPU time while tasks ran, per finished task, ms.
+    pub cpu_ms_per_task: f64,
+}
+
+/// Redis traffic per finished task: what the mesh's backends sent, and what
+/// the server ran and spent.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RedisCost {
+    /// Round trips from the mesh (a pipeline or transaction counts once).
+    pub round_trips_per_task: f64,
+    /// Commands the mesh sent (a script call counts once).
+    pub commands_per_task: f64,
+    /// What the server ran (scripts' own calls included) and its CPU time;
+    /// `None` when the server's INFO could not be read.
+    pub server: Option<crate::bench_redis::ServerCost>,
 }
 
 fn chat_spec(latency: Duration) -> String {
@@ -122,7 +165,11 @@ pub(crate) fn crew_spec(latency: Duration) -> String {
 
 /// Peak resident set of this process, in MiB (Linux), from /proc.
 pub(crate) fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_in(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+}
+
+/// The peak resident set in a /proc/<pid>/status, in MiB; 0 without one.
+pub(crate) fn peak_rss_in(status: &str) -> f64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -134,7 +181,11 @@ pub(crate) fn peak_rss_mib() -> f64 {
 /// CPU time (user and system) this process has used, in seconds (Linux),
 /// from /proc; 0 where it cannot be read.
 pub(crate) fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    cpu_seconds_in(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
+}
+
+/// The CPU seconds (user and system) in a /proc/<pid>/stat; 0 without them.
+pub(crate) fn cpu_seconds_in(stat: &str) -> f64 {
     // The fields after the command name, which is in parentheses and may
     // hold spaces: utime and stime are the 12th and 13th of them.
     let fields: Vec<&str> = stat
@@ -167,10 +218,88 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, amaos_mesh::BoxEr
             return Err(format!("unknown scenario `{other}`; scenarios: crew, group_chat").into());
         }
     };
-    let (mesh, shutdown, _dir) = start_mesh(&options, team, &spec).await?;
-    let result = drive(&mesh, &options, team, calls).await;
-    stop_mesh(mesh, shutdown).await;
-    result
+    match options.topology {
+        Topology::InProcess => {
+            let (mesh, shutdown, _dir) = start_mesh(&options, team, &spec).await?;
+            let result = async {
+                let dialer = amaos_mesh::client::Dialer::new(&mesh.config, "cli")?;
+                let target = Target {
+                    admin_key: std::fs::read_to_string(mesh.config.data_dir.join("admin.key"))?
+                        .trim()
+                        .to_owned(),
+                    auth: dialer.channel("auth", &mesh.config.auth.url)?,
+                    orchestrators: (0..connections(options.concurrency))
+                        .map(|_| dialer.channel("orchestrator", &mesh.config.orchestrator.url))
+                        .collect::<Result<_, _>>()?,
+                    processes: None,
+                };
+                drive(&target, &options, team, calls).await
+            }
+            .await;
+            stop_mesh(mesh, shutdown).await;
+            result
+        }
+        Topology::Processes => {
+            if options.backend != StoreBackend::Redis {
+                return Err(
+                    "--topology processes runs the replicas on shared state: add --backend redis"
+                        .into(),
+                );
+            }
+            let processes = crate::chaos::start_processes(
+                &options.redis_url,
+                &options.embed_model_dir,
+                options.concurrency,
+                team,
+                &spec,
+            )
+            .await?;
+            let limits = amaos_mesh::config::Limits::default();
+            let mut orchestrators = Vec::new();
+            for _ in 0..connections(options.concurrency) {
+                for url in &processes.orchestrator_urls {
+                    orchestrators.push(amaos_mesh::client::channel(url, &limits)?);
+                }
+            }
+            let target = Target {
+                admin_key: processes.admin_key.clone(),
+                auth: amaos_mesh::client::channel(&processes.auth_url, &limits)?,
+                orchestrators,
+                processes: Some(&processes),
+            };
+            drive(&target, &options, team, calls).await
+        }
+    }
+}
+
+/// One connection per 500 tasks in flight, as a fleet of clients would have.
+fn connections(concurrency: usize) -> usize {
+    concurrency.div_ceil(500).max(1)
+}
+
+/// The mesh a run drives.
+struct Target<'a> {
+    admin_key: String,
+    auth: amaos_mesh::client::MeshChannel,
+    /// Connections to the orchestrator, spread over its replicas.
+    orchestrators: Vec<amaos_mesh::client::MeshChannel>,
+    /// The service processes, for `--topology processes`.
+    processes: Option<&'a crate::chaos::ProcessMesh>,
+}
+
+impl Target<'_> {
+    /// Round trips to Redis and commands the mesh has sent so far.
+    async fn redis_sent(&self) -> Result<(u64, u64), amaos_mesh::BoxError> {
+        match self.processes {
+            Some(processes) => processes.redis_sent().await,
+            None => Ok(amaos_mesh::metrics::redis_sent_so_far()),
+        }
+    }
+
+    /// CPU seconds so far of each service process.
+    fn usage(&self) -> Vec<crate::chaos::ProcessUse> {
+        self.processes.map(|p| p.usage()).unwrap_or_default()
+    }
 }
 
 /// A benchmark's mesh: every listener on port 0, the team `team` from
@@ -237,14 +366,12 @@ pub(crate) async fn stop_mesh(mesh: Mesh, shutdown: CancellationToken) {
 }
 
 async fn drive(
-    mesh: &Mesh,
+    target: &Target<'_>,
     options: &BenchOptions,
     team: &'static str,
     calls_per_task: u64,
 ) -> Result<BenchReport, amaos_mesh::BoxError> {
-    let dialer = amaos_mesh::client::Dialer::new(&mesh.config, "cli")?;
-    let admin = std::fs::read_to_string(mesh.config.data_dir.join("admin.key"))?;
-    let mut auth = AuthServiceClient::new(dialer.channel("auth", &mesh.config.auth.url)?);
+    let mut auth = AuthServiceClient::new(target.auth.clone());
     let mut request = tonic::Request::new(auth::CreateApiKeyRequest {
         name: "bench".into(),
         tenant: "bench".into(),
@@ -252,14 +379,14 @@ async fn drive(
         ttl: None,
         idempotency_key: String::new(),
     });
-    caller::set_bearer(request.metadata_mut(), admin.trim())?;
+    caller::set_bearer(request.metadata_mut(), &target.admin_key)?;
     let key = Arc::new(auth.create_api_key(request).await?.into_inner().secret);
-    // One connection per 500 tasks in flight, as a fleet of clients would have.
-    let mut clients = Vec::new();
-    for _ in 0..options.concurrency.div_ceil(500).max(1) {
-        let channel = dialer.channel("orchestrator", &mesh.config.orchestrator.url)?;
-        clients.push(OrchestratorServiceClient::new(channel));
-    }
+    let clients: Vec<_> = target
+        .orchestrators
+        .iter()
+        .cloned()
+        .map(OrchestratorServiceClient::new)
+        .collect();
 
     let remaining = Arc::new(AtomicU64::new(if options.tasks == 0 {
         u64::MAX
@@ -268,6 +395,13 @@ async fn drive(
     }));
     let failed = Arc::new(AtomicU64::new(0));
     let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let redis_url = (options.backend == StoreBackend::Redis).then_some(options.redis_url.as_str());
+    let server_before = match redis_url {
+        Some(url) => crate::bench_redis::ServerStats::read(url).await.ok(),
+        None => None,
+    };
+    let sent_before = target.redis_sent().await?;
+    let usage_before = target.usage();
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let stop_at = options.duration.map(|d| started + d);
@@ -315,6 +449,41 @@ async fn drive(
     let cpu = cpu_seconds() - cpu_before;
     latencies.sort_unstable();
     let tasks = latencies.len() as u64;
+    let per_task = |seconds: f64| 1000.0 * seconds / (tasks.max(1) as f64);
+    let processes: Vec<ServiceUse> = target
+        .usage()
+        .into_iter()
+        .map(|after| {
+            let before = usage_before
+                .iter()
+                .find(|b| b.name == after.name)
+                .map_or(0.0, |b| b.cpu_seconds);
+            ServiceUse {
+                cpu_ms_per_task: per_task(after.cpu_seconds - before),
+                name: after.name,
+                peak_rss_mib: after.peak_rss_mib,
+            }
+        })
+        .collect();
+    let redis = match redis_url {
+        Some(url) => {
+            let (trips, commands) = target.redis_sent().await?;
+            let per = |n: u64, then: u64| n.saturating_sub(then) as f64 / tasks.max(1) as f64;
+            let server = match (
+                server_before,
+                crate::bench_redis::ServerStats::read(url).await,
+            ) {
+                (Some(before), Ok(after)) => Some(after.since(&before, tasks)),
+                _ => None,
+            };
+            Some(RedisCost {
+                round_trips_per_task: per(trips, sent_before.0),
+                commands_per_task: per(commands, sent_before.1),
+                server,
+            })
+        }
+        None => None,
+    };
     let latencies_ms: Vec<f64> = latencies.iter().map(|&us| us as f64 / 1000.0).collect();
     let latency_ms = options.model_latency.as_millis() as u64;
     Ok(BenchReport {
@@ -330,9 +499,14 @@ async fn drive(
         tasks_per_s: tasks as f64 / seconds.max(1e-9),
         p50_ms: percentile(&latencies_ms, 0.50),
         p99_ms: percentile(&latencies_ms, 0.99),
-        peak_rss_mib: peak_rss_mib(),
+        // The mesh's: this process's, or the sum of the service processes'.
+        peak_rss_mib: if processes.is_empty() {
+            peak_rss_mib()
+        } else {
+            processes.iter().map(|p| p.peak_rss_mib).sum()
+        },
         model_latency_ms: latency_ms,
-        cpu_ms_per_task: 1000.0 * cpu / (tasks.max(1) as f64),
+        cpu_ms_per_task: per_task(cpu) + processes.iter().map(|p| p.cpu_ms_per_task).sum::<f64>(),
         audit_durability: options.audit_durability.to_string(),
         ideal_tasks_per_s: (latency_ms > 0).then(|| {
             options.concurrency as f64 / (calls_per_task as f64 * latency_ms as f64 / 1000.0)
@@ -341,6 +515,12 @@ async fn drive(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone(),
+        redis,
+        topology: match target.processes {
+            Some(_) => "processes".into(),
+            None => "in-process".into(),
+        },
+        processes,
     })
 }
 
@@ -399,15 +579,16 @@ impl BenchReport {
     /// The figures as text.
     pub fn text(&self) -> String {
         let mut out = format!(
-            "scenario {}  backend {}  concurrency {}  model latency {} ms\n\
+            "scenario {}  backend {}  topology {}  concurrency {}  model latency {} ms\n\
              tasks {} ({} failed) in {:.2} s\n\
              throughput   {:.0} tasks/s\n\
              latency      p50 {:.2} ms   p99 {:.2} ms\n\
-             peak RSS     {:.0} MiB (whole mesh and client, one process)\n\
-             CPU          {:.3} ms per task (whole process while tasks ran)\n\
+             peak RSS     {:.0} MiB ({})\n\
+             CPU          {:.3} ms per task (the mesh and the client while tasks ran)\n\
              audit trail  durability `{}`\n",
             self.scenario,
             self.backend,
+            self.topology,
             self.concurrency,
             self.model_latency_ms,
             self.tasks,
@@ -417,9 +598,38 @@ impl BenchReport {
             self.p50_ms,
             self.p99_ms,
             self.peak_rss_mib,
+            if self.processes.is_empty() {
+                "whole mesh and client, one process"
+            } else {
+                "the service processes' peaks, summed"
+            },
             self.cpu_ms_per_task,
             self.audit_durability
         );
+        for p in &self.processes {
+            out.push_str(&format!(
+                "  {:<15} peak RSS {:>6.1} MiB   CPU {:.3} ms per task\n",
+                p.name, p.peak_rss_mib, p.cpu_ms_per_task
+            ));
+        }
+        if let Some(redis) = &self.redis {
+            out.push_str(&format!(
+                "Redis        {:.1} round trips, {:.1} commands per task from the mesh\n",
+                redis.round_trips_per_task, redis.commands_per_task
+            ));
+            if let Some(server) = &redis.server {
+                let top: Vec<String> = server
+                    .top
+                    .iter()
+                    .map(|(name, n)| format!("{name} {n:.1}"))
+                    .collect();
+                out.push_str(&format!(
+                    "redis-server {:.1} commands per task (scripts' calls included), CPU {:.3} ms per task\n",
+                    server.commands_per_task, server.cpu_ms_per_task,
+                ));
+                out.push_str(&format!("             most run: {}\n", top.join(", ")));
+            }
+        }
         if let Some(error) = &self.first_error {
             out.push_str(&format!("first failure: {error}\n"));
         }

@@ -16,6 +16,7 @@
 
 pub mod bench;
 pub mod bench_memory;
+pub mod bench_redis;
 pub mod bench_rest;
 pub mod bench_sandbox;
 pub mod chaos;

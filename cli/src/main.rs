@@ -17,7 +17,7 @@ mod args;
 use amaos_proto::orchestrator::v1::UsageGrouping;
 use args::{
     ApprovalsCommand, AuditCommand, BackendArg, CertsCommand, Cli, Command, ConfigCommand,
-    GroupArg, KeysCommand,
+    GroupArg, KeysCommand, TopologyArg,
 };
 
 /// `amaos audit verify`: exit 0 when every record is keyed, chains and
@@ -217,6 +217,7 @@ async fn dispatch(
             tasks,
             duration,
             model_latency_ms,
+            topology,
             ..
         } => {
             let rest = scenario == "rest";
@@ -233,6 +234,10 @@ async fn dispatch(
                 redis_url: config.orchestrator.redis_url.clone(),
                 embed_model_dir: config.memory.model_dir(&config.data_dir),
                 audit_durability: config.auth.audit_durability,
+                topology: match topology {
+                    TopologyArg::InProcess => amaos_cli::bench::Topology::InProcess,
+                    TopologyArg::Processes => amaos_cli::bench::Topology::Processes,
+                },
             };
             if rest {
                 let rounds = tasks.unwrap_or(1000) as usize;

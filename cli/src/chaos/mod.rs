@@ -185,6 +185,7 @@ mod faults;
 mod mesh;
 mod outcome;
 mod report;
+mod topology;
 
 use cluster::*;
 pub use env::service_env;
@@ -193,6 +194,7 @@ use faults::*;
 use mesh::*;
 use outcome::*;
 pub use report::{ChaosReport, table};
+pub use topology::{ProcessMesh, ProcessUse, start_processes};
 
 /// The directory holding the `amaos-<service>` binaries: `$AMAOS_BIN_DIR`,
 /// else this program's directory, else its parent (tests run from
