@@ -67,6 +67,10 @@ pub struct AuthState {
     audit: AuditLog,
     trail_check: trail_check::TrailCheck,
     cache: Mutex<HashMap<[u8; 32], (StoredKey, Instant)>>,
+    /// One verification at a time per presented key: a burst of requests
+    /// with a key not yet cached (a client's first wave) hashes it once, the
+    /// rest wait for the cache. Holds only the keys being verified now.
+    flights: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
     cache_ttl: Duration,
     max_key_ttl: Duration,
     /// The RBAC policy keys are held to.
@@ -163,6 +167,7 @@ pub async fn open(config: &Config, policy: policy::Policy) -> Result<Opened, Aut
                 .map_err(|e| AuthError::Store(e.to_string()))?,
             trail_check: trail_check::TrailCheck::new(config, trail_check::MIN_INTERVAL),
             cache: Mutex::new(HashMap::new()),
+            flights: Mutex::new(HashMap::new()),
             cache_ttl: config.auth.key_cache_ttl,
             max_key_ttl: config.auth.max_key_ttl,
             policy,
@@ -176,16 +181,47 @@ impl AuthState {
     /// Verifies a presented key, with a short cache so argon2 runs once per TTL.
     pub async fn verify(&self, presented: &str) -> Result<StoredKey, AuthError> {
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((key, at)) = cache.get(&digest)
-                && at.elapsed() < self.cache_ttl
-                && key.usable(keys::now_ms())
-            {
-                self.metrics.authenticated("ok");
-                return Ok(key.clone());
-            }
+        if let Some(key) = self.cached(&digest) {
+            return Ok(key);
         }
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(digest)
+            .or_default()
+            .clone();
+        let verified = {
+            let _turn = flight.lock().await;
+            // Whoever held the turn before may have cached it.
+            match self.cached(&digest) {
+                Some(key) => Ok(key),
+                None => self.verify_uncached(&digest, presented).await,
+            }
+        };
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's reference and ours: nobody else waits on this key.
+        if Arc::strong_count(&flight) == 2 {
+            flights.remove(&digest);
+        }
+        verified
+    }
+
+    fn cached(&self, digest: &[u8; 32]) -> Option<StoredKey> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (key, at) = cache.get(digest)?;
+        if at.elapsed() < self.cache_ttl && key.usable(keys::now_ms()) {
+            self.metrics.authenticated("ok");
+            return Some(key.clone());
+        }
+        None
+    }
+
+    async fn verify_uncached(
+        &self,
+        digest: &[u8; 32],
+        presented: &str,
+    ) -> Result<StoredKey, AuthError> {
         let verified = self.keys.verify(presented).await;
         self.metrics.authenticated(match &verified {
             Ok(_) => "ok",
@@ -197,7 +233,7 @@ impl AuthState {
         if cache.len() >= MAX_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(digest, (key.clone(), Instant::now()));
+        cache.insert(*digest, (key.clone(), Instant::now()));
         Ok(key)
     }
 
