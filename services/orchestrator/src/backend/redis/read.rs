@@ -115,12 +115,7 @@ impl RedisBackend {
             .arg("tenant")
             .arg("state")
             .arg("seq")
-            .cmd("XRANGE")
-            .arg(&stream)
-            .arg(format!("(0-{after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
+            .add_command(range_after(&stream, after))
             .query_async(&mut self.conn.clone())
             .await?;
         if owner.as_deref() != Some(tenant) {
@@ -162,12 +157,7 @@ impl RedisBackend {
         } else {
             // Every blocking slot is taken: poll once after a short pause.
             tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
-            let range: StreamRangeReply = redis::cmd("XRANGE")
-                .arg(&stream)
-                .arg(format!("(0-{after}"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(1000)
+            let range: StreamRangeReply = range_after(&stream, after)
                 .query_async(&mut self.conn.clone())
                 .await?;
             events = range
@@ -214,4 +204,15 @@ impl RedisBackend {
             .query_async(&mut self.conn.clone())
             .await?)
     }
+}
+
+/// The events of `stream` after sequence `after`, a page at most.
+fn range_after(stream: &str, after: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(stream)
+        .arg(format!("(0-{after}"))
+        .arg("+")
+        .arg("COUNT")
+        .arg(1000);
+    cmd
 }
