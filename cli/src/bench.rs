@@ -395,12 +395,10 @@ async fn drive(
     }));
     let failed = Arc::new(AtomicU64::new(0));
     let first_error: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
-    let redis_url = (options.backend == StoreBackend::Redis).then_some(options.redis_url.as_str());
-    let server_before = match redis_url {
-        Some(url) => crate::bench_redis::ServerStats::read(url).await.ok(),
-        None => None,
+    let redis_before = match options.backend {
+        StoreBackend::Redis => Some(RedisBefore::read(target, &options.redis_url).await?),
+        StoreBackend::Memory => None,
     };
-    let sent_before = target.redis_sent().await?;
     let usage_before = target.usage();
     let started = Instant::now();
     let cpu_before = cpu_seconds();
@@ -465,23 +463,8 @@ async fn drive(
             }
         })
         .collect();
-    let redis = match redis_url {
-        Some(url) => {
-            let (trips, commands) = target.redis_sent().await?;
-            let per = |n: u64, then: u64| n.saturating_sub(then) as f64 / tasks.max(1) as f64;
-            let server = match (
-                server_before,
-                crate::bench_redis::ServerStats::read(url).await,
-            ) {
-                (Some(before), Ok(after)) => Some(after.since(&before, tasks)),
-                _ => None,
-            };
-            Some(RedisCost {
-                round_trips_per_task: per(trips, sent_before.0),
-                commands_per_task: per(commands, sent_before.1),
-                server,
-            })
-        }
+    let redis = match redis_before {
+        Some(before) => Some(before.cost(target, &options.redis_url, tasks).await?),
         None => None,
     };
     let latencies_ms: Vec<f64> = latencies.iter().map(|&us| us as f64 / 1000.0).collect();
@@ -522,6 +505,46 @@ async fn drive(
         },
         processes,
     })
+}
+
+/// Redis's counters when a run starts: the mesh's and the server's.
+struct RedisBefore {
+    /// Round trips and commands the mesh had sent.
+    sent: (u64, u64),
+    /// The server's counters; `None` when its INFO could not be read.
+    server: Option<crate::bench_redis::ServerStats>,
+}
+
+impl RedisBefore {
+    async fn read(target: &Target<'_>, url: &str) -> Result<Self, amaos_mesh::BoxError> {
+        Ok(Self {
+            sent: target.redis_sent().await?,
+            server: crate::bench_redis::ServerStats::read(url).await.ok(),
+        })
+    }
+
+    /// What Redis did since, per one of `tasks` finished tasks.
+    async fn cost(
+        self,
+        target: &Target<'_>,
+        url: &str,
+        tasks: u64,
+    ) -> Result<RedisCost, amaos_mesh::BoxError> {
+        let (trips, commands) = target.redis_sent().await?;
+        let per = |n: u64, then: u64| n.saturating_sub(then) as f64 / tasks.max(1) as f64;
+        let server = match (
+            self.server,
+            crate::bench_redis::ServerStats::read(url).await,
+        ) {
+            (Some(before), Ok(after)) => Some(after.since(&before, tasks)),
+            _ => None,
+        };
+        Ok(RedisCost {
+            round_trips_per_task: per(trips, self.sent.0),
+            commands_per_task: per(commands, self.sent.1),
+            server,
+        })
+    }
 }
 
 /// Submits one task and watches it to the end; why it did not succeed.

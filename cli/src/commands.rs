@@ -216,15 +216,15 @@ async fn follow(
             eprintln!("{line}");
         }
     }
-    let task = orchestrator
-        .get_task(client.request(pb::GetTaskRequest {
-            task_id: task_id.to_owned(),
-        })?)
-        .await?
-        .into_inner()
-        .task
-        .ok_or_else(|| Failure::new(EXIT_RPC, "the orchestrator returned no task"))?;
-    Ok(task)
+    returned(
+        orchestrator
+            .get_task(client.request(pb::GetTaskRequest {
+                task_id: task_id.to_owned(),
+            })?)
+            .await?
+            .into_inner()
+            .task,
+    )
 }
 
 fn finish(task: &pb::Task, json: bool) -> Result<(), Failure> {
@@ -274,15 +274,16 @@ pub async fn watch(client: &Client, task_id: &str, after: u64, json: bool) -> Re
 
 /// `amaos task`: one task.
 pub async fn task(client: &Client, task_id: &str, json: bool) -> Result<(), Failure> {
-    let task = client
-        .orchestrator()?
-        .get_task(client.request(pb::GetTaskRequest {
-            task_id: task_id.to_owned(),
-        })?)
-        .await?
-        .into_inner()
-        .task
-        .ok_or_else(|| Failure::new(EXIT_RPC, "the orchestrator returned no task"))?;
+    let task = returned(
+        client
+            .orchestrator()?
+            .get_task(client.request(pb::GetTaskRequest {
+                task_id: task_id.to_owned(),
+            })?)
+            .await?
+            .into_inner()
+            .task,
+    )?;
     if json {
         println!("{}", render::task_json(&task));
     } else {
@@ -332,17 +333,18 @@ pub async fn cancel(
     reason: Option<String>,
     json: bool,
 ) -> Result<(), Failure> {
-    let task = client
-        .orchestrator()?
-        .cancel_task(client.request(pb::CancelTaskRequest {
-            task_id: task_id.to_owned(),
-            reason: reason.unwrap_or_default(),
-            idempotency_key: String::new(),
-        })?)
-        .await?
-        .into_inner()
-        .task
-        .ok_or_else(|| Failure::new(EXIT_RPC, "the orchestrator returned no task"))?;
+    let task = returned(
+        client
+            .orchestrator()?
+            .cancel_task(client.request(pb::CancelTaskRequest {
+                task_id: task_id.to_owned(),
+                reason: reason.unwrap_or_default(),
+                idempotency_key: String::new(),
+            })?)
+            .await?
+            .into_inner()
+            .task,
+    )?;
     if json {
         println!("{}", render::task_json(&task));
     } else {
@@ -424,13 +426,14 @@ pub async fn send_input(
     message: String,
     json: bool,
 ) -> Result<(), Failure> {
-    let task = client
-        .orchestrator()?
-        .send_input(client.request(pb::SendInputRequest { task_id, message })?)
-        .await?
-        .into_inner()
-        .task
-        .ok_or_else(|| Failure::new(EXIT_RPC, "the orchestrator returned no task"))?;
+    let task = returned(
+        client
+            .orchestrator()?
+            .send_input(client.request(pb::SendInputRequest { task_id, message })?)
+            .await?
+            .into_inner()
+            .task,
+    )?;
     if json {
         println!("{}", render::task_json(&task));
     } else {
@@ -602,4 +605,9 @@ pub async fn usage(client: &Client, args: UsageArgs, json: bool) -> Result<(), F
         print!("{}", render::usage_table(&response, args.task.is_some()));
     }
     Ok(())
+}
+
+/// The task an orchestrator answer carries, which it always should.
+fn returned(task: Option<pb::Task>) -> Result<pb::Task, Failure> {
+    task.ok_or_else(|| Failure::new(EXIT_RPC, "the orchestrator returned no task"))
 }

@@ -150,14 +150,11 @@ impl RedisBackend {
         let id = &claim.task.id;
         let attempt = claim.attempt();
         for _ in 0..CAS_RETRIES {
-            let Some(loaded) = self.load_for_change(id).await? else {
+            let ours = |t: &Task| t.attempt == attempt;
+            let Some(loaded) = self.load_for_change(id, ours).await? else {
                 self.ack(&claim.entry).await?;
                 return Ok(Applied::Stale);
             };
-            if loaded.task.attempt != attempt && loaded.guessed {
-                self.recent.forget(id);
-                continue;
-            }
             if loaded.task.attempt != attempt {
                 // Taken over: the new owner holds the entry and the slot.
                 return Ok(Applied::Stale);

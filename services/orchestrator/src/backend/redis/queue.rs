@@ -13,7 +13,7 @@ use super::{
 use crate::backend::{
     Applied, BackendError, Claim, Claimed, Lease, QueueStats, state_event, takeover_reason,
 };
-use crate::task::TaskState;
+use crate::task::{Task, TaskState};
 
 impl RedisBackend {
     /// The queue's depth and the age of its oldest undelivered entry: the
@@ -87,15 +87,11 @@ impl RedisBackend {
         consumer: &str,
     ) -> Result<Option<Claim>, BackendError> {
         for _ in 0..CAS_RETRIES {
-            let Some(loaded) = self.load_for_change(id).await? else {
+            let queued = |t: &Task| t.state == TaskState::Queued;
+            let Some(loaded) = self.load_for_change(id, queued).await? else {
                 self.ack(entry).await?;
                 return Ok(None);
             };
-            if loaded.task.state != TaskState::Queued && loaded.guessed {
-                // Another replica may have queued it since: read it.
-                self.recent.forget(id);
-                continue;
-            }
             if loaded.task.state != TaskState::Queued {
                 // A duplicate entry, or a task cancelled while queued.
                 self.ack(entry).await?;

@@ -77,7 +77,6 @@ impl Recent {
         inner.tasks.get(id).map(|(task, ver, _)| Loaded {
             task: task.clone(),
             ver: ver.to_string(),
-            guessed: true,
         })
     }
 

@@ -10,10 +10,6 @@ use crate::task::Task;
 pub(super) struct Loaded {
     pub(super) task: Task,
     pub(super) ver: String,
-    /// From this replica's memory ([`super::recent::Recent`]), not read: a
-    /// decision made without a compare-and-set (acknowledge and drop, stale)
-    /// must read the task first.
-    pub(super) guessed: bool,
 }
 
 /// A change to make with compare-and-set.
@@ -86,19 +82,23 @@ impl RedisBackend {
         if let Some(worker) = worker {
             task.worker_id = worker;
         }
-        Ok(Some(Loaded {
-            task,
-            ver,
-            guessed: false,
-        }))
+        Ok(Some(Loaded { task, ver }))
     }
 
-    /// The task as this replica last stored it, else as Redis has it: the
-    /// start of a change, which the compare-and-set checks.
-    pub(super) async fn load_for_change(&self, id: &str) -> Result<Option<Loaded>, BackendError> {
+    /// The start of a change to task `id` from a state where `expected`
+    /// holds: the task as this replica last stored it when that state
+    /// qualifies, else as Redis has it. The compare-and-set decides whether
+    /// the remembered version is current; anything decided without one (a
+    /// queue entry dropped as "not queued", an attempt called taken over) is
+    /// decided only on what Redis has.
+    pub(super) async fn load_for_change(
+        &self,
+        id: &str,
+        expected: impl Fn(&Task) -> bool,
+    ) -> Result<Option<Loaded>, BackendError> {
         match self.recent.get(id) {
-            Some(loaded) => Ok(Some(loaded)),
-            None => self.load(id).await,
+            Some(loaded) if expected(&loaded.task) => Ok(Some(loaded)),
+            _ => self.load(id).await,
         }
     }
 
