@@ -60,8 +60,11 @@ use crate::error::OrchestratorError;
 use crate::request::{ListQuery, TaskSubmission, WorkflowStep, WorkflowSubmission};
 use crate::task::{RetryPolicy, Task, TaskState, TeamSource};
 
-/// How long one wait for new events lasts in WatchTask.
-const WATCH_POLL: Duration = Duration::from_secs(5);
+/// How long one wait for new events lasts in WatchTask. Both backends wake a
+/// waiting watcher when an event is appended; this bounds only a wake-up that
+/// was lost (a Redis reconnection), and costs one read per idle watcher per
+/// period, so with tens of thousands of runs in flight it is long.
+const WATCH_POLL: Duration = Duration::from_secs(30);
 
 /// The orchestrator's gRPC service.
 #[derive(Clone)]

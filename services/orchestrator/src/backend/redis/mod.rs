@@ -16,9 +16,11 @@
 //!
 //! Every multi-key change is one Lua script (`lua/*.lua`, see [`scripts`]); a task's JSON changes only by
 //! compare-and-set on `ver`, so concurrent replicas never lose an update.
-//! Blocking reads (`XREAD`/`XREADGROUP ... BLOCK`) run on their own pooled
-//! connections without the client's 0.5 s response timeout, bounded by
-//! their block plus a margin instead. A delayed-set member is removed only
+//! A claim's blocking read (`XREADGROUP ... BLOCK`) runs on its own pooled
+//! connection without the client's response timeout, bounded by its block
+//! plus a margin instead. Watchers of a task's events wait on the replica's
+//! one subscription ([`notify`]): the scripts that append events `PUBLISH`
+//! on the channel named after the event stream. A delayed-set member is removed only
 //! with the score its remover read, so a newer schedule always survives.
 //!
 //! The code is split by concern: [`keys`] (key naming), [`codec`] (state
@@ -30,6 +32,7 @@
 mod codec;
 mod keys;
 mod lifecycle;
+mod notify;
 mod queue;
 mod rate;
 mod read;
@@ -79,16 +82,17 @@ const RECENT_TASKS: usize = 1024;
 /// Tasks whose stored data is larger than this are not remembered: the
 /// memory [`RECENT_TASKS`] takes stays under 16 MiB.
 const RECENT_MAX_BYTES: usize = 16 * 1024;
-/// Blocking reads (watchers waiting for events) at once; more poll instead,
-/// so thousands of watchers do not open thousands of connections.
-const MAX_BLOCKING_READS: usize = 256;
+/// How long a watcher without a confirmed subscription (Redis unreachable)
+/// pauses before it reads again.
+const POLL_PAUSE: Duration = Duration::from_millis(100);
 
 /// The Redis backend.
 pub struct RedisBackend {
     client: redis::Client,
     conn: Conn,
     blocking: Mutex<Vec<MultiplexedConnection>>,
-    blocking_reads: tokio::sync::Semaphore,
+    /// The replica's one subscription that wakes watchers of events.
+    notifier: notify::Notifier,
     prefix: String,
     limits: BackendLimits,
     /// The Lua scripts.
@@ -120,10 +124,10 @@ impl RedisBackend {
             .await
             .map_err(BackendError::Unavailable)?;
         let backend = Self {
+            notifier: notify::Notifier::start(client.clone()),
             client,
             conn,
             blocking: Mutex::new(Vec::new()),
-            blocking_reads: tokio::sync::Semaphore::new(MAX_BLOCKING_READS),
             prefix: prefix.to_owned(),
             limits,
             scripts: Scripts::load(),

@@ -4,10 +4,10 @@ use std::time::Duration;
 
 use amaos_proto::orchestrator::v1 as pb;
 use redis::AsyncCommands;
-use redis::streams::{StreamRangeReply, StreamReadReply};
+use redis::streams::StreamRangeReply;
 
-use super::RedisBackend;
 use super::codec::parse_state;
+use super::{POLL_PAUSE, RedisBackend};
 use crate::backend::{BackendError, EventsPage};
 use crate::task::{Task, TaskState};
 
@@ -95,6 +95,12 @@ impl RedisBackend {
     }
 
     /// Events of a task of `tenant` after `after`, long-polling up to `wait`.
+    ///
+    /// A long-poll registers with the replica's [`Notifier`] before it
+    /// reads, so an event appended after the read wakes it; it holds no
+    /// connection while it waits.
+    ///
+    /// [`Notifier`]: super::notify::Notifier
     pub(super) async fn read_events(
         &self,
         tenant: &str,
@@ -103,10 +109,49 @@ impl RedisBackend {
         wait: Duration,
     ) -> Result<Option<EventsPage>, BackendError> {
         let stream = self.key("events", id);
-        // One round trip, one moment: who owns the task, where it stands,
-        // and its events after `after`. A task finished at that moment has
-        // all its events in the stream, so the page says whether it is the
-        // last without another read.
+        if wait.is_zero() {
+            return Ok(self
+                .page(tenant, id, &stream, after)
+                .await?
+                .map(|(page, _)| page));
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let watch = self.notifier.watch(&stream).await;
+        loop {
+            let notified = watch.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let Some((page, terminal)) = self.page(tenant, id, &stream, after).await? else {
+                return Ok(None);
+            };
+            let now = tokio::time::Instant::now();
+            if !page.events.is_empty() || terminal || now >= deadline {
+                return Ok(Some(page));
+            }
+            // Without a confirmed subscription no message may come: pause
+            // briefly instead, so the caller polls at a bounded rate. A
+            // wake-up with nothing new (a reconnection) waits again.
+            let pause = if watch.live {
+                deadline - now
+            } else {
+                (deadline - now).min(POLL_PAUSE)
+            };
+            let _ = tokio::time::timeout(pause, notified).await;
+        }
+    }
+
+    /// One round trip, one moment: who owns the task, where it stands, and
+    /// its events after `after`. A task finished at that moment has all its
+    /// events in the stream, so the page says whether it is the last without
+    /// another read. None when the task is not `tenant`'s; the flag says
+    /// whether the task had finished.
+    async fn page(
+        &self,
+        tenant: &str,
+        id: &str,
+        stream: &str,
+        after: u64,
+    ) -> Result<Option<(EventsPage, bool)>, BackendError> {
         type Head = (Option<String>, Option<String>, Option<u64>);
         let ((owner, state, seq), range): (Head, StreamRangeReply) = redis::pipe()
             .atomic()
@@ -115,73 +160,29 @@ impl RedisBackend {
             .arg("tenant")
             .arg("state")
             .arg("seq")
-            .add_command(range_after(&stream, after))
+            .add_command(range_after(stream, after))
             .query_async(&mut self.conn.clone())
             .await?;
         if owner.as_deref() != Some(tenant) {
             return Ok(None);
         }
-        let was_terminal = state
-            .as_deref()
-            .and_then(parse_state)
-            .is_some_and(TaskState::is_terminal);
-        let mut events: Vec<pb::TaskEvent> = range
-            .ids
-            .iter()
-            .filter_map(|e| self.decode_event(id, e))
-            .collect();
-        if !events.is_empty() || was_terminal || wait.is_zero() {
-            let last = events.last().map(|e| e.sequence).unwrap_or(after);
-            return Ok(Some(EventsPage {
-                finished: was_terminal && seq.is_none_or(|s| last >= s),
-                events,
-            }));
-        }
-        if let Ok(_slot) = self.blocking_reads.try_acquire() {
-            // BLOCK 0 would mean forever.
-            let block = wait.max(Duration::from_millis(1));
-            let mut read = redis::cmd("XREAD");
-            read.arg("COUNT")
-                .arg(1000)
-                .arg("BLOCK")
-                .arg(block.as_millis() as u64)
-                .arg("STREAMS")
-                .arg(&stream)
-                .arg(format!("0-{after}"));
-            let reply: Option<StreamReadReply> = self.blocking(&read, block).await?;
-            if let Some(reply) = reply {
-                for key in reply.keys {
-                    events.extend(key.ids.iter().filter_map(|e| self.decode_event(id, e)));
-                }
-            }
-        } else {
-            // Every blocking slot is taken: poll once after a short pause.
-            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
-            let range: StreamRangeReply = range_after(&stream, after)
-                .query_async(&mut self.conn.clone())
-                .await?;
-            events = range
-                .ids
-                .iter()
-                .filter_map(|e| self.decode_event(id, e))
-                .collect();
-        }
-        // Finished only once the log is read to its end.
-        let (state, seq): (Option<String>, Option<u64>) = redis::cmd("HMGET")
-            .arg(self.key("task", id))
-            .arg("state")
-            .arg("seq")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        let last = events.last().map(|e| e.sequence).unwrap_or(after);
         let terminal = state
             .as_deref()
             .and_then(parse_state)
             .is_some_and(TaskState::is_terminal);
-        Ok(Some(EventsPage {
-            finished: terminal && seq.is_none_or(|s| last >= s),
-            events,
-        }))
+        let events: Vec<pb::TaskEvent> = range
+            .ids
+            .iter()
+            .filter_map(|e| self.decode_event(id, e))
+            .collect();
+        let last = events.last().map(|e| e.sequence).unwrap_or(after);
+        Ok(Some((
+            EventsPage {
+                finished: terminal && seq.is_none_or(|s| last >= s),
+                events,
+            },
+            terminal,
+        )))
     }
 
     pub(super) async fn list_ids(

@@ -19,6 +19,7 @@ for k = 1, n do
   seq = seq + 1
   redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[i + k])
 end
+if n > 0 then redis.call('PUBLISH', KEYS[2], seq) end
 i = i + n + 1
 redis.call('HSET', t, 'data', ARGV[2], 'state', ARGV[3], 'attempt', ARGV[4], 'ver', tonumber(cur) + 1, 'seq', seq)
 if ARGV[9] ~= '' then
@@ -41,6 +42,7 @@ for k = 1, nd do
   if waiting <= 0 and redis.call('HGET', dk, 'state') == 'Pending' then
     local dseq = tonumber(redis.call('HGET', dk, 'seq') or '0') + 1
     redis.call('XADD', de, '0-' .. dseq, 'e', blob)
+    redis.call('PUBLISH', de, dseq)
     redis.call('HSET', dk, 'state', 'Queued', 'seq', dseq)
     redis.call('HINCRBY', dk, 'ver', 1)
     redis.call('HSET', dk, 'entry', redis.call('XADD', KEYS[4], '*', 'id', id))

@@ -8,10 +8,12 @@ local max = tonumber(ARGV[2])
 for i = 4, #ARGV do
   if seq >= max then
     redis.call('HSET', KEYS[1], 'seq', seq)
+    if #ARGV > 3 then redis.call('PUBLISH', KEYS[2], seq) end
     return -3
   end
   seq = seq + 1
   redis.call('XADD', KEYS[2], '0-' .. seq, 'e', ARGV[i])
 end
 redis.call('HSET', KEYS[1], 'seq', seq)
+if #ARGV > 3 then redis.call('PUBLISH', KEYS[2], seq) end
 return seq
