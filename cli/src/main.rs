@@ -88,7 +88,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(dispatch(cli.command, config, cli.api_key, cli.json));
+    let stops_on_signal = matches!(cli.command, Command::Bench { .. });
+    let result = runtime.block_on(async {
+        let work = dispatch(cli.command, config, cli.api_key, cli.json);
+        if !stops_on_signal {
+            return work.await;
+        }
+        // A benchmark starts service processes and meshes of its own. On
+        // SIGINT or SIGTERM it drops the run, which kills and reaps them, so
+        // none outlives it (a signal would otherwise skip those drops).
+        let stop = amaos_mesh::shutdown::on_signal();
+        tokio::select! {
+            result = work => result,
+            () = stop.cancelled() => Err(Failure {
+                message: "interrupted; the processes this benchmark started are stopped".into(),
+                code: 130,
+            }),
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
